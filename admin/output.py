@@ -1,0 +1,49 @@
+"""Printing results: one JSON document with ``--json``, readable tables otherwise."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_console = Console(width=200, soft_wrap=True, highlight=False)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def emit(result: Any, *, as_json: bool, columns: Sequence[str] | None = None) -> None:
+    """Print ``result`` (a dict or a list of dicts)."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        return
+    if isinstance(result, list):
+        if not result:
+            _console.print("(none)")
+            return
+        cols = list(columns or result[0].keys())
+        table = Table(*cols, show_lines=False)
+        for row in result:
+            table.add_row(*(_cell(row.get(c)) for c in cols))
+        _console.print(table)
+        return
+    table = Table("field", "value", show_header=False)
+    for key, value in result.items():
+        table.add_row(key, _cell(value))
+    _console.print(table)
+
+
+def fail(message: str, code: int = 1) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    raise SystemExit(code)

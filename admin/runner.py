@@ -1,0 +1,79 @@
+"""Running one management action against the database and printing its result."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+from admin.output import emit, fail
+from shared.config import Settings
+from shared.crypto import load_keyring
+from shared.errors import LLMProxyError, Unavailable
+from shared.logging import redact, setup_logging
+from shared.manage import Management
+from shared.store import SqlStore, make_store
+
+Action = Callable[[Management], Awaitable[Any]]
+
+
+def cli_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+async def open_store(settings: Settings, *, check_schema: bool = True) -> SqlStore:
+    """Open the store, migrating it on SQLite (the embedded default needs no set-up step) and
+    refusing to work on a Postgres schema that `llm-proxy migrate` has not brought up to date."""
+    store = make_store(settings)
+    await store.open(wait=True)
+    try:
+        if not check_schema:
+            pass
+        elif settings.db_driver == "sqlite":
+            await store.migrate()
+        elif await store.schema_version() == 0:
+            raise Unavailable("the database has no schema yet: run `llm-proxy migrate` first")
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+async def _run_local(settings: Settings, action: Action) -> Any:
+    keyring = load_keyring(settings)
+    store = await open_store(settings)
+    try:
+        return await action(Management(store=store, keyring=keyring, actor=cli_actor()))
+    finally:
+        await store.close()
+
+
+def run(action: Action, *, as_json: bool, columns: Sequence[str] | None = None) -> None:
+    """Run ``action`` and print its result; exit 1 with one line on any error."""
+    result = guarded(lambda settings: _run_local(settings, action))
+    emit(result, as_json=as_json, columns=columns)
+
+
+def guarded(body: Callable[[Settings], Coroutine[Any, Any, Any]]) -> Any:
+    """Read settings, run ``body``; turn every failure into one line on stderr and exit 1."""
+    try:
+        settings = Settings.from_env()
+        setup_logging(
+            settings.log_level if settings.log_level != "info" else "warning", settings.log_format
+        )
+        logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)  # we say it in one line
+        return asyncio.run(body(settings))
+    except LLMProxyError as exc:
+        fail(exc.message)
+    except OSError as exc:
+        fail(f"cannot reach a required service: {redact(str(exc))}")
+    except Exception as exc:  # a crash still gets one line, with anything secret masked
+        text = redact(str(exc)).splitlines()[0] if str(exc) else ""
+        fail(f"{type(exc).__name__}: {text}")

@@ -1,0 +1,1 @@
+"""The dispatcher: reads request events from the stream and writes them to the database."""

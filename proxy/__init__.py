@@ -1,0 +1,1 @@
+"""The proxy server: auth, forwarding, cache, limits, metrics and the management API."""

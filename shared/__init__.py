@@ -1,0 +1,1 @@
+"""Code shared by the proxy, the dispatcher and the CLI."""

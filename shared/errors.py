@@ -1,0 +1,160 @@
+"""Errors raised by llm-proxy code, each carrying the HTTP status and code it renders as.
+
+    LLMProxyError                       (500, internal_error)
+    ├── ConfigError                     a setting is missing or malformed (start-up only)
+    ├── UserError                       (400, invalid_request) bad input to a management action
+    │   ├── NotFound                    (404, not_found)
+    │   └── Conflict                    (409, conflict)
+    ├── AuthError                       (401, invalid_api_key) never says which check failed
+    ├── ManagementAuthError             (401, invalid_management_token)
+    ├── ManagementDisabled              (503, management_disabled)
+    ├── PermissionDenied                (403, forbidden)
+    ├── RouteNotFound                   (404, not_found)
+    ├── MethodNotAllowed                (405, method_not_allowed)
+    ├── BodyTooLarge                    (413, request_too_large)
+    ├── RateLimited                     (429, rate_limit_exceeded) with Retry-After
+    │   └── QuotaExceeded               (429, quota_exceeded)
+    ├── Overloaded                      (503, overloaded) with Retry-After
+    ├── Unavailable                     (503, service_unavailable) a dependency is down
+    ├── UpstreamError                   (502, upstream_error) connection refused/reset
+    └── UpstreamTimeout                 (504, upstream_timeout)
+
+One renderer (``error_body``) turns any of them into the OpenAI-style envelope
+``{"error": {"message", "type", "code"}}``. Messages are safe to show a client: they never
+contain a token, a key or an internal address.
+"""
+
+from __future__ import annotations
+
+
+class LLMProxyError(Exception):
+    status = 500
+    code = "internal_error"
+    type = "server_error"
+    default_message = "Internal error."
+
+    def __init__(
+        self, message: str | None = None, *, headers: dict[str, str] | None = None
+    ) -> None:
+        self.message = message or self.default_message
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class ConfigError(LLMProxyError):
+    code = "config_error"
+    default_message = "Invalid configuration."
+
+
+class UserError(LLMProxyError):
+    status = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+    default_message = "Invalid request."
+
+
+class NotFound(UserError):
+    status = 404
+    code = "not_found"
+    default_message = "Not found."
+
+
+class Conflict(UserError):
+    status = 409
+    code = "conflict"
+    default_message = "Conflict."
+
+
+class AuthError(LLMProxyError):
+    status = 401
+    code = "invalid_api_key"
+    type = "invalid_request_error"
+    default_message = "Invalid or missing API key."
+
+
+class ManagementAuthError(LLMProxyError):
+    status = 401
+    code = "invalid_management_token"
+    type = "invalid_request_error"
+    default_message = "Invalid or missing management token."
+
+
+class ManagementDisabled(LLMProxyError):
+    status = 503
+    code = "management_disabled"
+    type = "server_error"
+    default_message = "The management API is disabled: set MANAGEMENT_TOKEN to enable it."
+
+
+class PermissionDenied(LLMProxyError):
+    status = 403
+    code = "forbidden"
+    type = "invalid_request_error"
+    default_message = "Forbidden."
+
+
+class RouteNotFound(LLMProxyError):
+    status = 404
+    code = "not_found"
+    type = "invalid_request_error"
+    default_message = "Unknown endpoint."
+
+
+class MethodNotAllowed(LLMProxyError):
+    status = 405
+    code = "method_not_allowed"
+    type = "invalid_request_error"
+    default_message = "Method not allowed for this endpoint."
+
+
+class BodyTooLarge(LLMProxyError):
+    status = 413
+    code = "request_too_large"
+    type = "invalid_request_error"
+    default_message = "Request body too large."
+
+
+class RateLimited(LLMProxyError):
+    status = 429
+    code = "rate_limit_exceeded"
+    type = "rate_limit_error"
+    default_message = "Rate limit exceeded."
+
+
+class QuotaExceeded(RateLimited):
+    code = "quota_exceeded"
+    type = "insufficient_quota"
+    default_message = "This token has used all of its allowed requests."
+
+
+class Overloaded(LLMProxyError):
+    status = 503
+    code = "overloaded"
+    type = "server_error"
+    default_message = "The proxy is at capacity; retry shortly."
+
+
+class Unavailable(LLMProxyError):
+    status = 503
+    code = "service_unavailable"
+    type = "server_error"
+    default_message = "A required service is unavailable."
+
+
+class UpstreamError(LLMProxyError):
+    status = 502
+    code = "upstream_error"
+    type = "server_error"
+    default_message = "The upstream API could not be reached."
+
+
+class UpstreamTimeout(LLMProxyError):
+    status = 504
+    code = "upstream_timeout"
+    type = "server_error"
+    default_message = "The upstream API did not answer in time."
+
+
+def error_body(exc: LLMProxyError) -> dict[str, dict[str, str | None]]:
+    """The OpenAI-style error envelope for ``exc``."""
+    return {"error": {"message": exc.message, "type": exc.type, "code": exc.code, "param": None}}

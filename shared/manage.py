@@ -1,0 +1,482 @@
+"""Management actions on projects, tokens and keys: validation, audit, and their JSON views.
+
+Both the CLI (talking to the database) and the management API (serving remote CLIs) call these,
+so a project made either way is validated, audited and rendered the same.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from shared.clock import new_id, utcnow
+from shared.config import parse_duration
+from shared.crypto import Keyring
+from shared.errors import Conflict, LLMProxyError, NotFound, UserError
+from shared.store import AuditEvent, AuditFilter, Project, SqlStore, Token
+from shared.tokens import display_prefix, generate_token, hash_token, mask_token
+
+T = TypeVar("T")
+View = dict[str, Any]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class ChangeNotifier(Protocol):
+    """Told when a token or project changes, so every proxy worker drops its cached copy."""
+
+    async def tokens_changed(self, token_ids: list[str]) -> None: ...
+
+    async def project_changed(self, project_id: str) -> None: ...
+
+
+# --- pure validation -------------------------------------------------------------------------
+
+
+def parse_token_duration(text: str) -> timedelta | None:
+    """``24`` (hours, as the operator docs write it), ``30m``, ``24h``, ``7d``; ``never``/``0`` for
+    no expiry."""
+    value = text.strip().lower()
+    if value in ("never", "0"):
+        return None
+    try:
+        seconds = parse_duration(value, bare_unit="h")
+    except ValueError:
+        raise UserError(
+            f"invalid duration {text!r}: use hours (24) or a unit (30m, 24h, 7d), or never"
+        ) from None
+    if seconds <= 0 or not math.isfinite(seconds) or seconds > 3650 * 86400:
+        raise UserError(f"invalid duration {text!r}: must be between 1s and 10 years")
+    return timedelta(seconds=seconds)
+
+
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 200 or any(ord(c) < 32 for c in name):
+        raise UserError("project name must be 1-200 printable characters")
+    return name
+
+
+def check_base_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"base URL must be an http(s) URL with a host, got {url!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise UserError("base URL must not contain credentials, a query or a fragment")
+    return url
+
+
+def check_api_key(key: str | None) -> str:
+    key = (key or "").strip()
+    if not key:
+        raise UserError(
+            "an upstream API key is required (--api-key, --api-key-stdin or UPSTREAM_API_KEY)"
+        )
+    if any(c.isspace() for c in key) or len(key) > 4096:
+        raise UserError("the upstream API key must be one line without spaces")
+    return key
+
+
+def check_max_requests(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise UserError("max requests must be a positive integer (omit it for no limit)")
+    return value
+
+
+def shown_id(value: str) -> str:
+    """An id as echoed in an error: in full if it has an id's shape, else masked, because people
+    paste tokens where ids belong."""
+    if _ID_SHAPE.fullmatch(value):
+        return repr(value)
+    return repr(mask_token(value))
+
+
+_ID_SHAPE = re.compile(r"[0-9a-fA-F-]{1,36}")
+
+
+def _safe_id(value: str) -> str:
+    return value if not value or _ID_SHAPE.fullmatch(value) else mask_token(value)
+
+
+# --- views -----------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def token_state(token: Token, now: datetime | None = None) -> str:
+    now = now or utcnow()
+    if token.revoked_at is not None:
+        return "revoked"
+    if not token.is_active:
+        return "inactive"
+    if token.expires_at is not None and token.expires_at <= now:
+        return "expired"
+    if token.max_requests is not None and token.request_count >= token.max_requests:
+        return "exhausted"
+    return "active"
+
+
+def project_view(project: Project) -> View:
+    return {
+        "id": project.id,
+        "name": project.name,
+        "base_url": project.base_url,
+        "is_active": project.is_active,
+        "request_count": project.request_count,
+        "cache_hit_count": project.cache_hit_count,
+        "prompt_tokens": project.prompt_tokens,
+        "completion_tokens": project.completion_tokens,
+        "last_used_at": _iso(project.last_used_at),
+        "created_at": _iso(project.created_at),
+        "updated_at": _iso(project.updated_at),
+    }
+
+
+def token_view(token: Token) -> View:
+    remaining = None
+    if token.max_requests is not None:
+        remaining = max(token.max_requests - token.request_count, 0)
+    return {
+        "id": token.id,
+        "project_id": token.project_id,
+        "label": token.label,
+        "prefix": token.display_prefix + "…",
+        "state": token_state(token),
+        "is_active": token.is_active,
+        "expires_at": _iso(token.expires_at),
+        "max_requests": token.max_requests,
+        "request_count": token.request_count,
+        "remaining_requests": remaining,
+        "cache_hit_count": token.cache_hit_count,
+        "prompt_tokens": token.prompt_tokens,
+        "completion_tokens": token.completion_tokens,
+        "last_used_at": _iso(token.last_used_at),
+        "revoked_at": _iso(token.revoked_at),
+        "created_at": _iso(token.created_at),
+    }
+
+
+def audit_view(event: AuditEvent) -> View:
+    return {
+        "id": event.id,
+        "ts": _iso(event.ts),
+        "actor": event.actor,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "outcome": event.outcome,
+        "details": event.details,
+        "request_id": event.request_id,
+        "client_ip": event.client_ip,
+    }
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+@dataclass
+class Management:
+    store: SqlStore
+    keyring: Keyring
+    actor: str
+    notifier: ChangeNotifier | None = None
+    client_ip: str = ""
+    request_id: str = ""
+
+    async def _audited(
+        self,
+        action: str,
+        target_type: str,
+        target_id: str,
+        details: dict[str, Any],
+        fn: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Run ``fn`` and record the outcome, success or failure, in audit_events."""
+        try:
+            result = await fn()
+        except LLMProxyError as exc:
+            await self._audit(
+                action, target_type, target_id, "failure", {**details, "error": exc.code}
+            )
+            raise
+        if isinstance(result, dict) and not target_id:
+            target_id = str(result.get("id", ""))
+        await self._audit(action, target_type, target_id, "success", details)
+        return result
+
+    async def _audit(
+        self, action: str, target_type: str, target_id: str, outcome: str, details: dict[str, Any]
+    ) -> None:
+        # Ids come from user input, and people paste tokens where ids belong: store those masked.
+        safe = {
+            k: _safe_id(v) if k.endswith("_id") and isinstance(v, str) else v
+            for k, v in details.items()
+        }
+        await self.store.add_audit(
+            AuditEvent(
+                action=action,
+                outcome=outcome,
+                actor=self.actor,
+                target_type=target_type,
+                target_id=_safe_id(target_id),
+                details=safe,
+                request_id=self.request_id,
+                client_ip=self.client_ip,
+            )
+        )
+
+    async def _project(self, project_id: str) -> Project:
+        project = await self.store.get_project(project_id)
+        if project is None:
+            raise NotFound(f"no project with id {shown_id(project_id)}")
+        return project
+
+    async def _token(self, token_id: str) -> Token:
+        token = await self.store.get_token(token_id)
+        if token is None:
+            raise NotFound(f"no token with id {shown_id(token_id)}")
+        return token
+
+    # --- projects ---
+
+    async def create_project(self, name: str, base_url: str | None, api_key: str | None) -> View:
+        async def go() -> View:
+            clean = check_name(name)
+            url = check_base_url(base_url or DEFAULT_BASE_URL)
+            key = check_api_key(api_key)
+            if await self.store.get_project_by_name(clean):
+                raise Conflict(f"a project named {clean!r} already exists")
+            now = utcnow()
+            project = Project(
+                id=new_id(),
+                name=clean,
+                base_url=url,
+                api_key_enc=self.keyring.encrypt(key),
+                is_active=True,
+                created_at=now,
+                updated_at=now,
+            )
+            try:
+                created = await self.store.create_project(project)
+            except Exception as exc:  # a racing create with the same name hits the unique index
+                if await self.store.get_project_by_name(clean):
+                    raise Conflict(f"a project named {clean!r} already exists") from exc
+                raise
+            return project_view(created)
+
+        return await self._audited("project.create", "project", "", {"name": name.strip()}, go)
+
+    async def list_projects(self) -> list[View]:
+        return [project_view(p) for p in await self.store.list_projects()]
+
+    async def show_project(self, project_id: str) -> View:
+        return project_view(await self._project(project_id))
+
+    async def update_project(
+        self,
+        project_id: str,
+        *,
+        name: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+    ) -> View:
+        async def go() -> View:
+            changes: dict[str, Any] = {}
+            if name is not None:
+                changes["name"] = check_name(name)
+                other = await self.store.get_project_by_name(changes["name"])
+                if other is not None and other.id != project_id:
+                    raise Conflict(f"a project named {changes['name']!r} already exists")
+            if base_url is not None:
+                changes["base_url"] = check_base_url(base_url)
+            if api_key is not None:
+                changes["api_key_enc"] = self.keyring.encrypt(check_api_key(api_key))
+            if not changes:
+                raise UserError("nothing to update: give --name, --base-url or a new API key")
+            project, _ = await self.store.update_project(project_id, changes)
+            if project is None:
+                raise NotFound(f"no project with id {shown_id(project_id)}")
+            await self._project_changed(project_id)
+            return project_view(project)
+
+        fields = sorted(
+            k
+            for k, v in (("name", name), ("base_url", base_url), ("api_key", api_key))
+            if v is not None
+        )
+        return await self._audited("project.update", "project", project_id, {"fields": fields}, go)
+
+    async def set_project_active(
+        self, project_id: str, active: bool, *, revoke_tokens: bool = False
+    ) -> View:
+        async def go() -> View:
+            project, revoked = await self.store.update_project(
+                project_id, {"is_active": active}, revoke_tokens=revoke_tokens
+            )
+            if project is None:
+                raise NotFound(f"no project with id {shown_id(project_id)}")
+            await self._project_changed(project_id)
+            return {**project_view(project), "tokens_revoked": revoked}
+
+        action = "project.activate" if active else "project.deactivate"
+        return await self._audited(
+            action, "project", project_id, {"revoke_tokens": revoke_tokens}, go
+        )
+
+    async def delete_project(self, project_id: str) -> View:
+        async def go() -> View:
+            project = await self._project(project_id)
+            await self.store.delete_project(project_id)
+            await self._project_changed(project_id)
+            return {"id": project.id, "name": project.name, "deleted": True}
+
+        return await self._audited("project.delete", "project", project_id, {}, go)
+
+    # --- tokens ---
+
+    async def generate_token(
+        self,
+        project_id: str,
+        *,
+        duration: str | None = "24",
+        max_requests: int | None = None,
+        label: str = "",
+    ) -> View:
+        async def go() -> View:
+            lifetime = parse_token_duration(duration) if duration is not None else None
+            limit = check_max_requests(max_requests)
+            project = await self._project(project_id)
+            if not project.is_active:
+                raise UserError(f"project {shown_id(project_id)} is inactive: activate it first")
+            secret = generate_token()
+            now = utcnow()
+            token = Token(
+                id=new_id(),
+                token_hash=hash_token(secret),
+                display_prefix=display_prefix(secret),
+                project_id=project_id,
+                label=label.strip()[:200],
+                is_active=True,
+                created_at=now,
+                updated_at=now,
+                expires_at=(now + lifetime) if lifetime else None,
+                max_requests=limit,
+            )
+            created = await self.store.create_token(token)
+            return {**token_view(created), "token": secret}
+
+        details = {"project_id": project_id, "duration": duration, "max_requests": max_requests}
+        return await self._audited("token.generate", "token", "", details, go)
+
+    async def list_tokens(self, project_id: str | None = None) -> list[View]:
+        if project_id is not None:
+            await self._project(project_id)
+        return [token_view(t) for t in await self.store.list_tokens(project_id)]
+
+    async def show_token(self, token_id: str) -> View:
+        return token_view(await self._token(token_id))
+
+    async def update_token(
+        self,
+        token_id: str,
+        *,
+        activate: bool | None = None,
+        max_requests: int | None = None,
+        unlimited: bool = False,
+        duration: str | None = None,
+        label: str | None = None,
+    ) -> View:
+        async def go() -> View:
+            changes: dict[str, Any] = {}
+            if activate is not None:
+                changes["is_active"] = activate
+                if activate:
+                    changes["revoked_at"] = None
+            if unlimited:
+                changes["max_requests"] = None
+            elif max_requests is not None:
+                changes["max_requests"] = check_max_requests(max_requests)
+            if duration is not None:
+                lifetime = parse_token_duration(duration)
+                changes["expires_at"] = (utcnow() + lifetime) if lifetime else None
+            if label is not None:
+                changes["label"] = label.strip()[:200]
+            if not changes:
+                raise UserError(
+                    "nothing to update: give --activate/--deactivate, --max-requests, "
+                    "--duration or --label"
+                )
+            if changes.get("is_active"):
+                project = await self._project((await self._token(token_id)).project_id)
+                if not project.is_active:
+                    raise UserError("the token's project is inactive: activate it first")
+            token = await self.store.update_token(token_id, changes)
+            if token is None:
+                raise NotFound(f"no token with id {shown_id(token_id)}")
+            await self._tokens_changed([token_id])
+            return token_view(token)
+
+        details = {
+            "activate": activate,
+            "max_requests": max_requests,
+            "unlimited": unlimited,
+            "duration": duration,
+            "label": label is not None,
+        }
+        return await self._audited("token.update", "token", token_id, details, go)
+
+    async def revoke_token(self, token_id: str) -> View:
+        async def go() -> View:
+            await self._token(token_id)
+            revoked = await self.store.revoke_token(token_id)
+            await self._tokens_changed([token_id])
+            return {**token_view(await self._token(token_id)), "revoked": revoked}
+
+        return await self._audited("token.revoke", "token", token_id, {}, go)
+
+    async def revoke_project_tokens(self, project_id: str) -> View:
+        async def go() -> View:
+            await self._project(project_id)
+            tokens = await self.store.list_tokens(project_id)
+            revoked = await self.store.revoke_project_tokens(project_id)
+            await self._tokens_changed([t.id for t in tokens])
+            return {"project_id": project_id, "revoked": revoked}
+
+        return await self._audited("token.revoke_project", "project", project_id, {}, go)
+
+    # --- keys and audit ---
+
+    async def rotate_keys(self) -> View:
+        """Re-encrypt every upstream key still under an older key with the current one."""
+
+        async def go() -> View:
+            rotated = 0
+            for project in await self.store.list_projects():
+                if self.keyring.needs_rotation(project.api_key_enc):
+                    plaintext = self.keyring.decrypt(project.api_key_enc)
+                    await self.store.update_project(
+                        project.id, {"api_key_enc": self.keyring.encrypt(plaintext)}
+                    )
+                    rotated += 1
+            return {"rotated": rotated, "key_id": self.keyring.current_id}
+
+        return await self._audited("keys.rotate", "keys", self.keyring.current_id, {}, go)
+
+    async def list_audit(self, flt: AuditFilter) -> list[View]:
+        return [audit_view(e) for e in await self.store.list_audit(flt)]
+
+    async def _tokens_changed(self, token_ids: list[str]) -> None:
+        if self.notifier is not None and token_ids:
+            await self.notifier.tokens_changed(token_ids)
+
+    async def _project_changed(self, project_id: str) -> None:
+        if self.notifier is not None:
+            await self.notifier.project_changed(project_id)

@@ -1,0 +1,25 @@
+"""Storage: one interface (``SqlStore``), a SQLite and a Postgres implementation."""
+
+from __future__ import annotations
+
+from shared.config import Settings
+from shared.store.base import SqlStore, TokenAuth
+from shared.store.models import AuditEvent, AuditFilter, Project, Token
+
+__all__ = ["AuditEvent", "AuditFilter", "Project", "SqlStore", "Token", "TokenAuth", "make_store"]
+
+
+def make_store(settings: Settings) -> SqlStore:
+    """The store the settings ask for (not yet opened)."""
+    if settings.db_driver == "postgres":
+        from shared.store.postgres import PostgresStore
+
+        return PostgresStore(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            min_idle=settings.database_max_idle_conns,
+            max_lifetime=settings.database_conn_max_lifetime,
+        )
+    from shared.store.sqlite import SqliteStore
+
+    return SqliteStore(settings.sqlite_path)

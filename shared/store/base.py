@@ -1,0 +1,419 @@
+"""The SQL both stores share; subclasses supply connections and their dialect's differences."""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from shared.clock import from_epoch, utcnow
+from shared.events import RequestEvent
+from shared.store.models import AuditEvent, AuditFilter, Project, Token
+
+Row = dict[str, Any]
+
+
+class Tx(Protocol):
+    """One connection inside a transaction. SQL uses ``%s`` placeholders in both dialects."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+
+PROJECT_COLUMNS = (
+    "id, name, base_url, api_key_enc, is_active, created_at, updated_at, request_count, "
+    "cache_hit_count, prompt_tokens, completion_tokens, last_used_at"
+)
+TOKEN_COLUMNS = (
+    "id, token_hash, display_prefix, project_id, label, is_active, created_at, updated_at, "
+    "expires_at, max_requests, request_count, cache_hit_count, prompt_tokens, "
+    "completion_tokens, last_used_at, revoked_at"
+)
+EVENT_COLUMNS = (
+    "event_id, request_id, ts, project_id, token_id, method, path, status, model, duration_ms, "
+    "upstream_ms, ttfb_ms, request_bytes, response_bytes, prompt_tokens, completion_tokens, "
+    "total_tokens, cache_status, stream, error, client_ip"
+)
+PROJECT_UPDATABLE = frozenset({"name", "base_url", "api_key_enc", "is_active"})
+TOKEN_UPDATABLE = frozenset({"label", "is_active", "expires_at", "max_requests", "revoked_at"})
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAuth:
+    """What the proxy needs to authorise a request: the token row and its project."""
+
+    token: Token
+    project: Project
+
+
+@dataclass(slots=True)
+class _Usage:
+    requests: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    last_used: datetime | None = None
+
+    def add(self, event: RequestEvent, ts: datetime) -> None:
+        self.requests += 1
+        self.cache_hits += event.cache_status == "hit"
+        self.prompt_tokens += event.prompt_tokens
+        self.completion_tokens += event.completion_tokens
+        if self.last_used is None or ts > self.last_used:
+            self.last_used = ts
+
+
+def project_from_row(row: Row) -> Project:
+    return Project(**row)
+
+
+def token_from_row(row: Row) -> Token:
+    return Token(**row)
+
+
+def event_params(event: RequestEvent) -> tuple[Any, ...]:
+    return (
+        event.event_id,
+        event.request_id,
+        from_epoch(event.ts),
+        event.project_id or None,
+        event.token_id or None,
+        event.method,
+        event.path,
+        event.status,
+        event.model,
+        event.duration_ms,
+        event.upstream_ms,
+        event.ttfb_ms,
+        event.request_bytes,
+        event.response_bytes,
+        event.prompt_tokens,
+        event.completion_tokens,
+        event.total_tokens,
+        event.cache_status,
+        event.stream,
+        event.error,
+        event.client_ip,
+    )
+
+
+def usage_by_owner(
+    events: Sequence[RequestEvent],
+) -> tuple[dict[str, _Usage], dict[str, _Usage]]:
+    """Sum inserted events per token and per project, for the aggregate columns."""
+    tokens: dict[str, _Usage] = {}
+    projects: dict[str, _Usage] = {}
+    for event in events:
+        ts = from_epoch(event.ts)
+        if event.token_id:
+            tokens.setdefault(event.token_id, _Usage()).add(event, ts)
+        if event.project_id:
+            projects.setdefault(event.project_id, _Usage()).add(event, ts)
+    return tokens, projects
+
+
+class SqlStore(abc.ABC):
+    """Projects, tokens, audit and request events over SQL shared by SQLite and Postgres."""
+
+    #: SQL for "the later of two timestamps, either may be NULL".
+    latest_sql = "MAX"
+
+    @abc.abstractmethod
+    def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Tx]:
+        """A transaction on one connection; committed on normal exit, rolled back on error."""
+
+    @abc.abstractmethod
+    async def open(self, *, wait: bool = False) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations; return the versions applied now."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int: ...
+
+    def valid_id(self, value: str) -> bool:
+        """Whether ``value`` can be an id at all (Postgres rejects non-UUIDs in uuid columns)."""
+        return bool(value)
+
+    async def ping(self) -> None:
+        async with self.transaction(readonly=True) as tx:
+            await tx.fetchone("SELECT 1 AS ok")
+
+    # --- projects ---
+
+    async def create_project(self, project: Project) -> Project:
+        async with self.transaction() as tx:
+            row = await tx.fetchone(
+                f"INSERT INTO projects (id, name, base_url, api_key_enc, is_active, created_at, "
+                f"updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {PROJECT_COLUMNS}",
+                (
+                    project.id,
+                    project.name,
+                    project.base_url,
+                    project.api_key_enc,
+                    project.is_active,
+                    project.created_at,
+                    project.updated_at,
+                ),
+            )
+        assert row is not None
+        return project_from_row(row)
+
+    async def get_project(self, project_id: str) -> Project | None:
+        if not self.valid_id(project_id):
+            return None
+        async with self.transaction(readonly=True) as tx:
+            row = await tx.fetchone(
+                f"SELECT {PROJECT_COLUMNS} FROM projects WHERE id = %s", (project_id,)
+            )
+        return project_from_row(row) if row else None
+
+    async def get_project_by_name(self, name: str) -> Project | None:
+        async with self.transaction(readonly=True) as tx:
+            row = await tx.fetchone(
+                f"SELECT {PROJECT_COLUMNS} FROM projects WHERE name = %s", (name,)
+            )
+        return project_from_row(row) if row else None
+
+    async def list_projects(self) -> list[Project]:
+        async with self.transaction(readonly=True) as tx:
+            rows = await tx.fetchall(
+                f"SELECT {PROJECT_COLUMNS} FROM projects ORDER BY created_at, name"
+            )
+        return [project_from_row(r) for r in rows]
+
+    async def update_project(
+        self, project_id: str, changes: dict[str, Any], *, revoke_tokens: bool = False
+    ) -> tuple[Project | None, int]:
+        """Apply ``changes`` and optionally revoke every token of the project, in one
+        transaction. Returns the updated project (None if unknown) and the tokens revoked."""
+        unknown = set(changes) - PROJECT_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        if not self.valid_id(project_id):
+            return None, 0
+        now = utcnow()
+        sets = ", ".join(f"{name} = %s" for name in changes)
+        sets = f"{sets}, updated_at = %s" if sets else "updated_at = %s"
+        async with self.transaction() as tx:
+            row = await tx.fetchone(
+                f"UPDATE projects SET {sets} WHERE id = %s RETURNING {PROJECT_COLUMNS}",
+                (*changes.values(), now, project_id),
+            )
+            revoked = 0
+            if row is not None and revoke_tokens:
+                revoked = await self._revoke(tx, "project_id = %s", project_id, now)
+        return (project_from_row(row) if row else None), revoked
+
+    async def delete_project(self, project_id: str) -> bool:
+        if not self.valid_id(project_id):
+            return False
+        async with self.transaction() as tx:
+            count = await tx.execute("DELETE FROM projects WHERE id = %s", (project_id,))
+        return count > 0
+
+    # --- tokens ---
+
+    async def create_token(self, token: Token) -> Token:
+        async with self.transaction() as tx:
+            row = await tx.fetchone(
+                "INSERT INTO tokens (id, token_hash, display_prefix, project_id, label, is_active, "
+                "created_at, updated_at, expires_at, max_requests) VALUES "
+                f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {TOKEN_COLUMNS}",
+                (
+                    token.id,
+                    token.token_hash,
+                    token.display_prefix,
+                    token.project_id,
+                    token.label,
+                    token.is_active,
+                    token.created_at,
+                    token.updated_at,
+                    token.expires_at,
+                    token.max_requests,
+                ),
+            )
+        assert row is not None
+        return token_from_row(row)
+
+    async def get_token(self, token_id: str) -> Token | None:
+        if not self.valid_id(token_id):
+            return None
+        async with self.transaction(readonly=True) as tx:
+            row = await tx.fetchone(
+                f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = %s", (token_id,)
+            )
+        return token_from_row(row) if row else None
+
+    async def find_token(self, token_hash: str) -> TokenAuth | None:
+        """The token with this hash and its project, in one query (the proxy's auth miss path)."""
+        cols = ", ".join(f"t.{c.strip()} AS t_{c.strip()}" for c in TOKEN_COLUMNS.split(","))
+        pcols = ", ".join(f"p.{c.strip()} AS p_{c.strip()}" for c in PROJECT_COLUMNS.split(","))
+        async with self.transaction(readonly=True) as tx:
+            row = await tx.fetchone(
+                f"SELECT {cols}, {pcols} FROM tokens t JOIN projects p ON p.id = t.project_id "
+                "WHERE t.token_hash = %s",
+                (token_hash,),
+            )
+        if row is None:
+            return None
+        token = token_from_row({k[2:]: v for k, v in row.items() if k.startswith("t_")})
+        project = project_from_row({k[2:]: v for k, v in row.items() if k.startswith("p_")})
+        return TokenAuth(token, project)
+
+    async def list_tokens(self, project_id: str | None = None) -> list[Token]:
+        if project_id is not None and not self.valid_id(project_id):
+            return []
+        where, params = ("WHERE project_id = %s", (project_id,)) if project_id else ("", ())
+        async with self.transaction(readonly=True) as tx:
+            rows = await tx.fetchall(
+                f"SELECT {TOKEN_COLUMNS} FROM tokens {where} ORDER BY created_at, id", params
+            )
+        return [token_from_row(r) for r in rows]
+
+    async def update_token(self, token_id: str, changes: dict[str, Any]) -> Token | None:
+        unknown = set(changes) - TOKEN_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        if not self.valid_id(token_id):
+            return None
+        sets = ", ".join(f"{name} = %s" for name in changes)
+        sets = f"{sets}, updated_at = %s" if sets else "updated_at = %s"
+        async with self.transaction() as tx:
+            row = await tx.fetchone(
+                f"UPDATE tokens SET {sets} WHERE id = %s RETURNING {TOKEN_COLUMNS}",
+                (*changes.values(), utcnow(), token_id),
+            )
+        return token_from_row(row) if row else None
+
+    async def revoke_token(self, token_id: str) -> int:
+        if not self.valid_id(token_id):
+            return 0
+        async with self.transaction() as tx:
+            return await self._revoke(tx, "id = %s", token_id, utcnow())
+
+    async def revoke_project_tokens(self, project_id: str) -> int:
+        """Revoke every active token of a project in one transaction; return how many."""
+        if not self.valid_id(project_id):
+            return 0
+        async with self.transaction() as tx:
+            return await self._revoke(tx, "project_id = %s", project_id, utcnow())
+
+    async def _revoke(self, tx: Tx, where: str, value: str, now: datetime) -> int:
+        return await tx.execute(
+            f"UPDATE tokens SET is_active = %s, revoked_at = %s, updated_at = %s "
+            f"WHERE {where} AND is_active = %s",
+            (False, now, now, value, True),
+        )
+
+    # --- audit ---
+
+    async def add_audit(self, event: AuditEvent) -> None:
+        async with self.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO audit_events (ts, actor, action, target_type, target_id, outcome, "
+                "details, request_id, client_ip) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    event.ts or utcnow(),
+                    event.actor,
+                    event.action,
+                    event.target_type,
+                    event.target_id,
+                    event.outcome,
+                    json.dumps(event.details, sort_keys=True),
+                    event.request_id,
+                    event.client_ip,
+                ),
+            )
+
+    async def list_audit(self, flt: AuditFilter) -> list[AuditEvent]:
+        """Newest first; page with ``before_id`` set to the last id of the previous page."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value, op in (
+            ("action", flt.action, "="),
+            ("target_id", flt.target_id, "="),
+            ("outcome", flt.outcome, "="),
+            ("ts", flt.since, ">="),
+            ("ts", flt.until, "<"),
+            ("id", flt.before_id, "<"),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} %s")
+                params.append(value)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        async with self.transaction(readonly=True) as tx:
+            rows = await tx.fetchall(
+                "SELECT id, ts, actor, action, target_type, target_id, outcome, details, "
+                f"request_id, client_ip FROM audit_events {where} ORDER BY id DESC LIMIT %s",
+                (*params, flt.limit),
+            )
+        out = []
+        for row in rows:
+            details = row["details"]
+            row["details"] = json.loads(details) if isinstance(details, str) else details
+            out.append(AuditEvent(**row))
+        return out
+
+    # --- request events ---
+
+    async def record_events(self, events: Sequence[RequestEvent]) -> int:
+        """Insert events (duplicates by event_id skipped) and add only the inserted ones to the
+        token and project aggregates, all in one transaction. Returns the rows inserted."""
+        if not events:
+            return 0
+        async with self.transaction() as tx:
+            inserted = await self.insert_events(tx, events)
+            await self.apply_usage(tx, inserted)
+        return len(inserted)
+
+    async def insert_events(self, tx: Tx, events: Sequence[RequestEvent]) -> list[RequestEvent]:
+        placeholders = ", ".join(["%s"] * len(EVENT_COLUMNS.split(",")))
+        inserted = []
+        for event in events:
+            count = await tx.execute(
+                f"INSERT INTO request_events ({EVENT_COLUMNS}) VALUES ({placeholders}) "
+                "ON CONFLICT (event_id) DO NOTHING",
+                event_params(event),
+            )
+            if count:
+                inserted.append(event)
+        return inserted
+
+    async def apply_usage(self, tx: Tx, inserted: Sequence[RequestEvent]) -> None:
+        tokens, projects = usage_by_owner(inserted)
+        for table, usage in (("tokens", tokens), ("projects", projects)):
+            for owner_id, u in sorted(usage.items()):  # fixed order: no deadlocks between writers
+                await tx.execute(
+                    f"UPDATE {table} SET request_count = request_count + %s, "
+                    "cache_hit_count = cache_hit_count + %s, prompt_tokens = prompt_tokens + %s, "
+                    "completion_tokens = completion_tokens + %s, "
+                    f"last_used_at = COALESCE({self.latest_sql}(last_used_at, %s), %s) "
+                    "WHERE id = %s",
+                    (
+                        u.requests,
+                        u.cache_hits,
+                        u.prompt_tokens,
+                        u.completion_tokens,
+                        u.last_used,
+                        u.last_used,
+                        owner_id,
+                    ),
+                )
+
+    async def count_events(self, token_id: str | None = None) -> int:
+        where, params = ("WHERE token_id = %s", (token_id,)) if token_id else ("", ())
+        async with self.transaction(readonly=True) as tx:
+            row = await tx.fetchone(f"SELECT COUNT(*) AS n FROM request_events {where}", params)
+        return int(row["n"]) if row else 0

@@ -1,0 +1,68 @@
+"""Rows of the data model as typed, immutable records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    name: str
+    base_url: str
+    api_key_enc: str
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+    request_count: int = 0
+    cache_hit_count: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    id: str
+    token_hash: str
+    display_prefix: str
+    project_id: str
+    label: str
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None = None
+    max_requests: int | None = None
+    request_count: int = 0
+    cache_hit_count: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    action: str
+    outcome: str
+    actor: str
+    target_type: str = ""
+    target_id: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    request_id: str = ""
+    client_ip: str = ""
+    ts: datetime | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    action: str | None = None
+    target_id: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before_id: int | None = None  # cursor: rows with a smaller id (older)
+    limit: int = 100

@@ -1,0 +1,160 @@
+"""The embedded store: one SQLite file, a connection per process, statements run off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from shared.clock import utcnow
+from shared.store.base import Row, SqlStore, Tx
+from shared.store.migrations import load
+
+_BOOL_COLUMNS = frozenset({"is_active", "stream"})
+
+
+def _is_time_column(name: str) -> bool:
+    return name == "ts" or name.endswith("_at")
+
+
+def format_ts(value: datetime) -> str:
+    """Fixed-width UTC text, so string order is time order."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _param(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return format_ts(value)
+    return value
+
+
+@lru_cache(maxsize=512)
+def _qmark(sql: str) -> str:
+    return sql.replace("%s", "?")
+
+
+def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
+    row: Row = {}
+    for (name, *_), value in zip(cursor.description, values, strict=True):
+        if value is not None:
+            if name in _BOOL_COLUMNS:
+                value = bool(value)
+            elif _is_time_column(name) and isinstance(value, str):
+                value = datetime.fromisoformat(value)
+        row[name] = value
+    return row
+
+
+class _SqliteTx:
+    def __init__(self, conn: sqlite3.Connection, run: Any) -> None:
+        self._conn = conn
+        self._run = run
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        args = tuple(_param(p) for p in params)
+        return int(await self._run(lambda: self._conn.execute(_qmark(sql), args).rowcount))
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        args = tuple(_param(p) for p in params)
+
+        def go() -> list[Row]:
+            cur = self._conn.execute(_qmark(sql), args)
+            return [_row(cur, r) for r in cur.fetchall()]
+
+        rows: list[Row] = await self._run(go)
+        return rows
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+
+class SqliteStore(SqlStore):
+    """All statements of one process go through one connection on one thread, serialised by a
+    lock; other processes (gunicorn workers, the CLI) coordinate through SQLite's file locks."""
+
+    def __init__(self, path: str, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = asyncio.Lock()
+
+    async def _run(self, fn: Any) -> Any:
+        assert self._executor is not None, "store is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def open(self, *, wait: bool = False) -> None:
+        if self._conn is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            return conn
+
+        self._conn = await self._run(connect)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._run(conn.close)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    @asynccontextmanager
+    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
+        async with self._lock:
+            conn = self._conn
+            assert conn is not None, "store is not open"
+            # IMMEDIATE takes the write lock up front, so a read-then-write never fails with
+            # SQLITE_BUSY half way; readers use DEFERRED and never block writers under WAL.
+            await self._run(lambda: conn.execute("BEGIN" if readonly else "BEGIN IMMEDIATE"))
+            try:
+                yield _SqliteTx(conn, self._run)
+            except BaseException:
+                await self._run(lambda: conn.execute("ROLLBACK"))
+                raise
+            await self._run(lambda: conn.execute("COMMIT"))
+
+    async def schema_version(self) -> int:
+        async with self.transaction(readonly=True) as tx:
+            table = await tx.fetchone(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+            )
+            if table is None:
+                return 0
+            row = await tx.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
+        return int(row["v"] or 0) if row else 0
+
+    async def migrate(self) -> list[int]:
+        applied: list[int] = []
+        async with self.transaction() as tx:  # BEGIN IMMEDIATE: one migrator at a time
+            await tx.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            done = {
+                r["version"] for r in await tx.fetchall("SELECT version FROM schema_migrations")
+            }
+            for migration in load("sqlite"):
+                if migration.version in done:
+                    continue
+                for statement in migration.statements():
+                    await tx.execute(statement)
+                await tx.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+                    (migration.version, migration.name, utcnow()),
+                )
+                applied.append(migration.version)
+        return applied

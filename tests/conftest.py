@@ -1,0 +1,86 @@
+"""Fixtures: real SQLite and Postgres stores, settings for each, and a clean environment."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from shared.config import Settings
+from shared.crypto import Keyring, new_key
+from shared.store import SqlStore, make_store
+from tests.services import create_database, drop_database, require
+
+TABLES = ("request_events", "audit_events", "tokens", "projects")
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """One migrated database per test session on the loopback Postgres."""
+    require("PostgreSQL", "127.0.0.1", 5432)
+    url = create_database()
+    settings = Settings.from_env({"DB_DRIVER": "postgres", "DATABASE_URL": url})
+    store = make_store(settings)
+
+    async def migrate() -> None:
+        await store.open()
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    asyncio.run(migrate())
+    yield url
+    drop_database(url)
+
+
+def truncate(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+def encryption_key() -> str:
+    return new_key()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_env(request: pytest.FixtureRequest, tmp_path: Path, encryption_key: str) -> dict[str, str]:
+    """Environment for one store: a fresh SQLite file, or the session's Postgres, emptied."""
+    if request.param == "sqlite":
+        return {"DATABASE_URL": str(tmp_path / "proxy.db"), "ENCRYPTION_KEY": encryption_key}
+    url: str = request.getfixturevalue("pg_database")
+    truncate(url)
+    return {"DB_DRIVER": "postgres", "DATABASE_URL": url, "ENCRYPTION_KEY": encryption_key}
+
+
+@pytest.fixture
+def settings(db_env: dict[str, str]) -> Settings:
+    return Settings.from_env(db_env)
+
+
+@pytest.fixture
+def keyring(encryption_key: str) -> Keyring:
+    return Keyring.from_text(encryption_key)
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[SqlStore]:
+    store = make_store(settings)
+    await store.open()
+    await store.migrate()
+    yield store
+    await store.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never inherit the developer's LLM-proxy settings, and run in a private directory."""
+    for name in list(Settings.__dataclass_fields__):
+        env = Settings.__dataclass_fields__[name].metadata["env"]
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.delenv("UPSTREAM_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)

@@ -1,0 +1,50 @@
+"""Reaching the loopback services tests use, and owning throwaway databases on them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import psycopg
+import pytest
+
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_HOST, REDIS_PORT = "127.0.0.1", int(os.environ.get("TEST_REDIS_PORT", "6379"))
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require(service: str, host: str, port: int) -> None:
+    """Skip when a service is missing locally; fail in CI, where it must be there."""
+    if port_open(host, port):
+        return
+    message = f"{service} is not running on {host}:{port}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + " (CI=true: services are required)")
+    pytest.skip(message)
+
+
+def pg_url_for(dbname: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+def create_database() -> str:
+    """A new empty database on the shared server; returns its URL."""
+    name = f"llmproxy_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return pg_url_for(name)
+
+
+def drop_database(url: str) -> None:
+    name = url.rpartition("/")[2]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
