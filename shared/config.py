@@ -212,6 +212,15 @@ class Settings:
         shown="(none)",
     )
 
+    redis_timeout: float = var(
+        "REDIS_TIMEOUT",
+        1.0,
+        "How long a Redis command may take before the caller treats Redis as unavailable "
+        "(and falls back, spools or fails closed, as each feature documents).",
+        _duration(),
+        shown="`1s`",
+    )
+
     # --- secrets ---
     management_token: Secret = var(
         "MANAGEMENT_TOKEN",
@@ -326,5 +335,21 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def write_docs(path: str) -> None:
+    """Replace the generated table in docs/configuration.md."""
+    begin, end = "<!-- settings:begin -->\n", "<!-- settings:end -->"
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(head + begin + markdown_table() + "\n" + end + tail)
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    if sys.argv[1:2] == ["--write"]:
+        write_docs(sys.argv[2] if len(sys.argv) > 2 else "docs/configuration.md")
+    else:
+        print(markdown_table())

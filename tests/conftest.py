@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,7 +13,14 @@ import pytest
 from shared.config import Settings
 from shared.crypto import Keyring, new_key
 from shared.store import SqlStore, make_store
-from tests.services import create_database, drop_database, require
+from tests.services import (
+    REDIS_HOST,
+    REDIS_PORT,
+    RedisProcess,
+    create_database,
+    drop_database,
+    require,
+)
 
 TABLES = ("request_events", "audit_events", "tokens", "projects")
 
@@ -84,3 +92,24 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv(env, raising=False)
     monkeypatch.delenv("UPSTREAM_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def redis_env() -> dict[str, str]:
+    """Settings pointing at the shared loopback Redis. Tests keep their keys apart with
+    ``unique_prefix`` rather than flushing a database others may be using."""
+    require("Redis", REDIS_HOST, REDIS_PORT)
+    return {"REDIS_ADDR": f"{REDIS_HOST}:{REDIS_PORT}"}
+
+
+@pytest.fixture
+def unique_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisProcess]:
+    """A redis-server of this test's own, free to be stopped and restarted."""
+    server = RedisProcess().start()
+    yield server
+    server.stop()
