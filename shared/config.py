@@ -221,6 +221,23 @@ class Settings:
         shown="`1s`",
     )
 
+    # --- event bus ---
+    event_bus: str = var(
+        "LLM_PROXY_EVENT_BUS",
+        "in-memory",
+        "Where request events go: `in-memory` (written by the proxy process itself; the "
+        "embedded default) or `redis-streams` (XADD to REDIS_STREAM_KEY, written by "
+        "`llm-proxy dispatcher`).",
+        _choice("in-memory", "redis-streams"),
+    )
+    observability_buffer_size: int = var(
+        "OBSERVABILITY_BUFFER_SIZE",
+        1000,
+        "Events each worker holds before they are written or sent; past it, events spill or are "
+        "dropped and counted.",
+        _int(1),
+    )
+
     # --- secrets ---
     management_token: Secret = var(
         "MANAGEMENT_TOKEN",

@@ -1,0 +1,90 @@
+"""The embedded bus: a bounded in-process queue drained by a task that writes to the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+from shared.events import RequestEvent
+from shared.store import SqlStore
+
+log = logging.getLogger("llm_proxy.bus")
+
+
+class MemoryBus:
+    """Events wait in a bounded deque; one task writes them in batches with ``record_events``
+    (insert plus aggregates in one transaction). A failed write keeps the batch and retries."""
+
+    def __init__(
+        self,
+        store: SqlStore,
+        *,
+        capacity: int = 1000,
+        batch_size: int = 100,
+        flush_interval: float = 0.05,
+    ) -> None:
+        self.store = store
+        self.capacity = capacity
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.dropped = 0
+        self.written = 0
+        self._queue: deque[RequestEvent] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="memory-bus")
+
+    def can_record(self) -> bool:
+        return len(self._queue) < self.capacity and not self._closing
+
+    def publish(self, event: RequestEvent) -> None:
+        if len(self._queue) >= self.capacity:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("event buffer full: %d events dropped so far", self.dropped)
+            return
+        self._queue.append(event)
+        if len(self._queue) >= self.batch_size:
+            self._wake.set()
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                continue
+            batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
+            try:
+                await self.store.record_events(batch)
+            except Exception:
+                if self._closing and backoff > 5:
+                    log.exception("giving up writing %d events at shutdown", len(self._queue))
+                    return
+                log.exception("writing events failed; retrying in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.1
+            for _ in batch:
+                self._queue.popleft()
+            self.written += len(batch)
+
+    async def close(self) -> None:
+        """Write everything still queued, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
