@@ -1,0 +1,139 @@
+"""What the deployment files must agree with: setting names, the app's routes, nginx, compose."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_DIR = ROOT / "compose"
+CHART_DIR = ROOT / "helm" / "llm-proxy"
+
+# Variables read by software other than llm-proxy inside our containers.
+FOREIGN_VARIABLES = {
+    "PYTHONDONTWRITEBYTECODE",  # CPython
+    "PYTHONUNBUFFERED",
+    "PIP_NO_CACHE_DIR",  # pip, at image build time
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+}
+
+# The probe and metrics paths the proxy serves, as its issue documents them; the tests use the
+# routes of the real app instead as soon as `proxy.app` exists.
+DOCUMENTED_PATHS = {"/live", "/ready", "/health", "/metrics"}
+
+
+def settings_variables() -> set[str]:
+    return {f.metadata["env"] for f in Settings.__dataclass_fields__.values()}
+
+
+def cli_variables() -> set[str]:
+    """The "Command-line variables" table of docs/configuration.md (a test keeps it in step
+    with the CLI's flags)."""
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    section = text.split("## Command-line variables", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([A-Z0-9_]+)` \|", section, re.M))
+
+
+def known_variables() -> set[str]:
+    return settings_variables() | cli_variables() | FOREIGN_VARIABLES
+
+
+def unknown_variables(names: set[str]) -> list[str]:
+    return sorted(names - known_variables())
+
+
+def app_paths() -> set[str]:
+    """Paths the proxy app routes: from the real app once it is importable."""
+    try:
+        from proxy.app import create_app  # type: ignore[attr-defined]
+    except ImportError:
+        return set(DOCUMENTED_PATHS)
+    app = create_app(Settings.from_env({}))
+    return {getattr(route, "path", "") for route in app.routes}
+
+
+def require_tool(name: str) -> str:
+    """The path of a tool; a missing one skips locally and fails in CI."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true: it is required)")
+        pytest.skip(message)
+    return path
+
+
+def compose_model(env_file: Path, *profiles: str) -> dict[str, Any]:
+    """docker-compose.yml as Docker Compose itself resolves it (anchors, merges, interpolation),
+    by the real `docker-compose config` (no Docker engine needed)."""
+    binary = require_tool("docker-compose")
+    args = [binary, "--project-directory", str(COMPOSE_DIR), "-f", str(COMPOSE_DIR / "docker-compose.yml")]
+    args += ["--env-file", str(env_file)]
+    for profile in profiles:
+        args += ["--profile", profile]
+    done = subprocess.run(
+        [*args, "config", "--format", "json"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    model: dict[str, Any] = json.loads(done.stdout)
+    return model
+
+
+def example_env(tmp_path: Path) -> Path:
+    """compose/.env.example with its placeholders, as an operator would start from it."""
+    target = tmp_path / "compose.env"
+    shutil.copy(COMPOSE_DIR / ".env.example", target)
+    return target
+
+
+def llm_proxy_services(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The compose services that run our image."""
+    image = model["services"]["proxy"]["image"]
+    return {name: svc for name, svc in model["services"].items() if svc.get("image") == image}
+
+
+def nginx_upstream_servers(conf: str) -> list[str]:
+    block = re.search(r"upstream\s+llm_proxy\s*\{(.*?)\}", conf, re.S)
+    assert block, "compose/nginx.conf has no `upstream llm_proxy` block"
+    return re.findall(r"^\s*server\s+(\S+)", block.group(1), re.M)
+
+
+def nginx_for_loopback(conf: str, upstreams: list[str], listen: str) -> str:
+    """compose/nginx.conf with only the upstream servers and the listen address replaced."""
+    servers = re.findall(r"^(\s*)server\s+\S+(.*);$", conf, re.M)
+    assert len(servers) == 1, "expected one `server` line in the upstream block"
+    indent, params = servers[0]
+    lines = "\n".join(f"{indent}server {addr}{params};" for addr in upstreams)
+    conf = re.sub(r"^\s*server\s+\S+.*;$", lambda _: lines, conf, count=1, flags=re.M)
+    conf, count = re.subn(r"^(\s*)listen\s+\S+;$", rf"\g<1>listen {listen};", conf, flags=re.M)
+    assert count == 1, "expected one `listen` line"
+    return conf
+
+
+def nginx_size(text: str) -> int:
+    """An nginx size (`10m`, `512k`, `26214400`) in bytes."""
+    match = re.fullmatch(r"(\d+)([kKmMgG]?)", text)
+    assert match, f"not an nginx size: {text!r}"
+    factor = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
+    return int(match.group(1)) * factor
+
+
+def nginx_directive(conf: str, name: str) -> str:
+    values = re.findall(rf"^\s*{name}\s+([^;]+);", conf, re.M)
+    assert len(values) == 1, f"expected one `{name}` in compose/nginx.conf, found {values}"
+    return values[0].strip()
+
+
+def nginx_seconds(text: str) -> int:
+    match = re.fullmatch(r"(\d+)(s|m)?", text)
+    assert match, f"not an nginx duration in seconds or minutes: {text!r}"
+    return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
