@@ -61,6 +61,15 @@ def run(action: Action, *, as_json: bool, columns: Sequence[str] | None = None) 
     emit(result, as_json=as_json, columns=columns)
 
 
+def guarded_settings() -> Settings:
+    """The settings, or one line naming the bad variable and exit 1."""
+    try:
+        return Settings.from_env()
+    except LLMProxyError as exc:
+        fail(exc.message)
+        raise  # unreachable: fail() exits
+
+
 def guarded(body: Callable[[Settings], Coroutine[Any, Any, Any]]) -> Any:
     """Read settings, run ``body``; turn every failure into one line on stderr and exit 1."""
     try:
