@@ -14,7 +14,9 @@ from shared.config import Settings
 from shared.crypto import load_keyring
 from shared.errors import LLMProxyError, Unavailable
 from shared.logging import redact, setup_logging
+from shared.invalidation import Notifier
 from shared.manage import Management
+from shared.redis import make_redis, uses_redis
 from shared.store import SqlStore, make_store
 
 Action = Callable[[Management], Awaitable[Any]]
@@ -49,9 +51,15 @@ async def open_store(settings: Settings, *, check_schema: bool = True) -> SqlSto
 async def _run_local(settings: Settings, action: Action) -> Any:
     keyring = load_keyring(settings)
     store = await open_store(settings)
+    redis = make_redis(settings) if uses_redis(settings) else None
+    notifier = Notifier(store, redis)  # revocations reach every running proxy worker
     try:
-        return await action(Management(store=store, keyring=keyring, actor=cli_actor()))
+        return await action(
+            Management(store=store, keyring=keyring, actor=cli_actor(), notifier=notifier)
+        )
     finally:
+        if redis is not None:
+            await redis.aclose()
         await store.close()
 
 
