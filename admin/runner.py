@@ -13,8 +13,8 @@ from admin.output import emit, fail
 from shared.config import Settings
 from shared.crypto import load_keyring
 from shared.errors import LLMProxyError, Unavailable
-from shared.logging import redact, setup_logging
 from shared.invalidation import Notifier
+from shared.logging import redact, setup_logging
 from shared.manage import Management
 from shared.redis import make_redis, uses_redis
 from shared.store import SqlStore, make_store
