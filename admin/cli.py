@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from admin.commands import audit, keys, projects, tokens
+from admin.commands import audit, keys, projects, server, tokens
 from admin.options import JsonOpt
 from admin.output import emit
 from admin.runner import guarded, open_store
@@ -25,6 +25,9 @@ manage.add_typer(tokens.app, name="token")
 manage.add_typer(keys.app, name="keys")
 manage.add_typer(audit.app, name="audit")
 app.add_typer(manage, name="manage")
+
+
+app.command("server")(server.server)
 
 
 @app.command("migrate")

@@ -13,8 +13,10 @@ from admin.output import emit, fail
 from shared.config import Settings
 from shared.crypto import load_keyring
 from shared.errors import LLMProxyError, Unavailable
+from shared.invalidation import Notifier
 from shared.logging import redact, setup_logging
 from shared.manage import Management
+from shared.redis import make_redis, uses_redis
 from shared.store import SqlStore, make_store
 
 Action = Callable[[Management], Awaitable[Any]]
@@ -49,9 +51,15 @@ async def open_store(settings: Settings, *, check_schema: bool = True) -> SqlSto
 async def _run_local(settings: Settings, action: Action) -> Any:
     keyring = load_keyring(settings)
     store = await open_store(settings)
+    redis = make_redis(settings) if uses_redis(settings) else None
+    notifier = Notifier(store, redis)  # revocations reach every running proxy worker
     try:
-        return await action(Management(store=store, keyring=keyring, actor=cli_actor()))
+        return await action(
+            Management(store=store, keyring=keyring, actor=cli_actor(), notifier=notifier)
+        )
     finally:
+        if redis is not None:
+            await redis.aclose()
         await store.close()
 
 
@@ -59,6 +67,15 @@ def run(action: Action, *, as_json: bool, columns: Sequence[str] | None = None) 
     """Run ``action`` and print its result; exit 1 with one line on any error."""
     result = guarded(lambda settings: _run_local(settings, action))
     emit(result, as_json=as_json, columns=columns)
+
+
+def guarded_settings() -> Settings:
+    """The settings, or one line naming the bad variable and exit 1."""
+    try:
+        return Settings.from_env()
+    except LLMProxyError as exc:
+        fail(exc.message)
+        raise  # unreachable: fail() exits
 
 
 def guarded(body: Callable[[Settings], Coroutine[Any, Any, Any]]) -> Any:

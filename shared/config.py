@@ -221,6 +221,170 @@ class Settings:
         shown="`1s`",
     )
 
+    # --- server ---
+    host: str = var("HOST", "0.0.0.0", "Address `llm-proxy server` listens on.", _str)  # noqa: S104
+    port: int = var("PORT", 8080, "Port `llm-proxy server` listens on.", _int(1))
+    workers: int = var(
+        "WORKERS",
+        0,
+        "Worker processes of `llm-proxy server`. 0 means one per CPU core.",
+        _int(0),
+        shown="`0` (CPU count)",
+    )
+    shutdown_grace_period: float = var(
+        "SHUTDOWN_GRACE_PERIOD",
+        120.0,
+        "On SIGTERM, how long in-flight requests (open streams included) may take to finish "
+        "before the worker stops.",
+        _duration(),
+        shown="`120s`",
+    )
+    max_in_flight_requests: int = var(
+        "MAX_IN_FLIGHT_REQUESTS",
+        2000,
+        "Requests one worker serves at once; more get 503 with Retry-After. 0 means no cap.",
+        _int(0),
+    )
+
+    # --- forwarding ---
+    allowed_endpoints: tuple[str, ...] = var(
+        "ALLOWED_ENDPOINTS",
+        tuple(DEFAULT_ENDPOINTS.split(",")),
+        "Comma-separated path prefixes under `/v1/` that are forwarded; anything else is 404.",
+        _path_prefixes,
+    )
+    allowed_methods: tuple[str, ...] = var(
+        "ALLOWED_METHODS",
+        ("GET", "HEAD", "POST", "DELETE"),
+        "Comma-separated HTTP methods forwarded; anything else is 405 (CORS preflight `OPTIONS` "
+        "is answered by the proxy itself when CORS_ALLOWED_ORIGINS is set).",
+        _methods,
+    )
+    forward_openai_org_headers: bool = var(
+        "FORWARD_OPENAI_ORG_HEADERS",
+        False,
+        "Forward the client's `OpenAI-Organization` and `OpenAI-Project` headers upstream. Off: "
+        "the project's key alone decides.",
+        _bool,
+    )
+    cors_allowed_origins: tuple[str, ...] = var(
+        "CORS_ALLOWED_ORIGINS",
+        (),
+        "Comma-separated origins allowed to call `/v1/` from a browser (`*` for any). "
+        "Empty: CORS off.",
+        _csv,
+    )
+    max_request_body_bytes: int = var(
+        "MAX_REQUEST_BODY_BYTES",
+        64 * 1024 * 1024,
+        "Largest request body accepted (chunked bodies included); larger gets 413.",
+        _int(1),
+    )
+    stream_include_usage: bool = var(
+        "STREAM_INCLUDE_USAGE",
+        True,
+        "Add `stream_options.include_usage` to streaming chat/completions requests that lack it, "
+        "so usage is recorded; the extra usage chunk is removed from what the client sees.",
+        _bool,
+    )
+    stream_response_chunk_size: int = var(
+        "STREAM_RESPONSE_CHUNK_SIZE",
+        32768,
+        "Largest piece read from the upstream and written to the client at once (bytes).",
+        _int(1024),
+    )
+    upstream_connect_timeout: float = var(
+        "UPSTREAM_CONNECT_TIMEOUT",
+        10.0,
+        "Connecting to the upstream (TCP and TLS); on expiry 504.",
+        _duration(),
+        shown="`10s`",
+    )
+    upstream_read_timeout: float = var(
+        "UPSTREAM_READ_TIMEOUT",
+        300.0,
+        "Longest silence allowed between bytes from the upstream (a stream may be slow between "
+        "tokens); on expiry 504, or the stream is cut.",
+        _duration(),
+        shown="`300s`",
+    )
+    upstream_timeout: float = var(
+        "UPSTREAM_TIMEOUT",
+        900.0,
+        "Longest a whole upstream exchange may take. 0 means no limit.",
+        _duration(),
+        shown="`900s`",
+    )
+    pool_min_connections: int = var(
+        "POOL_MIN_CONNECTIONS",
+        2,
+        "Upstream connections per worker and upstream host kept open when idle (with POOL_WARM, "
+        "opened at start).",
+        _int(0),
+    )
+    pool_max_connections: int = var(
+        "POOL_MAX_CONNECTIONS",
+        100,
+        "Most upstream connections per worker; requests beyond wait up to POOL_ACQUIRE_TIMEOUT.",
+        _int(1),
+    )
+    pool_warm: bool = var(
+        "POOL_WARM",
+        False,
+        "Open POOL_MIN_CONNECTIONS connections to every active project's upstream at start.",
+        _bool,
+    )
+    pool_acquire_timeout: float = var(
+        "POOL_ACQUIRE_TIMEOUT",
+        5.0,
+        "How long a request waits for a free upstream connection (a bare number means "
+        "milliseconds, as in the operator guide); on expiry 503.",
+        _duration("ms"),
+        shown="`5000` (ms)",
+    )
+    disable_connection_pool: bool = var(
+        "DISABLE_CONNECTION_POOL",
+        False,
+        "Open a new upstream connection for every request (debugging only).",
+        _bool,
+    )
+
+    # --- auth ---
+    apikey_cache_size: int = var(
+        "APIKEY_CACHE_SIZE",
+        1000,
+        "Tokens each worker keeps in its lookup cache (LRU). 0 disables the cache.",
+        _int(0),
+    )
+    apikey_cache_ttl_ms: int = var(
+        "APIKEY_CACHE_TTL_MS",
+        300000,
+        "How long a cached token lookup is trusted (ms). Revocation reaches every worker within "
+        "about a second regardless; this is only the backstop.",
+        _int(0),
+    )
+    invalidation_poll_interval: float = var(
+        "INVALIDATION_POLL_INTERVAL",
+        1.0,
+        "How often each worker checks the database for revoked tokens and changed projects "
+        "(Redis pub/sub delivers them at once when Redis is in use).",
+        _duration(),
+        shown="`1s`",
+    )
+
+    # --- metrics ---
+    enable_metrics: bool = var(
+        "ENABLE_METRICS", True, "Serve Prometheus metrics at METRICS_PATH.", _bool
+    )
+    metrics_path: str = var("METRICS_PATH", "/metrics", "Path of the Prometheus endpoint.", _str)
+    prometheus_multiproc_dir: str = var(
+        "PROMETHEUS_MULTIPROC_DIR",
+        "",
+        "Directory where every worker of `llm-proxy server` keeps its metrics (emptied at start). "
+        "Empty: a fresh temporary directory.",
+        _str,
+    )
+
     # --- event bus ---
     event_bus: str = var(
         "LLM_PROXY_EVENT_BUS",

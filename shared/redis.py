@@ -32,3 +32,9 @@ def make_redis(
         health_check_interval=30,
         **kwargs,
     )
+
+
+def uses_redis(settings: Settings) -> bool:
+    """Whether any enabled feature keeps state in Redis (then token revocations are also
+    pushed to every worker over Redis pub/sub)."""
+    return settings.event_bus == "redis-streams"

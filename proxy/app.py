@@ -1,0 +1,204 @@
+"""The ASGI app: ``/v1/...`` goes straight to the hot-path handler, the rest to Starlette."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from proxy.auth import Authenticator, TokenCache
+from proxy.bus.memory import MemoryBus
+from proxy.handler import ProxyHandler
+from proxy.invalidation import Invalidator
+from proxy.metrics import Metrics, render
+from proxy.upstream import Upstream
+from shared.config import Settings
+from shared.crypto import Keyring, load_keyring
+from shared.errors import ConfigError, LLMProxyError, RouteNotFound, error_body
+from shared.events import EventBus
+from shared.invalidation import Notifier
+from shared.logging import setup_logging
+from shared.redis import make_redis, uses_redis
+from shared.store import SqlStore, make_store
+
+log = logging.getLogger("llm_proxy.app")
+
+
+@dataclass
+class Resources:
+    """What the lifespan builds and the routes use."""
+
+    store: SqlStore
+    keyring: Keyring
+    bus: EventBus
+    upstream: Upstream
+    invalidator: Invalidator
+    notifier: Notifier
+    redis: aioredis.Redis | None
+
+
+class ProxyApp:
+    """The ASGI callable gunicorn's workers serve."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.handler: ProxyHandler | None = None
+        self.resources: Resources | None = None
+        self.draining = False
+        routes = [
+            Route("/health", self._live),
+            Route("/live", self._live),
+            Route("/ready", self._ready),
+        ]
+        if settings.enable_metrics:
+            routes.append(Route(settings.metrics_path, self._metrics))
+        self.web = Starlette(
+            routes=routes,
+            lifespan=self._lifespan,
+            exception_handlers={HTTPException: _http_error, LLMProxyError: _proxy_error},
+        )
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if (
+            scope["type"] == "http"
+            and self.handler is not None
+            and (scope["path"].startswith("/v1/"))
+        ):
+            await self.handler(scope, receive, send)
+        else:
+            await self.web(scope, receive, send)
+
+    def begin_drain(self) -> None:
+        """SIGTERM arrived: report not-ready and ask keep-alive clients to reconnect elsewhere;
+        the server finishes in-flight requests before the lifespan shutdown runs."""
+        self.draining = True
+        if self.handler is not None:
+            self.handler.draining = True
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        settings = self.settings
+        setup_logging(settings.log_level, settings.log_format)
+        keyring = load_keyring(settings)
+        store = make_store(settings)
+        await store.open()
+        await _prepare_schema(settings, store)
+        redis = make_redis(settings) if uses_redis(settings) else None
+        bus = MemoryBus(store, capacity=settings.observability_buffer_size)
+        await bus.start()
+        upstream = Upstream(settings)
+        await upstream.start()
+        cache = TokenCache(settings.apikey_cache_size, settings.apikey_cache_ttl_ms / 1000)
+        invalidator = Invalidator(
+            store, cache, interval=settings.invalidation_poll_interval, redis=redis
+        )
+        await invalidator.start()
+        self.resources = Resources(
+            store=store,
+            keyring=keyring,
+            bus=bus,
+            upstream=upstream,
+            invalidator=invalidator,
+            notifier=Notifier(store, redis),
+            redis=redis,
+        )
+        self.handler = ProxyHandler(
+            settings,
+            auth=Authenticator(store, keyring, cache),
+            upstream=upstream,
+            bus=bus,
+            metrics=self.metrics,
+        )
+        if settings.pool_warm:
+            await _warm(store, upstream)
+        log.info(
+            "llm-proxy worker ready (db=%s, event bus=%s)", settings.db_driver, settings.event_bus
+        )
+        try:
+            yield
+        finally:
+            self.handler = None
+            await invalidator.close()
+            await bus.close()  # flush events of every request served
+            await upstream.close()
+            if redis is not None:
+                await redis.aclose()
+            await store.close()
+
+    async def _live(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _ready(self, request: Request) -> Response:
+        if self.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        res = self.resources
+        if res is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        failed = []
+        try:
+            await asyncio.wait_for(res.store.ping(), 2.0)
+        except Exception:
+            failed.append("database")
+        if res.redis is not None:
+            try:
+                await asyncio.wait_for(res.redis.ping(), 2.0)
+            except Exception:
+                failed.append("redis")
+        if failed:
+            return JSONResponse({"status": "unavailable", "failed": failed}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def _metrics(self, request: Request) -> Response:
+        body, content_type = render(self.metrics.registry)
+        return Response(body, media_type=content_type)
+
+
+async def _prepare_schema(settings: Settings, store: SqlStore) -> None:
+    """SQLite migrates itself; Postgres must have been migrated by `llm-proxy migrate`."""
+    if settings.db_driver == "sqlite":
+        await store.migrate()
+        return
+    try:
+        version = await asyncio.wait_for(store.schema_version(), 10.0)
+    except Exception as exc:  # not reachable yet: serve, and report it on /ready
+        log.warning("database not reachable at start (%s); /ready will say so", exc)
+        return
+    if version == 0:
+        raise ConfigError("the database has no schema yet: run `llm-proxy migrate` first")
+
+
+async def _warm(store: SqlStore, upstream: Upstream) -> None:
+    try:
+        projects = [p for p in await store.list_projects() if p.is_active]
+    except Exception as exc:
+        log.warning("could not list projects to warm the pool: %s", exc)
+        return
+    await upstream.warm([p.base_url for p in projects])
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    err = RouteNotFound() if exc.status_code == 404 else LLMProxyError(exc.detail)
+    err.status = exc.status_code
+    return JSONResponse(error_body(err), status_code=exc.status_code)
+
+
+async def _proxy_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LLMProxyError)
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers)
+
+
+def create_app(settings: Settings | None = None) -> ProxyApp:
+    """The app for gunicorn/uvicorn. Settings are read from the environment when not given."""
+    return ProxyApp(settings if settings is not None else Settings.from_env())

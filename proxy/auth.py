@@ -1,0 +1,167 @@
+"""Token authentication with a per-worker LRU+TTL cache that revocations invalidate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from shared.crypto import Keyring
+from shared.errors import AuthError, Unavailable
+from shared.store import SqlStore, TokenAuth
+from shared.tokens import hash_token, looks_like_token, mask_token
+
+log = logging.getLogger("llm_proxy.auth")
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What the rest of the request needs once a token is accepted."""
+
+    token_id: str
+    project_id: str
+    base_url: str
+    api_key: str  # the project's upstream key, decrypted; never logged
+    expires_at: float | None  # epoch seconds
+    max_requests: int | None
+    token_active: bool
+    project_active: bool
+
+    @classmethod
+    def from_row(cls, row: TokenAuth, keyring: Keyring) -> Credential:
+        token, project = row.token, row.project
+        return cls(
+            token_id=token.id,
+            project_id=project.id,
+            base_url=project.base_url,
+            api_key=keyring.decrypt(project.api_key_enc),
+            expires_at=token.expires_at.timestamp() if token.expires_at else None,
+            max_requests=token.max_requests,
+            token_active=token.is_active and token.revoked_at is None,
+            project_active=project.is_active,
+        )
+
+    def refusal(self, now: float) -> str | None:
+        """Why this credential may not be used now (for the log), or None."""
+        if not self.token_active:
+            return "token revoked or inactive"
+        if not self.project_active:
+            return "project inactive"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "token expired"
+        return None
+
+
+def token_from_headers(authorization: bytes | None, api_key: bytes | None) -> str | None:
+    """``Authorization: Bearer <token>``, else the ``api-key``/``x-api-key`` header."""
+    if authorization:
+        scheme, _, value = authorization.partition(b" ")
+        if scheme.lower() == b"bearer" and value.strip():
+            return value.strip().decode("latin-1")
+        return None
+    if api_key:
+        return api_key.strip().decode("latin-1")
+    return None
+
+
+class TokenCache:
+    """Token hash → credential (or None for an unknown token), LRU-bounded, each entry trusted
+    for ``ttl`` seconds. Unknown tokens are cached too, so garbage cannot hammer the database."""
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._entries: OrderedDict[str, tuple[Credential | None, float]] = OrderedDict()
+
+    def get(self, key: str, now: float) -> tuple[bool, Credential | None]:
+        entry = self._entries.get(key)
+        if entry is None:
+            return False, None
+        if now - entry[1] > self.ttl:
+            del self._entries[key]
+            return False, None
+        self._entries.move_to_end(key)
+        return True, entry[0]
+
+    def put(self, key: str, value: Credential | None, now: float) -> None:
+        if self.size <= 0:
+            return
+        self._entries[key] = (value, now)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def drop(self, kind: str, target_id: str) -> int:
+        """Forget entries of a token or project; returns how many were dropped."""
+        doomed = [
+            key
+            for key, (cred, _) in self._entries.items()
+            if cred is not None
+            and (cred.token_id if kind == "token" else cred.project_id) == target_id
+        ]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Authenticator:
+    def __init__(self, store: SqlStore, keyring: Keyring, cache: TokenCache) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.cache = cache
+        self.failures = 0
+        self._inflight: dict[str, asyncio.Future[Credential | None]] = {}
+
+    async def authenticate(self, token: str | None) -> Credential:
+        """The credential for ``token``, or AuthError. The client never learns which check
+        failed; the log does, with the token masked."""
+        now = time.time()
+        if token is None or not looks_like_token(token):
+            raise self._refuse(token, "missing or malformed token")
+        key = hash_token(token)
+        found, cred = self.cache.get(key, now)
+        if not found:
+            cred = await self._load(key, now)
+        if cred is None:
+            raise self._refuse(token, "unknown token")
+        reason = cred.refusal(now)
+        if reason is not None:
+            raise self._refuse(token, reason)
+        return cred
+
+    def _refuse(self, token: str | None, reason: str) -> AuthError:
+        self.failures += 1
+        log.info("auth refused: %s (token %s)", reason, mask_token(token))
+        return AuthError()
+
+    async def _load(self, key: str, now: float) -> Credential | None:
+        """One database lookup per token hash at a time, however many requests wait for it."""
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        future: asyncio.Future[Credential | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            try:
+                row = await self.store.find_token(key)
+            except Exception as exc:
+                log.error("token lookup failed: %s", exc)
+                raise Unavailable("The token store is unavailable.") from None
+            cred = Credential.from_row(row, self.keyring) if row else None
+            self.cache.put(key, cred, now)
+            future.set_result(cred)
+            return cred
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else need
+            raise
+        finally:
+            del self._inflight[key]

@@ -1,0 +1,86 @@
+"""Worker side of invalidation: poll the change log, and listen on Redis pub/sub when present."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from proxy.auth import TokenCache
+from shared.invalidation import CHANNEL, decode
+from shared.store import SqlStore
+
+log = logging.getLogger("llm_proxy.invalidation")
+
+
+class Invalidator:
+    def __init__(
+        self,
+        store: SqlStore,
+        cache: TokenCache,
+        *,
+        interval: float,
+        redis: aioredis.Redis | None = None,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.interval = interval
+        self.redis = redis
+        self._last_id = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        try:
+            self._last_id = await self.store.last_change_id()
+        except Exception as exc:  # the store may not be up yet; poll from zero later
+            log.warning("change log unavailable at start: %s", exc)
+        self._tasks.append(asyncio.create_task(self._poll(), name="invalidation-poll"))
+        if self.redis is not None:
+            self._tasks.append(asyncio.create_task(self._listen(), name="invalidation-pubsub"))
+
+    def apply(self, kind: str, target_id: str) -> None:
+        self.cache.drop(kind, target_id)
+
+    async def poll_once(self) -> None:
+        for change_id, kind, target_id in await self.store.changes_since(self._last_id):
+            self.apply(kind, target_id)
+            self._last_id = change_id
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.poll_once()
+            except Exception as exc:
+                # Cached entries could now be stale for longer than one interval: be safe.
+                self.cache.clear()
+                log.warning("polling the change log failed: %s", exc)
+
+    async def _listen(self) -> None:
+        assert self.redis is not None
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    while True:
+                        # get_message waits without tripping the client's socket timeout
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is None:
+                            continue
+                        parsed = decode(message.get("data", b""))
+                        if parsed is not None:
+                            self.apply(*parsed)
+            except (RedisError, OSError) as exc:
+                log.warning("invalidation channel lost (%s); the change log still applies", exc)
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()

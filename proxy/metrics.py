@@ -1,0 +1,143 @@
+"""Prometheus metrics of a proxy worker; under gunicorn, multiprocess mode counts every worker."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+from prometheus_client import values as prom_values
+
+# Seconds; dense below 10 ms where proxy overhead lives, sparse up to long completions.
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """Set by `llm-proxy server` before workers start (prometheus_client reads it at import)."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class Metrics:
+    """All proxy metrics, registered on ``registry`` (each test or app gets its own)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        if multiprocess_dir():
+            # the value class is chosen when prometheus_client is imported, which may have
+            # happened before `llm-proxy server` set the directory
+            prom_values.ValueClass = prom_values.get_value_class()  # type: ignore[no-untyped-call]
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "llm_proxy_requests",
+            "Requests answered, by endpoint, method and status.",
+            ["endpoint", "method", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "llm_proxy_request_duration_seconds",
+            "Time from arrival to the last byte sent.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "llm_proxy_upstream_duration_seconds",
+            "Time from sending upstream to the last upstream byte.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "llm_proxy_time_to_first_byte_seconds",
+            "Time from arrival to the first response body byte sent to the client.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "llm_proxy_in_flight_requests",
+            "Requests being served now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.auth_failures = Counter(
+            "llm_proxy_auth_failures",
+            "Requests refused for a missing, unknown, expired or "
+            "revoked token, or an inactive project.",
+            registry=r,
+        )
+        self.rejections = Counter(
+            "llm_proxy_rejected_requests",
+            "Requests refused by the proxy itself, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.event_drops = Counter(
+            "llm_proxy_event_bus_dropped_events",
+            "Request events the bus could not keep (buffer and spool full).",
+            registry=r,
+        )
+        self.client_disconnects = Counter(
+            "llm_proxy_client_disconnects",
+            "Responses cut short because the client went away.",
+            registry=r,
+        )
+
+    def observe(
+        self,
+        endpoint: str,
+        method: str,
+        status: int,
+        duration: float,
+        upstream: float,
+        ttfb: float,
+    ) -> None:
+        self.requests.labels(endpoint, method, str(status)).inc()
+        self.duration.labels(endpoint).observe(duration)
+        if upstream:
+            self.upstream_duration.labels(endpoint).observe(upstream)
+        if ttfb:
+            self.ttfb.labels(endpoint).observe(ttfb)
+
+
+def render(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The exposition text: every worker's values in multiprocess mode, else this registry's."""
+    directory = multiprocess_dir()
+    if directory:
+        merged = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
+        return generate_latest(merged), CONTENT_TYPE_LATEST
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def mark_dead(pid: int) -> None:
+    """gunicorn's child_exit hook: drop a dead worker's live gauges."""
+    if multiprocess_dir():
+        prom_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

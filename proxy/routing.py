@@ -1,0 +1,62 @@
+"""Which requests may be forwarded: raw-path validation and the endpoint/method allowlists."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from shared.errors import MethodNotAllowed, RouteNotFound
+
+# Characters a path segment may hold (RFC 3986 pchar, minus '%' which is checked separately).
+_PATH_CHARS = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
+# Percent-escapes that could change how the upstream splits or normalises the path:
+# '.', '/', '\', NUL and other control characters.
+_BAD_ESCAPE = re.compile(rb"%(?:2[eEfF]|5[cC]|[01][0-9a-fA-F]|7[fF])")
+_QUERY_CHARS = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%\[\]|^`{}\"<>]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A request that may be forwarded: the path below ``/v1`` and the endpoint it matched."""
+
+    rest: str  # e.g. "/chat/completions", appended to the project's base URL
+    endpoint: str  # the allowlisted prefix, e.g. "/v1/chat/completions" (a bounded metric label)
+
+
+class Router:
+    def __init__(self, endpoints: tuple[str, ...], methods: tuple[str, ...]) -> None:
+        self.endpoints = tuple(sorted(endpoints, key=len, reverse=True))
+        self.methods = frozenset(methods)
+
+    def match(self, method: str, raw_path: bytes, query: bytes) -> Route:
+        """Validate the raw request target and the method; raise 404/405 before any I/O."""
+        path = safe_path(raw_path)
+        if path is None:
+            raise RouteNotFound()
+        if query and not _QUERY_CHARS.fullmatch(query):
+            raise RouteNotFound("Malformed query string.")
+        for endpoint in self.endpoints:
+            if path == endpoint or path.startswith(endpoint + "/"):
+                break
+        else:
+            raise RouteNotFound(f"Unknown endpoint {path}.")
+        if method not in self.methods:
+            raise MethodNotAllowed(f"Method {method} is not allowed for {endpoint}.")
+        return Route(rest=path[3:], endpoint=endpoint)
+
+
+def safe_path(raw_path: bytes) -> str | None:
+    """The raw path as text if it is a plain ``/v1/...`` path that cannot step outside the
+    upstream base URL: no dot segments, no empty segments, no escaped dots, slashes or
+    backslashes, no control characters. ``None`` otherwise."""
+    if not raw_path.startswith(b"/v1/") or len(raw_path) > 2048:
+        return None
+    if not _PATH_CHARS.fullmatch(raw_path) or _BAD_ESCAPE.search(raw_path):
+        return None
+    segments = raw_path[1:].split(b"/")
+    for segment in segments[:-1]:
+        if segment in (b"", b".", b".."):
+            return None
+    if segments[-1] in (b".", b".."):
+        return None
+    return raw_path.decode("ascii")

@@ -1,0 +1,95 @@
+"""Serving the app: gunicorn with uvicorn workers (uvloop and httptools when installed)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker
+
+from shared.config import Settings
+
+log = logging.getLogger("llm_proxy.server")
+
+
+class _DrainingServer(Server):
+    """uvicorn's server, telling the app the moment a shutdown signal arrives."""
+
+    def __init__(self, config: Any, app: Any) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        begin = getattr(self._app, "begin_drain", None)
+        if begin is not None:
+            begin()
+        super().handle_exit(sig, frame)
+
+
+class ProxyWorker(UvicornWorker):  # type: ignore[misc]
+    """uvicorn worker with our server settings and draining on SIGTERM."""
+
+    CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - the base class declares it this way
+        "loop": "auto",
+        "http": "auto",
+        "server_header": False,
+        "lifespan": "on",
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # finish open streams within the grace period; gunicorn kills the worker after it
+        self.config.timeout_graceful_shutdown = max(self.cfg.graceful_timeout - 1, 1)
+
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        server = _DrainingServer(self.config, self.wsgi)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from proxy.metrics import mark_dead
+
+    mark_dead(worker.pid)
+
+
+class ProxyServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn, configured from our settings instead of its command line."""
+
+    def __init__(self, settings: Settings, *, workers: int | None = None) -> None:
+        self.settings = settings
+        self.workers = workers or settings.workers or os.cpu_count() or 1
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options: dict[str, Any] = {
+            "bind": f"{s.host}:{s.port}",
+            "workers": self.workers,
+            "worker_class": "proxy.server.ProxyWorker",
+            "graceful_timeout": max(int(s.shutdown_grace_period), 1),
+            "timeout": 60,
+            # longer than nginx's upstream keepalive_timeout, so the proxy never closes first
+            "keepalive": 75,
+            "backlog": 2048,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": s.log_level,
+            "child_exit": _child_exit,
+            "proc_name": "llm-proxy",
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from proxy.app import create_app
+
+        return create_app(self.settings)
