@@ -166,7 +166,7 @@ def test_the_dockerignore_reading_itself(path: str, expected: bool) -> None:
 def test_the_package_sources_the_build_needs_are_all_copied() -> None:
     """Every package setuptools packs (pyproject `include`) is copied into the build stage."""
     pyproject = (ROOT / "pyproject.toml").read_text()
-    include = re.search(r'include = \[([^\]]*)\]', pyproject)
+    include = re.search(r"include = \[([^\]]*)\]", pyproject)
     assert include
     packages = {p.strip().strip('"').rstrip("*") for p in include.group(1).split(",")}
     build = stages()[0]

@@ -87,6 +87,9 @@ ENCRYPTION_KEY: {{ required "secret.values.ENCRYPTION_KEY is required (llm-proxy
 {{/* Seconds Kubernetes waits before SIGKILL: the pre-stop pause, the app's drain, and a margin. */}}
 {{- define "llm-proxy.proxyTerminationGrace" -}}
 {{- $p := .Values.proxy -}}
+{{- if and $p.upstreamTimeoutSeconds (lt (int $p.shutdownGracePeriodSeconds) (int $p.upstreamTimeoutSeconds)) -}}
+{{- fail (printf "proxy.shutdownGracePeriodSeconds (%v) must be at least proxy.upstreamTimeoutSeconds (%v), or a rollout cuts the longest streams" $p.shutdownGracePeriodSeconds $p.upstreamTimeoutSeconds) -}}
+{{- end -}}
 {{- $needed := add $p.preStopSleepSeconds $p.shutdownGracePeriodSeconds -}}
 {{- if $p.terminationGracePeriodSeconds -}}
 {{- if le (int $p.terminationGracePeriodSeconds) (int $needed) -}}
