@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,10 @@ def app_paths(metrics_path: str = "/metrics") -> set[str]:
 
 
 def require_tool(name: str) -> str:
-    """The path of a tool; a missing one skips locally and fails in CI."""
-    path = shutil.which(name)
+    """The path of a tool (this environment's own first); a missing one skips locally and fails
+    in CI."""
+    path = shutil.which(name, path=os.pathsep.join([os.path.dirname(sys.executable), os.defpath]))
+    path = path or shutil.which(name)
     if path is None:
         message = f"{name} is not installed"
         if os.environ.get("CI", "").lower() == "true":
