@@ -27,7 +27,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN groupadd --system --gid 10001 llmproxy \
     && useradd --system --uid 10001 --gid llmproxy --home-dir /var/lib/llm-proxy \
-       --create-home --shell /usr/sbin/nologin llmproxy
+       --create-home --shell /usr/sbin/nologin llmproxy \
+    && install -d -o llmproxy -g llmproxy -m 0750 /var/spool/llm-proxy
 # The wheels are bind-mounted from the build stage, so they never become a layer of this image.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels llm-proxy

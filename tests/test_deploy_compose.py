@@ -112,15 +112,23 @@ def test_every_container_is_hardened(services: dict[str, dict[str, Any]]) -> Non
         assert not svc.get("privileged"), name
 
 
-def test_where_llm_proxy_writes_is_a_tmpfs(services: dict[str, dict[str, Any]]) -> None:
+def test_where_llm_proxy_writes_is_a_tmpfs_or_a_volume(
+    services: dict[str, dict[str, Any]],
+) -> None:
     for name, svc in llm_proxy_services({"services": services}).items():
         mounts = [entry.split(":", 1)[0] for entry in svc.get("tmpfs", [])]
+        mounts += [v["target"] for v in svc.get("volumes", []) if v["type"] == "volume"]
         env = svc["environment"]
         writable = ["/tmp"] + [
             env[k] for k in ("PROMETHEUS_MULTIPROC_DIR", "EVENT_SPOOL_DIR") if k in env
         ]
         for path in writable:
             assert any(path == m or path.startswith(m + "/") for m in mounts), (name, path)
+    # The image creates the spool directory for its user, so a fresh volume is writable.
+    spool = services["proxy"]["environment"]["EVENT_SPOOL_DIR"]
+    assert re.search(
+        rf"install -d -o llmproxy -g llmproxy .*{spool}", (ROOT / "Dockerfile").read_text()
+    )
 
 
 def test_every_variable_is_a_setting_of_llm_proxy(services: dict[str, dict[str, Any]]) -> None:
