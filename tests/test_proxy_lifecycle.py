@@ -1,4 +1,4 @@
-"""Server lifecycle: graceful SIGTERM with a stream open, and the server command's start-up checks."""
+"""Server lifecycle: graceful SIGTERM with a stream open, and start-up checks."""
 
 from __future__ import annotations
 
