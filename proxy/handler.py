@@ -323,10 +323,13 @@ class ProxyHandler:
             error=outcome.error,
             client_ip=client[0] if client else "",
         )
+        dropped = getattr(self.bus, "dropped", 0)
         try:
             self.bus.publish(event)
         except Exception:  # recording must never fail the request
             log.exception("publishing a request event failed")
+        if getattr(self.bus, "dropped", 0) != dropped:
+            self.metrics.event_drops.inc()
 
 
 async def _watch_disconnect(
