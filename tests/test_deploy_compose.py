@@ -78,7 +78,8 @@ def test_prometheus_is_an_optional_profile_scraping_proxies_and_dispatchers(
     }
     proxy_env = services["proxy"]["environment"]
     assert targets["proxy"] == (int(proxy_env["PORT"]), proxy_env["METRICS_PATH"])
-    dispatcher_port = int(services["dispatcher"]["environment"]["DISPATCHER_METRICS_PORT"])
+    addr = services["dispatcher"]["environment"]["DISPATCHER_HTTP_ADDR"]
+    dispatcher_port = int(addr.rsplit(":", 1)[1])
     assert targets["dispatcher"] == (dispatcher_port, "/metrics")
     assert str(dispatcher_port) in services["dispatcher"]["expose"]
 

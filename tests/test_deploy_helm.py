@@ -286,7 +286,8 @@ def test_the_dispatcher_gets_its_batch_settings_and_metrics_port() -> None:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:3] == ["dispatcher", "--batch-size=500", "--buffer=5000"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports["metrics"] == int(container_env(container)["DISPATCHER_METRICS_PORT"]) == 9200
+    addr = container_env(container)["DISPATCHER_HTTP_ADDR"]
+    assert ports["metrics"] == int(addr.rsplit(":", 1)[1]) == 9200
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
     assert deployment["spec"]["replicas"] == 3
     worker = find(docs, "Deployment", "-worker")["spec"]["template"]["spec"]["containers"][0]
@@ -431,6 +432,20 @@ def test_pods_run_unprivileged_on_a_read_only_root(
             for path in writable:
                 assert any(path == m or path.startswith(m + "/") for m in mounts), (
                     doc["metadata"]["name"], path)  # fmt: skip
+
+
+def test_the_spool_volume_holds_every_workers_spool(
+    scenario: tuple[dict[str, Any], list[dict[str, Any]]],
+) -> None:
+    _, docs = scenario
+    pod = find(docs, "Deployment", "-proxy")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = container_env(container)
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == env["EVENT_SPOOL_DIR"])
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    size = int(volume["emptyDir"]["sizeLimit"])
+    # past sizeLimit the kubelet evicts the pod: the spool caps must give out first
+    assert size > int(env["WORKERS"]) * int(env["EVENT_SPOOL_MAX_BYTES"])
 
 
 def test_autoscaling_owns_the_replica_count() -> None:

@@ -161,7 +161,7 @@ def start_dispatcher(topo: Topology, model: dict[str, Any], env: dict[str, str])
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    port = int(env["DISPATCHER_METRICS_PORT"])
+    port = int(env["DISPATCHER_HTTP_ADDR"].rsplit(":", 1)[1])
     deadline = time.monotonic() + 30
     while True:
         assert topo.dispatcher.poll() is None, topo.log("dispatcher.log")
@@ -237,7 +237,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
             topo.proxies.append(ProxyProcess(env=env, cwd=root, workers=2).start())
         if dispatcher_on_main():
             dispatcher_env = service_env(
-                model, "dispatcher", {**shared, "DISPATCHER_METRICS_PORT": str(free_port())}
+                model, "dispatcher", {**shared, "DISPATCHER_HTTP_ADDR": f"127.0.0.1:{free_port()}"}
             )
             start_dispatcher(topo, model, {**dispatcher_env, **pools})
         start_nginx(topo, model)
