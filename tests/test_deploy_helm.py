@@ -182,8 +182,9 @@ def test_the_validator_rejects_a_broken_manifest() -> None:
         kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
 
 
-def test_helm_lint_finds_nothing() -> None:
-    report = helm.lint(str(CHART_DIR), SECRETS, strict=True)
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_helm_lint_finds_nothing(name: str) -> None:
+    report = helm.lint(str(CHART_DIR), SCENARIOS[name], strict=True)
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
     assert problems == []
 
