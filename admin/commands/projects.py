@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from admin.options import JsonOpt, ProjectIdArg
-from admin.output import fail
+from admin.output import emit_usage, fail
 from admin.runner import run
 from shared.manage import DEFAULT_BASE_URL
 
@@ -66,6 +66,36 @@ def list_(as_json: JsonOpt = False) -> None:
 def show(project_id: ProjectIdArg, as_json: JsonOpt = False) -> None:
     """Show one project with its usage totals."""
     run(lambda m: m.show_project(project_id), as_json=as_json)
+
+
+USAGE_FIELDS = (
+    "id",
+    "name",
+    "is_active",
+    "request_count",
+    "cache_hit_count",
+    "prompt_tokens",
+    "completion_tokens",
+    "last_used_at",
+)
+
+
+@app.command("usage")
+def usage(
+    project_id: ProjectIdArg,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Events per page.")] = 20,
+    before_event_id: Annotated[
+        str | None,
+        typer.Option("--before-event-id", help="Page: events older than this one."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A project's usage totals and its latest requests, newest first."""
+    run(
+        lambda m: m.project_usage(project_id, before_event_id=before_event_id, limit=limit),
+        as_json=as_json,
+        render=lambda result, js: emit_usage(result, js, "project", USAGE_FIELDS),
+    )
 
 
 @app.command("update")

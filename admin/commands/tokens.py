@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from admin.options import JsonOpt, TokenIdArg
-from admin.output import fail
+from admin.output import emit_usage, fail
 from admin.runner import run
 
 app = typer.Typer(help="Generate, inspect and revoke proxy tokens.", no_args_is_help=True)
@@ -67,6 +67,38 @@ def list_(
 def show(token_id: TokenIdArg, as_json: JsonOpt = False) -> None:
     """Show one token with its usage and remaining quota."""
     run(lambda m: m.show_token(token_id), as_json=as_json)
+
+
+USAGE_FIELDS = (
+    "id",
+    "project_id",
+    "state",
+    "request_count",
+    "max_requests",
+    "remaining_requests",
+    "cache_hit_count",
+    "prompt_tokens",
+    "completion_tokens",
+    "last_used_at",
+)
+
+
+@app.command("usage")
+def usage(
+    token_id: TokenIdArg,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Events per page.")] = 20,
+    before_event_id: Annotated[
+        str | None,
+        typer.Option("--before-event-id", help="Page: events older than this one."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A token's usage totals and its latest requests, newest first."""
+    run(
+        lambda m: m.token_usage(token_id, before_event_id=before_event_id, limit=limit),
+        as_json=as_json,
+        render=lambda result, js: emit_usage(result, js, "token", USAGE_FIELDS),
+    )
 
 
 @app.command("update")
