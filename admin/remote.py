@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
-import click
+import typer
 from yarl import URL
 
 from shared.errors import LLMProxyError, Unavailable, UserError
@@ -26,10 +26,10 @@ class RemoteTarget:
     token: str
 
 
-def current_target() -> RemoteTarget | None:
-    """The remote target chosen on ``llm-proxy manage``, if any, for the command running now."""
-    ctx = click.get_current_context(silent=True)
-    return ctx.find_object(RemoteTarget) if ctx is not None else None
+def chosen_target(ctx: typer.Context) -> RemoteTarget | None:
+    """The remote target ``llm-proxy manage --api-url`` chose for this command, if any."""
+    target: RemoteTarget | None = ctx.find_object(RemoteTarget)
+    return target
 
 
 def management_url(api_url: str) -> str:

@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
+import typer
 
 from admin.output import emit, fail
-from admin.remote import TIMEOUT, RemoteManagement, RemoteTarget, current_target
+from admin.remote import TIMEOUT, RemoteManagement, RemoteTarget, chosen_target
 from shared.config import Settings
 from shared.crypto import load_keyring
 from shared.errors import LLMProxyError, Unavailable
@@ -67,6 +68,7 @@ async def _run_remote(target: RemoteTarget, action: Action) -> Any:
 
 
 def run(
+    ctx: typer.Context,
     action: Action,
     *,
     as_json: bool,
@@ -75,7 +77,7 @@ def run(
 ) -> None:
     """Run ``action`` here, or on the deployment ``llm-proxy manage --api-url`` names, and print
     its result (with ``render`` if given); exit 1 with one line on any error."""
-    target = current_target()
+    target = chosen_target(ctx)
     if target is not None:
         result = guarded(lambda settings: _run_remote(target, action))
     else:

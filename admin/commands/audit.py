@@ -30,6 +30,7 @@ def _print_page(page: dict[str, Any], as_json: bool) -> None:
 
 @app.command("list")
 def list_(
+    ctx: typer.Context,
     action: Annotated[str | None, typer.Option("--action", help="e.g. token.revoke")] = None,
     target_id: Annotated[
         str | None, typer.Option("--target-id", help="A project/token id.")
@@ -57,4 +58,4 @@ def list_(
         before_id=before_id,
         limit=limit,
     )
-    run(lambda m: m.audit_page(flt), as_json=as_json, render=_print_page)
+    run(ctx, lambda m: m.audit_page(flt), as_json=as_json, render=_print_page)

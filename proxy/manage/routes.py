@@ -49,12 +49,12 @@ _API_KEY = Field(
     "string",
     "The project's upstream API key. Stored encrypted; never returned.",
 )
+# Ranges that Management checks are left to it, so the CLI and the API say the same thing.
 _MAX_REQUESTS = Field(
     "max_requests",
     "integer",
-    "Requests allowed in the token's lifetime; null for no limit.",
+    "Requests allowed in the token's lifetime (a positive integer); null for no limit.",
     nullable=True,
-    minimum=1,
 )
 _LIMIT = Field("limit", "integer", "Page size.", default=20, minimum=1, maximum=MAX_PAGE)
 _BEFORE_EVENT = Field(
@@ -299,7 +299,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                 "true reactivates (also un-revokes), false disables.",
                 nullable=True,
             ),
-            replace(_MAX_REQUESTS, nullable=False, doc="New request limit."),
+            replace(_MAX_REQUESTS, nullable=False, doc="New request limit (a positive integer)."),
             Field("unlimited", "boolean", "Remove the request limit.", default=False),
             Field("duration", "duration", "New lifetime from now (24, 30m, 7d, never)."),
             Field("label", "string", "New label."),
