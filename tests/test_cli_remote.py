@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from admin.remote import RemoteManagement
 from shared.config import Settings
 from shared.crypto import new_key
+from shared.manage import Management
 from tests.manage_server import ManagementServer
 from tests.test_cli import NO_DATABASE, UPSTREAM_KEY, cli, fails, ok_json
 from tests.usage_data import record, request_event
@@ -131,3 +134,16 @@ def test_keys_rotate_runs_on_the_server(db_env: dict[str, str], management_token
     assert ok_json(
         {**NO_DATABASE, "LLM_PROXY_API_URL": "http://127.0.0.1:1"}, "manage", "keys", "new"
     )
+
+
+def test_remote_client_mirrors_management() -> None:
+    """Every action runs either way: same method names, parameters and defaults."""
+
+    def actions(cls: type) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(fn)
+            for name, fn in vars(cls).items()
+            if not name.startswith("_") and inspect.iscoroutinefunction(fn)
+        }
+
+    assert actions(RemoteManagement) == actions(Management)
