@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from starlette.routing import Route
 
+from proxy.manage import create_management_app
 from proxy.manage.routes import ENDPOINTS
 from shared.clock import new_id, utcnow
 from shared.config import Settings
+from shared.crypto import Keyring
+from shared.store.sqlite import SqliteStore
 from tests.manage_client import Api
 from tests.manage_server import ManagementServer
 from tests.usage_data import record
@@ -200,8 +205,6 @@ def test_full_lifecycle_over_http(
 
 
 def api_key_id(db_env: dict[str, str]) -> str:
-    from shared.crypto import Keyring
-
     return Keyring.from_text(db_env["ENCRYPTION_KEY"]).current_id
 
 
@@ -308,6 +311,24 @@ def test_bad_input_gets_an_error_envelope_and_writes_nothing(api: Api) -> None:
     assert len(failures) == 9
 
 
+def test_an_unexpected_failure_is_a_500_envelope_and_one_log_line(
+    tmp_path: Path, encryption_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "broken.db"
+    env = {"DATABASE_URL": str(db), "ENCRYPTION_KEY": encryption_key, "MANAGEMENT_TOKEN": "t"}
+    with ManagementServer(Settings.from_env(env)) as server:
+        api = Api(server.url, "t")
+        with sqlite3.connect(db) as conn:  # the database breaks under the running server
+            conn.execute("DROP TABLE audit_events")
+        message = api.error(
+            "POST", "/projects", 500, "internal_error", json={"name": "x", "api_key": UPSTREAM_KEY}
+        )
+        api.close()
+    assert message == "Internal error."
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "llm_proxy.manage"]
+    assert line == "management createProject failed: OperationalError: no such table: audit_events"
+
+
 # --- pagination ---
 
 
@@ -382,11 +403,19 @@ def test_token_usage_pages_newest_first(api: Api, db_env: dict[str, str]) -> Non
 # --- the published schema ---
 
 
-def test_openapi_document_matches_the_routes(api: Api, management_server: ManagementServer) -> None:
+def test_openapi_document_matches_the_routes(api: Api, db_env: dict[str, str]) -> None:
     document = api.document
     assert document["openapi"].startswith("3.1")
-    routed = {(ep.method.lower(), "/manage" + ep.path) for ep in ENDPOINTS}
-    routed.add(("get", "/manage/openapi.json"))
+    key = Keyring.from_text(db_env["ENCRYPTION_KEY"])
+    app = create_management_app(Settings(), SqliteStore(":memory:"), key)  # never opened
+    routed = {
+        (method.lower(), "/manage" + route.path)
+        for route in app.routes
+        if isinstance(route, Route)
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+    assert len(routed) == len(ENDPOINTS) + 1
     published = {(method, path) for path, ops in document["paths"].items() for method in ops}
     assert published == routed
     # every published operation answers (auth passed) rather than falling through to 404/405
