@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from proxy.manage import create_management_app
 from proxy.manage.routes import ENDPOINTS
@@ -429,3 +431,33 @@ def test_openapi_document_matches_the_routes(api: Api, db_env: dict[str, str]) -
     assert refs <= names, refs - names
     ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
     assert len(ids) == len(set(ids))
+
+
+def test_an_outer_request_id_is_used_as_is(tmp_path: Path, encryption_key: str) -> None:
+    """When the proxy's own middleware has already chosen the request id, the guard keeps it
+    and leaves returning it to that middleware."""
+    settings = Settings.from_env({"DATABASE_URL": str(tmp_path / "o.db"), "MANAGEMENT_TOKEN": "t"})
+    store = SqliteStore(settings.sqlite_path)
+    inner = create_management_app(settings, store, Keyring.from_text(encryption_key))
+
+    async def outer(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["llm_proxy.request_id"] = "outer-7"
+        await inner(scope, receive, send)
+
+    async def go() -> tuple[httpx.Response, list[dict[str, object]]]:
+        await store.open()
+        await store.migrate()
+        transport = httpx.ASGITransport(app=outer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+            reply = await client.post(
+                "/projects",
+                json={"name": "o", "api_key": UPSTREAM_KEY},
+                headers={"Authorization": "Bearer t", "X-Request-ID": "client-1"},
+            )
+            audit = (await client.get("/audit", headers={"Authorization": "Bearer t"})).json()
+        await store.close()
+        return reply, audit["data"]
+
+    reply, audit = asyncio.run(go())
+    assert reply.status_code == 201 and "x-request-id" not in reply.headers
+    assert audit[0]["request_id"] == "outer-7"

@@ -17,6 +17,8 @@ from shared.tokens import constant_time_equal
 
 log = logging.getLogger("llm_proxy.manage")
 
+# Where the request id lives in the ASGI scope. An outer middleware that already assigns ids may
+# set it (and send X-Request-ID itself); the guard then uses that id instead of its own.
 REQUEST_ID_KEY = "llm_proxy.request_id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -63,14 +65,18 @@ class ManagementGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = request_id_from(_header(scope, b"x-request-id"))
-        scope[REQUEST_ID_KEY] = request_id
-        echo = (b"x-request-id", request_id.encode())
+        request_id = scope.get(REQUEST_ID_KEY)
+        send_with_id: Send = send  # when an outer layer chose the id, it also returns it
+        if request_id is None:
+            request_id = scope[REQUEST_ID_KEY] = request_id_from(_header(scope, b"x-request-id"))
+            echo = (b"x-request-id", request_id.encode())
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), echo]
-            await send(message)
+            async def send_echoing_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", []), echo]
+                await send(message)
+
+            send_with_id = send_echoing_id
 
         try:
             self._check(scope, request_id)
