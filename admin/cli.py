@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from admin.commands import audit, keys, projects, server, tokens
 from admin.options import JsonOpt
 from admin.output import emit
+from admin.remote import RemoteTarget
 from admin.runner import guarded, open_store
 from shared.config import Settings
 
@@ -19,7 +20,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,  # tracebacks with local variables could show secrets
     add_completion=False,
 )
-manage = typer.Typer(help="Manage projects, tokens, keys and the audit log.", no_args_is_help=True)
+manage = typer.Typer(
+    help="Manage projects, tokens, keys and the audit log: on the database this process is "
+    "configured for, or on a remote deployment with --api-url.",
+    no_args_is_help=True,
+)
 manage.add_typer(projects.app, name="project")
 manage.add_typer(tokens.app, name="token")
 manage.add_typer(keys.app, name="keys")
@@ -28,6 +33,36 @@ app.add_typer(manage, name="manage")
 
 
 app.command("server")(server.server)
+
+
+@manage.callback()
+def manage_target(
+    ctx: typer.Context,
+    api_url: Annotated[
+        str | None,
+        typer.Option(
+            "--api-url",
+            envvar="LLM_PROXY_API_URL",
+            show_envvar=True,
+            help="Send the command to this deployment's management API (e.g. "
+            "https://proxy.example.com) instead of opening the database.",
+        ),
+    ] = None,
+    management_token: Annotated[
+        str | None,
+        typer.Option(
+            "--management-token",
+            envvar="MANAGEMENT_TOKEN",
+            show_envvar=True,
+            show_default=False,
+            help="The deployment's MANAGEMENT_TOKEN, for --api-url. Prefer the variable: a flag "
+            "lands in shell history.",
+        ),
+    ] = None,
+) -> None:
+    """Manage projects, tokens, keys and the audit log."""
+    if api_url:
+        ctx.obj = RemoteTarget(api_url, management_token or "")
 
 
 @app.command("migrate")

@@ -44,6 +44,36 @@ def emit(result: Any, *, as_json: bool, columns: Sequence[str] | None = None) ->
     _console.print(table)
 
 
+EVENT_COLUMNS = (
+    "ts",
+    "method",
+    "path",
+    "status",
+    "model",
+    "duration_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_status",
+    "error",
+)
+
+
+def emit_usage(result: dict[str, Any], as_json: bool, owner: str, fields: Sequence[str]) -> None:
+    """A token's or project's usage: its totals, then a page of its request events."""
+    if as_json:
+        emit(result, as_json=True)
+        return
+    emit({k: result[owner][k] for k in fields}, as_json=False)
+    emit(result["events"], as_json=False, columns=EVENT_COLUMNS)
+    more_hint("--before-event-id", result["next_before_event_id"])
+
+
+def more_hint(option: str, cursor: object) -> None:
+    """Tell a reader of a table how to ask for the next page (on stderr: stdout stays data)."""
+    if cursor is not None:
+        sys.stderr.write(f"more: repeat with {option} {cursor}\n")
+
+
 def fail(message: str, code: int = 1) -> None:
     sys.stderr.write(f"error: {message}\n")
     raise SystemExit(code)

@@ -1,4 +1,4 @@
-"""Running one management action against the database and printing its result."""
+"""Running one management action, on the database or a remote deployment, and printing it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+import aiohttp
+import typer
+
 from admin.output import emit, fail
+from admin.remote import TIMEOUT, RemoteManagement, RemoteTarget, chosen_target
 from shared.config import Settings
 from shared.crypto import load_keyring
 from shared.errors import LLMProxyError, Unavailable
@@ -19,7 +23,10 @@ from shared.manage import Management
 from shared.redis import make_redis, uses_redis
 from shared.store import SqlStore, make_store
 
-Action = Callable[[Management], Awaitable[Any]]
+# Both have the same methods; mypy checks every action against both.
+Manager = Management | RemoteManagement
+Action = Callable[[Manager], Awaitable[Any]]
+Render = Callable[[Any, bool], None]
 
 
 def cli_actor() -> str:
@@ -63,10 +70,30 @@ async def _run_local(settings: Settings, action: Action) -> Any:
         await store.close()
 
 
-def run(action: Action, *, as_json: bool, columns: Sequence[str] | None = None) -> None:
-    """Run ``action`` and print its result; exit 1 with one line on any error."""
-    result = guarded(lambda settings: _run_local(settings, action))
-    emit(result, as_json=as_json, columns=columns)
+async def _run_remote(target: RemoteTarget, action: Action) -> Any:
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        return await action(RemoteManagement(session, target))
+
+
+def run(
+    ctx: typer.Context,
+    action: Action,
+    *,
+    as_json: bool,
+    columns: Sequence[str] | None = None,
+    render: Render | None = None,
+) -> None:
+    """Run ``action`` here, or on the deployment ``llm-proxy manage --api-url`` names, and print
+    its result (with ``render`` if given); exit 1 with one line on any error."""
+    target = chosen_target(ctx)
+    if target is not None:
+        result = guarded(lambda settings: _run_remote(target, action))
+    else:
+        result = guarded(lambda settings: _run_local(settings, action))
+    if render is not None:
+        render(result, as_json)
+    else:
+        emit(result, as_json=as_json, columns=columns)
 
 
 def guarded_settings() -> Settings:

@@ -14,17 +14,19 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.auth import Authenticator, TokenCache
 from proxy.bus.memory import MemoryBus
 from proxy.handler import ProxyHandler
 from proxy.invalidation import Invalidator
+from proxy.manage import create_management_app
 from proxy.metrics import Metrics, render
 from proxy.upstream import Upstream
 from shared.config import Settings
 from shared.crypto import Keyring, load_keyring
-from shared.errors import ConfigError, LLMProxyError, RouteNotFound, error_body
+from shared.errors import ConfigError, LLMProxyError, RouteNotFound, Unavailable, error_body
 from shared.events import EventBus
 from shared.invalidation import Notifier
 from shared.logging import setup_logging
@@ -56,10 +58,12 @@ class ProxyApp:
         self.handler: ProxyHandler | None = None
         self.resources: Resources | None = None
         self.draining = False
-        routes = [
+        self.manage_app: ASGIApp | None = None
+        routes: list[BaseRoute] = [
             Route("/health", self._live),
             Route("/live", self._live),
             Route("/ready", self._ready),
+            Mount("/manage", app=self._manage),
         ]
         if settings.enable_metrics:
             routes.append(Route(settings.metrics_path, self._metrics))
@@ -120,6 +124,7 @@ class ProxyApp:
             bus=bus,
             metrics=self.metrics,
         )
+        self.manage_app = create_management_app(settings, store, keyring, self.resources.notifier)
         if settings.pool_warm:
             await _warm(store, upstream)
         log.info(
@@ -129,12 +134,20 @@ class ProxyApp:
             yield
         finally:
             self.handler = None
+            self.manage_app = None
             await invalidator.close()
             await bus.close()  # flush events of every request served
             await upstream.close()
             if redis is not None:
                 await redis.aclose()
             await store.close()
+
+    async def _manage(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.manage_app is None:
+            response = JSONResponse(error_body(Unavailable("Starting up.")), status_code=503)
+            await response(scope, receive, send)
+            return
+        await self.manage_app(scope, receive, send)
 
     async def _live(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -10,14 +10,15 @@ import math
 import re
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from shared.clock import new_id, utcnow
+from shared.clock import from_epoch, new_id, utcnow
 from shared.config import parse_duration
 from shared.crypto import Keyring
 from shared.errors import Conflict, LLMProxyError, NotFound, UserError
+from shared.events import RequestEvent
 from shared.store import AuditEvent, AuditFilter, Project, SqlStore, Token
 from shared.tokens import display_prefix, generate_token, hash_token, mask_token
 
@@ -25,6 +26,7 @@ T = TypeVar("T")
 View = dict[str, Any]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+MAX_PAGE = 1000
 
 
 class ChangeNotifier(Protocol):
@@ -87,6 +89,12 @@ def check_max_requests(value: int | None) -> int | None:
     if value is not None and value < 1:
         raise UserError("max requests must be a positive integer (omit it for no limit)")
     return value
+
+
+def check_page_size(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise UserError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    return limit
 
 
 def shown_id(value: str) -> str:
@@ -175,6 +183,32 @@ def audit_view(event: AuditEvent) -> View:
         "outcome": event.outcome,
         "details": event.details,
         "request_id": event.request_id,
+        "client_ip": event.client_ip,
+    }
+
+
+def event_view(event: RequestEvent) -> View:
+    return {
+        "event_id": event.event_id,
+        "request_id": event.request_id,
+        "ts": _iso(from_epoch(event.ts)),
+        "project_id": event.project_id or None,
+        "token_id": event.token_id or None,
+        "method": event.method,
+        "path": event.path,
+        "status": event.status,
+        "model": event.model,
+        "duration_ms": event.duration_ms,
+        "upstream_ms": event.upstream_ms,
+        "ttfb_ms": event.ttfb_ms,
+        "request_bytes": event.request_bytes,
+        "response_bytes": event.response_bytes,
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+        "total_tokens": event.total_tokens,
+        "cache_status": event.cache_status,
+        "stream": event.stream,
+        "error": event.error,
         "client_ip": event.client_ip,
     }
 
@@ -384,6 +418,39 @@ class Management:
     async def show_token(self, token_id: str) -> View:
         return token_view(await self._token(token_id))
 
+    async def token_usage(
+        self, token_id: str, *, before_event_id: str | None = None, limit: int = 20
+    ) -> View:
+        """The token's totals and its request events, newest first, a page at a time."""
+        token = await self._token(token_id)
+        page = await self._events_page(token_id, None, before_event_id, limit)
+        return {"token": token_view(token), **page}
+
+    async def project_usage(
+        self, project_id: str, *, before_event_id: str | None = None, limit: int = 20
+    ) -> View:
+        """The project's totals and its request events, newest first, a page at a time."""
+        project = await self._project(project_id)
+        page = await self._events_page(None, project_id, before_event_id, limit)
+        return {"project": project_view(project), **page}
+
+    async def _events_page(
+        self, token_id: str | None, project_id: str | None, before: str | None, limit: int
+    ) -> View:
+        # One row more than asked tells whether another page exists without a COUNT.
+        events = await self.store.list_request_events(
+            token_id=token_id,
+            project_id=project_id,
+            before_event_id=before,
+            limit=check_page_size(limit) + 1,
+        )
+        more = len(events) > limit
+        events = events[:limit]
+        return {
+            "events": [event_view(e) for e in events],
+            "next_before_event_id": events[-1].event_id if more else None,
+        }
+
     async def update_token(
         self,
         token_id: str,
@@ -400,6 +467,8 @@ class Management:
                 changes["is_active"] = activate
                 if activate:
                     changes["revoked_at"] = None
+            if unlimited and max_requests is not None:
+                raise UserError("give max requests or unlimited, not both")
             if unlimited:
                 changes["max_requests"] = None
             elif max_requests is not None:
@@ -471,7 +540,18 @@ class Management:
         return await self._audited("keys.rotate", "keys", self.keyring.current_id, {}, go)
 
     async def list_audit(self, flt: AuditFilter) -> list[View]:
-        return [audit_view(e) for e in await self.store.list_audit(flt)]
+        return list((await self.audit_page(flt))["data"])
+
+    async def audit_page(self, flt: AuditFilter) -> View:
+        """Newest first; ``next_before_id`` is the cursor of the next page (None on the last)."""
+        limit = check_page_size(flt.limit)
+        events = await self.store.list_audit(replace(flt, limit=limit + 1))
+        more = len(events) > limit
+        events = events[:limit]
+        return {
+            "data": [audit_view(e) for e in events],
+            "next_before_id": events[-1].id if more else None,
+        }
 
     async def _tokens_changed(self, token_ids: list[str]) -> None:
         if self.notifier is not None and token_ids:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from shared.config import Settings
 from shared.crypto import Keyring, new_key
 from shared.store import SqlStore, make_store
+from tests.manage_server import ManagementServer
 from tests.services import (
     REDIS_HOST,
     REDIS_PORT,
@@ -113,3 +115,16 @@ def private_redis() -> Iterator[RedisProcess]:
     server = RedisProcess().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def management_token() -> str:
+    return "mgmt-" + secrets.token_urlsafe(24)
+
+
+@pytest.fixture
+def management_server(db_env: dict[str, str], management_token: str) -> Iterator[ManagementServer]:
+    """The management API under uvicorn on a free loopback port, over this test's store."""
+    settings = Settings.from_env({**db_env, "MANAGEMENT_TOKEN": management_token})
+    with ManagementServer(settings) as server:
+        yield server

@@ -1,4 +1,5 @@
-"""The `llm-proxy` commands, driven for real against SQLite and Postgres."""
+"""The `llm-proxy` commands, driven for real against SQLite and Postgres, directly and through a
+running management API (`--api-url`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,27 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from admin.cli import app
+from tests.manage_server import ManagementServer
 
 UPSTREAM_KEY = "sk-upstream-TESTKEY-0123456789abcdef"
+# Where remote-mode commands would find a database if they wrongly looked for one: nowhere.
+NO_DATABASE = {"DB_DRIVER": "postgres", "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
+
+
+@pytest.fixture(params=["local", "remote"])
+def cli_env(request: pytest.FixtureRequest, db_env: dict[str, str]) -> dict[str, str]:
+    """The environment of a `llm-proxy manage` command: the database itself, or a management API
+    server over that database, with no usable database of the command's own."""
+    if request.param == "local":
+        return db_env
+    server: ManagementServer = request.getfixturevalue("management_server")
+    token: str = request.getfixturevalue("management_token")
+    return {
+        **NO_DATABASE,
+        "ENCRYPTION_KEY": db_env["ENCRYPTION_KEY"],
+        "LLM_PROXY_API_URL": server.url,
+        "MANAGEMENT_TOKEN": token,
+    }
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> Result:
@@ -37,9 +57,9 @@ def fails(env: dict[str, str], *args: str, code: int = 1) -> str:
     return result.stderr
 
 
-def test_full_project_and_token_lifecycle(db_env: dict[str, str]) -> None:
-    env = db_env
-    assert cli(env, "migrate").exit_code == 0
+def test_full_project_and_token_lifecycle(db_env: dict[str, str], cli_env: dict[str, str]) -> None:
+    env = cli_env
+    assert cli(db_env, "migrate").exit_code == 0
     proj = ok_json(
         env, "manage", "project", "create", "--name", "team-a", "--api-key", UPSTREAM_KEY
     )
@@ -118,9 +138,9 @@ def test_full_project_and_token_lifecycle(db_env: dict[str, str]) -> None:
         assert action in actions
 
 
-def test_api_key_from_stdin_and_env(db_env: dict[str, str]) -> None:
+def test_api_key_from_stdin_and_env(cli_env: dict[str, str]) -> None:
     a = ok_json(
-        db_env,
+        cli_env,
         "manage",
         "project",
         "create",
@@ -130,13 +150,13 @@ def test_api_key_from_stdin_and_env(db_env: dict[str, str]) -> None:
         stdin=UPSTREAM_KEY + "\n",
     )
     b = ok_json(
-        {**db_env, "UPSTREAM_API_KEY": UPSTREAM_KEY}, "manage", "project", "create", "--name", "b"
+        {**cli_env, "UPSTREAM_API_KEY": UPSTREAM_KEY}, "manage", "project", "create", "--name", "b"
     )
     assert a["id"] != b["id"]
 
 
-def test_bad_input_is_one_line_nonzero_and_writes_nothing(db_env: dict[str, str]) -> None:
-    env = db_env
+def test_bad_input_is_one_line_nonzero_and_writes_nothing(cli_env: dict[str, str]) -> None:
+    env = cli_env
     pid = ok_json(env, "manage", "project", "create", "--name", "p", "--api-key", UPSTREAM_KEY)[
         "id"
     ]

@@ -1,17 +1,23 @@
-"""No token or upstream key ever shows in logs, audit rows, list/show output or errors."""
+"""No token, upstream key or management token ever shows in logs, audit rows, output or errors."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from admin.cli import app
 from shared.config import Settings
+from shared.logging import JsonFormatter, RedactingFilter
 from shared.store import make_store
+from tests.manage_client import Api
+from tests.manage_server import ManagementServer
 
 UPSTREAM_KEY = "sk-upstream-NEVERSHOWME-0123456789"
 
@@ -90,3 +96,85 @@ async def dump_tables(settings: Settings) -> str:
     finally:
         await store.close()
     return "\n".join(dump)
+
+
+@pytest.fixture
+def our_log_output() -> Iterator[Callable[[], str]]:
+    """What an operator reads: every record at DEBUG through the filter and formatter that
+    `setup_logging` installs (a handler of the test's own, which the CLI's set-up leaves alone)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    yield stream.getvalue
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_management_api_keeps_secrets(
+    db_env: dict[str, str],
+    management_server: ManagementServer,
+    management_token: str,
+    our_log_output: Callable[[], str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[str] = []
+    api = Api(management_server.url, management_token)
+
+    def call(method: str, path: str, **kw: object) -> httpx.Response:
+        reply = api.client.request(method, path, **kw)  # type: ignore[arg-type]
+        seen.append(reply.text + str(reply.headers))
+        return reply
+
+    pid = call("POST", "/projects", json={"name": "s", "api_key": UPSTREAM_KEY}).json()["id"]
+    token = api.client.post("/tokens", json={"project_id": pid}).json()["token"]  # shown once
+    tid = call("GET", "/tokens").json()["data"][0]["id"]
+
+    remote = {"LLM_PROXY_API_URL": management_server.url, "MANAGEMENT_TOKEN": management_token}
+    for args in (
+        ("manage", "token", "list"),
+        ("manage", "token", "show", token),
+        ("manage", "token", "revoke", token),
+        ("manage", "audit", "list", "--json"),
+    ):
+        result = CliRunner().invoke(app, list(args), env=remote)
+        seen.append(result.stdout + result.stderr)
+
+    logging.getLogger().setLevel(logging.DEBUG)  # the CLI runs above turned it down
+    caplog.set_level(logging.DEBUG)
+    for method, path, kw in (
+        ("GET", "/projects", {}),
+        ("GET", f"/projects/{pid}", {}),
+        ("GET", f"/tokens/{tid}", {}),
+        ("GET", f"/tokens/{tid}/usage", {}),
+        ("GET", "/audit", {}),
+        ("PATCH", f"/projects/{pid}", {"json": {"api_key": UPSTREAM_KEY + "x"}}),
+        ("POST", "/projects", {"json": {"name": "s", "api_key": UPSTREAM_KEY}}),
+        ("POST", "/projects", {"json": {"name": "t", "api_key": UPSTREAM_KEY, "x": token}}),
+        ("GET", f"/tokens/{token}", {}),  # a token pasted where an id belongs
+        ("POST", f"/tokens/{token}/revoke", {}),
+        ("GET", "/tokens", {"params": {"project_id": token}}),
+        ("POST", "/tokens", {"json": {"project_id": token}}),
+        ("GET", "/audit", {"params": {"target_id": token}}),
+        ("GET", "/projects", {"headers": {"Authorization": f"Bearer {token}"}}),
+        ("GET", "/projects", {"headers": {"Authorization": f"Bearer {management_token}x"}}),
+        ("GET", "/projects", {"headers": {"Authorization": f"Basic {management_token}"}}),
+    ):
+        call(method, path, **kw)
+    api.close()
+
+    logged = our_log_output()
+    assert "management API: invalid token" in logged  # rejections are logged...
+    assert f"/manage/tokens/{token[:12]}" in logged  # ...and so are requests (access log)
+    ours = "\n".join(
+        r.getMessage() + str(r.__dict__) for r in caplog.records if r.name.startswith("llm_proxy")
+    )
+    everything = "\n".join(seen) + logged + ours
+    for secret in (token, token[len("sk-llmp-") :], UPSTREAM_KEY, management_token):
+        assert secret not in everything  # ...but never what was presented
+    blob = asyncio.run(dump_tables(Settings.from_env(db_env)))
+    for secret in (token, token[len("sk-llmp-") :], UPSTREAM_KEY, "NEVERSHOWME", management_token):
+        assert secret not in blob

@@ -161,6 +161,41 @@ async def test_record_events_is_exactly_once_with_aggregates(store: SqlStore) ->
     assert await store.count_events(t.id) == 4
 
 
+async def test_request_events_page_newest_first_per_token_and_project(store: SqlStore) -> None:
+    p = await store.create_project(project())
+    other = await store.create_project(project("other"))
+    t = await store.create_token(token(p.id))
+    t2 = await store.create_token(token(p.id))
+    foreign = await store.create_token(token(other.id))
+    base = utcnow().timestamp()
+    # Two events share a timestamp: the cursor must still neither skip nor repeat one.
+    mine = [event(t, ts=base + i // 2, model=f"m{i}", stream=i == 1) for i in range(5)]
+    await store.record_events([*mine, event(t2, ts=base + 9), event(foreign, ts=base + 9)])
+
+    page1 = await store.list_request_events(token_id=t.id, limit=2)
+    page2 = await store.list_request_events(
+        token_id=t.id, before_event_id=page1[-1].event_id, limit=2
+    )
+    page3 = await store.list_request_events(
+        token_id=t.id, before_event_id=page2[-1].event_id, limit=2
+    )
+    seen = [e.event_id for e in page1 + page2 + page3]
+    expected = sorted(mine, key=lambda e: (e.ts, e.event_id), reverse=True)
+    assert seen == [e.event_id for e in expected]
+    assert [e.model for e in page1] == ["m4", expected[1].model]
+    got = {e.event_id: e for e in page1 + page2 + page3}
+    assert got[mine[1].event_id].stream is True and got[mine[0].event_id].stream is False
+    assert got[mine[4].event_id].token_id == t.id and got[mine[4].event_id].project_id == p.id
+    assert abs(got[mine[4].event_id].ts - mine[4].ts) < 0.001
+
+    by_project = await store.list_request_events(project_id=p.id, limit=100)
+    assert len(by_project) == 6 and by_project[0].token_id == t2.id
+    assert await store.list_request_events(token_id=t.id, project_id=other.id) == []
+    assert await store.list_request_events(token_id="not-a-uuid") == []
+    assert await store.list_request_events(token_id=t.id, before_event_id=new_id()) == []
+    assert await store.list_request_events(token_id=t.id, before_event_id="garbage") == []
+
+
 async def test_audit_filters_and_pages_newest_first(store: SqlStore) -> None:
     for i in range(5):
         await store.add_audit(

@@ -14,7 +14,10 @@ app = typer.Typer(help="Encryption keys for upstream API keys at rest.", no_args
 
 @app.command("new")
 def new(as_json: JsonOpt = False) -> None:
-    """Print a fresh ENCRYPTION_KEY (32 random bytes, URL-safe base64)."""
+    """Print a fresh ENCRYPTION_KEY (32 random bytes, URL-safe base64).
+
+    Always local: it makes a random key on this machine and talks to no database or server.
+    """
     key = new_key()
     if as_json:
         emit({"encryption_key": key}, as_json=True)
@@ -23,10 +26,11 @@ def new(as_json: JsonOpt = False) -> None:
 
 
 @app.command("rotate")
-def rotate(as_json: JsonOpt = False) -> None:
+def rotate(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Re-encrypt every stored upstream key with ENCRYPTION_KEY.
 
     Set the new key as ENCRYPTION_KEY and the old one in ENCRYPTION_OLD_KEYS, run this, then
-    drop the old key once every process runs with the new settings.
+    drop the old key once every process runs with the new settings. With --api-url the remote
+    server re-encrypts with its own ENCRYPTION_KEY and ENCRYPTION_OLD_KEYS.
     """
-    run(lambda m: m.rotate_keys(), as_json=as_json)
+    run(ctx, lambda m: m.rotate_keys(), as_json=as_json)

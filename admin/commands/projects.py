@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from admin.options import JsonOpt, ProjectIdArg
-from admin.output import fail
+from admin.output import emit_usage, fail
 from admin.runner import run
 from shared.manage import DEFAULT_BASE_URL
 
@@ -43,6 +43,7 @@ def _read_key(api_key: str | None, from_stdin: bool) -> str | None:
 
 @app.command("create")
 def create(
+    ctx: typer.Context,
     name: Annotated[str, typer.Option("--name", help="Unique project name.")],
     base_url: Annotated[
         str, typer.Option("--base-url", help="Upstream base URL, as an OpenAI SDK's base_url.")
@@ -53,23 +54,56 @@ def create(
 ) -> None:
     """Create a project; prints its id."""
     key = _read_key(api_key, api_key_stdin)
-    run(lambda m: m.create_project(name, base_url, key), as_json=as_json)
+    run(ctx, lambda m: m.create_project(name, base_url, key), as_json=as_json)
 
 
 @app.command("list")
-def list_(as_json: JsonOpt = False) -> None:
+def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List projects."""
-    run(lambda m: m.list_projects(), as_json=as_json, columns=COLUMNS)
+    run(ctx, lambda m: m.list_projects(), as_json=as_json, columns=COLUMNS)
 
 
 @app.command("show")
-def show(project_id: ProjectIdArg, as_json: JsonOpt = False) -> None:
+def show(ctx: typer.Context, project_id: ProjectIdArg, as_json: JsonOpt = False) -> None:
     """Show one project with its usage totals."""
-    run(lambda m: m.show_project(project_id), as_json=as_json)
+    run(ctx, lambda m: m.show_project(project_id), as_json=as_json)
+
+
+USAGE_FIELDS = (
+    "id",
+    "name",
+    "is_active",
+    "request_count",
+    "cache_hit_count",
+    "prompt_tokens",
+    "completion_tokens",
+    "last_used_at",
+)
+
+
+@app.command("usage")
+def usage(
+    ctx: typer.Context,
+    project_id: ProjectIdArg,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Events per page.")] = 20,
+    before_event_id: Annotated[
+        str | None,
+        typer.Option("--before-event-id", help="Page: events older than this one."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A project's usage totals and its latest requests, newest first."""
+    run(
+        ctx,
+        lambda m: m.project_usage(project_id, before_event_id=before_event_id, limit=limit),
+        as_json=as_json,
+        render=lambda result, js: emit_usage(result, js, "project", USAGE_FIELDS),
+    )
 
 
 @app.command("update")
 def update(
+    ctx: typer.Context,
     project_id: ProjectIdArg,
     name: Annotated[str | None, typer.Option("--name", help="New name.")] = None,
     base_url: Annotated[str | None, typer.Option("--base-url", help="New base URL.")] = None,
@@ -82,6 +116,7 @@ def update(
     """Change a project's name, base URL or upstream key."""
     key = _read_key(api_key, api_key_stdin)
     run(
+        ctx,
         lambda m: m.update_project(project_id, name=name, base_url=base_url, api_key=key),
         as_json=as_json,
     )
@@ -89,6 +124,7 @@ def update(
 
 @app.command("delete")
 def delete(
+    ctx: typer.Context,
     project_id: ProjectIdArg,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     as_json: JsonOpt = False,
@@ -96,17 +132,18 @@ def delete(
     """Delete a project and its tokens (request history is kept)."""
     if not yes and not as_json and sys.stdin.isatty():
         typer.confirm(f"Delete project {project_id} and all its tokens?", abort=True)
-    run(lambda m: m.delete_project(project_id), as_json=as_json)
+    run(ctx, lambda m: m.delete_project(project_id), as_json=as_json)
 
 
 @app.command("activate")
-def activate(project_id: ProjectIdArg, as_json: JsonOpt = False) -> None:
+def activate(ctx: typer.Context, project_id: ProjectIdArg, as_json: JsonOpt = False) -> None:
     """Let a project's tokens be used again."""
-    run(lambda m: m.set_project_active(project_id, True), as_json=as_json)
+    run(ctx, lambda m: m.set_project_active(project_id, True), as_json=as_json)
 
 
 @app.command("deactivate")
 def deactivate(
+    ctx: typer.Context,
     project_id: ProjectIdArg,
     revoke_tokens: Annotated[
         bool, typer.Option("--revoke-tokens", help="Also revoke every token of the project.")
@@ -115,6 +152,7 @@ def deactivate(
 ) -> None:
     """Stop all traffic of a project at once."""
     run(
+        ctx,
         lambda m: m.set_project_active(project_id, False, revoke_tokens=revoke_tokens),
         as_json=as_json,
     )

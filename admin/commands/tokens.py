@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from admin.options import JsonOpt, TokenIdArg
-from admin.output import fail
+from admin.output import emit_usage, fail
 from admin.runner import run
 
 app = typer.Typer(help="Generate, inspect and revoke proxy tokens.", no_args_is_help=True)
@@ -37,6 +37,7 @@ MaxRequestsOpt = Annotated[
 
 @app.command("generate")
 def generate(
+    ctx: typer.Context,
     project_id: Annotated[str, typer.Option("--project-id", help="The project to issue for.")],
     duration: DurationOpt = "24",
     max_requests: MaxRequestsOpt = None,
@@ -45,6 +46,7 @@ def generate(
 ) -> None:
     """Issue a token. It is printed in full this once; store it safely."""
     run(
+        ctx,
         lambda m: m.generate_token(
             project_id, duration=duration, max_requests=max_requests, label=label
         ),
@@ -54,23 +56,59 @@ def generate(
 
 @app.command("list")
 def list_(
+    ctx: typer.Context,
     project_id: Annotated[
         str | None, typer.Option("--project-id", help="Only this project's tokens.")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List tokens (masked) with usage, expiry and state."""
-    run(lambda m: m.list_tokens(project_id), as_json=as_json, columns=COLUMNS)
+    run(ctx, lambda m: m.list_tokens(project_id), as_json=as_json, columns=COLUMNS)
 
 
 @app.command("show")
-def show(token_id: TokenIdArg, as_json: JsonOpt = False) -> None:
+def show(ctx: typer.Context, token_id: TokenIdArg, as_json: JsonOpt = False) -> None:
     """Show one token with its usage and remaining quota."""
-    run(lambda m: m.show_token(token_id), as_json=as_json)
+    run(ctx, lambda m: m.show_token(token_id), as_json=as_json)
+
+
+USAGE_FIELDS = (
+    "id",
+    "project_id",
+    "state",
+    "request_count",
+    "max_requests",
+    "remaining_requests",
+    "cache_hit_count",
+    "prompt_tokens",
+    "completion_tokens",
+    "last_used_at",
+)
+
+
+@app.command("usage")
+def usage(
+    ctx: typer.Context,
+    token_id: TokenIdArg,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Events per page.")] = 20,
+    before_event_id: Annotated[
+        str | None,
+        typer.Option("--before-event-id", help="Page: events older than this one."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A token's usage totals and its latest requests, newest first."""
+    run(
+        ctx,
+        lambda m: m.token_usage(token_id, before_event_id=before_event_id, limit=limit),
+        as_json=as_json,
+        render=lambda result, js: emit_usage(result, js, "token", USAGE_FIELDS),
+    )
 
 
 @app.command("update")
 def update(
+    ctx: typer.Context,
     token_id: TokenIdArg,
     activate: Annotated[
         bool | None,
@@ -90,6 +128,7 @@ def update(
     if unlimited and max_requests is not None:
         fail("give --max-requests or --unlimited, not both", 2)
     run(
+        ctx,
         lambda m: m.update_token(
             token_id,
             activate=activate,
@@ -104,6 +143,7 @@ def update(
 
 @app.command("revoke")
 def revoke(
+    ctx: typer.Context,
     token_id: Annotated[str | None, typer.Argument(help="The token's id.")] = None,
     project_id: Annotated[
         str | None, typer.Option("--project-id", help="Revoke every token of this project.")
@@ -114,7 +154,7 @@ def revoke(
     if (token_id is None) == (project_id is None):
         fail("give a TOKEN_ID or --project-id (exactly one)", 2)
     if project_id is not None:
-        run(lambda m: m.revoke_project_tokens(project_id), as_json=as_json)
+        run(ctx, lambda m: m.revoke_project_tokens(project_id), as_json=as_json)
     else:
         assert token_id is not None
-        run(lambda m: m.revoke_token(token_id), as_json=as_json)
+        run(ctx, lambda m: m.revoke_token(token_id), as_json=as_json)

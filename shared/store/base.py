@@ -104,6 +104,14 @@ def event_params(event: RequestEvent) -> tuple[Any, ...]:
     )
 
 
+def event_from_row(row: Row) -> RequestEvent:
+    ts: datetime = row.pop("ts")
+    row["project_id"] = row["project_id"] or ""
+    row["token_id"] = row["token_id"] or ""
+    row["stream"] = bool(row["stream"])
+    return RequestEvent(ts=ts.timestamp(), **row)
+
+
 def usage_by_owner(
     events: Sequence[RequestEvent],
 ) -> tuple[dict[str, _Usage], dict[str, _Usage]]:
@@ -438,6 +446,42 @@ class SqlStore(abc.ABC):
                         owner_id,
                     ),
                 )
+
+    async def list_request_events(
+        self,
+        *,
+        token_id: str | None = None,
+        project_id: str | None = None,
+        before_event_id: str | None = None,
+        limit: int = 50,
+    ) -> list[RequestEvent]:
+        """A token's or a project's request events, newest first. Page with ``before_event_id``
+        set to the last event_id of the previous page; an unknown cursor yields no rows."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("token_id", token_id), ("project_id", project_id)):
+            if value is not None:
+                if not self.valid_id(value):
+                    return []
+                clauses.append(f"{column} = %s")
+                params.append(value)
+        if before_event_id is not None:
+            if not self.valid_id(before_event_id):
+                return []
+            # (ts, event_id) orders events totally, even when two share a timestamp.
+            clauses.append(
+                "(ts, event_id) < (SELECT c.ts, c.event_id FROM request_events c "
+                "WHERE c.event_id = %s)"
+            )
+            params.append(before_event_id)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        async with self.transaction(readonly=True) as tx:
+            rows = await tx.fetchall(
+                f"SELECT {EVENT_COLUMNS} FROM request_events {where} "
+                "ORDER BY ts DESC, event_id DESC LIMIT %s",
+                (*params, limit),
+            )
+        return [event_from_row(r) for r in rows]
 
     async def count_events(self, token_id: str | None = None) -> int:
         where, params = ("WHERE token_id = %s", (token_id,)) if token_id else ("", ())

@@ -1,0 +1,166 @@
+"""JSON Schemas of the management API's replies: the views of shared.manage, described once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Schema = dict[str, Any]
+
+_STR: Schema = {"type": "string"}
+_INT: Schema = {"type": "integer"}
+_NUM: Schema = {"type": "number"}
+_BOOL: Schema = {"type": "boolean"}
+_TIME: Schema = {"type": "string", "format": "date-time"}
+_OPT_TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
+_OPT_INT: Schema = {"type": ["integer", "null"]}
+_OPT_STR: Schema = {"type": ["string", "null"]}
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(description: str, **properties: Schema) -> Schema:
+    """An object whose every property is always present (the views never omit a key)."""
+    return {
+        "type": "object",
+        "description": description,
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+_PROJECT_FIELDS: dict[str, Schema] = {
+    "id": _STR,
+    "name": _STR,
+    "base_url": _STR,
+    "is_active": _BOOL,
+    "request_count": _INT,
+    "cache_hit_count": _INT,
+    "prompt_tokens": _INT,
+    "completion_tokens": _INT,
+    "last_used_at": _OPT_TIME,
+    "created_at": _TIME,
+    "updated_at": _TIME,
+}
+_TOKEN_FIELDS: dict[str, Schema] = {
+    "id": _STR,
+    "project_id": _STR,
+    "label": _STR,
+    "prefix": {"type": "string", "description": "The first characters of the token, then '…'."},
+    "state": {"enum": ["active", "inactive", "revoked", "expired", "exhausted"]},
+    "is_active": _BOOL,
+    "expires_at": _OPT_TIME,
+    "max_requests": _OPT_INT,
+    "request_count": _INT,
+    "remaining_requests": _OPT_INT,
+    "cache_hit_count": _INT,
+    "prompt_tokens": _INT,
+    "completion_tokens": _INT,
+    "last_used_at": _OPT_TIME,
+    "revoked_at": _OPT_TIME,
+    "created_at": _TIME,
+}
+_EVENT_FIELDS: dict[str, Schema] = {
+    "event_id": _STR,
+    "request_id": _STR,
+    "ts": _TIME,
+    "project_id": _OPT_STR,
+    "token_id": _OPT_STR,
+    "method": _STR,
+    "path": _STR,
+    "status": _INT,
+    "model": _STR,
+    "duration_ms": _NUM,
+    "upstream_ms": _NUM,
+    "ttfb_ms": _NUM,
+    "request_bytes": _INT,
+    "response_bytes": _INT,
+    "prompt_tokens": _INT,
+    "completion_tokens": _INT,
+    "total_tokens": _INT,
+    "cache_status": {"enum": ["", "hit", "miss", "bypass"]},
+    "stream": _BOOL,
+    "error": _STR,
+    "client_ip": _STR,
+}
+_NEXT_EVENT: Schema = {
+    "type": ["string", "null"],
+    "description": "Pass as before_event_id for the next page; null on the last page.",
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": _object(
+        "The OpenAI-style error envelope every failure is answered with.",
+        error=_object(
+            "What went wrong.",
+            message=_STR,
+            type=_STR,
+            code=_STR,
+            param={"type": "null"},
+        ),
+    ),
+    "Project": _object("A project (its upstream key is never shown).", **_PROJECT_FIELDS),
+    "ProjectList": _object("All projects.", data={"type": "array", "items": _ref("Project")}),
+    "ProjectActivation": _object(
+        "The project after (de)activation.",
+        **_PROJECT_FIELDS,
+        tokens_revoked={"type": "integer", "description": "Tokens revoked along with it."},
+    ),
+    "ProjectDeleted": _object(
+        "The project that was deleted.", id=_STR, name=_STR, deleted={"const": True}
+    ),
+    "ProjectTokensRevoked": _object(
+        "How many of the project's tokens were revoked.", project_id=_STR, revoked=_INT
+    ),
+    "Token": _object("A token, masked.", **_TOKEN_FIELDS),
+    "TokenList": _object("Tokens, oldest first.", data={"type": "array", "items": _ref("Token")}),
+    "NewToken": _object(
+        "A new token. `token` is the secret, shown in full only in this reply.",
+        **_TOKEN_FIELDS,
+        token=_STR,
+    ),
+    "RevokedToken": _object(
+        "The token after revocation.",
+        **_TOKEN_FIELDS,
+        revoked={"type": "integer", "description": "1 if it was active until now, else 0."},
+    ),
+    "RequestEvent": _object("One proxied request.", **_EVENT_FIELDS),
+    "TokenUsage": _object(
+        "A token's totals and a page of its request events, newest first.",
+        token=_ref("Token"),
+        events={"type": "array", "items": _ref("RequestEvent")},
+        next_before_event_id=_NEXT_EVENT,
+    ),
+    "ProjectUsage": _object(
+        "A project's totals and a page of its request events, newest first.",
+        project=_ref("Project"),
+        events={"type": "array", "items": _ref("RequestEvent")},
+        next_before_event_id=_NEXT_EVENT,
+    ),
+    "KeysRotated": _object(
+        "Upstream keys re-encrypted, and the id of the key now in use.", rotated=_INT, key_id=_STR
+    ),
+    "AuditEvent": _object(
+        "One management action or security event.",
+        id=_INT,
+        ts=_TIME,
+        actor=_STR,
+        action=_STR,
+        target_type=_STR,
+        target_id=_STR,
+        outcome={"enum": ["success", "failure"]},
+        details={"type": "object"},
+        request_id=_STR,
+        client_ip=_STR,
+    ),
+    "AuditPage": _object(
+        "A page of the audit log, newest first.",
+        data={"type": "array", "items": _ref("AuditEvent")},
+        next_before_id={
+            "type": ["integer", "null"],
+            "description": "Pass as before_id for the next page; null on the last page.",
+        },
+    ),
+}
