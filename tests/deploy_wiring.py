@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.routing import Mount
 
 from proxy.app import create_app
 from shared.config import Settings
@@ -69,6 +70,16 @@ def app_paths(metrics_path: str = "/metrics") -> set[str]:
     """Paths the real proxy app serves besides `/v1/...`, with metrics at ``metrics_path``."""
     app = create_app(Settings.from_env({"METRICS_PATH": metrics_path}))
     return {getattr(route, "path", "") for route in app.web.routes}
+
+
+def served_prefixes() -> set[str]:
+    """Path prefixes the proxy serves: the forwarded API and every mounted sub-app."""
+    settings = Settings.from_env({})
+    app = create_app(settings)
+    prefixes = {route.path + "/" for route in app.web.routes if isinstance(route, Mount)}
+    if settings.allowed_endpoints and all(e.startswith("/v1/") for e in settings.allowed_endpoints):
+        prefixes.add("/v1/")
+    return prefixes
 
 
 def require_tool(name: str) -> str:

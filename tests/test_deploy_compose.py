@@ -26,6 +26,7 @@ from tests.deploy_wiring import (
     nginx_size,
     nginx_upstream_servers,
     require_tool,
+    served_prefixes,
     unknown_variables,
 )
 
@@ -207,6 +208,12 @@ def test_probe_and_metrics_paths_exist_in_the_app(services: dict[str, dict[str, 
     dockerfile = (ROOT / "Dockerfile").read_text()
     probe = re.search(r"^HEALTHCHECK .*?'(/\w+)'", dockerfile, re.M | re.S)
     assert probe and probe.group(1) in paths
+
+
+def test_nginx_forwards_exactly_what_the_app_serves_under_a_prefix() -> None:
+    forwarded = set(re.findall(r"location\s+(/\S*)\s*\{\s*proxy_pass", NGINX_CONF))
+    assert forwarded == {"/v1/", "/manage/"}
+    assert forwarded <= served_prefixes()
 
 
 def test_nginx_streams_and_trusts_nothing_the_client_forwards(

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from shared.config import parse_duration
-from tests.deploy_wiring import CHART_DIR, app_paths, unknown_variables
+from tests.deploy_wiring import CHART_DIR, app_paths, served_prefixes, unknown_variables
 
 SECRETS = {
     "secret": {
@@ -407,6 +407,7 @@ def test_the_ingress_streams(scenario: tuple[dict[str, Any], list[dict[str, Any]
     assert notes["cert-manager.io/cluster-issuer"] == "letsencrypt"
     paths = {p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]}
     assert paths == {"/v1/", "/manage/"}
+    assert paths <= served_prefixes()
     with pytest.raises(helm.HelmRenderError, match=r"ingress\.timeoutSeconds"):
         render({**SECRETS, "ingress": {"enabled": True, "timeoutSeconds": 60}})
 

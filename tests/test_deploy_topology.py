@@ -82,16 +82,23 @@ class Topology:
             parts.append(f"--- {name}\n{self.log(name)[-3000:]}")
         return "\n".join(parts)
 
-    def cli(self, *args: str, stdin: str = "") -> Any:
+    def remote_cli(self, *args: str, stdin: str = "") -> Any:
+        """`llm-proxy manage ...` as an operator runs it from afar: through nginx to the
+        management API, with no database settings at all."""
+        env = {
+            **BASE_ENV,
+            "LLM_PROXY_API_URL": self.url,
+            "MANAGEMENT_TOKEN": self.env["MANAGEMENT_TOKEN"],
+        }
         done = subprocess.run(
             [sys.executable, "-m", "admin", *args, "--json"],
-            env={**BASE_ENV, **self.env},
+            env=env,
             cwd=self.root,
             input=stdin.encode(),
             capture_output=True,
             timeout=60,
         )
-        assert done.returncode == 0, done.stderr.decode()
+        assert done.returncode == 0, done.stderr.decode() + self.logs()
         return json.loads(done.stdout)
 
     def client(self) -> httpx.Client:
@@ -226,12 +233,6 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
             timeout=60,
         )
         assert migrated.returncode == 0, migrated.stderr.decode()
-        project = topo.cli(
-            "manage", "project", "create", "--name", "topology", "--base-url", fake.base_url,
-            "--api-key-stdin", stdin=UPSTREAM_KEY + "\n",
-        )  # fmt: skip
-        token = topo.cli("manage", "token", "generate", "--project-id", project["id"])
-        topo.token, topo.token_id = token["token"], token["id"]
         for i in range(2):
             env = {**topo.env, "PROMETHEUS_MULTIPROC_DIR": str(root / f"metrics-{i}")}
             topo.proxies.append(ProxyProcess(env=env, cwd=root, workers=2).start())
@@ -241,6 +242,12 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
             )
             start_dispatcher(topo, model, {**dispatcher_env, **pools})
         start_nginx(topo, model)
+        project = topo.remote_cli(
+            "manage", "project", "create", "--name", "topology", "--base-url", fake.base_url,
+            "--api-key-stdin", stdin=UPSTREAM_KEY + "\n",
+        )  # fmt: skip
+        token = topo.remote_cli("manage", "token", "generate", "--project-id", project["id"])
+        topo.token, topo.token_id = token["token"], token["id"]
         yield topo
     finally:
         stop(topo.nginx, signal.SIGQUIT)
