@@ -50,7 +50,13 @@ async def _run_local(settings: Settings, action: Action) -> Any:
     keyring = load_keyring(settings)
     store = await open_store(settings)
     try:
-        return await action(Management(store=store, keyring=keyring, actor=cli_actor()))
+        management = Management(
+            store=store,
+            keyring=keyring,
+            actor=cli_actor(),
+            count_cache_hits=settings.quota_count_cache_hits,
+        )
+        return await action(management)
     finally:
         await store.close()
 
