@@ -324,24 +324,26 @@ class SqlStore(abc.ABC):
     # --- quota (the database path of the rate limiter) ---
 
     def quota_sql(self, *, count_cache_hits: bool) -> str:
-        """SQL for the requests a token has used against its quota (see ``models.quota_used``)."""
+        """SQL for the requests a token has used against its quota (see ``models.quota_used``),
+        with one ``%s`` placeholder for a floor the caller knows (0: none)."""
         from_events = "request_count" if count_cache_hits else "request_count - cache_hit_count"
-        return f"{self.latest_sql}(quota_used, {from_events})"
+        return f"{self.latest_sql}(quota_used, {from_events}, %s)"
 
-    async def take_quota(self, token_id: str, *, count_cache_hits: bool) -> bool:
+    async def take_quota(self, token_id: str, *, count_cache_hits: bool, floor: int = 0) -> bool:
         """Count one request against the token's quota if it has any left: one conditional
         UPDATE, so concurrent callers in any number of processes never admit more than
-        ``max_requests``. A token without a limit is counted and always admitted."""
+        ``max_requests``. ``floor`` is a usage known from elsewhere (the Redis counter last
+        seen before Redis went away). A token without a limit is counted and admitted."""
         used = self.quota_sql(count_cache_hits=count_cache_hits)
         async with self.transaction() as tx:
             count = await tx.execute(
                 f"UPDATE tokens SET quota_used = {used} + 1 "
                 f"WHERE id = %s AND (max_requests IS NULL OR {used} < max_requests)",
-                (token_id,),
+                (floor, token_id, floor),
             )
         return count > 0
 
-    async def has_quota(self, token_id: str, *, count_cache_hits: bool) -> bool:
+    async def has_quota(self, token_id: str, *, count_cache_hits: bool, floor: int = 0) -> bool:
         """Whether the token has requests left, without counting one (for cache hits that do
         not count)."""
         used = self.quota_sql(count_cache_hits=count_cache_hits)
@@ -349,7 +351,7 @@ class SqlStore(abc.ABC):
             row = await tx.fetchone(
                 "SELECT 1 AS ok FROM tokens "
                 f"WHERE id = %s AND (max_requests IS NULL OR {used} < max_requests)",
-                (token_id,),
+                (token_id, floor),
             )
         return row is not None
 
@@ -357,7 +359,9 @@ class SqlStore(abc.ABC):
         """Requests used against the quota as the database knows them (seeds Redis)."""
         used = self.quota_sql(count_cache_hits=count_cache_hits)
         async with self.transaction(readonly=True) as tx:
-            row = await tx.fetchone(f"SELECT {used} AS used FROM tokens WHERE id = %s", (token_id,))
+            row = await tx.fetchone(
+                f"SELECT {used} AS used FROM tokens WHERE id = %s", (0, token_id)
+            )
         return int(row["used"]) if row else None
 
     # --- audit ---
