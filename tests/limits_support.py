@@ -16,6 +16,7 @@ from shared.config import Settings
 from shared.errors import QuotaExceeded
 from shared.store import Project, SqlStore, Token, make_store
 
+SECRET = b"limits-test-secret"
 T0 = 1_700_000_000.0  # an epoch time: the Redis path takes the injected clock as epoch ms
 
 
@@ -136,7 +137,7 @@ async def _hammer(
     limiter: LocalLimiter | RedisLimiter
     if mode == "redis":
         redis = make_limiter_redis(settings)
-        limiter = RedisLimiter(config, store, redis, KeyLayout(prefix, b"test-secret"))
+        limiter = RedisLimiter(config, store, redis, KeyLayout(prefix, SECRET))
     else:
         limiter = LocalLimiter(config, store)
     await asyncio.get_running_loop().run_in_executor(None, barrier.wait)  # start together
@@ -171,7 +172,7 @@ def hold_lease_and_die(env: dict[str, str], token_id: str, prefix: str, ready: A
         token = await store.get_token(token_id)
         redis = make_limiter_redis(settings)
         limiter = RedisLimiter(
-            LimitConfig(), store, redis, KeyLayout(prefix, b"test-secret"), lease_ttl=3.0
+            LimitConfig(), store, redis, KeyLayout(prefix, SECRET), lease_ttl=3.0
         )
         await limiter.admit(token, "127.0.0.1")
 

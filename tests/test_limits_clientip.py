@@ -51,7 +51,9 @@ UNIX = TrustedProxies.parse(["unix", "10.0.0.1"])
         (None, None, UNIX, ""),
     ],
 )
-def test_client_ip(peer: str | None, xff: str | None, trusted: TrustedProxies, expected: str) -> None:
+def test_client_ip(
+    peer: str | None, xff: str | None, trusted: TrustedProxies, expected: str
+) -> None:
     assert client_ip(peer, xff, trusted) == expected
 
 
