@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -169,7 +170,8 @@ class LocalLimiter:
         self, logs: list[tuple[str, SlidingLog, int]], now: float, token: Token | None
     ) -> None:
         for _, sliding, _ in logs:
-            sliding.times.remove(now)  # equal floats are interchangeable entries
+            with contextlib.suppress(ValueError):  # already aged out during a very long await
+                sliding.times.remove(now)  # equal floats are interchangeable entries
         if token is not None:
             self._drop_inflight(token.id)
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from shared.clock import from_epoch, utcnow
+from shared.errors import REJECTION_CODES
 from shared.events import RequestEvent
 from shared.store.models import AuditEvent, AuditFilter, Project, Token
 
@@ -109,10 +110,14 @@ def event_params(event: RequestEvent) -> tuple[Any, ...]:
 def usage_by_owner(
     events: Sequence[RequestEvent],
 ) -> tuple[dict[str, _Usage], dict[str, _Usage]]:
-    """Sum inserted events per token and per project, for the aggregate columns."""
+    """Sum inserted events per token and per project, for the aggregate columns. Events of
+    requests the proxy refused before forwarding (``REJECTION_CODES``) are not counted: the
+    aggregates count admitted requests, as token quotas do."""
     tokens: dict[str, _Usage] = {}
     projects: dict[str, _Usage] = {}
     for event in events:
+        if event.error in REJECTION_CODES:
+            continue
         ts = from_epoch(event.ts)
         if event.token_id:
             tokens.setdefault(event.token_id, _Usage()).add(event, ts)
