@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.limits.clientip import TrustedProxies, client_ip, limit_key, parse_ip
+from proxy.limits.clientip import (
+    TrustedProxies,
+    client_ip,
+    limit_key,
+    parse_ip,
+    scope_client_ip,
+)
 from shared.config import Settings
 from shared.errors import ConfigError
 
@@ -97,3 +103,17 @@ def test_trusted_proxies_setting() -> None:
     assert client_ip("192.168.1.11", "198.51.100.9", trusted) == "192.168.1.11"
     with pytest.raises(ConfigError, match="TRUSTED_PROXIES must be a comma-separated list"):
         Settings.from_env({"TRUSTED_PROXIES": "10.0.0.0/8,nginx"})
+
+
+def test_scope_client_ip_joins_forwarded_headers_in_order() -> None:
+    headers = [
+        (b"host", b"proxy"),
+        (b"x-forwarded-for", b"6.6.6.6, 198.51.100.9"),
+        (b"x-forwarded-for", b"10.1.1.1"),
+    ]
+    scope = {"type": "http", "client": ("10.0.0.2", 51000), "headers": headers}
+    assert scope_client_ip(scope, LB) == "198.51.100.9"
+    assert scope_client_ip(scope, NONE) == "10.0.0.2"
+    unix_scope = {"type": "http", "client": None, "headers": headers}
+    assert scope_client_ip(unix_scope, NONE) == ""
+    assert scope_client_ip(unix_scope, UNIX) == "10.1.1.1"  # UNIX does not trust 10.1.1.1

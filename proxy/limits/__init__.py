@@ -19,7 +19,7 @@ from proxy.limits.admission import (
     Limiter,
     LimitStats,
 )
-from proxy.limits.clientip import TrustedProxies, client_ip
+from proxy.limits.clientip import TrustedProxies, client_ip, scope_client_ip
 from proxy.limits.distributed import RedisLimiter
 from proxy.limits.keys import KeyLayout, key_secret
 from proxy.limits.local import LocalLimiter
@@ -40,6 +40,7 @@ __all__ = [
     "client_ip",
     "make_limiter",
     "make_limiter_redis",
+    "scope_client_ip",
 ]
 
 

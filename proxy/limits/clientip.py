@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -107,3 +108,14 @@ def limit_key(ip: str) -> str:
     if isinstance(parsed, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((int(parsed) >> 64 << 64, 64)))
     return str(parsed) if parsed is not None else ip
+
+
+def scope_client_ip(scope: Mapping[str, Any], trusted: TrustedProxies) -> str:
+    """``client_ip`` for an ASGI HTTP scope: the peer from ``scope["client"]``, and every
+    X-Forwarded-For header joined in order (read only when some proxy is trusted)."""
+    client = scope.get("client")
+    peer = client[0] if client else None
+    if not trusted:
+        return peer or ""
+    values = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+    return client_ip(peer, ",".join(values) or None, trusted)

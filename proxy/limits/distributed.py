@@ -92,8 +92,13 @@ class RedisLimiter:
         cap = (token.max_concurrency or 0) if token is not None else 0
         if not (cfg.global_limit or ip or token_limit or quota or cap):
             return NO_LIMITS
-        if self._down_until and time.monotonic() < self._down_until:
-            return await self._fall_back(token, client_ip, cache_hit)
+        if self._down_until:
+            now = time.monotonic()
+            if now < self._down_until:
+                return await self._fall_back(token, client_ip, cache_hit)
+            # This request probes Redis; the others keep falling back until it answers, so a
+            # Redis that times out costs one slow request per interval, not all of them.
+            self._down_until = now + self.retry_after_failure
 
         layout = self.keys
         if token is not None:
