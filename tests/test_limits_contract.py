@@ -15,6 +15,7 @@ from proxy.limits import (
     Limiter,
     LocalLimiter,
     RedisLimiter,
+    TokenLimits,
     make_limiter_redis,
 )
 from proxy.limits.keys import KeyLayout
@@ -266,3 +267,16 @@ async def test_no_limits_make_no_redis_call(sqlite_store: SqlStore) -> None:
     with pytest.raises(Unavailable):
         await limiter.admit(limited, "")
     await redis.aclose()
+
+
+async def test_token_limits_stand_in_for_the_row(build: Build, sqlite_store: SqlStore) -> None:
+    """What a pipeline keeps in its auth cache (``TokenLimits.of(row)``) limits alike."""
+    token = await make_token(sqlite_store, max_requests=2, max_concurrency=1)
+    limits = TokenLimits.of(token)
+    limiter = build(LimitConfig())
+    first = await limiter.admit(limits, "")
+    await refused(limiter.admit(limits, ""))  # the one slot is taken
+    await first.release()
+    await (await limiter.admit(token, "")).release()  # the row and its limits are one token
+    with pytest.raises(QuotaExceeded):
+        await limiter.admit(limits, "")

@@ -16,8 +16,10 @@ from proxy.limits.admission import (
     NO_LIMITS,
     Admission,
     LimitConfig,
+    LimitedToken,
     Limiter,
     LimitStats,
+    TokenLimits,
 )
 from proxy.limits.clientip import TrustedProxies, client_ip, scope_client_ip
 from proxy.limits.distributed import RedisLimiter
@@ -33,9 +35,11 @@ __all__ = [
     "Admission",
     "LimitConfig",
     "LimitStats",
+    "LimitedToken",
     "Limiter",
     "LocalLimiter",
     "RedisLimiter",
+    "TokenLimits",
     "TrustedProxies",
     "client_ip",
     "make_limiter",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from shared.config import Settings
@@ -21,6 +22,41 @@ GLOBAL, IP, TOKEN, QUOTA, CONCURRENCY = KINDS
 #: How long a client refused for concurrency is told to wait: a slot frees when any request of
 #: the token ends, which we cannot predict.
 CONCURRENCY_RETRY = 1.0
+
+
+class LimitedToken(Protocol):
+    """The token fields the limiter reads. ``shared.store.Token`` has them; so does
+    ``TokenLimits``, which a pipeline keeps in its auth cache next to the credential."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def rpm(self) -> int | None: ...
+
+    @property
+    def max_requests(self) -> int | None: ...
+
+    @property
+    def max_concurrency(self) -> int | None: ...
+
+    @property
+    def updated_at(self) -> datetime: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLimits:
+    """A token's limits, built once per auth-cache entry (``TokenLimits.of(row)``)."""
+
+    id: str
+    rpm: int | None
+    max_requests: int | None
+    max_concurrency: int | None
+    updated_at: datetime  # the quota counter's version: any change to the token re-seeds it
+
+    @classmethod
+    def of(cls, token: Token) -> TokenLimits:
+        return cls(token.id, token.rpm, token.max_requests, token.max_concurrency, token.updated_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +81,7 @@ class LimitConfig:
             count_cache_hits=settings.quota_count_cache_hits,
         )
 
-    def token_window(self, token: Token | None) -> tuple[int, float]:
+    def token_window(self, token: LimitedToken | None) -> tuple[int, float]:
         """The token's rate limit as (requests, window seconds); (0, ...) when it has none."""
         if token is None:
             return 0, MINUTE
@@ -157,7 +193,7 @@ class Limiter(Protocol):
     stats: LimitStats
 
     async def admit(
-        self, token: Token | None, client_ip: str, *, cache_hit: bool = False
+        self, token: LimitedToken | None, client_ip: str, *, cache_hit: bool = False
     ) -> Admission: ...
 
     async def close(self) -> None: ...

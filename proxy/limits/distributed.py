@@ -21,6 +21,7 @@ from proxy.limits.admission import (
     NO_LIMITS,
     Admission,
     LimitConfig,
+    LimitedToken,
     LimitStats,
     rejection,
 )
@@ -28,7 +29,7 @@ from proxy.limits.keys import KeyLayout
 from proxy.limits.local import Clock, LocalLimiter
 from proxy.limits.scripts import ADMIT, RENEW, Script
 from shared.errors import LLMProxyError, Unavailable
-from shared.store import SqlStore, Token
+from shared.store import SqlStore
 
 log = logging.getLogger("llm_proxy.limits")
 
@@ -83,7 +84,7 @@ class RedisLimiter:
         self._renewer: asyncio.Task[None] | None = None
 
     async def admit(
-        self, token: Token | None, client_ip: str, *, cache_hit: bool = False
+        self, token: LimitedToken | None, client_ip: str, *, cache_hit: bool = False
     ) -> Admission:
         cfg = self.config
         token_limit, token_window = cfg.token_window(token)
@@ -170,7 +171,7 @@ class RedisLimiter:
             reply = await self.redis.evalsha(script.sha, len(keys), *keys, *args)
         return cast(list[Any], reply)
 
-    async def _seed(self, token: Token) -> int:
+    async def _seed(self, token: LimitedToken) -> int:
         """What the database says the token has used. Any number of workers may seed at once:
         the script sets the counter only if it is still missing, so every later admission
         increments the one counter and none is admitted twice."""
@@ -199,7 +200,9 @@ class RedisLimiter:
             mode = "per-process limits" if self.fallback else "refusing requests (503)"
             log.warning("Redis unreachable for rate limits (%s): %s", type(exc).__name__, mode)
 
-    async def _fall_back(self, token: Token | None, client_ip: str, cache_hit: bool) -> Admission:
+    async def _fall_back(
+        self, token: LimitedToken | None, client_ip: str, cache_hit: bool
+    ) -> Admission:
         if not self.fallback:
             self.stats.unavailable += 1
             raise Unavailable(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from proxy.limits.admission import LimitedToken
 from proxy.limits.clientip import limit_key
 from shared.config import Settings
-from shared.store import Token
 
 #: Every key of the limiter carries this hash tag, so the one script call per request (global,
 #: IP, token, quota and lease keys together) stays inside one Redis Cluster slot.
@@ -59,7 +59,7 @@ class KeyLayout:
             )
         return keys
 
-    def quota_key(self, token: Token) -> str:
+    def quota_key(self, token: LimitedToken) -> str:
         """The quota counter for this version of the token. Any management change to the token
         (a new limit, --unlimited and back, reactivation) moves it to a fresh key, seeded again
         from the database, so a counter that stopped counting is never trusted again."""

@@ -20,12 +20,13 @@ from proxy.limits.admission import (
     TOKEN,
     Admission,
     LimitConfig,
+    LimitedToken,
     LimitStats,
     rejection,
 )
 from proxy.limits.clientip import limit_key
 from shared.errors import LLMProxyError, Unavailable
-from shared.store import SqlStore, Token
+from shared.store import SqlStore
 
 log = logging.getLogger("llm_proxy.limits")
 
@@ -81,7 +82,7 @@ class LocalLimiter:
 
     async def admit(
         self,
-        token: Token | None,
+        token: LimitedToken | None,
         client_ip: str,
         *,
         cache_hit: bool = False,
@@ -154,7 +155,7 @@ class LocalLimiter:
             return Admission(release=release) if release else NO_LIMITS
         return Admission(tight_limit, tight_left, tight.times[0] + tight.window - now, release)
 
-    async def _quota(self, token: Token, cache_hit: bool, floor: int) -> bool:
+    async def _quota(self, token: LimitedToken, cache_hit: bool, floor: int) -> bool:
         hits = self.config.count_cache_hits
         try:
             if self.config.counts(cache_hit):
@@ -167,7 +168,7 @@ class LocalLimiter:
             raise Unavailable("The quota store is unavailable; retry shortly.") from exc
 
     def _undo(
-        self, logs: list[tuple[str, SlidingLog, int]], now: float, token: Token | None
+        self, logs: list[tuple[str, SlidingLog, int]], now: float, token: LimitedToken | None
     ) -> None:
         for _, sliding, _ in logs:
             with contextlib.suppress(ValueError):  # already aged out during a very long await
