@@ -177,12 +177,16 @@ class RemoteManagement:
         duration: str | None = "24",
         max_requests: int | None = None,
         label: str = "",
+        rpm: int | None = None,
+        max_concurrency: int | None = None,
     ) -> View:
         body = {
             "project_id": project_id,
             "duration": duration if duration is not None else "never",
             "max_requests": max_requests,
             "label": label,
+            "rpm": rpm,
+            "max_concurrency": max_concurrency,
         }
         result: View = await self._call("POST", "/tokens", body=body)
         return result
@@ -214,6 +218,8 @@ class RemoteManagement:
         unlimited: bool = False,
         duration: str | None = None,
         label: str | None = None,
+        rpm: int | None = None,
+        max_concurrency: int | None = None,
     ) -> View:
         body = _present(
             activate=activate,
@@ -221,6 +227,8 @@ class RemoteManagement:
             duration=duration,
             label=label,
             unlimited=unlimited or None,
+            rpm=rpm,
+            max_concurrency=max_concurrency,
         )
         result: View = await self._call("PATCH", f"/tokens/{_segment(token_id)}", body=body)
         return result

@@ -61,9 +61,14 @@ async def _run_local(settings: Settings, action: Action) -> Any:
     redis = make_redis(settings) if uses_redis(settings) else None
     notifier = Notifier(store, redis)  # revocations reach every running proxy worker
     try:
-        return await action(
-            Management(store=store, keyring=keyring, actor=cli_actor(), notifier=notifier)
+        management = Management(
+            store=store,
+            keyring=keyring,
+            actor=cli_actor(),
+            notifier=notifier,
+            count_cache_hits=settings.quota_count_cache_hits,
         )
+        return await action(management)
     finally:
         if redis is not None:
             await redis.aclose()

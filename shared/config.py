@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -141,6 +142,27 @@ def _path_prefixes(text: str) -> tuple[str, ...]:
         if not prefix.startswith("/v1/") or ".." in prefix or "//" in prefix:
             raise ValueError("a comma-separated list of paths starting with /v1/")
     return prefixes
+
+
+def _cidrs(text: str) -> tuple[str, ...]:
+    entries = _csv(text)
+    for entry in entries:
+        if entry.lower() == "unix":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"a comma-separated list of CIDRs or addresses ({entry!r} is neither)"
+            ) from None
+    return entries
+
+
+def _key_prefix(text: str) -> str:
+    value = text.strip()
+    if "{" in value or "}" in value or any(c.isspace() for c in value):
+        raise ValueError("a Redis key prefix without braces or spaces")
+    return value
 
 
 _log_level = _choice("debug", "info", "warning", "error")
@@ -402,6 +424,79 @@ class Settings:
         _int(1),
     )
 
+    # --- rate limits and quotas ---
+    global_rate_limit: int = var(
+        "GLOBAL_RATE_LIMIT",
+        100,
+        "Requests per minute the proxy admits over all clients (sliding window). Counted per "
+        "process, or across every instance with DISTRIBUTED_RATE_LIMIT_ENABLED. `0` disables it.",
+        _int(0),
+    )
+    ip_rate_limit: int = var(
+        "IP_RATE_LIMIT",
+        30,
+        "Requests per minute per client IP (IPv6: per /64). The IP is the socket peer, or taken "
+        "from X-Forwarded-For when the peer is in TRUSTED_PROXIES. `0` disables it.",
+        _int(0),
+    )
+    trusted_proxies: tuple[str, ...] = var(
+        "TRUSTED_PROXIES",
+        (),
+        "Comma-separated CIDRs (or addresses) of proxies whose X-Forwarded-For is believed, such "
+        "as your nginx or load balancer; `unix` trusts a Unix-socket peer. Empty: the socket "
+        "peer is the client.",
+        _cidrs,
+    )
+    quota_count_cache_hits: bool = var(
+        "QUOTA_COUNT_CACHE_HITS",
+        False,
+        "Whether responses served from the cache count against a token's `--max-requests` "
+        "(they cost the upstream nothing, so by default they do not).",
+        _bool,
+    )
+    distributed_rate_limit_enabled: bool = var(
+        "DISTRIBUTED_RATE_LIMIT_ENABLED",
+        False,
+        "Keep rate limits, quotas and concurrency leases in Redis, so they hold across every "
+        "worker and instance (one Redis round trip per request).",
+        _bool,
+    )
+    distributed_rate_limit_prefix: str = var(
+        "DISTRIBUTED_RATE_LIMIT_PREFIX",
+        "ratelimit:",
+        "Prefix of the limiter's Redis keys.",
+        _key_prefix,
+    )
+    distributed_rate_limit_window: float = var(
+        "DISTRIBUTED_RATE_LIMIT_WINDOW",
+        60.0,
+        "Window of DISTRIBUTED_RATE_LIMIT_MAX.",
+        _duration(),
+        shown="`1m`",
+    )
+    distributed_rate_limit_max: int = var(
+        "DISTRIBUTED_RATE_LIMIT_MAX",
+        60,
+        "With distributed limits on: requests per DISTRIBUTED_RATE_LIMIT_WINDOW for each token "
+        "that has no `--rpm` of its own. `0`: no default per-token limit.",
+        _int(0),
+    )
+    distributed_rate_limit_fallback: bool = var(
+        "DISTRIBUTED_RATE_LIMIT_FALLBACK",
+        True,
+        "When Redis is unreachable: `true` enforces the same limits per process (quotas stay "
+        "exact through the database) and logs a warning; `false` answers 503.",
+        _bool,
+    )
+    distributed_rate_limit_key_secret: Secret = var(
+        "DISTRIBUTED_RATE_LIMIT_KEY_SECRET",
+        Secret(""),
+        "HMAC key for token ids and client IPs in the limiter's Redis keys, the same on every "
+        "instance. Unset: derived from ENCRYPTION_KEY.",
+        _secret,
+        shown="(from ENCRYPTION_KEY)",
+    )
+
     # --- secrets ---
     management_token: Secret = var(
         "MANAGEMENT_TOKEN",
@@ -470,6 +565,16 @@ class Settings:
                 )
         elif url.startswith(("postgres://", "postgresql://")):
             raise ConfigError("DB_DRIVER must be postgres when DATABASE_URL is a postgres:// URL")
+
+        if (
+            self.distributed_rate_limit_enabled
+            and not self.distributed_rate_limit_key_secret
+            and not self.encryption_key
+        ):
+            raise ConfigError(
+                "DISTRIBUTED_RATE_LIMIT_KEY_SECRET (or ENCRYPTION_KEY) must be set when "
+                "DISTRIBUTED_RATE_LIMIT_ENABLED=true, so every instance hashes keys alike"
+            )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -158,3 +158,24 @@ class UpstreamTimeout(LLMProxyError):
 def error_body(exc: LLMProxyError) -> dict[str, dict[str, str | None]]:
     """The OpenAI-style error envelope for ``exc``."""
     return {"error": {"message": exc.message, "type": exc.type, "code": exc.code, "param": None}}
+
+
+#: Codes of the errors the proxy answers with *before* forwarding (authentication, routing, size,
+#: limits, capacity). A request event carrying one of these was not admitted: it is kept in
+#: request_events for audit but not added to the request_count / cache_hit_count aggregates,
+#: which are what token quotas are seeded from.
+REJECTION_CODES = frozenset(
+    cls.code
+    for cls in (
+        UserError,
+        AuthError,
+        PermissionDenied,
+        RouteNotFound,
+        MethodNotAllowed,
+        BodyTooLarge,
+        RateLimited,
+        QuotaExceeded,
+        Overloaded,
+        Unavailable,
+    )
+)

@@ -20,6 +20,7 @@ from shared.crypto import Keyring
 from shared.errors import Conflict, LLMProxyError, NotFound, UserError
 from shared.events import RequestEvent
 from shared.store import AuditEvent, AuditFilter, Project, SqlStore, Token
+from shared.store.models import quota_used
 from shared.tokens import display_prefix, generate_token, hash_token, mask_token
 
 T = TypeVar("T")
@@ -97,6 +98,20 @@ def check_page_size(limit: int) -> int:
     return limit
 
 
+def check_rpm(value: int | None) -> int | None:
+    """``None`` keeps the deployment's default; ``0`` means no per-token rate limit."""
+    if value is not None and value < 0:
+        raise UserError("rpm must be 0 (no per-token rate limit) or a positive integer")
+    return value
+
+
+def check_max_concurrency(value: int | None) -> int | None:
+    """``0`` means no cap, stored as NULL like an omitted value."""
+    if value is not None and value < 0:
+        raise UserError("max concurrency must be 0 (no cap) or a positive integer")
+    return value or None
+
+
 def shown_id(value: str) -> str:
     """An id as echoed in an error: in full if it has an id's shape, else masked, because people
     paste tokens where ids belong."""
@@ -119,7 +134,19 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def token_state(token: Token, now: datetime | None = None) -> str:
+def remaining_requests(token: Token, *, count_cache_hits: bool = False) -> int | None:
+    """What is left of the token's quota (None: no limit), by the rule the limiter seeds with.
+
+    On the database path this is exact at once; with distributed limits Redis holds the live
+    counter and this lags by the events not yet written."""
+    if token.max_requests is None:
+        return None
+    return max(token.max_requests - quota_used(token, count_cache_hits=count_cache_hits), 0)
+
+
+def token_state(
+    token: Token, now: datetime | None = None, *, count_cache_hits: bool = False
+) -> str:
     now = now or utcnow()
     if token.revoked_at is not None:
         return "revoked"
@@ -127,7 +154,7 @@ def token_state(token: Token, now: datetime | None = None) -> str:
         return "inactive"
     if token.expires_at is not None and token.expires_at <= now:
         return "expired"
-    if token.max_requests is not None and token.request_count >= token.max_requests:
+    if remaining_requests(token, count_cache_hits=count_cache_hits) == 0:
         return "exhausted"
     return "active"
 
@@ -148,21 +175,20 @@ def project_view(project: Project) -> View:
     }
 
 
-def token_view(token: Token) -> View:
-    remaining = None
-    if token.max_requests is not None:
-        remaining = max(token.max_requests - token.request_count, 0)
+def token_view(token: Token, *, count_cache_hits: bool = False) -> View:
     return {
         "id": token.id,
         "project_id": token.project_id,
         "label": token.label,
         "prefix": token.display_prefix + "…",
-        "state": token_state(token),
+        "state": token_state(token, count_cache_hits=count_cache_hits),
         "is_active": token.is_active,
         "expires_at": _iso(token.expires_at),
         "max_requests": token.max_requests,
+        "rpm": token.rpm,
+        "max_concurrency": token.max_concurrency,
         "request_count": token.request_count,
-        "remaining_requests": remaining,
+        "remaining_requests": remaining_requests(token, count_cache_hits=count_cache_hits),
         "cache_hit_count": token.cache_hit_count,
         "prompt_tokens": token.prompt_tokens,
         "completion_tokens": token.completion_tokens,
@@ -224,6 +250,10 @@ class Management:
     notifier: ChangeNotifier | None = None
     client_ip: str = ""
     request_id: str = ""
+    count_cache_hits: bool = False  # QUOTA_COUNT_CACHE_HITS, for remaining_requests
+
+    def _view(self, token: Token) -> View:
+        return token_view(token, count_cache_hits=self.count_cache_hits)
 
     async def _audited(
         self,
@@ -383,10 +413,14 @@ class Management:
         duration: str | None = "24",
         max_requests: int | None = None,
         label: str = "",
+        rpm: int | None = None,
+        max_concurrency: int | None = None,
     ) -> View:
         async def go() -> View:
             lifetime = parse_token_duration(duration) if duration is not None else None
             limit = check_max_requests(max_requests)
+            token_rpm = check_rpm(rpm)
+            concurrency = check_max_concurrency(max_concurrency)
             project = await self._project(project_id)
             if not project.is_active:
                 raise UserError(f"project {shown_id(project_id)} is inactive: activate it first")
@@ -403,20 +437,28 @@ class Management:
                 updated_at=now,
                 expires_at=(now + lifetime) if lifetime else None,
                 max_requests=limit,
+                rpm=token_rpm,
+                max_concurrency=concurrency,
             )
             created = await self.store.create_token(token)
-            return {**token_view(created), "token": secret}
+            return {**self._view(created), "token": secret}
 
-        details = {"project_id": project_id, "duration": duration, "max_requests": max_requests}
+        details = {
+            "project_id": project_id,
+            "duration": duration,
+            "max_requests": max_requests,
+            "rpm": rpm,
+            "max_concurrency": max_concurrency,
+        }
         return await self._audited("token.generate", "token", "", details, go)
 
     async def list_tokens(self, project_id: str | None = None) -> list[View]:
         if project_id is not None:
             await self._project(project_id)
-        return [token_view(t) for t in await self.store.list_tokens(project_id)]
+        return [self._view(t) for t in await self.store.list_tokens(project_id)]
 
     async def show_token(self, token_id: str) -> View:
-        return token_view(await self._token(token_id))
+        return self._view(await self._token(token_id))
 
     async def token_usage(
         self, token_id: str, *, before_event_id: str | None = None, limit: int = 20
@@ -460,9 +502,15 @@ class Management:
         unlimited: bool = False,
         duration: str | None = None,
         label: str | None = None,
+        rpm: int | None = None,
+        max_concurrency: int | None = None,
     ) -> View:
         async def go() -> View:
             changes: dict[str, Any] = {}
+            if rpm is not None:
+                changes["rpm"] = check_rpm(rpm)
+            if max_concurrency is not None:
+                changes["max_concurrency"] = check_max_concurrency(max_concurrency)
             if activate is not None:
                 changes["is_active"] = activate
                 if activate:
@@ -481,7 +529,7 @@ class Management:
             if not changes:
                 raise UserError(
                     "nothing to update: give --activate/--deactivate, --max-requests, "
-                    "--duration or --label"
+                    "--rpm, --max-concurrency, --duration or --label"
                 )
             if changes.get("is_active"):
                 project = await self._project((await self._token(token_id)).project_id)
@@ -491,11 +539,13 @@ class Management:
             if token is None:
                 raise NotFound(f"no token with id {shown_id(token_id)}")
             await self._tokens_changed([token_id])
-            return token_view(token)
+            return self._view(token)
 
         details = {
             "activate": activate,
             "max_requests": max_requests,
+            "rpm": rpm,
+            "max_concurrency": max_concurrency,
             "unlimited": unlimited,
             "duration": duration,
             "label": label is not None,
@@ -507,7 +557,7 @@ class Management:
             await self._token(token_id)
             revoked = await self.store.revoke_token(token_id)
             await self._tokens_changed([token_id])
-            return {**token_view(await self._token(token_id)), "revoked": revoked}
+            return {**self._view(await self._token(token_id)), "revoked": revoked}
 
         return await self._audited("token.revoke", "token", token_id, {}, go)
 

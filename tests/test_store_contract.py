@@ -196,6 +196,26 @@ async def test_request_events_page_newest_first_per_token_and_project(store: Sql
     assert await store.list_request_events(token_id=t.id, before_event_id="garbage") == []
 
 
+async def test_refused_requests_are_recorded_but_not_counted(store: SqlStore) -> None:
+    """The aggregates count admitted requests (what token quotas are seeded from): events of
+    requests the proxy refused before forwarding stay in request_events only."""
+    p = await store.create_project(project())
+    t = await store.create_token(token(p.id, max_requests=10))
+    events = [
+        event(t),
+        event(t, cache_status="hit"),
+        event(t, status=502, error="upstream_error"),  # admitted, then the upstream failed
+        event(t, status=429, error="rate_limit_exceeded"),
+        event(t, status=429, error="quota_exceeded"),
+        event(t, status=503, error="service_unavailable"),
+    ]
+    assert await store.record_events(events) == 6
+    got = await store.get_token(t.id)
+    assert got is not None and (got.request_count, got.cache_hit_count) == (3, 1)
+    assert await store.get_quota_used(t.id, count_cache_hits=False) == 2
+    assert await store.count_events(t.id) == 6
+
+
 async def test_audit_filters_and_pages_newest_first(store: SqlStore) -> None:
     for i in range(5):
         await store.add_audit(

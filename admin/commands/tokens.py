@@ -33,6 +33,20 @@ DurationOpt = Annotated[
 MaxRequestsOpt = Annotated[
     int | None, typer.Option("--max-requests", help="Requests allowed in the token's lifetime.")
 ]
+RpmOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--rpm",
+        help="Requests per minute for this token (sliding window); 0 = no per-token rate limit. "
+        "Omitted: DISTRIBUTED_RATE_LIMIT_MAX applies when distributed limits are on.",
+    ),
+]
+MaxConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-concurrency", help="Requests this token may have in flight at once; 0 = no cap."
+    ),
+]
 
 
 @app.command("generate")
@@ -42,13 +56,20 @@ def generate(
     duration: DurationOpt = "24",
     max_requests: MaxRequestsOpt = None,
     label: Annotated[str, typer.Option("--label", help="A note to recognise the token by.")] = "",
+    rpm: RpmOpt = None,
+    max_concurrency: MaxConcurrencyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Issue a token. It is printed in full this once; store it safely."""
     run(
         ctx,
         lambda m: m.generate_token(
-            project_id, duration=duration, max_requests=max_requests, label=label
+            project_id,
+            duration=duration,
+            max_requests=max_requests,
+            label=label,
+            rpm=rpm,
+            max_concurrency=max_concurrency,
         ),
         as_json=as_json,
     )
@@ -122,9 +143,11 @@ def update(
         str | None, typer.Option("--duration", help="New lifetime from now (24, 30m, 7d, never).")
     ] = None,
     label: Annotated[str | None, typer.Option("--label", help="New label.")] = None,
+    rpm: RpmOpt = None,
+    max_concurrency: MaxConcurrencyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Reactivate a token, or change its limit, expiry or label."""
+    """Reactivate a token, or change its limits, expiry or label."""
     if unlimited and max_requests is not None:
         fail("give --max-requests or --unlimited, not both", 2)
     run(
@@ -136,6 +159,8 @@ def update(
             unlimited=unlimited,
             duration=duration,
             label=label,
+            rpm=rpm,
+            max_concurrency=max_concurrency,
         ),
         as_json=as_json,
     )

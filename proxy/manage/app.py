@@ -53,6 +53,7 @@ def create_management_app(
             notifier=notifier,
             client_ip=ip,
             request_id=request.scope.get(REQUEST_ID_KEY, ""),
+            count_cache_hits=settings.quota_count_cache_hits,
         )
 
     routes = [

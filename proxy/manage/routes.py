@@ -56,6 +56,18 @@ _MAX_REQUESTS = Field(
     "Requests allowed in the token's lifetime (a positive integer); null for no limit.",
     nullable=True,
 )
+_RPM = Field(
+    "rpm",
+    "integer",
+    "Requests per minute for this token; 0 for none; null for the deployment's default.",
+    nullable=True,
+)
+_MAX_CONCURRENCY = Field(
+    "max_concurrency",
+    "integer",
+    "Requests this token may have in flight at once; 0 or null for no cap.",
+    nullable=True,
+)
 _LIMIT = Field("limit", "integer", "Page size.", default=20, minimum=1, maximum=MAX_PAGE)
 _BEFORE_EVENT = Field(
     "before_event_id",
@@ -124,6 +136,8 @@ async def _generate_token(m: Management, c: Call) -> Any:
         duration=c.body["duration"],
         max_requests=c.body.get("max_requests"),
         label=c.body["label"],
+        rpm=c.body.get("rpm"),
+        max_concurrency=c.body.get("max_concurrency"),
     )
 
 
@@ -139,6 +153,8 @@ async def _update_token(m: Management, c: Call) -> Any:
         unlimited=c.body["unlimited"],
         duration=c.body.get("duration"),
         label=c.body.get("label"),
+        rpm=c.body.get("rpm"),
+        max_concurrency=c.body.get("max_concurrency"),
     )
 
 
@@ -274,6 +290,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             ),
             _MAX_REQUESTS,
             Field("label", "string", "A note to recognise the token by.", default=""),
+            _RPM,
+            _MAX_CONCURRENCY,
         ),
         status=201,
     ),
@@ -303,6 +321,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             Field("unlimited", "boolean", "Remove the request limit.", default=False),
             Field("duration", "duration", "New lifetime from now (24, 30m, 7d, never)."),
             Field("label", "string", "New label."),
+            replace(_RPM, nullable=False, doc="New requests per minute (0 for none)."),
+            replace(_MAX_CONCURRENCY, nullable=False, doc="New concurrency cap (0 for none)."),
         ),
     ),
     Endpoint(

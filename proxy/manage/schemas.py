@@ -53,6 +53,8 @@ _TOKEN_FIELDS: dict[str, Schema] = {
     "is_active": _BOOL,
     "expires_at": _OPT_TIME,
     "max_requests": _OPT_INT,
+    "rpm": _OPT_INT,
+    "max_concurrency": _OPT_INT,
     "request_count": _INT,
     "remaining_requests": _OPT_INT,
     "cache_hit_count": _INT,

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from shared.clock import from_epoch, utcnow
+from shared.errors import REJECTION_CODES
 from shared.events import RequestEvent
 from shared.store.models import AuditEvent, AuditFilter, Project, Token
 
@@ -34,7 +35,7 @@ PROJECT_COLUMNS = (
 TOKEN_COLUMNS = (
     "id, token_hash, display_prefix, project_id, label, is_active, created_at, updated_at, "
     "expires_at, max_requests, request_count, cache_hit_count, prompt_tokens, "
-    "completion_tokens, last_used_at, revoked_at"
+    "completion_tokens, last_used_at, revoked_at, rpm, max_concurrency, quota_used"
 )
 EVENT_COLUMNS = (
     "event_id, request_id, ts, project_id, token_id, method, path, status, model, duration_ms, "
@@ -42,7 +43,9 @@ EVENT_COLUMNS = (
     "total_tokens, cache_status, stream, error, client_ip"
 )
 PROJECT_UPDATABLE = frozenset({"name", "base_url", "api_key_enc", "is_active"})
-TOKEN_UPDATABLE = frozenset({"label", "is_active", "expires_at", "max_requests", "revoked_at"})
+TOKEN_UPDATABLE = frozenset(
+    {"label", "is_active", "expires_at", "max_requests", "revoked_at", "rpm", "max_concurrency"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +118,14 @@ def event_from_row(row: Row) -> RequestEvent:
 def usage_by_owner(
     events: Sequence[RequestEvent],
 ) -> tuple[dict[str, _Usage], dict[str, _Usage]]:
-    """Sum inserted events per token and per project, for the aggregate columns."""
+    """Sum inserted events per token and per project, for the aggregate columns. Events of
+    requests the proxy refused before forwarding (``REJECTION_CODES``) are not counted: the
+    aggregates count admitted requests, as token quotas do."""
     tokens: dict[str, _Usage] = {}
     projects: dict[str, _Usage] = {}
     for event in events:
+        if event.error in REJECTION_CODES:
+            continue
         ts = from_epoch(event.ts)
         if event.token_id:
             tokens.setdefault(event.token_id, _Usage()).add(event, ts)
@@ -237,8 +244,8 @@ class SqlStore(abc.ABC):
         async with self.transaction() as tx:
             row = await tx.fetchone(
                 "INSERT INTO tokens (id, token_hash, display_prefix, project_id, label, is_active, "
-                "created_at, updated_at, expires_at, max_requests) VALUES "
-                f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {TOKEN_COLUMNS}",
+                "created_at, updated_at, expires_at, max_requests, rpm, max_concurrency) VALUES "
+                f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {TOKEN_COLUMNS}",
                 (
                     token.id,
                     token.token_hash,
@@ -250,6 +257,8 @@ class SqlStore(abc.ABC):
                     token.updated_at,
                     token.expires_at,
                     token.max_requests,
+                    token.rpm,
+                    token.max_concurrency,
                 ),
             )
         assert row is not None
@@ -324,6 +333,49 @@ class SqlStore(abc.ABC):
             f"WHERE {where} AND is_active = %s",
             (False, now, now, value, True),
         )
+
+    # --- quota (the database path of the rate limiter) ---
+
+    def quota_sql(self, *, count_cache_hits: bool) -> str:
+        """SQL for the requests a token has used against its quota (see ``models.quota_used``),
+        with one ``%s`` placeholder for a floor the caller knows (0: none)."""
+        from_events = "request_count" if count_cache_hits else "request_count - cache_hit_count"
+        return f"{self.latest_sql}(quota_used, {from_events}, %s)"
+
+    async def take_quota(self, token_id: str, *, count_cache_hits: bool, floor: int = 0) -> bool:
+        """Count one request against the token's quota if it has any left: one conditional
+        UPDATE, so concurrent callers in any number of processes never admit more than
+        ``max_requests``. ``floor`` is a usage known from elsewhere (the Redis counter last
+        seen before Redis went away). A token without a limit is counted and admitted."""
+        used = self.quota_sql(count_cache_hits=count_cache_hits)
+        async with self.transaction() as tx:
+            count = await tx.execute(
+                f"UPDATE tokens SET quota_used = {used} + 1 "
+                f"WHERE id = %s AND (max_requests IS NULL OR {used} < max_requests)",
+                (floor, token_id, floor),
+            )
+        return count > 0
+
+    async def has_quota(self, token_id: str, *, count_cache_hits: bool, floor: int = 0) -> bool:
+        """Whether the token has requests left, without counting one (for cache hits that do
+        not count)."""
+        used = self.quota_sql(count_cache_hits=count_cache_hits)
+        async with self.transaction(readonly=True) as tx:
+            row = await tx.fetchone(
+                "SELECT 1 AS ok FROM tokens "
+                f"WHERE id = %s AND (max_requests IS NULL OR {used} < max_requests)",
+                (token_id, floor),
+            )
+        return row is not None
+
+    async def get_quota_used(self, token_id: str, *, count_cache_hits: bool) -> int | None:
+        """Requests used against the quota as the database knows them (seeds Redis)."""
+        used = self.quota_sql(count_cache_hits=count_cache_hits)
+        async with self.transaction(readonly=True) as tx:
+            row = await tx.fetchone(
+                f"SELECT {used} AS used FROM tokens WHERE id = %s", (0, token_id)
+            )
+        return int(row["used"]) if row else None
 
     # --- audit ---
 

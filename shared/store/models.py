@@ -41,6 +41,9 @@ class Token:
     completion_tokens: int = 0
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
+    rpm: int | None = None  # None: the deployment's default; 0: no per-token rate limit
+    max_concurrency: int | None = None
+    quota_used: int = 0  # the database quota counter; see quota_used()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +69,16 @@ class AuditFilter:
     until: datetime | None = None
     before_id: int | None = None  # cursor: rows with a smaller id (older)
     limit: int = 100
+
+
+def quota_used(token: Token, *, count_cache_hits: bool) -> int:
+    """Requests counted against ``max_requests`` so far, as the database knows them.
+
+    Two sources, and the larger is right: ``quota_used`` (taken at admission by the database
+    quota path, so it runs ahead of the events) and the event aggregates, which count every
+    admitted request (cache hits included, proxy rejections not) once the events are written.
+    The SQL twin of this rule is ``SqlStore.quota_sql``."""
+    from_events = token.request_count
+    if not count_cache_hits:
+        from_events -= token.cache_hit_count
+    return max(token.quota_used, from_events)

@@ -1,0 +1,79 @@
+"""Rate limits, token quotas and concurrency caps, per process or shared through Redis.
+
+The pipeline calls ``await limiter.admit(token, client_ip, cache_hit=...)`` once per request,
+after the cache lookup and before forwarding, and ``await admission.release()`` when the request
+ends. See docs/rate-limits.md.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from proxy.limits.admission import (
+    KINDS,
+    NO_LIMITS,
+    Admission,
+    LimitConfig,
+    LimitedToken,
+    Limiter,
+    LimitStats,
+    TokenLimits,
+)
+from proxy.limits.clientip import TrustedProxies, client_ip, scope_client_ip
+from proxy.limits.distributed import RedisLimiter
+from proxy.limits.keys import KeyLayout, key_secret
+from proxy.limits.local import LocalLimiter
+from shared.config import Settings
+from shared.redis import make_redis
+from shared.store import SqlStore
+
+__all__ = [
+    "KINDS",
+    "NO_LIMITS",
+    "Admission",
+    "LimitConfig",
+    "LimitStats",
+    "LimitedToken",
+    "Limiter",
+    "LocalLimiter",
+    "RedisLimiter",
+    "TokenLimits",
+    "TrustedProxies",
+    "client_ip",
+    "make_limiter",
+    "make_limiter_redis",
+    "scope_client_ip",
+]
+
+
+def make_limiter_redis(settings: Settings) -> aioredis.Redis:
+    """A Redis client for the limiter: no client-side retries, because a request must not wait
+    through a retry schedule to learn that Redis is down (it falls back or fails at once)."""
+    return make_redis(settings, retry=Retry(NoBackoff(), 0))
+
+
+def make_limiter(
+    settings: Settings,
+    store: SqlStore,
+    redis: aioredis.Redis | None = None,
+    *,
+    stats: LimitStats | None = None,
+) -> Limiter:
+    """The limiter the settings ask for. ``redis`` is required with distributed limits (use
+    ``make_limiter_redis``); ``close()`` it at shutdown, after the limiter."""
+    config = LimitConfig.from_settings(settings)
+    if not settings.distributed_rate_limit_enabled:
+        return LocalLimiter(config, store, stats=stats)
+    if redis is None:
+        raise ValueError("distributed rate limits need a Redis client")
+    keys = KeyLayout(settings.distributed_rate_limit_prefix, key_secret(settings))
+    return RedisLimiter(
+        config,
+        store,
+        redis,
+        keys,
+        fallback=settings.distributed_rate_limit_fallback,
+        stats=stats,
+    )

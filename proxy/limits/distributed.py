@@ -1,0 +1,246 @@
+"""Limits shared by every instance through Redis: one script call per request, with fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import secrets
+import time
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from proxy.limits.admission import (
+    KINDS,
+    NO_LIMITS,
+    Admission,
+    LimitConfig,
+    LimitedToken,
+    LimitStats,
+    rejection,
+)
+from proxy.limits.keys import KeyLayout
+from proxy.limits.local import Clock, LocalLimiter
+from proxy.limits.scripts import ADMIT, RENEW, Script
+from shared.errors import LLMProxyError, Unavailable
+from shared.store import SqlStore
+
+log = logging.getLogger("llm_proxy.limits")
+
+#: Errors that mean "Redis cannot answer now" (as opposed to a bug in what we sent).
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError, TimeoutError)
+
+NEED_SEED = 2
+DAY = 86400.0
+
+
+class RedisLimiter:
+    """Global, per-IP and per-token windows, the token quota and concurrency leases, all in one
+    EVALSHA. When Redis cannot be reached: per-process limits (``fallback=True``; the quota
+    stays exact through the database) or 503 ``Unavailable``."""
+
+    def __init__(
+        self,
+        config: LimitConfig,
+        store: SqlStore,
+        redis: aioredis.Redis,
+        keys: KeyLayout,
+        *,
+        fallback: bool = True,
+        clock: Clock | None = None,
+        stats: LimitStats | None = None,
+        lease_ttl: float = 30.0,
+        renew_every: float = 10.0,
+        retry_after_failure: float = 1.0,
+        quota_ttl: float = 7 * DAY,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.redis = redis
+        self.keys = keys
+        self.fallback = fallback
+        self.stats = stats or LimitStats()
+        # None: Redis's own clock, so instances with skewed clocks still agree. Tests inject one.
+        self._clock = clock
+        self.local = LocalLimiter(config, store, clock=clock or time.monotonic, stats=self.stats)
+        self.lease_ttl = lease_ttl
+        self.renew_every = renew_every
+        self.retry_after_failure = retry_after_failure
+        self._quota_ttl_ms = int(quota_ttl * 1000)
+        self._lease_ttl_ms = int(lease_ttl * 1000)
+        self._member_prefix = secrets.token_hex(6) + ":"
+        self._counter = itertools.count()
+        self._down_until = 0.0  # monotonic time before which Redis is not tried again
+        self._down = False
+        self._seen: dict[str, int] = {}  # token id -> quota used, last heard from Redis
+        self._pending: dict[str, int] = {}  # token id -> admissions counted by the DB meanwhile
+        self._leases: dict[str, str] = {}  # lease id -> its key, for renewal
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def admit(
+        self, token: LimitedToken | None, client_ip: str, *, cache_hit: bool = False
+    ) -> Admission:
+        cfg = self.config
+        token_limit, token_window = cfg.token_window(token)
+        ip = client_ip if cfg.ip_limit else ""
+        quota = (token.max_requests or 0) if token is not None else 0
+        cap = (token.max_concurrency or 0) if token is not None else 0
+        if not (cfg.global_limit or ip or token_limit or quota or cap):
+            return NO_LIMITS
+        if self._down_until:
+            now = time.monotonic()
+            if now < self._down_until:
+                return await self._fall_back(token, client_ip, cache_hit)
+            # This request probes Redis; the others keep falling back until it answers, so a
+            # Redis that times out costs one slow request per interval, not all of them.
+            self._down_until = now + self.retry_after_failure
+
+        layout = self.keys
+        if token is not None:
+            t_key, _, c_key = layout.token_keys(token.id)
+            q_key = layout.quota_key(token) if quota else t_key
+        else:  # unused keys still name the same slot
+            t_key = q_key = c_key = layout.global_key
+        keys = (layout.global_key, layout.ip_key(ip) if ip else t_key, t_key, q_key, c_key)
+        member = f"{self._member_prefix}{next(self._counter)}"
+        pending = self._pending.get(token.id, 0) if quota and token is not None else 0
+        args: list[Any] = [
+            int(self._clock() * 1000) if self._clock else 0,
+            member,
+            cfg.global_limit,
+            60000,
+            cfg.ip_limit if ip else 0,
+            60000,
+            token_limit,
+            int(token_window * 1000),
+            quota,
+            1 if quota and cfg.counts(cache_hit) else 0,
+            -1,
+            pending,
+            self._quota_ttl_ms,
+            cap,
+            self._lease_ttl_ms,
+        ]
+        try:
+            reply = await self._eval(ADMIT, keys, args)
+            if reply[0] == NEED_SEED:
+                assert token is not None
+                args[10] = await self._seed(token)
+                if self._clock:
+                    args[0] = int(self._clock() * 1000)
+                reply = await self._eval(ADMIT, keys, args)
+        except REDIS_DOWN as exc:
+            self._went_down(exc)
+            return await self._fall_back(token, client_ip, cache_hit)
+        if self._down:
+            self._down = False
+            log.warning("Redis is reachable again: rate limits are shared across instances again")
+        self._down_until = 0.0
+
+        status, kind, limit, left, ms, used = (int(v) for v in reply)
+        if quota and token is not None:
+            self._seen[token.id] = used
+            if pending:
+                self._settle(token.id, pending)
+        if status == 0:
+            name = KINDS[kind - 1]
+            self.stats.count_limited(name)
+            window = token_window if kind == 3 else 60.0
+            raise rejection(name, limit, ms / 1000, window)
+        release = None
+        if cap:
+            self._leases[member] = c_key
+            release = functools.partial(self._release, c_key, member)
+            if self._renewer is None:
+                self._renewer = asyncio.create_task(self._renew_forever(), name="limit-leases")
+        if not limit and release is None:
+            return NO_LIMITS
+        return Admission(limit, left, ms / 1000, release)
+
+    async def _eval(self, script: Script, keys: tuple[str, ...], args: list[Any]) -> list[Any]:
+        try:
+            reply = await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a restarted or flushed Redis forgot the script
+            await self.redis.script_load(script.source)
+            reply = await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        return cast(list[Any], reply)
+
+    async def _seed(self, token: LimitedToken) -> int:
+        """What the database says the token has used. Any number of workers may seed at once:
+        the script sets the counter only if it is still missing, so every later admission
+        increments the one counter and none is admitted twice."""
+        try:
+            used = await self.store.get_quota_used(
+                token.id, count_cache_hits=self.config.count_cache_hits
+            )
+        except LLMProxyError:
+            raise
+        except Exception as exc:
+            log.error("reading the quota from the database failed: %s", type(exc).__name__)
+            raise Unavailable("The quota store is unavailable; retry shortly.") from exc
+        return max(used or 0, self._seen.get(token.id, 0))
+
+    def _settle(self, token_id: str, applied: int) -> None:
+        left = self._pending.get(token_id, 0) - applied
+        if left > 0:
+            self._pending[token_id] = left
+        else:
+            self._pending.pop(token_id, None)
+
+    def _went_down(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + self.retry_after_failure
+        if not self._down:
+            self._down = True
+            mode = "per-process limits" if self.fallback else "refusing requests (503)"
+            log.warning("Redis unreachable for rate limits (%s): %s", type(exc).__name__, mode)
+
+    async def _fall_back(
+        self, token: LimitedToken | None, client_ip: str, cache_hit: bool
+    ) -> Admission:
+        if not self.fallback:
+            self.stats.unavailable += 1
+            raise Unavailable(
+                "Rate limiting is unavailable; retry shortly.", headers={"Retry-After": "1"}
+            )
+        self.stats.count_fallback()
+        floor = self._seen.get(token.id, 0) if token is not None else 0
+        admission = await self.local.admit(token, client_ip, cache_hit=cache_hit, quota_floor=floor)
+        if token is not None and token.max_requests is not None and self.config.counts(cache_hit):
+            # Counted in the database; added to the Redis counter when Redis answers again.
+            self._pending[token.id] = self._pending.get(token.id, 0) + 1
+        return admission
+
+    async def _release(self, key: str, member: str) -> None:
+        self._leases.pop(member, None)
+        with contextlib.suppress(*REDIS_DOWN):  # if Redis is away, the lease lapses by itself
+            await self.redis.zrem(key, member)
+
+    async def renew_leases(self) -> None:
+        """Push back the expiry of every lease this process holds (one call for all)."""
+        if not self._leases:
+            return
+        members = list(self._leases)
+        keys = tuple(self._leases[m] for m in members)
+        now = int(self._clock() * 1000) if self._clock else 0
+        await self._eval(RENEW, keys, [now, self._lease_ttl_ms, *members])
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.renew_every)
+            try:
+                await self.renew_leases()
+            except REDIS_DOWN as exc:
+                log.debug("renewing leases failed: %s", type(exc).__name__)
+
+    async def close(self) -> None:
+        task, self._renewer = self._renewer, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

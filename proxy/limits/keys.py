@@ -1,0 +1,82 @@
+"""The limiter's Redis key layout: one hash tag, token ids and IPs HMAC-hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from proxy.limits.admission import LimitedToken
+from proxy.limits.clientip import limit_key
+from shared.config import Settings
+
+#: Every key of the limiter carries this hash tag, so the one script call per request (global,
+#: IP, token, quota and lease keys together) stays inside one Redis Cluster slot.
+HASH_TAG = "{llm-proxy-limits}"
+
+_CACHE_BOUND = 65536  # entries per digest cache before it is cleared
+
+
+def key_secret(settings: Settings) -> bytes:
+    """DISTRIBUTED_RATE_LIMIT_KEY_SECRET, or a key derived from ENCRYPTION_KEY: the same on every
+    instance, never stored in Redis."""
+    secret = settings.distributed_rate_limit_key_secret.get()
+    if secret:
+        return secret.encode()
+    return hmac.new(
+        settings.encryption_key.get().encode(), b"llm-proxy rate-limit keys", hashlib.sha256
+    ).digest()
+
+
+class KeyLayout:
+    """``<prefix>{llm-proxy-limits}:<kind>[:<digest>]``. A Redis dump shows which kind of limit
+    a key is, never a token id or client address: those appear only as HMAC-SHA256 digests."""
+
+    def __init__(self, prefix: str, secret: bytes) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the key prefix must not contain braces (it would move the hash tag)")
+        self.base = f"{prefix}{HASH_TAG}:"
+        self.global_key = self.base + "g"
+        self._secret = secret
+        self._tokens: dict[str, tuple[str, str, str]] = {}
+        self._quota: dict[str, tuple[float, str]] = {}
+        self._ips: dict[str, str] = {}
+
+    def digest(self, value: str) -> str:
+        # 128 bits of the HMAC: unguessable, and keys stay short.
+        return hmac.new(self._secret, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def token_keys(self, token_id: str) -> tuple[str, str, str]:
+        """(rate log, quota counter stem, concurrency leases) of one token."""
+        keys = self._tokens.get(token_id)
+        if keys is None:
+            if len(self._tokens) >= _CACHE_BOUND:
+                self._tokens.clear()
+            d = self.digest("token:" + token_id)
+            keys = self._tokens[token_id] = (
+                f"{self.base}t:{d}",
+                f"{self.base}q:{d}",
+                f"{self.base}c:{d}",
+            )
+        return keys
+
+    def quota_key(self, token: LimitedToken) -> str:
+        """The quota counter for this version of the token. Any management change to the token
+        (a new limit, --unlimited and back, reactivation) moves it to a fresh key, seeded again
+        from the database, so a counter that stopped counting is never trusted again."""
+        version = token.updated_at.timestamp()
+        cached = self._quota.get(token.id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        if len(self._quota) >= _CACHE_BOUND:
+            self._quota.clear()
+        key = f"{self.token_keys(token.id)[1]}:{int(version * 1000)}"
+        self._quota[token.id] = (version, key)
+        return key
+
+    def ip_key(self, ip: str) -> str:
+        key = self._ips.get(ip)
+        if key is None:
+            if len(self._ips) >= _CACHE_BOUND:
+                self._ips.clear()
+            key = self._ips[ip] = f"{self.base}ip:{self.digest('ip:' + limit_key(ip))}"
+        return key
