@@ -21,6 +21,7 @@ from proxy.auth import Authenticator, TokenCache
 from proxy.bus.memory import MemoryBus
 from proxy.handler import ProxyHandler
 from proxy.invalidation import Invalidator
+from proxy.limits import LimitStats, make_limiter, make_limiter_redis
 from proxy.manage import create_management_app
 from proxy.metrics import Metrics, render
 from proxy.upstream import Upstream
@@ -99,6 +100,19 @@ class ProxyApp:
         await store.open()
         await _prepare_schema(settings, store)
         redis = make_redis(settings) if uses_redis(settings) else None
+        limiter_redis = (
+            make_limiter_redis(settings) if settings.distributed_rate_limit_enabled else None
+        )
+        metrics = self.metrics
+        limiter = make_limiter(
+            settings,
+            store,
+            limiter_redis,
+            stats=LimitStats(
+                on_limited=lambda kind: metrics.rate_limited.labels(kind).inc(),
+                on_fallback=metrics.rate_limit_fallbacks.inc,
+            ),
+        )
         bus = MemoryBus(store, capacity=settings.observability_buffer_size)
         await bus.start()
         upstream = Upstream(settings)
@@ -123,6 +137,7 @@ class ProxyApp:
             upstream=upstream,
             bus=bus,
             metrics=self.metrics,
+            limiter=limiter,
         )
         self.manage_app = create_management_app(settings, store, keyring, self.resources.notifier)
         if settings.pool_warm:
@@ -138,8 +153,10 @@ class ProxyApp:
             await invalidator.close()
             await bus.close()  # flush events of every request served
             await upstream.close()
-            if redis is not None:
-                await redis.aclose()
+            await limiter.close()
+            for client in (redis, limiter_redis):
+                if client is not None:
+                    await client.aclose()
             await store.close()
 
     async def _manage(self, scope: Scope, receive: Receive, send: Send) -> None:

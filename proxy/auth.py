@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from proxy.limits import TokenLimits
 from shared.crypto import Keyring
 from shared.errors import AuthError, Unavailable
 from shared.store import SqlStore, TokenAuth
@@ -28,6 +29,7 @@ class Credential:
     max_requests: int | None
     token_active: bool
     project_active: bool
+    limits: TokenLimits
 
     @classmethod
     def from_row(cls, row: TokenAuth, keyring: Keyring) -> Credential:
@@ -41,6 +43,7 @@ class Credential:
             max_requests=token.max_requests,
             token_active=token.is_active and token.revoked_at is None,
             project_active=project.is_active,
+            limits=TokenLimits.of(token),
         )
 
     def refusal(self, now: float) -> str | None:

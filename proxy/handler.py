@@ -17,6 +17,7 @@ import orjson
 from proxy.auth import Authenticator, Credential, token_from_headers
 from proxy.body import ClientGone, StreamedBody, read_body
 from proxy.headers import Cors, request_id_from, response_headers, server_timing, upstream_headers
+from proxy.limits import NO_LIMITS, Limiter, TrustedProxies, scope_client_ip
 from proxy.metrics import Metrics
 from proxy.routing import Route, Router
 from proxy.upstream import Upstream, read_chunk
@@ -61,8 +62,11 @@ class ProxyHandler:
         upstream: Upstream,
         bus: EventBus,
         metrics: Metrics,
+        limiter: Limiter,
     ) -> None:
         self.settings = settings
+        self.limiter = limiter
+        self.trusted = TrustedProxies.parse(settings.trusted_proxies)
         self.router = Router(settings.allowed_endpoints, settings.allowed_methods)
         self.auth = auth
         self.upstream = upstream
@@ -73,6 +77,8 @@ class ProxyHandler:
             if settings.cors_allowed_origins
             else None
         )
+        self.limiter = limiter
+        self.trusted = TrustedProxies.parse(settings.trusted_proxies)
         self.reject_unrecorded = getattr(settings, "event_bus_failure_mode", "spool") == "reject"
         self.in_flight = 0
         self.draining = False
@@ -109,6 +115,8 @@ class ProxyHandler:
 
         outcome = Outcome()
         cred: Credential | None = None
+        admission = NO_LIMITS
+        client_ip = scope_client_ip(scope, self.trusted)
         self.in_flight += 1
         self.metrics.in_flight.inc()
         try:
@@ -120,6 +128,9 @@ class ProxyHandler:
             cred = await self.auth.authenticate(token_from_headers(authorization, api_key))
             if self.reject_unrecorded and not self.bus.can_record():
                 raise Unavailable("Requests cannot be recorded right now; retry shortly.")
+            admission = await self.limiter.admit(cred.limits, client_ip)
+            if admission.limit:
+                extra += [(k.lower().encode(), v.encode()) for k, v in admission.headers().items()]
             body = await read_body(
                 receive, method, content_length, self.settings.max_request_body_bytes
             )
@@ -135,6 +146,7 @@ class ProxyHandler:
             outcome.status = outcome.status or 499
             self.metrics.client_disconnects.inc()
         finally:
+            await admission.release()
             self.in_flight -= 1
             self.metrics.in_flight.dec()
             duration = time.perf_counter() - started
@@ -151,7 +163,9 @@ class ProxyHandler:
             elif outcome.status in (429, 503) and outcome.error:
                 self.metrics.rejections.labels(outcome.error).inc()
             if cred is not None:
-                self._record(scope, method, request_id, arrived, duration, cred, outcome)
+                self._record(
+                    method, scope["path"], request_id, arrived, duration, cred, outcome, client_ip
+                )
 
     async def _forward(
         self,
@@ -290,16 +304,16 @@ class ProxyHandler:
 
     def _record(
         self,
-        scope: Scope,
         method: str,
+        path: str,
         request_id: str,
         arrived: float,
         duration: float,
         cred: Credential,
         outcome: Outcome,
+        client_ip: str,
     ) -> None:
         usage = outcome.usage or Usage()
-        client = scope.get("client")
         event = RequestEvent(
             event_id=new_id(),
             request_id=request_id,
@@ -307,7 +321,7 @@ class ProxyHandler:
             project_id=cred.project_id,
             token_id=cred.token_id,
             method=method,
-            path=scope["path"][:512],
+            path=path[:512],
             status=outcome.status,
             duration_ms=duration * 1000,
             upstream_ms=outcome.upstream_ms,
@@ -321,7 +335,7 @@ class ProxyHandler:
             cache_status=outcome.cache_status,
             stream=outcome.stream,
             error=outcome.error,
-            client_ip=client[0] if client else "",
+            client_ip=client_ip,
         )
         dropped = getattr(self.bus, "dropped", 0)
         try:

@@ -104,6 +104,17 @@ class Metrics:
             "Request events the bus could not keep (buffer and spool full).",
             registry=r,
         )
+        self.rate_limited = Counter(
+            "rate_limited",
+            "Requests refused by a rate limit, quota or concurrency cap, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.rate_limit_fallbacks = Counter(
+            "rate_limit_fallbacks",
+            "Requests limited per process because Redis was unreachable.",
+            registry=r,
+        )
         self.client_disconnects = Counter(
             "llm_proxy_client_disconnects",
             "Responses cut short because the client went away.",

@@ -21,11 +21,12 @@ from shared.crypto import load_keyring
 from shared.invalidation import Notifier
 from shared.manage import Management
 from shared.store import make_store
-from tests.proxy_process import Provisioned, ProxyProcess, provision
+from tests.proxy_process import UNLIMITED, Provisioned, ProxyProcess, provision
 from tests.services import free_port
 from tests.upstream_fake import FakeUpstream
 
 ENV = {
+    **UNLIMITED,
     "MAX_REQUEST_BODY_BYTES": "65536",
     "UPSTREAM_READ_TIMEOUT": "1s",
     "CORS_ALLOWED_ORIGINS": "https://app.example",

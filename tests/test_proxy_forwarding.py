@@ -18,7 +18,7 @@ from shared.config import Settings
 from shared.crypto import new_key
 from shared.events import RequestEvent
 from shared.store import make_store
-from tests.proxy_process import Provisioned, ProxyProcess, provision, run_async
+from tests.proxy_process import UNLIMITED, Provisioned, ProxyProcess, provision, run_async
 from tests.services import create_database, drop_database, require
 from tests.upstream_fake import FakeUpstream, as_json
 
@@ -81,11 +81,16 @@ def target(
     cwd = tmp_path_factory.mktemp(request.param)
     db_url = None
     if request.param == "embedded":
-        env: dict[str, str] = {}  # no configuration at all
+        env: dict[str, str] = dict(UNLIMITED)  # no other configuration
     else:
         require("PostgreSQL", "127.0.0.1", 5432)
         db_url = create_database()
-        env = {"DB_DRIVER": "postgres", "DATABASE_URL": db_url, "ENCRYPTION_KEY": new_key()}
+        env = {
+            **UNLIMITED,
+            "DB_DRIVER": "postgres",
+            "DATABASE_URL": db_url,
+            "ENCRYPTION_KEY": new_key(),
+        }
     creds = provision(env, cwd, fake.base_url, api_key=UPSTREAM_KEY)
     proxy = ProxyProcess(env=env, cwd=cwd, workers=2).start()
     yield Target(request.param, proxy, creds, env, cwd)

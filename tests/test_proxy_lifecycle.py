@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.proxy_process import ProxyProcess, provision
+from shared.config import Settings
+from shared.crypto import load_keyring, new_key
+from shared.invalidation import Notifier
+from shared.manage import Management
+from shared.redis import make_redis
+from shared.store import make_store
+from tests.proxy_process import UNLIMITED, ProxyProcess, provision
+from tests.services import REDIS_HOST, REDIS_PORT, create_database, drop_database, require
 from tests.test_proxy_forwarding import Target, wait_for_events
 from tests.upstream_fake import FakeUpstream
 
@@ -85,3 +94,67 @@ def test_server_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert "ENCRYPTION_KEY must be set" in out.stderr
+
+
+def test_revocation_reaches_two_instances_within_a_second_over_redis(tmp_path: Path) -> None:
+    """With the change-log poll slowed to 30 s, only Redis pub/sub can make this fast."""
+    require("Redis", REDIS_HOST, REDIS_PORT)
+    require("PostgreSQL", "127.0.0.1", 5432)
+    fake = FakeUpstream().start()
+    db_url = create_database()
+    env = {
+        **UNLIMITED,
+        "DB_DRIVER": "postgres",
+        "DATABASE_URL": db_url,
+        "ENCRYPTION_KEY": new_key(),
+        "DISTRIBUTED_RATE_LIMIT_ENABLED": "true",
+        "DISTRIBUTED_RATE_LIMIT_PREFIX": f"t{uuid.uuid4().hex[:8]}:",
+        "REDIS_ADDR": f"{REDIS_HOST}:{REDIS_PORT}",
+        "INVALIDATION_POLL_INTERVAL": "30s",
+    }
+    proxies = [ProxyProcess(env=env, cwd=tmp_path, workers=2) for _ in range(2)]
+    try:
+        creds = provision(env, tmp_path, fake.base_url, rpm=0)
+        for proxy in proxies:
+            proxy.start()
+        headers = {"Authorization": f"Bearer {creds.token}"}
+        # warm every worker's cache (connections spread over both workers of each instance)
+        for _ in range(6):
+            for proxy in proxies:
+                with httpx.Client() as client:
+                    assert client.get(f"{proxy.url}/v1/models", headers=headers).status_code == 200
+
+        async def revoke() -> None:
+            settings = Settings.from_env(env)
+            store = make_store(settings)
+            await store.open()
+            redis = make_redis(settings)
+            try:
+                mgmt = Management(
+                    store=store,
+                    keyring=load_keyring(settings),
+                    actor="test",
+                    notifier=Notifier(store, redis),
+                )
+                await mgmt.revoke_token(creds.token_id)
+            finally:
+                await redis.aclose()
+                await store.close()
+
+        asyncio.run(revoke())
+        revoked_at = time.monotonic()
+        pending = {p.url for p in proxies}
+        while pending:
+            for url in list(pending):
+                codes = set()
+                for _ in range(4):  # fresh connections land on either worker
+                    with httpx.Client() as client:
+                        codes.add(client.get(f"{url}/v1/models", headers=headers).status_code)
+                if codes == {401}:
+                    pending.discard(url)
+            assert time.monotonic() - revoked_at < 1.0, f"still accepted by {pending}"
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        fake.stop()
+        drop_database(db_url)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.proxy_process import ProxyProcess
+from tests.proxy_process import UNLIMITED, ProxyProcess
 from tests.upstream_fake import FakeUpstream
 
 MANAGEMENT_TOKEN = "mgmt-token-for-tests-0123456789"
@@ -31,7 +31,8 @@ def remote(url: str, *args: str) -> dict[str, object]:
 
 def test_remote_cli_manages_a_running_server(tmp_path: Path) -> None:
     fake = FakeUpstream().start()
-    proxy = ProxyProcess(env={"MANAGEMENT_TOKEN": MANAGEMENT_TOKEN}, cwd=tmp_path).start()
+    proxy = ProxyProcess(env={"MANAGEMENT_TOKEN": MANAGEMENT_TOKEN, **UNLIMITED}, cwd=tmp_path)
+    proxy.start()
     try:
         project = remote(
             proxy.url,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError
 
 from proxy.limits.admission import (
     KINDS,
@@ -49,9 +50,12 @@ __all__ = [
 
 
 def make_limiter_redis(settings: Settings) -> aioredis.Redis:
-    """A Redis client for the limiter: no client-side retries, because a request must not wait
-    through a retry schedule to learn that Redis is down (it falls back or fails at once)."""
-    return make_redis(settings, retry=Retry(NoBackoff(), 0))
+    """A Redis client for the limiter: a request must not wait through a retry schedule to learn
+    that Redis is down (it falls back or fails at once). One immediate retry on a connection
+    error only: after Redis restarts, the first command on a pooled connection fails although
+    a fresh connection would succeed; a refused connection fails again in microseconds, and a
+    timeout is never retried."""
+    return make_redis(settings, retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)))
 
 
 def make_limiter(
