@@ -134,8 +134,12 @@ def nginx_upstream_servers(conf: str) -> list[str]:
     return re.findall(r"^\s*server\s+(\S+)", block.group(1), re.M)
 
 
-def nginx_for_loopback(conf: str, upstreams: list[str], listen: str) -> str:
-    """compose/nginx.conf with only the upstream servers and the listen address replaced."""
+def nginx_for_loopback(
+    conf: str, upstreams: list[str], listen: str, source: str | None = None
+) -> str:
+    """compose/nginx.conf with only the upstream servers and the listen address replaced, and
+    optionally the address nginx connects to the upstreams from (as its own container address
+    is, in compose)."""
     servers = re.findall(r"^(\s*)server\s+\S+(.*);$", conf, re.M)
     assert len(servers) == 1, "expected one `server` line in the upstream block"
     indent, params = servers[0]
@@ -143,6 +147,10 @@ def nginx_for_loopback(conf: str, upstreams: list[str], listen: str) -> str:
     conf = re.sub(r"^\s*server\s+\S+.*;$", lambda _: lines, conf, count=1, flags=re.M)
     conf, count = re.subn(r"^(\s*)listen\s+\S+;$", rf"\g<1>listen {listen};", conf, flags=re.M)
     assert count == 1, "expected one `listen` line"
+    if source is not None:
+        conf = re.sub(
+            r"^(\s*)(listen\s+\S+;)$", rf"\g<1>\g<2>\n\g<1>proxy_bind {source};", conf, flags=re.M
+        )
     return conf
 
 
