@@ -46,6 +46,9 @@ from tests.services import (
 from tests.upstream_fake import MODELS, FakeUpstream
 
 CLIENT_ADDRESS = "127.0.0.5"  # the client's own loopback address, so nginx sees it as the peer
+# nginx reaches the proxies from an address of its own, as from its container in compose: not
+# 127.0.0.1, which uvicorn would trust by default, so only TRUSTED_PROXIES can make it believed.
+NGINX_ADDRESS = "127.0.0.2"
 UPSTREAM_KEY = "sk-upstream-topology-0123456789"
 
 
@@ -143,7 +146,8 @@ def start_nginx(topo: Topology, model: dict[str, Any]) -> None:
     prefix = topo.root / "nginx"
     prefix.mkdir()
     conf_path = prefix / "nginx.conf"
-    conf_path.write_text(nginx_for_loopback(conf, upstreams, f"127.0.0.1:{topo.nginx_port}"))
+    listen = f"127.0.0.1:{topo.nginx_port}"
+    conf_path.write_text(nginx_for_loopback(conf, upstreams, listen, source=NGINX_ADDRESS))
     # compose's own command line, with the prefix and the file moved to this test's directory
     command = list(model["services"]["nginx"]["command"])
     command[command.index("-p") + 1] = f"{prefix}/"
@@ -217,7 +221,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         {
             **shared,
             "MANAGEMENT_TOKEN": secrets.token_hex(16),
-            "TRUSTED_PROXIES": "127.0.0.1/32",
+            "TRUSTED_PROXIES": f"{NGINX_ADDRESS}/32",
             "PROMETHEUS_MULTIPROC_DIR": str(root / "metrics"),
             "EVENT_SPOOL_DIR": str(root / "spool"),
         },
