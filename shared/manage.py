@@ -35,6 +35,18 @@ class ChangeNotifier(Protocol):
     async def project_changed(self, project_id: str) -> None: ...
 
 
+class CachePurger(Protocol):
+    """The response cache's purge (proxy.cache backends and HttpCache satisfy this)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def scope(self) -> str: ...  # "all-instances" or "this-process"
+
+    async def purge(self, project_id: str | None = None, path_prefix: str | None = None) -> int: ...
+
+
 # --- pure validation -------------------------------------------------------------------------
 
 
@@ -87,6 +99,12 @@ def check_max_requests(value: int | None) -> int | None:
     if value is not None and value < 1:
         raise UserError("max requests must be a positive integer (omit it for no limit)")
     return value
+
+
+def check_path_prefix(prefix: str) -> str:
+    if not prefix.startswith("/") or len(prefix) > 2048 or any(ord(c) < 32 for c in prefix):
+        raise UserError(f"path prefix must start with / (e.g. /v1/models), got {prefix!r}")
+    return prefix
 
 
 def shown_id(value: str) -> str:
@@ -451,6 +469,30 @@ class Management:
             return {"project_id": project_id, "revoked": revoked}
 
         return await self._audited("token.revoke_project", "project", project_id, {}, go)
+
+    # --- response cache ---
+
+    async def purge_cache(
+        self, purger: CachePurger, project_id: str | None = None, path_prefix: str | None = None
+    ) -> View:
+        """Remove cached responses (all, one project's, under a path prefix), audited."""
+
+        async def go() -> View:
+            if project_id is not None and not _ID_SHAPE.fullmatch(project_id):
+                raise UserError(f"invalid project id {shown_id(project_id)}")
+            prefix = check_path_prefix(path_prefix) if path_prefix is not None else None
+            purged = await purger.purge(project_id, prefix)
+            return {
+                "purged": purged,
+                "backend": purger.name,
+                "scope": purger.scope,
+                "project_id": project_id,
+                "path_prefix": prefix,
+            }
+
+        details = {"project_id": project_id, "path_prefix": path_prefix, "backend": purger.name}
+        target = "project" if project_id else "cache"
+        return await self._audited("cache.purge", target, project_id or "", details, go)
 
     # --- keys and audit ---
 
