@@ -118,10 +118,14 @@ async def test_fifty_identical_misses_make_one_upstream_call(
 
     upstream.handler = slow_models
     tasks = [asyncio.create_task(request(cache, upstream)) for _ in range(50)]
-    # Release the upstream only once the other 49 are known to be waiting on the first.
-    await until(lambda: cache.flights.waiting(models_key(cache)) == 49, "49 waiting requests")
-    assert upstream.calls == 1
-    release.set()
+    try:
+        # Release the upstream only once the other 49 are known to be waiting on the first.
+        await until(
+            lambda: upstream.calls == 1 and cache.flights.waiting(models_key(cache)) == 49,
+            "the first request upstream and 49 waiting for it",
+        )
+    finally:
+        release.set()
     replies = await asyncio.gather(*tasks)
 
     assert upstream.calls == 1
@@ -192,8 +196,10 @@ async def test_an_unstorable_answer_frees_the_waiting_requests_at_once(
 
     upstream.handler = no_store
     tasks = [asyncio.create_task(request(cache, upstream)) for _ in range(5)]
-    await until(lambda: cache.flights.waiting(models_key(cache)) == 4, "4 waiting requests")
-    go.set()
+    try:
+        await until(lambda: cache.flights.waiting(models_key(cache)) == 4, "4 waiting requests")
+    finally:
+        go.set()
     replies = await asyncio.gather(*tasks)
     assert outcome == {"released_early": True}
     assert upstream.calls == 5

@@ -105,27 +105,42 @@ class RequestView:
     key_part: bytes = b""
 
 
+# One dict lookup per request header decides whether it matters: key headers by their slot in
+# KEY_HEADERS, the directives by a negative code.
+_CC, _PRAGMA, _TTL, _INM, _IMS = -1, -2, -3, -4, -5
+_READ = {
+    **_KEY_SLOTS,
+    b"cache-control": _CC,
+    b"pragma": _PRAGMA,
+    b"x-proxy-cache-ttl": _TTL,
+    b"if-none-match": _INM,
+    b"if-modified-since": _IMS,
+}
+
+
 def read_request(headers: RawHeaders) -> RequestView:
     view = RequestView()
     values: list[bytes | None] = [None] * len(KEY_HEADERS)
     for name, value in headers:
-        slot = _KEY_SLOTS.get(name)
-        if slot is not None:
+        slot = _READ.get(name)
+        if slot is None:
+            continue
+        if slot >= 0:
             prior = values[slot]
             values[slot] = value if prior is None else prior + b", " + value
-        elif name == b"cache-control":
+        elif slot == _CC:
             text = value.decode("latin-1")
             prior_cc = view.cache_control
             view.cache_control = text if prior_cc is None else f"{prior_cc}, {text}"
-        elif name == b"pragma":
+        elif slot == _PRAGMA:
             view.pragma = value.decode("latin-1")
-        elif name == b"x-proxy-cache-ttl":
+        elif slot == _TTL:
             view.ttl = value.decode("latin-1")
-        elif name == b"if-none-match":
+        elif slot == _INM:
             view.if_none_match = value.decode("latin-1")
-        elif name == b"if-modified-since":
+        else:
             view.if_modified_since = value.decode("latin-1")
-    view.key_part = b"\n".join(v or b"" for v in values)
+    view.key_part = b"\n".join([v or b"" for v in values])
     return view
 
 

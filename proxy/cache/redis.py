@@ -11,11 +11,13 @@ share a Redis Cluster slot (the scripts touch several of them):
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from proxy.cache.backend import CacheUnavailable, Usage
 from proxy.cache.entry import CacheEntry, decode, encode, encode_marker
@@ -86,8 +88,17 @@ class RedisBackend:
         self.retry_after = retry_after
         self.clock = clock
         self._down_until = 0.0
-        self._lookup = redis.register_script(_LOOKUP)
-        self._store = redis.register_script(_STORE)
+        self._lookup_sha = hashlib.sha1(_LOOKUP.encode(), usedforsecurity=False).hexdigest()
+        self._store_sha = hashlib.sha1(_STORE.encode(), usedforsecurity=False).hexdigest()
+
+    async def _run(self, sha: str, script: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, loading the script the first time a server has not seen it (redis-py's
+        Script wrapper costs more per call than the command itself on a hit)."""
+        try:
+            return await self.redis.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.redis.script_load(script)
+            return await self.redis.evalsha(sha, len(keys), *keys, *args)
 
     def _base(self, project_id: str) -> str:
         return f"{self.prefix}{{{project_id}}}:"
@@ -103,8 +114,8 @@ class RedisBackend:
     async def get(self, project_id: str, key: str, headers: RawHeaders) -> CacheEntry | None:
         self._check()
         try:
-            raw = await self._lookup(
-                keys=[self._base(project_id) + key], args=[vary_source(headers)]
+            raw = await self._run(
+                self._lookup_sha, _LOOKUP, [self._base(project_id) + key], [vary_source(headers)]
             )
         except _FAILURES as exc:
             raise self._failed(exc) from exc
@@ -144,7 +155,7 @@ class RedisBackend:
             keys.append(base + key)
             args += [encode_marker(vary), f"m{key} {path}"]
         try:
-            await self._store(keys=keys, args=args)
+            await self._run(self._store_sha, _STORE, keys, args)
         except _FAILURES as exc:
             raise self._failed(exc) from exc
 
