@@ -53,7 +53,7 @@ NOT_FORWARDED = frozenset(
         b"content-length",
     }
 )
-_NOT_VARIANT = NOT_FORWARDED | frozenset(KEY_HEADERS)
+_NOT_VARIANT = NOT_FORWARDED | frozenset(KEY_HEADERS)  # never worth a Vary variant
 
 # Response headers never replayed from the cache: hop-by-hop ones, framing the server redoes,
 # and ones that describe one particular response (its id, timing, the upstream's rate-limit state,
@@ -301,13 +301,6 @@ def first_value(headers: RawHeaders, name: bytes) -> bytes:
 
 
 def variant_id(names: tuple[bytes, ...], headers: RawHeaders) -> str:
-    """Which variant of a Vary-keyed response a request selects. The Redis lookup script computes
-    the same SHA-1 over the same bytes (see proxy/cache/redis.py)."""
+    """Which variant of a Vary-keyed response a request selects (missing and empty are alike)."""
     material = b"\n".join(first_value(headers, n) for n in names)
     return hashlib.sha1(material, usedforsecurity=False).hexdigest()
-
-
-def vary_source(headers: RawHeaders) -> bytes:
-    """The request headers a Vary marker may name, as ``name\\nvalue\\n`` pairs for the Redis
-    lookup script (never the Authorization or Cookie headers)."""
-    return b"".join(n + b"\n" + v + b"\n" for n, v in headers if n not in _NOT_VARIANT)
