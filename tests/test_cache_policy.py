@@ -281,6 +281,8 @@ DATE = format_http_date(NOW)
         (200, 30, {"cache_control": "max-age=10"}, (10, "")),
         (200, 30, {"cache_control": "max-age=100"}, (30, "")),
         (200, 30, {"cache_control": "no-store"}, (0, "no-store")),
+        (200, 30, {"cache_control": "private"}, (0, "private")),
+        (200, 30, {"cache_control": "no-cache, must-revalidate"}, (30, "")),
         (201, None, {}, (0, "status")),
         (206, None, {"cache_control": "max-age=60"}, (0, "status")),
         (304, None, {}, (0, "status")),

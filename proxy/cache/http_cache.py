@@ -1,16 +1,22 @@
 """The cache as the request pipeline uses it: plan, look up, fill (single flight), serve, purge.
 
-The pipeline's sequence (docs/caching.md, "Integration", has the full recipe)::
+The pipeline's sequence (``tests/cache_client.py`` runs exactly this)::
 
-    plan = cache.prepare(project_id, method, path, query, raw_headers, body)
-    served = await cache.lookup(plan)                # a hit (or a 304 to the client's conditional)
-    if served is None:
-        async with cache.fill(plan) as fill:
-            if fill.served is None:                  # not answered by an identical request's call
-                ...upstream call, with fill.conditional_headers...
-                extra = fill.start(status, headers)  # X-PROXY-CACHE and Cache-Status to add
-                for chunk in body: fill.feed(chunk)
-                await fill.finish()                  # only once the body is complete
+    plan = cache.prepare(project_id, method, path, query, raw_headers, body)   # no I/O
+    served = await cache.lookup(plan)            # a hit (a 304 if the client's conditional matches)
+    if served is not None:
+        send(served.status, served.headers, served.body); event.cache_status = "hit"; return
+    async with cache.fill(plan) as fill:
+        if fill.served is not None:              # an identical request's upstream call answered it
+            send(fill.served...); event.cache_status = fill.status; return
+        upstream_headers = ... + fill.conditional_headers    # (replacing the client's conditionals)
+        resp = await upstream(...)
+        if resp.status == 304 and fill.revalidating:
+            served = await fill.not_modified(resp.headers); send(served...); return
+        send_start(resp.status, resp.headers + fill.start(resp.status, resp.headers))
+        for chunk in resp.body: fill.feed(chunk); send(chunk)
+        await fill.finish()                      # only once the body is complete
+    event.cache_status = fill.status             # "miss" or "bypass"
 """
 
 from __future__ import annotations

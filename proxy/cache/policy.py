@@ -229,7 +229,9 @@ def response_rules(
         return _no("no-store")
     if "private" in cc:
         return _no("private")
-    if "no-cache" in cc:
+    # no-cache means "revalidate before every reuse"; an LLM API cannot revalidate a POST, and SSE
+    # servers and gateways send it by habit, so a client's explicit TTL is what decides there.
+    if "no-cache" in cc and client_ttl is None:
         return _no("no-cache")
 
     freshness: float | None = None
