@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from admin.commands import audit, keys, projects, server, tokens
+from admin.commands import audit, cache, keys, projects, server, tokens
 from admin.options import JsonOpt
 from admin.output import emit
 from admin.remote import RemoteTarget
@@ -21,14 +21,15 @@ app = typer.Typer(
     add_completion=False,
 )
 manage = typer.Typer(
-    help="Manage projects, tokens, keys and the audit log: on the database this process is "
-    "configured for, or on a remote deployment with --api-url.",
+    help="Manage projects, tokens, keys, the audit log and the response cache: on the database "
+    "this process is configured for, or on a remote deployment with --api-url.",
     no_args_is_help=True,
 )
 manage.add_typer(projects.app, name="project")
 manage.add_typer(tokens.app, name="token")
 manage.add_typer(keys.app, name="keys")
 manage.add_typer(audit.app, name="audit")
+manage.add_typer(cache.app, name="cache")
 app.add_typer(manage, name="manage")
 
 

@@ -244,6 +244,13 @@ class RemoteManagement:
 
     # --- keys and audit ---
 
+    async def purge_cache(
+        self, project_id: str | None = None, path_prefix: str | None = None
+    ) -> View:
+        body = {"project_id": project_id, "path_prefix": path_prefix}
+        result: View = await self._call("POST", "/cache/purge", body=body)
+        return result
+
     async def rotate_keys(self) -> View:
         result: View = await self._call("POST", "/keys/rotate")
         return result

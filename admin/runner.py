@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 import typer
 
 from admin.output import emit, fail
@@ -19,7 +20,7 @@ from shared.crypto import load_keyring
 from shared.errors import LLMProxyError, Unavailable
 from shared.invalidation import Notifier
 from shared.logging import redact, setup_logging
-from shared.manage import Management
+from shared.manage import CachePurger, Management
 from shared.redis import make_redis, uses_redis
 from shared.store import SqlStore, make_store
 
@@ -67,12 +68,23 @@ async def _run_local(settings: Settings, action: Action) -> Any:
             actor=cli_actor(),
             notifier=notifier,
             count_cache_hits=settings.quota_count_cache_hits,
+            cache=shared_cache(settings, redis),
+            cache_backend=settings.http_cache_backend,
         )
         return await action(management)
     finally:
         if redis is not None:
             await redis.aclose()
         await store.close()
+
+
+def shared_cache(settings: Settings, redis: aioredis.Redis | None) -> CachePurger | None:
+    """The response cache every instance shares, when there is one (the Redis backend)."""
+    if settings.http_cache_backend != "redis" or redis is None:
+        return None
+    from proxy.cache import build_backend
+
+    return build_backend(settings, redis)
 
 
 async def _run_remote(target: RemoteTarget, action: Action) -> Any:

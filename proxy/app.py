@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.auth import Authenticator, TokenCache
 from proxy.bus.memory import MemoryBus
+from proxy.cache import CacheBackend, HttpCache, build_cache
 from proxy.handler import ProxyHandler
 from proxy.invalidation import Invalidator
 from proxy.limits import LimitStats, make_limiter, make_limiter_redis
@@ -115,11 +116,16 @@ class ProxyApp:
         )
         bus = MemoryBus(store, capacity=settings.observability_buffer_size)
         await bus.start()
+        http_cache = build_cache(settings, redis)
         upstream = Upstream(settings)
         await upstream.start()
-        cache = TokenCache(settings.apikey_cache_size, settings.apikey_cache_ttl_ms / 1000)
+        token_cache = TokenCache(settings.apikey_cache_size, settings.apikey_cache_ttl_ms / 1000)
         invalidator = Invalidator(
-            store, cache, interval=settings.invalidation_poll_interval, redis=redis
+            store,
+            token_cache,
+            interval=settings.invalidation_poll_interval,
+            redis=redis,
+            responses=_local_cache(http_cache),
         )
         await invalidator.start()
         self.resources = Resources(
@@ -133,13 +139,16 @@ class ProxyApp:
         )
         self.handler = ProxyHandler(
             settings,
-            auth=Authenticator(store, keyring, cache),
+            auth=Authenticator(store, keyring, token_cache),
             upstream=upstream,
             bus=bus,
             metrics=self.metrics,
             limiter=limiter,
+            cache=http_cache,
         )
-        self.manage_app = create_management_app(settings, store, keyring, self.resources.notifier)
+        self.manage_app = create_management_app(
+            settings, store, keyring, self.resources.notifier, cache=_shared_cache(http_cache)
+        )
         if settings.pool_warm:
             await _warm(store, upstream)
         log.info(
@@ -154,6 +163,8 @@ class ProxyApp:
             await bus.close()  # flush events of every request served
             await upstream.close()
             await limiter.close()
+            if http_cache is not None:
+                await http_cache.aclose()
             for client in (redis, limiter_redis):
                 if client is not None:
                     await client.aclose()
@@ -206,6 +217,16 @@ async def _prepare_schema(settings: Settings, store: SqlStore) -> None:
         return
     if version == 0:
         raise ConfigError("the database has no schema yet: run `llm-proxy migrate` first")
+
+
+def _local_cache(cache: HttpCache | None) -> CacheBackend | None:
+    """The backend purges must reach in this worker: an in-memory one."""
+    return cache.backend if cache is not None and cache.scope == "this-process" else None
+
+
+def _shared_cache(cache: HttpCache | None) -> CacheBackend | None:
+    """The backend a purge clears for every instance at once: Redis."""
+    return cache.backend if cache is not None and cache.scope == "all-instances" else None
 
 
 async def _warm(store: SqlStore, upstream: Upstream) -> None:

@@ -19,6 +19,8 @@ FORWARDED = frozenset(
         b"openai-beta",
         b"idempotency-key",
         b"x-idempotency-key",
+        b"if-none-match",
+        b"if-modified-since",
     }
 )
 ORG_HEADERS = frozenset({b"openai-organization", b"openai-project"})

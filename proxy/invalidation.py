@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from proxy.auth import TokenCache
-from shared.invalidation import CHANNEL, decode
+from proxy.cache import CacheBackend
+from shared.invalidation import CHANNEL, decode, parse_purge_target
 from shared.store import SqlStore
 
 log = logging.getLogger("llm_proxy.invalidation")
@@ -24,9 +25,12 @@ class Invalidator:
         *,
         interval: float,
         redis: aioredis.Redis | None = None,
+        responses: CacheBackend | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
+        # this worker's own response cache (in-memory backend): purges reach it through here
+        self.responses = responses
         self.interval = interval
         self.redis = redis
         self._last_id = 0
@@ -41,12 +45,16 @@ class Invalidator:
         if self.redis is not None:
             self._tasks.append(asyncio.create_task(self._listen(), name="invalidation-pubsub"))
 
-    def apply(self, kind: str, target_id: str) -> None:
-        self.cache.drop(kind, target_id)
+    async def apply(self, kind: str, target_id: str) -> None:
+        if kind != "cache":
+            self.cache.drop(kind, target_id)
+        elif self.responses is not None:
+            project_id, path_prefix = parse_purge_target(target_id)
+            await self.responses.purge(project_id, path_prefix)
 
     async def poll_once(self) -> None:
         for change_id, kind, target_id in await self.store.changes_since(self._last_id):
-            self.apply(kind, target_id)
+            await self.apply(kind, target_id)
             self._last_id = change_id
 
     async def _poll(self) -> None:
@@ -72,7 +80,7 @@ class Invalidator:
                             continue
                         parsed = decode(message.get("data", b""))
                         if parsed is not None:
-                            self.apply(*parsed)
+                            await self.apply(*parsed)
             except (RedisError, OSError) as exc:
                 log.warning("invalidation channel lost (%s); the change log still applies", exc)
                 await asyncio.sleep(1.0)

@@ -15,6 +15,8 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client import values as prom_values
 
+from proxy.cache import HttpCache, MemoryBackend
+
 # Seconds; dense below 10 ms where proxy overhead lives, sparse up to long completions.
 _LATENCY_BUCKETS = (
     0.0005,
@@ -115,11 +117,47 @@ class Metrics:
             "Requests limited per process because Redis was unreachable.",
             registry=r,
         )
+        self.cache_hits = Counter(
+            "cache_hits", "Requests answered from the response cache.", ["backend"], registry=r
+        )
+        self.cache_misses = Counter(
+            "cache_misses", "Cacheable requests that went upstream.", ["backend"], registry=r
+        )
+        self.cache_bypasses = Counter(
+            "cache_bypasses",
+            "Requests that skipped the cache (not cacheable, or the cache was unavailable).",
+            ["backend"],
+            registry=r,
+        )
+        self.cache_entries = Gauge(
+            "cache_entries",
+            "Entries in the in-memory response cache.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.cache_bytes = Gauge(
+            "cache_bytes",
+            "Bytes held by the in-memory response cache.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.client_disconnects = Counter(
             "llm_proxy_client_disconnects",
             "Responses cut short because the client went away.",
             registry=r,
         )
+
+    def cache_result(self, cache: HttpCache, status: str) -> None:
+        backend = cache.backend
+        if status == "hit":
+            self.cache_hits.labels(backend.name).inc()
+        elif status == "miss":
+            self.cache_misses.labels(backend.name).inc()
+            if isinstance(backend, MemoryBackend):
+                self.cache_entries.set(backend.entries)
+                self.cache_bytes.set(backend.nbytes)
+        else:
+            self.cache_bypasses.labels(backend.name).inc()
 
     def observe(
         self,

@@ -160,8 +160,8 @@ def _cidrs(text: str) -> tuple[str, ...]:
 
 def _key_prefix(text: str) -> str:
     value = text.strip()
-    if "{" in value or "}" in value or any(c.isspace() for c in value):
-        raise ValueError("a Redis key prefix without braces or spaces")
+    if not value or "{" in value or "}" in value or any(c.isspace() for c in value):
+        raise ValueError("a non-empty key prefix without spaces, { or }")
     return value
 
 
@@ -405,6 +405,63 @@ class Settings:
         "Directory where every worker of `llm-proxy server` keeps its metrics (emptied at start). "
         "Empty: a fresh temporary directory.",
         _str,
+    )
+
+    # --- response cache ---
+    http_cache_enabled: bool = var(
+        "HTTP_CACHE_ENABLED",
+        True,
+        "Cache upstream responses (docs/caching.md says what is cached and for how long).",
+        _bool,
+    )
+    http_cache_backend: str = var(
+        "HTTP_CACHE_BACKEND",
+        "in-memory",
+        "`in-memory` (each worker process keeps its own cache) or `redis` (one cache shared by "
+        "every worker and instance).",
+        _choice("in-memory", "redis"),
+    )
+    http_cache_default_ttl: float = var(
+        "HTTP_CACHE_DEFAULT_TTL",
+        300.0,
+        "How long a response is kept when the upstream gives no freshness (Cache-Control "
+        "`s-maxage`/`max-age`, `Expires`); a bare number means seconds.",
+        _duration(),
+        shown="`300` (5 minutes)",
+    )
+    http_cache_max_object_bytes: int = var(
+        "HTTP_CACHE_MAX_OBJECT_BYTES",
+        1048576,
+        "Largest response body (a captured stream included) the cache stores, in bytes.",
+        _int(1),
+    )
+    cache_max_size: int = var(
+        "CACHE_MAX_SIZE",
+        10000,
+        "In-memory backend: most entries each worker keeps; the least recently used go first.",
+        _int(1),
+    )
+    http_cache_max_bytes: int = var(
+        "HTTP_CACHE_MAX_BYTES",
+        67108864,
+        "In-memory backend: most bytes of responses each worker keeps (64 MiB); the least "
+        "recently used go first.",
+        _int(1),
+    )
+    http_cache_single_flight_wait: float = var(
+        "HTTP_CACHE_SINGLE_FLIGHT_WAIT",
+        10.0,
+        "How long identical cache misses in one worker wait for the first one's upstream answer "
+        "before going upstream themselves; `0` turns the waiting off.",
+        _duration(),
+        shown="`10s`",
+    )
+    redis_cache_key_prefix: str = var(
+        "REDIS_CACHE_KEY_PREFIX",
+        "llmproxy:cache:",
+        "Redis backend: prefix of every cache key (share one Redis between deployments by "
+        "giving each its own).",
+        _key_prefix,
     )
 
     # --- event bus ---

@@ -7,6 +7,7 @@ reaches workers at once when Redis is in use.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import redis.asyncio as aioredis
@@ -26,9 +27,21 @@ def encode(kind: str, target_id: str) -> bytes:
 def decode(message: bytes | str) -> tuple[str, str] | None:
     text = message.decode() if isinstance(message, bytes) else message
     kind, sep, target = text.partition(":")
-    if not sep or kind not in ("token", "project"):
+    if not sep or kind not in ("token", "project", "cache"):
         return None
     return kind, target
+
+
+def purge_target(project_id: str | None, path_prefix: str | None) -> str:
+    return json.dumps([project_id, path_prefix])
+
+
+def parse_purge_target(target: str) -> tuple[str | None, str | None]:
+    try:
+        project_id, path_prefix = json.loads(target)
+    except (ValueError, TypeError):
+        return None, "/"  # unreadable: purge everything rather than keep stale answers
+    return project_id, path_prefix
 
 
 class Notifier:
@@ -43,6 +56,9 @@ class Notifier:
 
     async def project_changed(self, project_id: str) -> None:
         await self._changed("project", [project_id])
+
+    async def cache_purged(self, project_id: str | None, path_prefix: str | None) -> None:
+        await self._changed("cache", [purge_target(project_id, path_prefix)])
 
     async def _changed(self, kind: str, ids: list[str]) -> None:
         await self.store.record_changes(kind, ids)

@@ -37,6 +37,20 @@ class ChangeNotifier(Protocol):
 
     async def project_changed(self, project_id: str) -> None: ...
 
+    async def cache_purged(self, project_id: str | None, path_prefix: str | None) -> None: ...
+
+
+class CachePurger(Protocol):
+    """The response cache's purge (proxy.cache backends and HttpCache satisfy this)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def scope(self) -> str: ...  # "all-instances" or "this-process"
+
+    async def purge(self, project_id: str | None = None, path_prefix: str | None = None) -> int: ...
+
 
 # --- pure validation -------------------------------------------------------------------------
 
@@ -110,6 +124,12 @@ def check_max_concurrency(value: int | None) -> int | None:
     if value is not None and value < 0:
         raise UserError("max concurrency must be 0 (no cap) or a positive integer")
     return value or None
+
+
+def check_path_prefix(prefix: str) -> str:
+    if not prefix.startswith("/") or len(prefix) > 2048 or any(ord(c) < 32 for c in prefix):
+        raise UserError(f"path prefix must start with / (e.g. /v1/models), got {prefix!r}")
+    return prefix
 
 
 def shown_id(value: str) -> str:
@@ -251,6 +271,10 @@ class Management:
     client_ip: str = ""
     request_id: str = ""
     count_cache_hits: bool = False  # QUOTA_COUNT_CACHE_HITS, for remaining_requests
+    #: the cache every instance shares (the Redis backend), if any; per-worker caches are purged
+    #: through the notifier
+    cache: CachePurger | None = None
+    cache_backend: str = "in-memory"
 
     def _view(self, token: Token) -> View:
         return token_view(token, count_cache_hits=self.count_cache_hits)
@@ -570,6 +594,34 @@ class Management:
             return {"project_id": project_id, "revoked": revoked}
 
         return await self._audited("token.revoke_project", "project", project_id, {}, go)
+
+    # --- response cache ---
+
+    async def purge_cache(
+        self, project_id: str | None = None, path_prefix: str | None = None
+    ) -> View:
+        """Remove cached responses (all, one project's, under a path prefix), audited. A shared
+        cache is purged here and now; every worker's own cache is told through the notifier and
+        purges itself within a second."""
+
+        async def go() -> View:
+            if project_id is not None and not _ID_SHAPE.fullmatch(project_id):
+                raise UserError(f"invalid project id {shown_id(project_id)}")
+            prefix = check_path_prefix(path_prefix) if path_prefix is not None else None
+            purged = await self.cache.purge(project_id, prefix) if self.cache else None
+            if self.notifier is not None:
+                await self.notifier.cache_purged(project_id, prefix)
+            return {
+                "purged": purged,
+                "backend": self.cache.name if self.cache else self.cache_backend,
+                "project_id": project_id,
+                "path_prefix": prefix,
+            }
+
+        backend = self.cache.name if self.cache else self.cache_backend
+        details = {"project_id": project_id, "path_prefix": path_prefix, "backend": backend}
+        target = "project" if project_id else "cache"
+        return await self._audited("cache.purge", target, project_id or "", details, go)
 
     # --- keys and audit ---
 

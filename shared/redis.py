@@ -37,4 +37,8 @@ def make_redis(
 def uses_redis(settings: Settings) -> bool:
     """Whether any enabled feature keeps state in Redis (then token revocations are also
     pushed to every worker over Redis pub/sub)."""
-    return settings.event_bus == "redis-streams" or settings.distributed_rate_limit_enabled
+    return (
+        settings.event_bus == "redis-streams"
+        or settings.distributed_rate_limit_enabled
+        or (settings.http_cache_enabled and settings.http_cache_backend == "redis")
+    )

@@ -26,12 +26,16 @@ class RecordingNotifier:
     def __init__(self) -> None:
         self.tokens: list[str] = []
         self.projects: list[str] = []
+        self.purges: list[tuple[str | None, str | None]] = []
 
     async def tokens_changed(self, token_ids: list[str]) -> None:
         self.tokens.extend(token_ids)
 
     async def project_changed(self, project_id: str) -> None:
         self.projects.append(project_id)
+
+    async def cache_purged(self, project_id: str | None, path_prefix: str | None) -> None:
+        self.purges.append((project_id, path_prefix))
 
 
 def host_app(settings: Settings, notifier: RecordingNotifier) -> Starlette:

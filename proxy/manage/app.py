@@ -27,7 +27,7 @@ from shared.errors import (
     UserError,
 )
 from shared.logging import redact
-from shared.manage import ChangeNotifier, Management
+from shared.manage import CachePurger, ChangeNotifier, Management
 from shared.store import SqlStore
 
 log = logging.getLogger("llm_proxy.manage")
@@ -40,6 +40,8 @@ def create_management_app(
     store: SqlStore,
     keyring: Keyring,
     notifier: ChangeNotifier | None = None,
+    *,
+    cache: CachePurger | None = None,
 ) -> Starlette:
     """The management API over an opened ``store``. Mount it at ``/manage``; the caller owns the
     store's lifecycle (the sub-application has no lifespan of its own)."""
@@ -54,6 +56,8 @@ def create_management_app(
             client_ip=ip,
             request_id=request.scope.get(REQUEST_ID_KEY, ""),
             count_cache_hits=settings.quota_count_cache_hits,
+            cache=cache,
+            cache_backend=settings.http_cache_backend,
         )
 
     routes = [

@@ -126,6 +126,10 @@ async def _project_usage(m: Management, c: Call) -> Any:
     )
 
 
+async def _purge_cache(m: Management, c: Call) -> Any:
+    return await m.purge_cache(c.body.get("project_id"), c.body.get("path_prefix"))
+
+
 async def _list_tokens(m: Management, c: Call) -> Any:
     return {"data": await m.list_tokens(c.query.get("project_id"))}
 
@@ -342,6 +346,25 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         _token_usage,
         "TokenUsage",
         query=(_LIMIT, _BEFORE_EVENT),
+    ),
+    # --- response cache ---
+    Endpoint(
+        "POST",
+        "/cache/purge",
+        "purgeCache",
+        "Remove cached responses: all, one project's, or those under a path prefix. A shared "
+        "(Redis) cache is purged at once; every worker's in-memory cache within a second.",
+        _purge_cache,
+        "CachePurged",
+        body=(
+            Field("project_id", "string", "Only this project's entries.", nullable=True),
+            Field(
+                "path_prefix",
+                "string",
+                "Only entries whose path starts with this (/v1/models).",
+                nullable=True,
+            ),
+        ),
     ),
     # --- keys and audit ---
     Endpoint(

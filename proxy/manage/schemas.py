@@ -141,6 +141,13 @@ SCHEMAS: dict[str, Schema] = {
         events={"type": "array", "items": _ref("RequestEvent")},
         next_before_event_id=_NEXT_EVENT,
     ),
+    "CachePurged": _object(
+        "What a purge removed. `purged` is null when only per-worker caches were told to purge.",
+        purged={"type": ["integer", "null"]},
+        backend={"enum": ["in-memory", "redis"]},
+        project_id=_OPT_STR,
+        path_prefix=_OPT_STR,
+    ),
     "KeysRotated": _object(
         "Upstream keys re-encrypted, and the id of the key now in use.", rotated=_INT, key_id=_STR
     ),

@@ -1,0 +1,39 @@
+"""One request's state as it moves through the hot path (one object per request)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.auth import Credential
+from proxy.body import StreamedBody
+from proxy.routing import Route
+from proxy.usage import Usage
+
+Header = tuple[bytes, bytes]
+
+
+@dataclass(slots=True)
+class Exchange:
+    scope: dict[str, Any]
+    receive: Any
+    send: Any
+    method: str
+    request_id: str
+    started: float  # perf_counter at arrival
+    extra: list[Header]  # headers every answer carries (request id, CORS, rate limits)
+    route: Route | None = None
+    cred: Credential | None = None
+    body: bytes | StreamedBody | None = None
+    # what is known for the event and metrics
+    status: int = 0
+    endpoint: str = "other"
+    upstream_ms: float = 0.0
+    ttfb_ms: float = 0.0
+    request_bytes: int = 0
+    response_bytes: int = 0
+    stream: bool = False
+    error: str = ""
+    cache_status: str = ""
+    usage: Usage | None = None
+    response_started: bool = field(default=False)
