@@ -33,8 +33,6 @@ FOREIGN_VARIABLES = {
 # Settings when its branch lands on main; it must then leave this list (the deployment files may
 # name it meanwhile, since they are written against the issues).
 PENDING_VARIABLES = {
-    "HTTP_CACHE_ENABLED": 4,
-    "HTTP_CACHE_BACKEND": 4,
     "REDIS_STREAM_KEY": 5,
     "REDIS_CONSUMER_GROUP": 5,
     "EVENT_SPOOL_DIR": 5,

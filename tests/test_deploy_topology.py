@@ -43,7 +43,7 @@ from tests.services import (
     port_open,
     require,
 )
-from tests.upstream_fake import MODELS, FakeUpstream
+from tests.upstream_fake import MODELS, FakeUpstream, events_of
 
 CLIENT_ADDRESS = "127.0.0.5"  # the client's own loopback address, so nginx sees it as the peer
 # nginx reaches the proxies from an address of its own, as from its container in compose: not
@@ -264,11 +264,18 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
 
 
 def test_requests_reach_the_upstream_through_nginx_and_both_proxies(topology: Topology) -> None:
+    asked_before = len(events_of(topology.fake, "/v1/models"))
+    fresh = {"n": uuid.uuid4().hex}  # a cache key no other test used
     with topology.client() as client:
-        for _ in range(4):
-            response = client.get("/v1/models")
-            assert response.status_code == 200, topology.logs()
-            assert response.json() == MODELS
+        answers = [client.get("/v1/models", params=fresh) for _ in range(4)]
+    for response in answers:
+        assert response.status_code == 200, topology.logs()
+        assert response.json() == MODELS
+    # One cache in Redis for every replica: nginx alternates replicas, yet only the first request
+    # went upstream.
+    assert [r.headers["x-proxy-cache"] for r in answers] == ["miss", "hit", "hit", "hit"]
+    assert len(events_of(topology.fake, "/v1/models")) == asked_before + 1
+    with topology.client() as client:
         chat = client.post(
             "/v1/chat/completions",
             json={"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}]},
