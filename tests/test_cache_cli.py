@@ -117,9 +117,7 @@ def test_in_memory_backend_tells_every_worker(env: dict[str, str]) -> None:
     out = json.loads(result.stdout)
     assert out["purged"] is None and out["backend"] == "in-memory"
     changes = asyncio.run(_changes(env))
-    assert [(kind, json.loads(target)) for _, kind, target in changes] == [
-        ("cache", [P1, None])
-    ]
+    assert [(kind, json.loads(target)) for _, kind, target in changes] == [("cache", [P1, None])]
     text = cli(env, "manage", "cache", "purge").stdout
     assert text.startswith("every worker's in-memory cache was told to purge all projects")
 
