@@ -197,7 +197,8 @@ async def test_streamed_bodies_are_chunked_or_sized(upstream: Upstream) -> None:
     ("reply", "body"),
     [
         (
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
             b"abcde",
         ),
         (
