@@ -46,15 +46,18 @@ async def read_body(
                 return None
             return b"".join(chunks)
         if size > BUFFERED_BODY_BYTES:
-            return StreamedBody(receive, chunks, size, limit)
+            return StreamedBody(receive, chunks, size, limit, declared)
 
 
 class StreamedBody:
     """The rest of a large body, read as the upstream client sends it. A failure (client gone,
     over the limit) is kept in ``error``: the upstream client only reports that sending failed."""
 
-    def __init__(self, receive: Any, head: list[bytes], size: int, limit: int) -> None:
+    def __init__(
+        self, receive: Any, head: list[bytes], size: int, limit: int, length: int | None
+    ) -> None:
         self.receive = receive
+        self.length = length  # the client's Content-Length, passed on; None: sent chunked
         self.head = head
         self.size = size
         self.limit = limit

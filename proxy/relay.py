@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 import orjson
 
 from proxy.body import ClientGone, StreamedBody
 from proxy.cache import Fill, Served
 from proxy.exchange import Exchange
 from proxy.headers import response_headers, server_timing, upstream_headers
+from proxy.http1 import Response
 from proxy.upstream import Upstream, read_chunk
 from proxy.usage import SseUsage, inject_include_usage, usage_from_json
 from shared.config import Settings
@@ -37,7 +37,7 @@ class Relay:
         route, cred, body = ex.route, ex.cred, ex.body
         assert route is not None and cred is not None
         query: bytes = ex.scope["query_string"]
-        url = cred.base_url + route.rest + ("?" + query.decode("ascii") if query else "")
+        target = route.rest.encode() + b"?" + query if query else route.rest.encode()
         inject = False
         if isinstance(body, bytes):
             ex.request_bytes = len(body)
@@ -55,7 +55,14 @@ class Relay:
                 headers[name_b.decode("latin-1")] = value_b.decode("latin-1")
         sent_at = time.perf_counter()
         try:
-            response = await self.upstream.request(ex.method, url, headers, body)
+            response = await self.upstream.request(
+                ex.method,
+                cred.base_url,
+                target,
+                headers,
+                body,
+                body.length if isinstance(body, StreamedBody) else None,
+            )
         except LLMProxyError:
             if isinstance(body, StreamedBody) and body.error is not None:
                 raise body.error from None  # our side failed, not the upstream
@@ -73,18 +80,18 @@ class Relay:
     async def _relay(
         self,
         ex: Exchange,
-        response: aiohttp.ClientResponse,
+        response: Response,
         sent_at: float,
         inject: bool,
         fill: Fill | None,
     ) -> None:
         headers_at = time.perf_counter()
         ex.status = response.status
-        content_type = response.headers.get("content-type", "")
-        is_sse = content_type.startswith("text/event-stream")
+        content_type = response.header(b"content-type") or b""
+        is_sse = content_type.startswith(b"text/event-stream")
         ex.stream = is_sse
         sse = SseUsage(strip=inject) if is_sse else None
-        capture: bytearray | None = bytearray() if not is_sse and "json" in content_type else None
+        capture: bytearray | None = bytearray() if not is_sse and b"json" in content_type else None
         out_headers = response_headers(response.raw_headers, keep_length=not (is_sse and inject))
         if fill is not None:
             out_headers.extend(fill.start(response.status, response.raw_headers))
@@ -170,9 +177,7 @@ async def send_served(ex: Exchange, served: Served, cache_status: str) -> None:
     await ex.send({"type": "http.response.body", "body": served.body, "more_body": False})
 
 
-async def _watch_disconnect(
-    receive: object, gone: asyncio.Event, response: aiohttp.ClientResponse
-) -> None:
+async def _watch_disconnect(receive: object, gone: asyncio.Event, response: Response) -> None:
     """Wait for the client to go away; then close the upstream response at once, so a
     streaming upstream stops generating (and billing) for nobody."""
     while True:

@@ -39,6 +39,9 @@ class ProxyWorker(UvicornWorker):  # type: ignore[misc]
         "http": "auto",
         "server_header": False,
         "lifespan": "on",
+        # X-Forwarded-For is ours to judge (TRUSTED_PROXIES); uvicorn would otherwise believe
+        # it from any loopback peer and rewrite the client address
+        "proxy_headers": False,
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

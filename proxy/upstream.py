@@ -1,100 +1,108 @@
-"""The upstream HTTP client: one pooled aiohttp session per worker, errors mapped to 502/504."""
+"""The upstream client: keep-alive pools per origin (our own HTTP/1.1 client, chosen by
+measurement over aiohttp and httpx; see docs/decisions.md), errors mapped to 502/503/504."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, Mapping
+import ssl
+import time
+import urllib.parse
+from collections.abc import Mapping
 
-import aiohttp
-from yarl import URL
-
+from proxy.http1 import Response
+from proxy.pool import Body, Pool, send
 from shared.config import Settings
-from shared.errors import UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("llm_proxy.upstream")
 
-Body = bytes | AsyncIterable[bytes]
-
 
 class Upstream:
+    """One per worker. ``request`` returns the response once its headers are in; read the body
+    with ``read_chunk`` and finish with ``release()`` (or ``close()`` to abandon it)."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.session: aiohttp.ClientSession | None = None
+        self.pools: dict[tuple[str, str, int], Pool] = {}
+        self._origins: dict[str, tuple[Pool, bytes]] = {}  # base URL → pool, path prefix
+        self._ssl: ssl.SSLContext | None = None
+        self._maintainer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        s = self.settings
-        connector = aiohttp.TCPConnector(
-            limit=s.pool_max_connections,
-            limit_per_host=0,
-            force_close=s.disable_connection_pool,
-            keepalive_timeout=None if s.disable_connection_pool else 60.0,
-            ttl_dns_cache=60,
-            enable_cleanup_closed=False,
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=s.upstream_timeout or None,
-            connect=s.pool_acquire_timeout + s.upstream_connect_timeout,
-            sock_connect=s.upstream_connect_timeout,
-            sock_read=s.upstream_read_timeout or None,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            auto_decompress=False,  # bytes pass through as the upstream sent them
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            read_bufsize=max(s.stream_response_chunk_size, 2**16),
-        )
+        self._ssl = ssl.create_default_context(cafile=self.settings.upstream_ca_file or None)
+        self._ssl.set_alpn_protocols(["http/1.1"])
+        if self.settings.pool_min_connections and not self.settings.disable_connection_pool:
+            self._maintainer = asyncio.create_task(self._maintain(), name="upstream-pools")
 
-    async def warm(self, base_urls: list[str]) -> None:
-        """Open POOL_MIN_CONNECTIONS keep-alive connections to each upstream host with cheap
-        unauthenticated HEAD requests (their answers are ignored)."""
-        hosts = {str(URL(u).origin()): u for u in base_urls}
-        count = self.settings.pool_min_connections
-
-        async def one(url: str) -> None:
-            try:
-                assert self.session is not None
-                async with self.session.head(url, allow_redirects=False) as resp:
-                    await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("warming a connection to %s failed: %s", URL(url).origin(), exc)
-
-        await asyncio.gather(*(one(u) for u in hosts.values() for _ in range(count)))
+    def route(self, base_url: str) -> tuple[Pool, bytes]:
+        """The pool for a project's base URL and the path prefix to put before the request's."""
+        found = self._origins.get(base_url)
+        if found is not None:
+            return found
+        parts = urllib.parse.urlsplit(base_url)
+        scheme = parts.scheme
+        host = parts.hostname or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        key = (scheme, host, port)
+        pool = self.pools.get(key)
+        if pool is None:
+            s = self.settings
+            pool = self.pools[key] = Pool(
+                scheme,
+                host,
+                port,
+                limit=s.pool_max_connections,
+                acquire_timeout=s.pool_acquire_timeout,
+                connect_timeout=s.upstream_connect_timeout,
+                read_timeout=s.upstream_read_timeout,
+                ssl_context=self._ssl,
+                reuse=not s.disable_connection_pool,
+            )
+        found = self._origins[base_url] = (pool, parts.path.rstrip("/").encode())
+        return found
 
     async def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: Body | None
-    ) -> aiohttp.ClientResponse:
-        """Send the request; return the response once its headers have arrived. The caller
-        reads the body with ``read_chunk`` and must ``release()`` or ``close()`` it."""
-        assert self.session is not None, "upstream client not started"
-        try:
-            return await self.session.request(
-                method,
-                URL(url, encoded=True),  # exactly the validated path: no re-encoding
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-            )
-        except (aiohttp.ConnectionTimeoutError, aiohttp.SocketTimeoutError, TimeoutError):
-            raise UpstreamTimeout() from None
-        except (aiohttp.ClientError, OSError) as exc:
-            log.warning("upstream request failed: %s", type(exc).__name__)
-            raise UpstreamError() from None
+        self,
+        method: str,
+        base_url: str,
+        target: bytes,
+        headers: Mapping[str, str],
+        body: Body | None,
+        content_length: int | None = None,
+    ) -> Response:
+        """``target`` is the path (and query) below the base URL, already validated."""
+        pool, prefix = self.route(base_url)
+        started = time.monotonic()
+        response = await send(pool, method, prefix + target, headers, body, content_length)
+        total = self.settings.upstream_timeout
+        if total:
+            response.set_deadline(max(total - (time.monotonic() - started), 0.001))
+        return response
+
+    async def warm(self, base_urls: list[str]) -> None:
+        """Open POOL_MIN_CONNECTIONS connections to each upstream host now."""
+        pools = {id(self.route(u)[0]): self.route(u)[0] for u in base_urls}
+        await asyncio.gather(*(p.warm(self.settings.pool_min_connections) for p in pools.values()))
+
+    async def _maintain(self) -> None:
+        """Keep POOL_MIN_CONNECTIONS idle connections to every upstream in use."""
+        while True:
+            await asyncio.sleep(10)
+            for pool in list(self.pools.values()):
+                try:
+                    await pool.warm(self.settings.pool_min_connections)
+                except Exception as exc:  # an unreachable upstream: try again later
+                    log.debug("keeping connections to %s open failed: %s", pool.host, exc)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
+        self._origins.clear()
 
 
-async def read_chunk(response: aiohttp.ClientResponse, size: int) -> bytes:
-    """The next bytes of the body as soon as any arrive (b"" at the end); upstream failures
-    mid-body become UpstreamTimeout/UpstreamError."""
-    try:
-        return await response.content.read(size)
-    except (aiohttp.SocketTimeoutError, TimeoutError):
-        raise UpstreamTimeout("The upstream stopped sending.") from None
-    except (aiohttp.ClientError, OSError):
-        raise UpstreamError("The upstream connection failed mid-response.") from None
+async def read_chunk(response: Response, size: int) -> bytes:
+    """The next bytes of the body as soon as any arrive (b"" at the end)."""
+    return await response.read(size)

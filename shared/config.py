@@ -364,6 +364,13 @@ class Settings:
         _duration("ms"),
         shown="`5000` (ms)",
     )
+    upstream_ca_file: str = var(
+        "UPSTREAM_CA_FILE",
+        "",
+        "PEM file of the certificate authorities trusted for https upstreams (an internal CA). "
+        "Empty: the system's trust store.",
+        _str,
+    )
     disable_connection_pool: bool = var(
         "DISABLE_CONNECTION_POOL",
         False,

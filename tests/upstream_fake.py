@@ -166,6 +166,14 @@ class FakeUpstream:
             return Response(status_code=302, headers={"location": "http://127.0.0.1:9/v1/x"})
         if fake == "cookie":
             return JSONResponse(MODELS, headers={"set-cookie": "session=abc", "x-upstream": "yes"})
+        if fake in ("no-store", "private", "no-cache", "max-age=1"):
+            return JSONResponse(MODELS, headers={"cache-control": fake})
+        if fake == "big":
+            return JSONResponse({**MODELS, "padding": "x" * 5000})
+        if fake == "etag":
+            if request.headers.get("if-none-match") == '"v1"':
+                return Response(status_code=304, headers={"etag": '"v1"'})
+            return JSONResponse(MODELS, headers={"etag": '"v1"', "cache-control": "max-age=60"})
         return JSONResponse(MODELS)
 
     async def anything(self, request: Request) -> Response:
