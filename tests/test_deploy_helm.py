@@ -43,7 +43,9 @@ EVERYTHING = {
         "terminationGracePeriodSeconds": 960,
         "autoscaling": {"enabled": False},
         "replicaCount": 5,
-        "env": {"APIKEY_CACHE_SIZE": "5000"},
+        "env": {"APIKEY_CACHE_SIZE": "5000", "UPSTREAM_CA_FILE": "/etc/llm-proxy/ca/ca.pem"},
+        "extraVolumes": [{"name": "ca", "configMap": {"name": "internal-ca"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/llm-proxy/ca", "readOnly": True}],
         "nodeSelector": {"pool": "proxies"},
         "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
         "topologySpreadConstraints": [
@@ -425,7 +427,12 @@ def test_pods_run_unprivileged_on_a_read_only_root(
             assert security["readOnlyRootFilesystem"] is True
             assert security["allowPrivilegeEscalation"] is False
             assert security["capabilities"]["drop"] == ["ALL"]
-            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            # what the pod can write is scratch space, never a shared or persistent volume
+            mounts = {
+                m["mountPath"]: m["name"]
+                for m in container["volumeMounts"]
+                if not m.get("readOnly")
+            }
             assert all("emptyDir" in volumes[name] for name in mounts.values())
             env = container_env(container)
             writable = ["/tmp"] + [
