@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Iterable
 
 Headers = list[tuple[bytes, bytes]]
@@ -53,7 +53,7 @@ def request_id_from(value: bytes | None) -> str:
     """The client's X-Request-ID if well-formed, else a fresh one."""
     if value and _REQUEST_ID.fullmatch(value):
         return value.decode("ascii")
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def upstream_headers(

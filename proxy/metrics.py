@@ -56,6 +56,8 @@ class Metrics:
             prom_values.ValueClass = prom_values.get_value_class()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._counters: dict[tuple[str, str, int], Counter] = {}
+        self._histograms: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
         self.requests = Counter(
             "llm_proxy_requests",
             "Requests answered, by endpoint, method and status.",
@@ -168,12 +170,24 @@ class Metrics:
         upstream: float,
         ttfb: float,
     ) -> None:
-        self.requests.labels(endpoint, method, str(status)).inc()
-        self.duration.labels(endpoint).observe(duration)
+        # label lookups take a lock and build a key each time: keep the children
+        key = (endpoint, method, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.requests.labels(endpoint, method, str(status))
+        counter.inc()
+        histograms = self._histograms.get(endpoint)
+        if histograms is None:
+            histograms = self._histograms[endpoint] = (
+                self.duration.labels(endpoint),
+                self.upstream_duration.labels(endpoint),
+                self.ttfb.labels(endpoint),
+            )
+        histograms[0].observe(duration)
         if upstream:
-            self.upstream_duration.labels(endpoint).observe(upstream)
+            histograms[1].observe(upstream)
         if ttfb:
-            self.ttfb.labels(endpoint).observe(ttfb)
+            histograms[2].observe(ttfb)
 
 
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:

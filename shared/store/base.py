@@ -134,6 +134,40 @@ def usage_by_owner(
     return tokens, projects
 
 
+INSERT_EVENT_SQL = (
+    f"INSERT INTO request_events ({EVENT_COLUMNS}) VALUES "
+    f"({', '.join(['%s'] * len(EVENT_COLUMNS.split(',')))}) ON CONFLICT (event_id) DO NOTHING"
+)
+
+
+def usage_updates(
+    inserted: Sequence[RequestEvent], latest_sql: str
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """The UPDATEs that add inserted events to the token and project aggregates, in a fixed
+    order (so concurrent writers never deadlock)."""
+    tokens, projects = usage_by_owner(inserted)
+    out = []
+    for table, usage in (("tokens", tokens), ("projects", projects)):
+        sql = (
+            f"UPDATE {table} SET request_count = request_count + %s, "
+            "cache_hit_count = cache_hit_count + %s, prompt_tokens = prompt_tokens + %s, "
+            "completion_tokens = completion_tokens + %s, "
+            f"last_used_at = COALESCE({latest_sql}(last_used_at, %s), %s) WHERE id = %s"
+        )
+        for owner_id, u in sorted(usage.items()):
+            params = (
+                u.requests,
+                u.cache_hits,
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.last_used,
+                u.last_used,
+                owner_id,
+            )
+            out.append((sql, params))
+    return out
+
+
 class SqlStore(abc.ABC):
     """Projects, tokens, audit and request events over SQL shared by SQLite and Postgres."""
 
@@ -347,14 +381,20 @@ class SqlStore(abc.ABC):
         UPDATE, so concurrent callers in any number of processes never admit more than
         ``max_requests``. ``floor`` is a usage known from elsewhere (the Redis counter last
         seen before Redis went away). A token without a limit is counted and admitted."""
-        used = self.quota_sql(count_cache_hits=count_cache_hits)
+        sql, params = self.take_quota_statement(token_id, count_cache_hits, floor)
         async with self.transaction() as tx:
-            count = await tx.execute(
-                f"UPDATE tokens SET quota_used = {used} + 1 "
-                f"WHERE id = %s AND (max_requests IS NULL OR {used} < max_requests)",
-                (floor, token_id, floor),
-            )
+            count = await tx.execute(sql, params)
         return count > 0
+
+    def take_quota_statement(
+        self, token_id: str, count_cache_hits: bool, floor: int
+    ) -> tuple[str, tuple[Any, ...]]:
+        used = self.quota_sql(count_cache_hits=count_cache_hits)
+        return (
+            f"UPDATE tokens SET quota_used = {used} + 1 "
+            f"WHERE id = %s AND (max_requests IS NULL OR {used} < max_requests)",
+            (floor, token_id, floor),
+        )
 
     async def has_quota(self, token_id: str, *, count_cache_hits: bool, floor: int = 0) -> bool:
         """Whether the token has requests left, without counting one (for cache hits that do
@@ -466,38 +506,15 @@ class SqlStore(abc.ABC):
         return len(inserted)
 
     async def insert_events(self, tx: Tx, events: Sequence[RequestEvent]) -> list[RequestEvent]:
-        placeholders = ", ".join(["%s"] * len(EVENT_COLUMNS.split(",")))
         inserted = []
         for event in events:
-            count = await tx.execute(
-                f"INSERT INTO request_events ({EVENT_COLUMNS}) VALUES ({placeholders}) "
-                "ON CONFLICT (event_id) DO NOTHING",
-                event_params(event),
-            )
-            if count:
+            if await tx.execute(INSERT_EVENT_SQL, event_params(event)):
                 inserted.append(event)
         return inserted
 
     async def apply_usage(self, tx: Tx, inserted: Sequence[RequestEvent]) -> None:
-        tokens, projects = usage_by_owner(inserted)
-        for table, usage in (("tokens", tokens), ("projects", projects)):
-            for owner_id, u in sorted(usage.items()):  # fixed order: no deadlocks between writers
-                await tx.execute(
-                    f"UPDATE {table} SET request_count = request_count + %s, "
-                    "cache_hit_count = cache_hit_count + %s, prompt_tokens = prompt_tokens + %s, "
-                    "completion_tokens = completion_tokens + %s, "
-                    f"last_used_at = COALESCE({self.latest_sql}(last_used_at, %s), %s) "
-                    "WHERE id = %s",
-                    (
-                        u.requests,
-                        u.cache_hits,
-                        u.prompt_tokens,
-                        u.completion_tokens,
-                        u.last_used,
-                        u.last_used,
-                        owner_id,
-                    ),
-                )
+        for sql, params in usage_updates(inserted, self.latest_sql):
+            await tx.execute(sql, params)
 
     async def list_request_events(
         self,

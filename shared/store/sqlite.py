@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.clock import utcnow
-from shared.store.base import Row, SqlStore, Tx
+from shared.events import RequestEvent
+from shared.store.base import INSERT_EVENT_SQL, Row, SqlStore, Tx, event_params, usage_updates
 from shared.store.migrations import load
 
+T = TypeVar("T")
 _BOOL_COLUMNS = frozenset({"is_active", "stream"})
 
 
@@ -126,6 +128,46 @@ class SqliteStore(SqlStore):
                 await self._run(lambda: conn.execute("ROLLBACK"))
                 raise
             await self._run(lambda: conn.execute("COMMIT"))
+
+    async def _in_one_hop(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` as one write transaction in a single trip to the store's thread: the
+        statements of the hot paths (event batches, quota counts) need no await between them."""
+        async with self._lock:
+            conn = self._conn
+            assert conn is not None, "store is not open"
+
+            def run() -> T:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+
+            result: T = await self._run(run)
+            return result
+
+    async def record_events(self, events: Sequence[RequestEvent]) -> int:
+        if not events:
+            return 0
+        rows = [tuple(_param(p) for p in event_params(e)) for e in events]
+        insert = _qmark(INSERT_EVENT_SQL)
+
+        def write(conn: sqlite3.Connection) -> int:
+            inserted = [
+                e for e, row in zip(events, rows, strict=True) if conn.execute(insert, row).rowcount
+            ]
+            for sql, params in usage_updates(inserted, self.latest_sql):
+                conn.execute(_qmark(sql), tuple(_param(p) for p in params))
+            return len(inserted)
+
+        return await self._in_one_hop(write)
+
+    async def take_quota(self, token_id: str, *, count_cache_hits: bool, floor: int = 0) -> bool:
+        sql, params = self.take_quota_statement(token_id, count_cache_hits, floor)
+        return await self._in_one_hop(lambda conn: conn.execute(_qmark(sql), params).rowcount > 0)
 
     async def schema_version(self) -> int:
         async with self.transaction(readonly=True) as tx:
