@@ -25,9 +25,8 @@ FORWARDED = frozenset(
 )
 ORG_HEADERS = frozenset({b"openai-organization", b"openai-project"})
 
-# Upstream response headers never passed to the client: hop-by-hop (RFC 9110 7.6.1), cookies,
-# and headers our server sets itself.
-_DROPPED_RESPONSE = frozenset(
+#: Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, never pass a proxy.
+HOP_BY_HOP = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -38,6 +37,12 @@ _DROPPED_RESPONSE = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
+    }
+)
+# Upstream response headers never passed to the client: hop-by-hop, cookies, and headers our
+# server sets itself.
+_DROPPED_RESPONSE = HOP_BY_HOP | frozenset(
+    {
         b"set-cookie",
         b"set-cookie2",
         b"date",

@@ -17,6 +17,7 @@ from proxy.cache.headers import (
     parse_ttl,
     parse_vary,
 )
+from proxy.headers import HOP_BY_HOP
 
 LOOKUP, REVALIDATE, BYPASS = "lookup", "revalidate", "bypass"
 
@@ -37,22 +38,7 @@ _KEY_SLOTS = {name: i for i, name in enumerate(KEY_HEADERS)}
 
 # Request headers the upstream never sees as the client sent them (the proxy drops or replaces
 # them): a Vary on these cannot split answers within a project.
-NOT_FORWARDED = frozenset(
-    {
-        b"authorization",
-        b"cookie",
-        b"host",
-        b"connection",
-        b"keep-alive",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    }
-)
+NOT_FORWARDED = HOP_BY_HOP | {b"authorization", b"cookie", b"host", b"content-length"}
 _NOT_VARIANT = NOT_FORWARDED | frozenset(KEY_HEADERS)  # never worth a Vary variant
 
 # Response headers never replayed from the cache: hop-by-hop ones, framing the server redoes,

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from shared.clock import from_epoch, utcnow
 from shared.errors import REJECTION_CODES
 from shared.events import RequestEvent
+from shared.store.migrations import load
 from shared.store.models import AuditEvent, AuditFilter, Project, Token
 
 Row = dict[str, Any]
@@ -184,9 +185,35 @@ class SqlStore(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
-    @abc.abstractmethod
+    #: the migrations folder and the schema_migrations table's column types
+    dialect = "sqlite"
+    migrations_table_sql = (
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+
+    async def lock_for_migration(self, tx: Tx) -> None:  # noqa: B027 - a hook, no-op here
+        """Serialise concurrent migrators (SQLite's BEGIN IMMEDIATE already does)."""
+
     async def migrate(self) -> list[int]:
-        """Apply pending migrations; return the versions applied now."""
+        """Apply pending migrations in one transaction; return the versions applied now."""
+        applied: list[int] = []
+        async with self.transaction() as tx:
+            await self.lock_for_migration(tx)
+            await tx.execute(self.migrations_table_sql)
+            rows = await tx.fetchall("SELECT version FROM schema_migrations")
+            done = {r["version"] for r in rows}
+            for migration in load(self.dialect):
+                if migration.version in done:
+                    continue
+                for statement in migration.statements():
+                    await tx.execute(statement)
+                await tx.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+                    (migration.version, migration.name, utcnow()),
+                )
+                applied.append(migration.version)
+        return applied
 
     @abc.abstractmethod
     async def schema_version(self) -> int: ...

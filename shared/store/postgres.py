@@ -13,10 +13,8 @@ from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from shared.clock import utcnow
 from shared.errors import Unavailable
 from shared.store.base import Row, SqlStore, Tx
-from shared.store.migrations import load
 
 # Any fixed 64-bit number: the advisory lock that serialises concurrent `llm-proxy migrate` runs.
 MIGRATION_LOCK_KEY = 0x6C6C6D70726F7879  # "llmproxy"
@@ -47,6 +45,11 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
 
 class PostgresStore(SqlStore):
     latest_sql = "GREATEST"
+    dialect = "postgres"
+    migrations_table_sql = (
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+        "name text NOT NULL, applied_at timestamptz NOT NULL)"
+    )
 
     def __init__(
         self,
@@ -105,26 +108,6 @@ class PostgresStore(SqlStore):
             row = await tx.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
         return int(row["v"] or 0) if row else 0
 
-    async def migrate(self) -> list[int]:
-        applied: list[int] = []
-        async with self.transaction() as tx:
-            # Held until commit: a second migrator waits here, then finds nothing left to do.
-            await tx.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-            await tx.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
-                "name text NOT NULL, applied_at timestamptz NOT NULL)"
-            )
-            done = {
-                r["version"] for r in await tx.fetchall("SELECT version FROM schema_migrations")
-            }
-            for migration in load("postgres"):
-                if migration.version in done:
-                    continue
-                for statement in migration.statements():
-                    await tx.execute(statement)
-                await tx.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
-                    (migration.version, migration.name, utcnow()),
-                )
-                applied.append(migration.version)
-        return applied
+    async def lock_for_migration(self, tx: Tx) -> None:
+        # Held until commit: a second migrator waits here, then finds nothing left to do.
+        await tx.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))

@@ -11,10 +11,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from shared.clock import utcnow
 from shared.events import RequestEvent
 from shared.store.base import INSERT_EVENT_SQL, Row, SqlStore, Tx, event_params, usage_updates
-from shared.store.migrations import load
 
 T = TypeVar("T")
 _BOOL_COLUMNS = frozenset({"is_active", "stream"})
@@ -178,25 +176,3 @@ class SqliteStore(SqlStore):
                 return 0
             row = await tx.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
         return int(row["v"] or 0) if row else 0
-
-    async def migrate(self) -> list[int]:
-        applied: list[int] = []
-        async with self.transaction() as tx:  # BEGIN IMMEDIATE: one migrator at a time
-            await tx.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-            )
-            done = {
-                r["version"] for r in await tx.fetchall("SELECT version FROM schema_migrations")
-            }
-            for migration in load("sqlite"):
-                if migration.version in done:
-                    continue
-                for statement in migration.statements():
-                    await tx.execute(statement)
-                await tx.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
-                    (migration.version, migration.name, utcnow()),
-                )
-                applied.append(migration.version)
-        return applied
