@@ -20,10 +20,14 @@ import socket
 import struct
 import sys
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httptools
 import orjson
+
+T = TypeVar("T")
 
 CREATED = 1_700_000_000
 MODEL = "gpt-4o-mini"
@@ -305,12 +309,6 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 def serve(host: str, port: int, config: Config, ready_fd: int | None = None) -> None:
     """Run one worker process until SIGTERM/SIGINT."""
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
-        pass
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -327,7 +325,7 @@ def serve(host: str, port: int, config: Config, ready_fd: int | None = None) -> 
         async with server:
             await stop.wait()
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -382,6 +380,15 @@ def run(host: str, port: int, workers: int, config: Config) -> None:
     print(f"fake upstream listening on http://{host}:{port} ({workers} workers)", flush=True)
     for pid in children:
         os.waitpid(pid, 0)
+
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when it is installed (it is, with uvicorn[standard])."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def main(argv: list[str] | None = None) -> None:
