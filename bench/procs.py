@@ -74,11 +74,12 @@ def start(
     env: Mapping[str, str] | None = None,
     port: int = 0,
     cwd: Path | None = None,
+    inherit: bool = True,
     timeout: float = 30.0,
 ) -> Proc:
     """Start argv in its own process group; with a port, wait until it accepts connections."""
     log = log_dir / f"{name}.log"
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**(os.environ if inherit else {}), **(env or {})}
     with log.open("ab") as out:
         popen = subprocess.Popen(
             argv,

@@ -39,9 +39,19 @@ def start_variant(name: str, upstream: int, logs: Path) -> procs.Proc:
     shape, client = VARIANTS[name]
     port = procs.free_port()
     argv = [
-        sys.executable, "-m", "gunicorn", "-w", "2", "-k", "uvicorn_worker.UvicornWorker",
-        "-b", f"127.0.0.1:{port}", "--backlog", "4096", "bench.experiments.proxy_app:app",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-w",
+        "2",
+        "-k",
+        "uvicorn_worker.UvicornWorker",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--backlog",
+        "4096",
+        "bench.experiments.proxy_app:app",
+    ]
     env = {"EXP_APP": shape, "EXP_CLIENT": client, "EXP_UPSTREAM": f"http://127.0.0.1:{upstream}"}
     slug = name.replace(" ", "_").replace(":", "").replace("+", "")
     proc = procs.start(slug, argv, logs, env=env, port=port)
@@ -61,10 +71,23 @@ def measure(port: int, duration: float, body_file: Path, levels: list[int]) -> d
 def stream_check(port: int) -> dict[str, object]:
     """Stream pass-through: c=16 for 3 s; frames must arrive spaced as the upstream sent them."""
     done = procs.subprocess.run(
-        [sys.executable, "-m", "bench.streams", "load", "-c", "16", "-d", "3",
-         "--url", f"http://127.0.0.1:{port}/v1/chat/completions"],
-        capture_output=True, text=True, cwd=ROOT, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.streams",
+            "load",
+            "-c",
+            "16",
+            "-d",
+            "3",
+            "--url",
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     return dict(orjson.loads(done.stdout))
 
 
@@ -103,10 +126,20 @@ def main() -> None:
     up_port = procs.free_port()
     upstream = procs.start(
         "upstream",
-        [sys.executable, "-m", "bench.fake_upstream", "--port", str(up_port), "--workers", "2",
-         "--chunk-delay-ms", "20"],
-        logs, port=up_port,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.fake_upstream",
+            "--port",
+            str(up_port),
+            "--workers",
+            "2",
+            "--chunk-delay-ms",
+            "20",
+        ],
+        logs,
+        port=up_port,
+    )
     runs: dict[str, list[dict[str, object]]] = {n: [] for n in names}
     streams: dict[str, dict[str, object]] = {}
     with procs.running(upstream):
