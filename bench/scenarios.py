@@ -145,13 +145,15 @@ class Sampler:
         self._thread.join()
         self._sample()
         wall = time.monotonic() - self._t0
-        self.cpu = (procs.cpu_seconds(self.pids) - self._cpu0) / wall if wall else 0.0
+        self.cpu_seconds = procs.cpu_seconds(self.pids) - self._cpu0
+        self.cpu = self.cpu_seconds / wall if wall else 0.0
 
     def figures(self) -> dict[str, float]:
         if not self.pids:
             return {}
         return {
             "cpu_cores": round(self.cpu, 2),
+            "cpu_seconds": round(self.cpu_seconds, 2),
             "rss_mb": round(self.peak_total / 2**20, 1),
             "rss_max_process_mb": round(self.peak_process / 2**20, 1),
         }
@@ -205,10 +207,24 @@ def measure(
             args += ["--url", url, "--auth", auth, "--stall-ms", str(stall_ms)]
             args += ["--body-file", str(body)] if body else []
             result = streams_driver(args, duration + 120)
-    return {**result, **sampler.figures()}
+    figures = sampler.figures()
+    served = result.get("requests") or result.get("streams")
+    if figures and isinstance(served, int) and served:
+        # CPU per request holds up on a busy machine better than requests/s does.
+        figures["cpu_us_per_request"] = round(figures["cpu_seconds"] * 1e6 / served, 1)
+    return {**result, **figures}
 
 
-MEDIAN_KEYS = ("rps", "p50_ms", "p90_ms", "p99_ms", "cpu_cores", "rss_mb", "streams_per_s")
+MEDIAN_KEYS = (
+    "rps",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "cpu_cores",
+    "cpu_us_per_request",
+    "rss_mb",
+    "streams_per_s",
+)
 
 
 def median_of(runs: list[dict[str, object]]) -> dict[str, object]:

@@ -20,6 +20,7 @@ import orjson
 
 from bench import procs, wrk
 from bench.procs import ROOT
+from bench.scenarios import Sampler
 
 VARIANTS = {
     # name: (EXP_APP, EXP_CLIENT)
@@ -59,12 +60,19 @@ def start_variant(name: str, upstream: int, logs: Path) -> procs.Proc:
     return proc
 
 
-def measure(port: int, duration: float, body_file: Path, levels: list[int]) -> dict[str, object]:
+def measure(
+    port: int, duration: float, body_file: Path, levels: list[int], pids: list[int]
+) -> dict[str, object]:
+    """wrk at each level; with the proxy's pids, also its CPU time per request."""
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     wrk.run(url, 16, 1, "POST", body_file)  # warm-up: pools filled, code paths hot
     out: dict[str, object] = {}
     for c in levels:
-        out[f"c{c}"] = asdict(wrk.run(url, c, duration, "POST", body_file))
+        with Sampler(pids) as sampler:
+            result = asdict(wrk.run(url, c, duration, "POST", body_file))
+        if pids:
+            result["cpu_us_per_request"] = round(sampler.cpu_seconds * 1e6 / result["requests"], 1)
+        out[f"c{c}"] = result
     return out
 
 
@@ -92,19 +100,24 @@ def stream_check(port: int) -> dict[str, object]:
 
 
 def median_table(runs: dict[str, list[dict[str, object]]], levels: list[int]) -> str:
-    head = "| variant | " + " | ".join(f"c={c} req/s | c={c} P50 / P99 ms" for c in levels)
-    lines = [head + " |", "|---" * (1 + 2 * len(levels)) + "|"]
+    head = "| variant | " + " | ".join(
+        f"c={c} req/s median (best) | c={c} P50 / P99 ms | c={c} CPU µs/req" for c in levels
+    )
+    lines = [head + " |", "|---" * (1 + 3 * len(levels)) + "|"]
     for name, rounds in runs.items():
         cells = [name]
         for c in levels:
             rs = [r[f"c{c}"] for r in rounds]  # type: ignore[index]
             rps = statistics.median(x["rps"] for x in rs)  # type: ignore[index]
+            best = max(x["rps"] for x in rs)  # type: ignore[index]
             p50 = statistics.median(x["p50_ms"] for x in rs)  # type: ignore[index]
             p99 = statistics.median(x["p99_ms"] for x in rs)  # type: ignore[index]
             errors = sum(x["errors"] for x in rs)  # type: ignore[index]
+            cpu = [x["cpu_us_per_request"] for x in rs if "cpu_us_per_request" in x]  # type: ignore[operator,index]
             cells += [
-                f"{rps:,.0f}" + (f" ({errors} err)" if errors else ""),
+                f"{rps:,.0f} ({best:,.0f})" + (f" ({errors} err)" if errors else ""),
                 f"{p50:.2f} / {p99:.2f}",
+                f"{statistics.median(cpu):.0f}" if cpu else "–",
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -147,12 +160,14 @@ def main() -> None:
             for name in names:
                 print(f"round {r + 1}/{args.repeats}: {name}", file=sys.stderr, flush=True)
                 if name == "direct":
-                    runs[name].append(measure(up_port, args.duration, body_file, levels))
+                    runs[name].append(measure(up_port, args.duration, body_file, levels, []))
                     if r == 0 and not args.no_streams:
                         streams[name] = stream_check(up_port)
                     continue
                 with procs.running(start_variant(name, up_port, logs)) as proc:
-                    runs[name].append(measure(proc.port, args.duration, body_file, levels))
+                    runs[name].append(
+                        measure(proc.port, args.duration, body_file, levels, proc.pids())
+                    )
                     if r == 0 and not args.no_streams and not name.startswith("server only"):
                         streams[name] = stream_check(proc.port)
     table = median_table(runs, levels)
