@@ -40,7 +40,7 @@ def test_fake_upstream_answers_like_openai(upstream: str) -> None:
     assert chat.status_code == 200
     assert chat.json()["usage"]["completion_tokens"] == 7
     assert chat.json()["choices"][0]["message"]["role"] == "assistant"
-    assert [m["id"] for m in models.json()["data"]][0] == "gpt-4o-mini"
+    assert models.json()["data"][0]["id"] == "gpt-4o-mini"
     assert len(embeddings.json()["data"][0]["embedding"]) == 1536
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert wrong.status_code == 405
