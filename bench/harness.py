@@ -115,8 +115,10 @@ def run_target(
                         result = {"error": str(exc)[:2000]}
                         print(f"    failed: {str(exc)[:300]}", file=sys.stderr)
                     runs.append(result)
-                    served += int(result.get("requests", result.get("streams", 0)))
-                    peak = max(peak, float(result.get("rss_mb", 0.0)))
+                    count = result.get("requests", result.get("streams", 0))
+                    served += count if isinstance(count, int) else 0
+                    rss = result.get("rss_mb")
+                    peak = max(peak, rss if isinstance(rss, float) else 0.0)
                 good = [r for r in runs if "error" not in r]
                 per_level[str(level)] = median_of(good) if good else runs[0]
             entry["scenarios"][s.name] = per_level

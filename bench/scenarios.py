@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ class Scenario:
     kind: str  # "wrk" (request/response), "stream" (streams back to back), "burst" (N at once)
     method: str
     path: str
-    body: dict[str, object] | None
+    body: Mapping[str, object] | None
     levels: tuple[int, ...]
     quick_levels: tuple[int, ...]
 
@@ -238,9 +239,9 @@ def median_of(runs: list[dict[str, object]]) -> dict[str, object]:
             out[key] = statistics.median(values)  # type: ignore[type-var]
     for key, value in out.items():
         if isinstance(value, dict) and key.endswith("_ms"):
-            subs = [r[key] for r in runs if isinstance(r.get(key), dict)]
+            subs: list[dict[str, float]] = [r[key] for r in runs if isinstance(r.get(key), dict)]  # type: ignore[misc]
             out[key] = {
-                k: (max if k == "max" else statistics.median)(s[k] for s in subs if k in s)
+                k: (max if k == "max" else statistics.median)([s[k] for s in subs if k in s])
                 for k in value
             }
     for key in ("errors", "stalled"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import AsyncIterator
 
 import httptools
 
@@ -41,7 +42,7 @@ class Response:
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def iter_chunks(self):  # type: ignore[no-untyped-def]
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
         while True:
             if self._chunks:
@@ -107,12 +108,13 @@ class Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         response = self.response
-        response._chunks.append(body)  # type: ignore[union-attr]
-        response.buffered += len(body)  # type: ignore[union-attr]
+        assert response is not None
+        response._chunks.append(body)
+        response.buffered += len(body)
         if response.buffered > HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
-        response._wake()  # type: ignore[union-attr]
+        response._wake()
 
     def on_message_complete(self) -> None:
         response = self.response

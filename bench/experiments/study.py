@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,7 +79,7 @@ def measure(
 
 def stream_check(port: int) -> dict[str, object]:
     """Stream pass-through: c=16 for 3 s; frames must arrive spaced as the upstream sent them."""
-    done = procs.subprocess.run(
+    done = subprocess.run(
         [
             sys.executable,
             "-m",
