@@ -108,7 +108,7 @@ def median_table(runs: dict[str, list[dict[str, object]]], levels: list[int]) ->
     for name, rounds in runs.items():
         cells = [name]
         for c in levels:
-            rs = [r[f"c{c}"] for r in rounds]  # type: ignore[index]
+            rs = [r[f"c{c}"] for r in rounds]
             rps = statistics.median(x["rps"] for x in rs)  # type: ignore[index]
             best = max(x["rps"] for x in rs)  # type: ignore[index]
             p50 = statistics.median(x["p50_ms"] for x in rs)  # type: ignore[index]
