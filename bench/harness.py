@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from bench import procs, report, wrk
-from bench.scenarios import SCENARIOS, Sampler, Scenario, measure, median_of
+from bench.scenarios import SCENARIOS, Sampler, Scenario, measure, median_of, soak
 from bench.targets import TARGETS, Context, Running
 
 DEFAULT_TARGETS = ("direct", "nginx", "embedded", "production")
@@ -122,6 +122,14 @@ def run_target(
                 good = [r for r in runs if "error" not in r]
                 per_level[str(level)] = median_of(good) if good else runs[0]
             entry["scenarios"][s.name] = per_level
+        if args.soak and running.measured:
+            print(f"  {name} soak {args.soak:g} s", file=sys.stderr, flush=True)
+            try:
+                entry["soak"] = soak(
+                    running.port, running.auth, running.pids(), args.soak, ctx.workdir
+                )
+            except Exception as exc:
+                entry["soak"] = {"error": str(exc)[:2000]}
         time.sleep(2)
         entry |= {"rss_load_mb": peak or None, "rss_after_mb": rss_mb(running), "served": served}
         return entry
@@ -147,6 +155,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="2 s runs, fewer burst sizes")
     parser.add_argument("--stall-ms", type=float, default=500.0, help="a longer gap is a stall")
     parser.add_argument("--chunk-delay-ms", type=float, default=20.0, help="upstream SSE pacing")
+    parser.add_argument(
+        "--soak", type=float, default=0, help="seconds of chat at c=16 watching RSS (e.g. 300)"
+    )
     parser.add_argument("--out", type=Path, default=procs.ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     args.duration = args.duration or (2.0 if args.quick else 10.0)

@@ -63,6 +63,10 @@ def board(results: Results) -> dict[str, dict[str, Any]]:
         for key in ("rss_idle_mb", "rss_load_mb", "rss_after_mb"):
             if t.get(key) is not None:
                 row[key] = t[key]
+        if t.get("served") and t.get("rss_idle_mb") is not None and t.get("rss_after_mb"):
+            # Growth from idle to after the load, per 100k requests or streams served.
+            growth = (t["rss_after_mb"] - t["rss_idle_mb"]) * 1e5 / t["served"]
+            row["rss_growth_mb_per_100k"] = round(growth, 2)
         out[name] = row
     return out
 
@@ -98,8 +102,8 @@ def markdown(results: Results) -> str:
             "",
             "| target | added P50 / P99 at c=1 (chat) | req/s while P99 ≤ 20 ms | added TTFB "
             "(stream, c=1) | largest frame gap | streams with no stall | RSS idle / load / "
-            "after MB |",
-            "|---|---|---|---|---|---|---|",
+            "after MB | growth MB / 100k requests |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, row in summary.items():
             lines.append(
@@ -108,7 +112,26 @@ def markdown(results: Results) -> str:
                 f" | {_fmt(row.get('added_ttfb_p50_c1_ms'), 3)} | "
                 f"{_fmt(row.get('largest_gap_ms'), 1)} | {_fmt(row.get('streams_no_stall'))} | "
                 f"{_fmt(row.get('rss_idle_mb'), 1)} / {_fmt(row.get('rss_load_mb'), 1)} / "
-                f"{_fmt(row.get('rss_after_mb'), 1)} |"
+                f"{_fmt(row.get('rss_after_mb'), 1)} | {_fmt(row.get('rss_growth_mb_per_100k'))} |"
+            )
+        lines.append("")
+    soaks = [(n, t["soak"]) for n, t in results["targets"].items() if t.get("soak")]
+    if soaks:
+        lines += [
+            "## soak: chat at c=16, RSS sampled every 5 s",
+            "",
+            "| target | seconds | req/s | errors | RSS start / end MB | largest process MB | "
+            "trend over the second half, MB/min |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, s in soaks:
+            if "error" in s:
+                lines.append(f"| {name} | failed: {s['error'][:80]} |" + " |" * 5)
+                continue
+            lines.append(
+                f"| {name} | {s['seconds']:g} | {_fmt(s['rps'], 0)} | {s['errors']} | "
+                f"{_fmt(s['rss_start_mb'], 1)} / {_fmt(s['rss_end_mb'], 1)} | "
+                f"{_fmt(s['rss_max_process_mb'], 1)} | {s['slope_mb_per_min']:+.3f} |"
             )
         lines.append("")
     for scenario in results["meta"]["scenarios"]:
@@ -144,12 +167,12 @@ def _runs(results: Results, scenario: str) -> list[tuple[str, str, dict[str, Any
 def _wrk_table(results: Results, scenario: str) -> list[str]:
     lines = [
         "| target | c | req/s | % of nginx | P50 | P90 | P99 | errors | added P50 | added P99 | "
-        "CPU cores | RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "CPU cores | CPU µs/req | RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, level, r in _runs(results, scenario):
         if "error" in r:
-            lines.append(f"| {name} | {level} | failed: {r['error'][:80]} |" + " |" * 9)
+            lines.append(f"| {name} | {level} | failed: {r['error'][:80]} |" + " |" * 10)
             continue
         base = _get(results, "direct", scenario, int(level)) or {}
         ngx = _get(results, "nginx", scenario, int(level)) or {}
@@ -159,7 +182,8 @@ def _wrk_table(results: Results, scenario: str) -> list[str]:
             f"{r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {r['errors']} | "
             f"{added(r['p50_ms'], _num(base.get('p50_ms')))} | "
             f"{added(r['p99_ms'], _num(base.get('p99_ms')))} | "
-            f"{_fmt(r.get('cpu_cores'))} | {_fmt(r.get('rss_mb'), 1)} |"
+            f"{_fmt(r.get('cpu_cores'))} | {_fmt(r.get('cpu_us_per_request'), 0)} | "
+            f"{_fmt(r.get('rss_mb'), 1)} |"
         )
     return lines
 

@@ -122,12 +122,15 @@ class Sampler:
         self.pids, self.interval = pids, interval
         self.peak_total = 0
         self.peak_process = 0
+        self.series: list[tuple[float, int]] = []  # (seconds since start, total RSS bytes)
+        self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         rss = procs.rss_bytes(self.pids)
         if rss:
+            self.series.append((time.monotonic() - self._t0, sum(rss.values())))
             self.peak_total = max(self.peak_total, sum(rss.values()))
             self.peak_process = max(self.peak_process, max(rss.values()))
 
@@ -158,6 +161,34 @@ class Sampler:
             "rss_mb": round(self.peak_total / 2**20, 1),
             "rss_max_process_mb": round(self.peak_process / 2**20, 1),
         }
+
+
+def soak(port: int, auth: str, pids: list[int], seconds: float, files: Path) -> dict[str, object]:
+    """Chat at c=16 for a long run; RSS every 5 s and its trend over the second half."""
+    scenario = SCENARIOS["chat"]
+    url = f"http://127.0.0.1:{port}{scenario.path}"
+    with Sampler(pids, interval=5.0) as sampler:
+        result = wrk.run(url, 16, seconds, scenario.method, body_file(scenario, files), auth)
+    series = [(round(t, 1), round(b / 2**20, 1)) for t, b in sampler.series]
+    half = series[len(series) // 2 :]
+    slope = 0.0
+    if len(half) >= 2:
+        mean_t = statistics.fmean(t for t, _ in half)
+        mean_m = statistics.fmean(m for _, m in half)
+        var = sum((t - mean_t) ** 2 for t, _ in half)
+        slope = sum((t - mean_t) * (m - mean_m) for t, m in half) / var * 60 if var else 0.0
+    return {
+        "seconds": seconds,
+        "rps": result.rps,
+        "requests": result.requests,
+        "errors": result.errors,
+        "p99_ms": result.p99_ms,
+        "rss_start_mb": series[0][1] if series else None,
+        "rss_end_mb": series[-1][1] if series else None,
+        "rss_max_process_mb": round(sampler.peak_process / 2**20, 1),
+        "slope_mb_per_min": round(slope, 3),
+        "series": series,
+    }
 
 
 def body_file(scenario: Scenario, directory: Path) -> Path | None:
