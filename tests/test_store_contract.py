@@ -151,14 +151,16 @@ async def test_record_events_is_exactly_once_with_aggregates(store: SqlStore) ->
     assert await store.record_events(events) == 3
     assert await store.record_events(events) == 0  # redelivery: nothing doubles
     assert await store.record_events([*events, event(t)]) == 1
+    again = event(t)
+    assert await store.record_events([again, again]) == 1  # twice in one batch: once
     got = await store.get_token(t.id)
     assert got is not None
-    assert (got.request_count, got.cache_hit_count) == (4, 1)
+    assert (got.request_count, got.cache_hit_count) == (5, 1)
     assert (got.prompt_tokens, got.completion_tokens) == (4, 6)
     assert got.last_used_at is not None
     proj = await store.get_project(p.id)
-    assert proj is not None and proj.request_count == 4 and proj.cache_hit_count == 1
-    assert await store.count_events(t.id) == 4
+    assert proj is not None and proj.request_count == 5 and proj.cache_hit_count == 1
+    assert await store.count_events(t.id) == 5
 
 
 async def test_request_events_page_newest_first_per_token_and_project(store: SqlStore) -> None:

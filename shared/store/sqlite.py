@@ -24,7 +24,12 @@ def _is_time_column(name: str) -> bool:
 
 def format_ts(value: datetime) -> str:
     """Fixed-width UTC text, so string order is time order."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:"
+        f"{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}Z"
+    )
 
 
 def _param(value: Any) -> Any:
@@ -154,9 +159,23 @@ class SqliteStore(SqlStore):
         insert = _qmark(INSERT_EVENT_SQL)
 
         def write(conn: sqlite3.Connection) -> int:
-            inserted = [
-                e for e, row in zip(events, rows, strict=True) if conn.execute(insert, row).rowcount
-            ]
+            # Redelivered events are rare: find them with one indexed lookup, then insert the
+            # rest in one executemany (per-row executes dominated the embedded proxy's CPU).
+            marks = ",".join("?" * len(events))
+            known = {
+                r[0]
+                for r in conn.execute(
+                    f"SELECT event_id FROM request_events WHERE event_id IN ({marks})",
+                    [e.event_id for e in events],
+                )
+            }
+            fresh = []
+            for e, row in zip(events, rows, strict=True):
+                if e.event_id not in known:
+                    known.add(e.event_id)  # a batch may carry the same event twice
+                    fresh.append((e, row))
+            conn.executemany(insert, [row for _, row in fresh])
+            inserted = [e for e, _ in fresh]
             for sql, params in usage_updates(inserted, self.latest_sql):
                 conn.execute(_qmark(sql), tuple(_param(p) for p in params))
             return len(inserted)
