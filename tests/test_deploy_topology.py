@@ -6,6 +6,7 @@ loopback. Requests go through nginx end to end, a held stream included."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import signal
 import socket
@@ -352,11 +353,21 @@ def test_nginx_answers_its_own_errors_in_the_openai_shape(topology: Topology) ->
             + f"Content-Length: {limit + 1}\r\nConnection: close\r\n\r\n".encode()
         )
         reply = b""
-        while chunk := sock.recv(65536):
+        # read the answer, not until close: nginx lingers for the body it refused
+        while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < _length(reply):
+            chunk = sock.recv(65536)
+            assert chunk, reply
             reply += chunk
     head, _, payload = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), head
     assert json.loads(payload)["error"]["code"] == "request_too_large"
+
+
+def _length(reply: bytes) -> int:
+    head = reply.partition(b"\r\n\r\n")[0].decode("latin-1")
+    found = re.search(r"^content-length:\s*(\d+)", head, re.I | re.M)
+    assert found, head
+    return int(found.group(1))
 
 
 @pytest.mark.xfail(
