@@ -8,7 +8,14 @@ from typing import Any, Protocol
 
 import orjson
 
+from shared.errors import Overloaded, QuotaExceeded, RateLimited
+
 CACHE_STATUSES = ("", "hit", "miss", "bypass")
+
+#: ``error`` codes of requests the proxy itself turned away before any upstream call. Their
+#: events are stored, but they do not count in a token's or project's ``request_count``, which
+#: counts admitted requests (so a client hammering a spent quota does not inflate it).
+REJECTION_ERRORS = frozenset({RateLimited.code, QuotaExceeded.code, Overloaded.code})
 
 
 @dataclass(slots=True)
@@ -80,7 +87,20 @@ _TYPES: dict[str, type] = {
 
 
 class EventBus(Protocol):
-    """Where the proxy hands events. ``publish`` never waits on I/O."""
+    """Where the proxy hands events. ``publish`` never waits on I/O.
+
+    The counters are for the proxy's metrics: ``published`` events handed on (written, or
+    appended to the stream), ``spooled`` events written to the local spool, ``dropped`` events
+    lost because nothing could take them."""
+
+    @property
+    def published(self) -> int: ...
+
+    @property
+    def spooled(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
 
     async def start(self) -> None: ...
 
@@ -92,4 +112,12 @@ class EventBus(Protocol):
 
     async def close(self) -> None:
         """Flush what is buffered, then stop."""
+        ...
+
+    def buffered(self) -> int:
+        """Events waiting in this process's memory."""
+        ...
+
+    def pending(self) -> int:
+        """Events not yet handed on: in memory, plus any in a local spool."""
         ...

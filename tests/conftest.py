@@ -22,7 +22,7 @@ from tests.services import (
     require,
 )
 
-TABLES = ("request_events", "audit_events", "tokens", "projects")
+TABLES = ("request_events", "audit_events", "dead_letters", "tokens", "projects")
 
 
 @pytest.fixture(scope="session")

@@ -66,3 +66,20 @@ class AuditFilter:
     until: datetime | None = None
     before_id: int | None = None  # cursor: rows with a smaller id (older)
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A stream entry the dispatcher could not record, kept with its raw payload and why."""
+
+    stream_key: str
+    entry_id: str
+    reason: str  # see dispatcher.deadletter.Reason
+    error: str
+    deliveries: int
+    consumer: str
+    payload: bytes
+    event_id: str = ""
+    created_at: datetime | None = None
+    replayed_at: datetime | None = None
+    id: int | None = None
