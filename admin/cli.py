@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from admin.commands import audit, keys, projects, tokens
+from admin.commands import audit, events, keys, pipeline, projects, tokens
 from admin.options import JsonOpt
 from admin.output import emit
 from admin.runner import guarded, open_store
@@ -19,12 +19,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,  # tracebacks with local variables could show secrets
     add_completion=False,
 )
-manage = typer.Typer(help="Manage projects, tokens, keys and the audit log.", no_args_is_help=True)
+manage = typer.Typer(
+    help="Manage projects, tokens, keys, the audit log and request events.", no_args_is_help=True
+)
 manage.add_typer(projects.app, name="project")
 manage.add_typer(tokens.app, name="token")
 manage.add_typer(keys.app, name="keys")
 manage.add_typer(audit.app, name="audit")
+manage.add_typer(events.app, name="events")
 app.add_typer(manage, name="manage")
+app.command("dispatcher")(pipeline.dispatcher)
+app.command("worker")(pipeline.worker)
 
 
 @app.command("migrate")

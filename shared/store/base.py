@@ -139,6 +139,8 @@ class SqlStore(abc.ABC):
 
     #: SQL for "the later of two timestamps, either may be NULL".
     latest_sql = "MAX"
+    #: Whether ids are UUID columns (Postgres), so writers check and normalise them first.
+    uuid_ids = False
 
     @abc.abstractmethod
     def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Tx]:

@@ -88,6 +88,7 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
 
 class PostgresStore(SqlStore):
     latest_sql = "GREATEST"
+    uuid_ids = True
 
     def __init__(
         self,
