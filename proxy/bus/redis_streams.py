@@ -98,11 +98,14 @@ class RedisStreamsBus:
         self._spill(pending)
 
     def can_record(self) -> bool:
+        """True when this event would be kept even if Redis failed right now: the spool has
+        room for it and everything held in memory. Without a usable spool, only a healthy
+        Redis with room in the buffer can take it."""
         if self._closing:
             return False
-        if self.redis_ok and not self._spooling and len(self._buffer) < self.capacity:
-            return True
-        return self.spool.room_for(len(self._buffer) + 1)
+        if self.spool.broken:
+            return self.redis_ok and not self._spooling and len(self._buffer) < self.capacity
+        return self.spool.room_for(self.buffered() + 1)
 
     def buffered(self) -> int:
         return len(self._buffer) + len(self._inflight)
@@ -212,8 +215,11 @@ class RedisStreamsBus:
 
     async def _xadd(self, lines: list[bytes]) -> bool:
         pipe = self.redis.pipeline(transaction=False)
+        size = 0
         for line in lines:
+            size += len(line)
             pipe.xadd(self.stream_key, {EVENT_FIELD: line})
+        self.spool.observe(size, len(lines))
         try:
             await asyncio.wait_for(pipe.execute(), self.send_timeout)
         except (RedisError, OSError, TimeoutError) as exc:

@@ -139,7 +139,14 @@ class Spool:
     # --- writing ---
 
     def room_for(self, events: int) -> bool:
-        return not self.broken and self.bytes + events * self._line_size <= self.max_bytes
+        """Whether ``events`` more (not yet encoded) would fit, judged by the average line size
+        with a margin."""
+        return not self.broken and self.bytes + events * self._line_size * 1.25 <= self.max_bytes
+
+    def observe(self, size: int, lines: int) -> None:
+        """Learn the size of encoded events from what is being sent."""
+        if lines:
+            self._line_size = 0.9 * self._line_size + 0.1 * (size / lines + 1)
 
     def append(self, lines: list[bytes]) -> int:
         """Append as many lines as the cap allows, oldest first; return how many were written.
@@ -156,7 +163,7 @@ class Spool:
             taken += 1
         if not taken:
             return 0
-        self._line_size = 0.9 * self._line_size + 0.1 * (size / taken)
+        self.observe(size - taken, taken)
         try:
             self._write(lines[:taken], size)
         except OSError as exc:
