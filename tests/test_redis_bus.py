@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.bus import RedisStreamsBus, Spool, make_bus
+from proxy.bus import RedisStreamsBus, make_bus
 from shared.config import Settings
 from shared.events import RequestEvent
 from shared.store import SqlStore
