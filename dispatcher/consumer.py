@@ -121,9 +121,14 @@ class Dispatcher:
         try:
             await self._write_loop(reader)
         finally:
-            for task in (reader, *helpers):
+            # The helpers end on their own once stopping; cancelling is the fallback only,
+            # since a cancel landing inside a Redis command is not always honoured promptly.
+            self._stopping.set()
+            tasks = [reader, *helpers]
+            _, late = await asyncio.wait(tasks, timeout=5)
+            for task in late:
                 task.cancel()
-            for task in (reader, *helpers):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
@@ -261,10 +266,11 @@ class Dispatcher:
                 if reader.done():
                     reader.result()  # surface a crash of the reader
                     return
+                if self._stopping.is_set():
+                    await reader  # it ends after its current read, queueing what that got
+                    continue
                 self._has_entries.clear()
                 await self._has_entries.wait()
-                if self._stopping.is_set() and not self._queue:
-                    await reader
                 continue
             take = min(self.options.batch_size, len(self._queue))
             batch = [self._queue.popleft() for _ in range(take)]
@@ -329,8 +335,8 @@ class Dispatcher:
 
     async def _keep_alive_loop(self) -> None:
         interval = max(0.2, self.options.claim_idle / 3)
-        while True:
-            await asyncio.sleep(interval)
+        while not self._stopping.is_set():
+            await self._sleep(interval)
             now = time.monotonic()
             stale = [i for i, t in self._held.items() if now - t >= interval]
             for start in range(0, len(stale), 500):
@@ -351,7 +357,7 @@ class Dispatcher:
     async def _maintenance_loop(self) -> None:
         next_forget = time.monotonic() + _FORGET_EVERY
         next_retention = time.monotonic()
-        while True:
+        while not self._stopping.is_set():
             try:
                 trimmed = await self.keeper.trim()
                 self.metrics.trimmed.inc(trimmed)
@@ -368,7 +374,7 @@ class Dispatcher:
                     await self._schedule_retention(self.retention_jobs)
             except _REDIS_ERRORS as exc:
                 log.debug("stream maintenance skipped: %s", exc)
-            await asyncio.sleep(self.options.trim_interval)
+            await self._sleep(self.options.trim_interval)
 
     async def _schedule_retention(self, jobs: Jobs) -> None:
         # One dispatcher per hour wins the lock and enqueues the job.
