@@ -24,6 +24,8 @@ log = logging.getLogger("llm_proxy.dispatcher")
 async def run_dispatcher(settings: Settings, options: Options) -> None:
     """Run until SIGTERM or SIGINT; then finish the entries in hand and return. A second
     signal stops at once (the entries not yet acknowledged stay pending for a peer)."""
+    # Outages are logged once by the dispatcher itself, not on every pool reconnect attempt.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     store = make_store(settings)
     # Servers start before their database is up; writes back off until it answers.
     await store.open(wait=False)
