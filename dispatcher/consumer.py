@@ -250,9 +250,11 @@ class Dispatcher:
 
     def _enqueue(self, entries: list[Entry]) -> None:
         now = time.monotonic()
+        uuid_ids = self.store.uuid_ids
         for entry in entries:
             if entry.entry_id in self._held:
                 continue  # re-read after an error while already in hand
+            entry.decode(uuid_ids=uuid_ids)  # here, while the writer waits on the database
             self._held[entry.entry_id] = now
             self._queue.append(entry)
         if self._queue:

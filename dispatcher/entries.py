@@ -36,11 +36,22 @@ _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 
 @dataclass(slots=True)
 class Entry:
-    """One stream entry: its id, its fields and how often Redis has handed it out."""
+    """One stream entry: its id, its fields and how often Redis has handed it out; once
+    decoded, its event or why it has none."""
 
     entry_id: str
     fields: dict[bytes, bytes]
     deliveries: int = 1
+    event: RequestEvent | None = None
+    error: str = ""
+
+    def decode(self, *, uuid_ids: bool) -> None:
+        """Decode once (the reader does it while the writer waits on the database)."""
+        if self.event is None and not self.error:
+            try:
+                self.event = decode(self, uuid_ids=uuid_ids)
+            except ValueError as exc:
+                self.error = str(exc) or "undecodable"
 
     @property
     def payload(self) -> bytes:

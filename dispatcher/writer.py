@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from dispatcher import deadletter
-from dispatcher.entries import Entry, decode
+from dispatcher.entries import Entry
 from shared.events import RequestEvent
 from shared.store import SqlStore
 from shared.store.models import DeadLetter
@@ -75,10 +75,10 @@ class BatchWriter:
         good: list[Decoded] = []
         dead: list[DeadLetter] = []
         for entry in entries:
-            try:
-                event = decode(entry, uuid_ids=self.store.uuid_ids)
-            except ValueError as exc:
-                dead.append(self._dead(entry, deadletter.UNDECODABLE, str(exc)))
+            entry.decode(uuid_ids=self.store.uuid_ids)
+            event = entry.event
+            if event is None:
+                dead.append(self._dead(entry, deadletter.UNDECODABLE, entry.error))
                 continue
             if entry.deliveries > self.max_deliveries:
                 error = (
