@@ -25,13 +25,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from dispatcher.entries import Entry
-from dispatcher.maintenance import StreamKeeper
+from dispatcher.maintenance import Upkeep
 from dispatcher.metrics import DispatcherMetrics
 from dispatcher.options import Options
 from dispatcher.sinks import Jobs
 from dispatcher.writer import BatchWriter, Outcome
 from shared.store import SqlStore
-from shared.streams import StreamKeys
 
 log = logging.getLogger("llm_proxy.dispatcher")
 
@@ -39,8 +38,6 @@ T = TypeVar("T")
 
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _BACKOFF_CAP = 10.0
-_FORGET_EVERY = 600.0
-_RETENTION_EVERY = 3600.0
 
 
 def _id(value: bytes | str) -> str:
@@ -82,9 +79,12 @@ class Dispatcher:
         self.options = options
         self.metrics = metrics or DispatcherMetrics()
         self.jobs = jobs if jobs is not None and jobs.sinks() else None
-        self.retention_jobs = jobs if retention_days > 0 else None
-        self.keys = StreamKeys(options.stream_key)
-        self.keeper = StreamKeeper(redis, options.stream_key)
+        self.upkeep = Upkeep(
+            redis,
+            options,
+            self.metrics,
+            retention_jobs=jobs if retention_days > 0 else None,
+        )
         self.writer = BatchWriter(
             store,
             stream_key=options.stream_key,
@@ -116,7 +116,7 @@ class Dispatcher:
         reader = asyncio.create_task(self._read_loop(), name="dispatcher-reader")
         helpers = [
             asyncio.create_task(self._keep_alive_loop(), name="dispatcher-keepalive"),
-            asyncio.create_task(self._maintenance_loop(), name="dispatcher-maintenance"),
+            asyncio.create_task(self.upkeep.run(self._stopping), name="dispatcher-upkeep"),
         ]
         try:
             await self._write_loop(reader)
@@ -124,13 +124,11 @@ class Dispatcher:
             # The helpers end on their own once stopping; cancelling is the fallback only,
             # since a cancel landing inside a Redis command is not always honoured promptly.
             self._stopping.set()
-            tasks = [reader, *helpers]
-            _, late = await asyncio.wait(tasks, timeout=5)
+            _, late = await asyncio.wait([reader, *helpers], timeout=5)
             for task in late:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            if late:
+                await asyncio.wait(late, timeout=5)
 
     async def ensure_group(self) -> bool:
         """Create the group (and the stream) if missing, from the stream's start; True if
@@ -165,8 +163,11 @@ class Dispatcher:
                 else:
                     entries = await self._read_new(count)
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
+                if "NOGROUP" not in str(exc):  # LOADING, BUSY, ...: Redis will answer later
+                    self._failed("redis", exc)
+                    self._history_from = "0"
+                    await self._sleep(backoff.next())
+                    continue
                 log.warning(
                     "consumer group %s is gone (Redis lost its data?); recreating it",
                     self.options.group,
@@ -356,43 +357,8 @@ class Dispatcher:
                         if entry_id in self._held:
                             self._held[entry_id] = now
 
-    async def _maintenance_loop(self) -> None:
-        next_forget = time.monotonic() + _FORGET_EVERY
-        next_retention = time.monotonic()
-        while not self._stopping.is_set():
-            try:
-                trimmed = await self.keeper.trim()
-                self.metrics.trimmed.inc(trimmed)
-                await self.refresh_stats()
-                now = time.monotonic()
-                if now >= next_forget:
-                    next_forget = now + _FORGET_EVERY
-                    idle = max(86400.0, 100 * self.options.claim_idle)
-                    await self.keeper.forget_consumers(
-                        self.options.group, idle_seconds=idle, keep=self.options.consumer
-                    )
-                if self.retention_jobs is not None and now >= next_retention:
-                    next_retention = now + _RETENTION_EVERY
-                    await self._schedule_retention(self.retention_jobs)
-            except _REDIS_ERRORS as exc:
-                log.debug("stream maintenance skipped: %s", exc)
-            await self._sleep(self.options.trim_interval)
-
-    async def _schedule_retention(self, jobs: Jobs) -> None:
-        # One dispatcher per hour wins the lock and enqueues the job.
-        if await self.redis.set(
-            self.keys.retention_lock, self.options.consumer, nx=True, ex=int(_RETENTION_EVERY) - 60
-        ):
-            await asyncio.to_thread(jobs.prune_events.send)
-
     async def refresh_stats(self) -> None:
-        stats = await self.keeper.stats()
-        m = self.metrics
-        m.stream_length.set(stats.length)
-        for g in stats.groups:
-            m.stream_lag.labels(g.name).set(-1 if g.lag is None else g.lag)
-            m.stream_pending.labels(g.name).set(g.pending)
-            m.stream_consumers.labels(g.name).set(g.consumers)
+        await self.upkeep.refresh_stats()
 
     # --- failures ---
 

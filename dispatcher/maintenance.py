@@ -1,11 +1,27 @@
-"""Stream upkeep: trimming below what every group acknowledged, dead consumers, stream stats."""
+"""Stream upkeep: trimming below what every group acknowledged, dead consumers, stream stats,
+and scheduling the retention job."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from dispatcher.metrics import DispatcherMetrics
+from dispatcher.options import Options
+from dispatcher.sinks import Jobs
+from shared.streams import StreamKeys
+
+log = logging.getLogger("llm_proxy.dispatcher")
+
+_FORGET_EVERY = 600.0
+_RETENTION_EVERY = 3600.0
 
 # Atomic, so no group can move between the reading and the trimming. The floor is the oldest
 # entry any group still needs: its oldest pending entry, or (nothing pending) its last delivered
@@ -104,3 +120,63 @@ class StreamKeeper:
                 )
             )
         return StreamStats(int(length), out)
+
+
+class Upkeep:
+    """What every dispatcher does besides writing, every ``trim_interval``: trim, refresh the
+    stream gauges, now and then forget dead consumers and (one dispatcher per hour, by a Redis
+    lock) enqueue the retention job."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        options: Options,
+        metrics: DispatcherMetrics,
+        *,
+        retention_jobs: Jobs | None = None,
+    ) -> None:
+        self.redis = redis
+        self.options = options
+        self.metrics = metrics
+        self.retention_jobs = retention_jobs
+        self.keeper = StreamKeeper(redis, options.stream_key)
+        self.keys = StreamKeys(options.stream_key)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        next_forget = time.monotonic() + _FORGET_EVERY
+        next_retention = time.monotonic()
+        while not stopping.is_set():
+            try:
+                self.metrics.trimmed.inc(await self.keeper.trim())
+                await self.refresh_stats()
+                now = time.monotonic()
+                if now >= next_forget:
+                    next_forget = now + _FORGET_EVERY
+                    await self.keeper.forget_consumers(
+                        self.options.group,
+                        idle_seconds=max(86400.0, 100 * self.options.claim_idle),
+                        keep=self.options.consumer,
+                    )
+                if self.retention_jobs is not None and now >= next_retention:
+                    next_retention = now + _RETENTION_EVERY
+                    await self._schedule_retention(self.retention_jobs)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.debug("stream upkeep skipped: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.options.trim_interval)
+
+    async def _schedule_retention(self, jobs: Jobs) -> None:
+        lock = self.keys.retention_lock
+        if await self.redis.set(
+            lock, self.options.consumer, nx=True, ex=int(_RETENTION_EVERY) - 60
+        ):
+            await asyncio.to_thread(jobs.prune_events.send)
+
+    async def refresh_stats(self) -> None:
+        stats = await self.keeper.stats()
+        m = self.metrics
+        m.stream_length.set(stats.length)
+        for g in stats.groups:
+            m.stream_lag.labels(g.name).set(-1 if g.lag is None else g.lag)
+            m.stream_pending.labels(g.name).set(g.pending)
+            m.stream_consumers.labels(g.name).set(g.consumers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 from typing import Annotated
@@ -97,6 +98,9 @@ def dispatcher(
         asyncio.run(run_dispatcher(settings, options))
     except LLMProxyError as exc:
         fail(exc.message)
+    except Exception:  # logged through the redacting handler, then a non-zero exit
+        logging.getLogger("llm_proxy.dispatcher").exception("dispatcher failed")
+        raise SystemExit(1) from None
 
 
 def worker(
