@@ -241,7 +241,7 @@ class Dispatcher:
             self.options.group,
             min=entries[0].entry_id,
             max=entries[-1].entry_id,
-            count=len(entries) * 2,
+            count=len(entries) + len(self._held),
             consumername=self.options.consumer,
         )
         counts = {_id(r["message_id"]): int(r["times_delivered"]) for r in rows}
@@ -288,7 +288,14 @@ class Dispatcher:
 
     async def _handle(self, batch: list[Entry]) -> bool:
         started = time.monotonic()
-        outcome = await self._retrying(lambda: self.writer.write(batch), "database")
+        attempts = 0
+
+        async def write() -> Outcome:
+            nonlocal attempts
+            attempts += 1
+            return await self.writer.write(batch, retried=attempts > 1)
+
+        outcome = await self._retrying(write, "database")
         if outcome is None:
             return False
         self._record(outcome, len(batch), time.monotonic() - started)

@@ -90,7 +90,9 @@ class BatchWriter:
             good.append((entry, event))
         return good, dead
 
-    async def write(self, entries: Sequence[Entry]) -> Outcome:
+    async def write(self, entries: Sequence[Entry], *, retried: bool = False) -> Outcome:
+        """``retried``: an earlier attempt at these entries failed, possibly after committing
+        part of them (a refused row splits the batch), so export duplicates too."""
         good, dead = self.sort(entries)
         outcome = Outcome(dead_letters=dead)
         await self._write(good, dead, outcome)
@@ -100,7 +102,7 @@ class BatchWriter:
             if event.event_id in seen:
                 continue
             seen.add(event.event_id)
-            if event.event_id in inserted_ids or entry.deliveries > 1:
+            if event.event_id in inserted_ids or retried or entry.deliveries > 1:
                 outcome.export.append(event)
         outcome.duplicates = len(good) - len(outcome.inserted) - _rejected(outcome)
         return outcome

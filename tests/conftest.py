@@ -84,6 +84,16 @@ async def store(settings: Settings) -> AsyncIterator[SqlStore]:
     await store.close()
 
 
+@pytest.fixture
+async def pg_store(pg_database: str) -> AsyncIterator[SqlStore]:
+    """The session's Postgres database, emptied: for tests about Postgres itself."""
+    truncate(pg_database)
+    store = make_store(Settings.from_env({"DB_DRIVER": "postgres", "DATABASE_URL": pg_database}))
+    await store.open()
+    yield store
+    await store.close()
+
+
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests never inherit the developer's LLM-proxy settings, and run in a private directory."""

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +22,14 @@ import psycopg
 import pytest
 import redis.asyncio as aioredis
 
-from shared.config import Settings
-from shared.store import SqlStore, make_store
+from shared.store import SqlStore
 from shared.streams import EVENT_FIELD
-from tests.conftest import truncate
 from tests.pipeline_kit import Owners, pending, seed, wait_for
 from tests.services import RedisProcess, free_port
 from tests.tcp_proxy import TcpProxy
 
 GROUP = "llm-proxy-dispatchers"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def pg_store(pg_database: str) -> AsyncIterator[SqlStore]:
-    truncate(pg_database)
-    store = make_store(Settings.from_env({"DB_DRIVER": "postgres", "DATABASE_URL": pg_database}))
-    await store.open()
-    yield store
-    await store.close()
 
 
 class DispatcherProcess:

@@ -125,7 +125,7 @@ async def test_can_record_turns_false_when_redis_is_down_and_the_spool_is_full(
         published.append(event.event_id)
         await asyncio.sleep(0)
     assert not bus.can_record() and len(published) < 5000
-    await asyncio.sleep(0.3)  # the sender spills what it holds
+    await wait_for(lambda: _true(bus.buffered() == 0), what="the sender spilled what it held")
     assert bus.dropped == 0 and bus.spooled == len(published)
     private_redis.start()
     redis = client(private_redis)
