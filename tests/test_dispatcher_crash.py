@@ -225,7 +225,9 @@ async def test_postgres_cut_mid_run_then_back(
         await wait_for(lambda: _true(not any(p.ready() for p in pair)), what="/ready turns 503")
         backlog = await _backlog(redis, key)
         await asyncio.sleep(1.0)
-        assert await _backlog(redis, key) == backlog == 600  # nothing acked meanwhile
+        # Nothing is acknowledged meanwhile. (The backlog can exceed 600: a COMMIT whose reply
+        # the cut swallowed counts as failed, so that batch is written again, as duplicates.)
+        assert await _backlog(redis, key) == backlog >= 600
         assert await pg_store.count_events() == 400
         cut.start()
         await exactly(pg_store, owners, redis, key, 1000)
