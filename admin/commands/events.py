@@ -12,6 +12,7 @@ import typer
 from admin.options import JsonOpt
 from admin.output import emit
 from admin.runner import guarded, open_store
+from shared.clock import from_epoch, utcnow
 from shared.config import Settings
 from shared.events import RequestEvent
 from shared.store import SqlStore
@@ -23,8 +24,6 @@ EVENT_COLUMNS = ("ts", "event_id", "token_id", "method", "path", "status", "mode
 
 
 def _event_view(event: RequestEvent) -> dict[str, Any]:
-    from shared.clock import from_epoch
-
     return {
         "ts": from_epoch(event.ts).isoformat(timespec="milliseconds"),
         "event_id": event.event_id,
@@ -87,8 +86,6 @@ def tail(
             return [_event_view(e) for e in events]
         _print(events, as_json)
         last = (events[-1].ts, events[-1].event_id) if events else None
-        from shared.clock import from_epoch, utcnow
-
         after = (from_epoch(last[0]), last[1]) if last else (utcnow(), "")
         try:
             while True:
@@ -99,10 +96,13 @@ def tail(
                 _print(new, as_json)
                 if new:
                     after = (from_epoch(new[-1].ts), new[-1].event_id)
-        except (KeyboardInterrupt, asyncio.CancelledError):
+        except asyncio.CancelledError:
             return []
 
-    rows = guarded(lambda settings: _with_store(settings, body))
+    try:
+        rows = guarded(lambda settings: _with_store(settings, body))
+    except KeyboardInterrupt:  # Ctrl-C ends --follow; nothing more to say
+        raise typer.Exit(0) from None
     if not follow:
         emit(rows, as_json=as_json, columns=EVENT_COLUMNS)
 
@@ -144,6 +144,7 @@ def stats(as_json: JsonOpt = False) -> None:
 
 
 async def _stream_stats(settings: Settings) -> dict[str, Any]:
+    # Imported here: the pipeline's modules (redis.asyncio, dramatiq) slow every CLI start.
     from dispatcher.maintenance import StreamKeeper
     from shared.redis import make_redis
 
@@ -209,7 +210,7 @@ def replay_dead_letters(
 
     Run it after fixing what made them fail. Each is marked replayed; an event already recorded
     is not counted twice. Entries still not storable are listed with their error and stay."""
-    from dispatcher.deadletter import replay_dead_letters as replay
+    from dispatcher.deadletter import replay_dead_letters as replay  # see _stream_stats
 
     async def body(store: SqlStore) -> dict[str, Any]:
         report = await replay(store, ids=ids or [], reason=reason, limit=limit)
