@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from admin.commands import audit, cache, keys, projects, server, tokens
+from admin.commands import audit, cache, events, keys, pipeline, projects, server, tokens
 from admin.options import JsonOpt
 from admin.output import emit
 from admin.remote import RemoteTarget
@@ -21,8 +21,8 @@ app = typer.Typer(
     add_completion=False,
 )
 manage = typer.Typer(
-    help="Manage projects, tokens, keys, the audit log and the response cache: on the database "
-    "this process is configured for, or on a remote deployment with --api-url.",
+    help="Manage projects, tokens, keys, the audit log, request events and the response cache: "
+    "on the database this process is configured for, or on a remote deployment with --api-url.",
     no_args_is_help=True,
 )
 manage.add_typer(projects.app, name="project")
@@ -30,7 +30,10 @@ manage.add_typer(tokens.app, name="token")
 manage.add_typer(keys.app, name="keys")
 manage.add_typer(audit.app, name="audit")
 manage.add_typer(cache.app, name="cache")
+manage.add_typer(events.app, name="events")
 app.add_typer(manage, name="manage")
+app.command("dispatcher")(pipeline.dispatcher)
+app.command("worker")(pipeline.worker)
 
 
 app.command("server")(server.server)

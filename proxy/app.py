@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.auth import Authenticator, TokenCache
-from proxy.bus.memory import MemoryBus
+from proxy.bus import make_bus
 from proxy.cache import CacheBackend, HttpCache, build_cache
 from proxy.handler import ProxyHandler
 from proxy.invalidation import Invalidator
@@ -114,8 +114,9 @@ class ProxyApp:
                 on_fallback=metrics.rate_limit_fallbacks.inc,
             ),
         )
-        bus = MemoryBus(store, capacity=settings.observability_buffer_size)
+        bus = make_bus(settings, store)
         await bus.start()
+        bus_metrics = asyncio.create_task(self.metrics.follow_bus(bus), name="bus-metrics")
         http_cache = build_cache(settings, redis)
         upstream = Upstream(settings)
         await upstream.start()
@@ -160,6 +161,7 @@ class ProxyApp:
             self.handler = None
             self.manage_app = None
             await invalidator.close()
+            bus_metrics.cancel()
             await bus.close()  # flush events of every request served
             await upstream.close()
             await limiter.close()

@@ -58,7 +58,7 @@ class ProxyHandler:
             if settings.cors_allowed_origins
             else None
         )
-        self.reject_unrecorded = getattr(settings, "event_bus_failure_mode", "spool") == "reject"
+        self.reject_unrecorded = settings.event_bus_failure_mode == "reject"
         self.max_in_flight = settings.max_in_flight_requests
         self.max_body = settings.max_request_body_bytes
         self.in_flight = 0
@@ -196,13 +196,10 @@ class ProxyHandler:
             error=ex.error,
             client_ip=client_ip,
         )
-        dropped = getattr(self.bus, "dropped", 0)
         try:
             self.bus.publish(event)
         except Exception:  # recording must never fail the request
             log.exception("publishing a request event failed")
-        if getattr(self.bus, "dropped", 0) != dropped:
-            metrics.event_drops.inc()
 
     async def _send_error(
         self, send: Any, exc: LLMProxyError, extra: list[tuple[bytes, bytes]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from prometheus_client import (
@@ -16,6 +17,7 @@ from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client import values as prom_values
 
 from proxy.cache import HttpCache, MemoryBackend
+from shared.events import EventBus
 
 # Seconds; dense below 10 ms where proxy overhead lives, sparse up to long completions.
 _LATENCY_BUCKETS = (
@@ -108,6 +110,22 @@ class Metrics:
             "Request events the bus could not keep (buffer and spool full).",
             registry=r,
         )
+        self.events_published = Counter(
+            "llm_proxy_event_bus_published_events",
+            "Request events handed on (written to the database, or appended to the stream).",
+            registry=r,
+        )
+        self.events_spooled = Counter(
+            "llm_proxy_event_bus_spooled_events",
+            "Request events written to the local spool because Redis was unavailable or slow.",
+            registry=r,
+        )
+        self.events_pending = Gauge(
+            "llm_proxy_event_bus_pending_events",
+            "Request events not yet handed on (in memory or in the spool), summed over workers.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.rate_limited = Counter(
             "rate_limited",
             "Requests refused by a rate limit, quota or concurrency cap, by kind.",
@@ -148,6 +166,23 @@ class Metrics:
             "Responses cut short because the client went away.",
             registry=r,
         )
+
+    async def follow_bus(self, bus: EventBus, interval: float = 2.0) -> None:
+        """Copy the bus's counters into Prometheus now and then (off the request path)."""
+        seen = (0, 0, 0)
+        while True:
+            now = (bus.published, bus.spooled, bus.dropped)
+            for counter, new, old in zip(
+                (self.events_published, self.events_spooled, self.event_drops),
+                now,
+                seen,
+                strict=True,
+            ):
+                if new > old:
+                    counter.inc(new - old)
+            seen = now
+            self.events_pending.set(bus.pending())
+            await asyncio.sleep(interval)
 
     def cache_result(self, cache: HttpCache, status: str) -> None:
         backend = cache.backend

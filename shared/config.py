@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -124,6 +125,30 @@ def _duration(bare_unit: str = "s") -> Parser:
     return parse
 
 
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+_SIZE = re.compile(r"(\d+)\s*([a-z]*)")
+
+
+def _size(text: str) -> int:
+    """A byte count: ``134217728``, ``128MiB``, ``512KiB``, ``1GB`` (KB, MB, GB: powers of 1000)."""
+    match = _SIZE.fullmatch(text.strip().lower())
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise ValueError("a size in bytes such as 134217728, 512KiB, 128MiB or 1GiB")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -166,6 +191,30 @@ def _key_prefix(text: str) -> str:
 
 
 _log_level = _choice("debug", "info", "warning", "error")
+
+
+def _name(text: str) -> str:
+    value = text.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError("a non-empty name without spaces")
+    return value
+
+
+def _listen_addr(text: str) -> str:
+    value = text.strip()
+    if value.lower() == "off":
+        return "off"
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("host:port (such as 0.0.0.0:8081) or off")
+    return f"{host or '0.0.0.0'}:{int(port)}"  # noqa: S104 - a metrics port; operators choose
+
+
+def _webhook_url(text: str) -> str:
+    value = text.strip()
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("an http:// or https:// URL")
+    return value
 
 
 def var(env: str, default: Any, doc: str, parse: Parser, *, shown: str | None = None) -> Any:
@@ -487,6 +536,161 @@ class Settings:
         "dropped and counted.",
         _int(1),
     )
+    event_bus_failure_mode: str = var(
+        "EVENT_BUS_FAILURE_MODE",
+        "spool",
+        "What the proxy does when no event could be recorded (Redis down and the spool full): "
+        "`spool` serves the request anyway and counts the lost event; `reject` answers 503 "
+        "before calling the upstream, so no spend goes unrecorded.",
+        _choice("spool", "reject"),
+    )
+    event_spool_dir: str = var(
+        "EVENT_SPOOL_DIR",
+        "",
+        "Directory for the redis-streams bus's local spool (events kept on disk while Redis is "
+        "unreachable, replayed in order when it returns). Each worker writes its own files; "
+        "files left by a dead worker are replayed by a live one. Use a persistent local disk.",
+        _str,
+        shown="`$TMPDIR/llm-proxy-spool`",
+    )
+    event_spool_max_bytes: int = var(
+        "EVENT_SPOOL_MAX_BYTES",
+        128 * 1024**2,
+        "Cap on each worker's spool (`134217728`, `512MiB`, `1GB`); past it, events are dropped, "
+        "counted and logged.",
+        _size,
+        shown="`128MiB`",
+    )
+    redis_stream_key: str = var(
+        "REDIS_STREAM_KEY",
+        "llm-proxy-events",
+        "The Redis stream the proxy appends events to and dispatchers read. Helper keys are "
+        "named `{<key>}:...` so they share its Redis Cluster hash slot.",
+        _name,
+    )
+    redis_consumer_group: str = var(
+        "REDIS_CONSUMER_GROUP",
+        "llm-proxy-dispatchers",
+        "The consumer group dispatchers share (`llm-proxy dispatcher --group`).",
+        _name,
+    )
+    dispatcher_batch_size: int = var(
+        "DISPATCHER_BATCH_SIZE",
+        100,
+        "Events a dispatcher writes per transaction (`--batch-size`).",
+        _int(1),
+    )
+    dispatcher_buffer: int = var(
+        "DISPATCHER_BUFFER",
+        2000,
+        "Entries a dispatcher reads ahead of the batch it is writing (`--buffer`).",
+        _int(1),
+    )
+    dispatcher_consumer_name: str = var(
+        "DISPATCHER_CONSUMER_NAME",
+        "",
+        "This dispatcher's consumer name in the group (`--consumer-name`); must be unique per "
+        "process. Empty means host name and process id.",
+        _str,
+        shown="host-pid",
+    )
+    dispatcher_block_ms: int = var(
+        "DISPATCHER_BLOCK_MS",
+        1000,
+        "How long one XREADGROUP waits for new entries, in milliseconds (`--block-ms`).",
+        _int(1),
+    )
+    dispatcher_claim_idle: float = var(
+        "DISPATCHER_CLAIM_IDLE",
+        30.0,
+        "Entries another consumer has held unacknowledged this long are claimed (XAUTOCLAIM) "
+        "(`--claim-idle`).",
+        _duration(),
+        shown="`30s`",
+    )
+    dispatcher_max_deliveries: int = var(
+        "DISPATCHER_MAX_DELIVERIES",
+        5,
+        "An entry delivered more often than this without being acknowledged goes to the "
+        "dead-letter table (`--max-deliveries`).",
+        _int(1),
+    )
+    dispatcher_http_addr: str = var(
+        "DISPATCHER_HTTP_ADDR",
+        "0.0.0.0:8081",
+        "`host:port` where the dispatcher serves `/metrics`, `/health` and `/ready`; `off` "
+        "disables it.",
+        _listen_addr,
+    )
+    usage_stats_buffer_size: int | None = var(
+        "USAGE_STATS_BUFFER_SIZE",
+        None,
+        "Accepted for compatibility; falls back to CACHE_STATS_BUFFER_SIZE. Usage and cache-hit "
+        "counts are written with the request events (same transaction), so there is no separate "
+        "stats buffer to size: tune OBSERVABILITY_BUFFER_SIZE and the dispatcher instead.",
+        _int(1),
+        shown="CACHE_STATS_BUFFER_SIZE",
+    )
+    cache_stats_buffer_size: int = var(
+        "CACHE_STATS_BUFFER_SIZE",
+        1000,
+        "Accepted for compatibility; see USAGE_STATS_BUFFER_SIZE.",
+        _int(1),
+    )
+    request_event_retention_days: int = var(
+        "REQUEST_EVENT_RETENTION_DAYS",
+        0,
+        "Request events older than this many days are deleted by an hourly job run by "
+        "`llm-proxy worker`; `0` keeps them forever.",
+        _int(0),
+    )
+    event_sink_file: str = var(
+        "EVENT_SINK_FILE",
+        "",
+        "Export every recorded event as one JSON line appended to this file (done by "
+        "`llm-proxy worker`). Empty: no file export.",
+        _str,
+    )
+    event_sink_webhook_url: str = var(
+        "EVENT_SINK_WEBHOOK_URL",
+        "",
+        "Export recorded events by POSTing JSON batches to this URL (done by `llm-proxy "
+        "worker`, retried with backoff). Empty: no webhook export.",
+        _webhook_url,
+    )
+    event_sink_webhook_token: Secret = var(
+        "EVENT_SINK_WEBHOOK_TOKEN",
+        Secret(""),
+        "Sent as `Authorization: Bearer ...` with every webhook batch, if set.",
+        _secret,
+        shown="(none)",
+    )
+    event_sink_webhook_batch_size: int = var(
+        "EVENT_SINK_WEBHOOK_BATCH_SIZE",
+        500,
+        "Most events in one webhook POST.",
+        _int(1),
+    )
+    event_sink_webhook_timeout: float = var(
+        "EVENT_SINK_WEBHOOK_TIMEOUT",
+        10.0,
+        "How long one webhook POST may take before it is retried.",
+        _duration(),
+        shown="`10s`",
+    )
+    event_sink_max_retries: int = var(
+        "EVENT_SINK_MAX_RETRIES",
+        30,
+        "Attempts of a failing export before it is parked in the job queue's dead-letter set "
+        "(backoff doubles from 1s up to 5m between attempts, so about two hours by default).",
+        _int(0),
+    )
+    worker_threads: int = var(
+        "WORKER_THREADS",
+        4,
+        "Threads of `llm-proxy worker` running export and maintenance jobs (`--threads`).",
+        _int(1),
+    )
 
     # --- rate limits and quotas ---
     global_rate_limit: int = var(
@@ -642,6 +846,19 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def usage_stats_buffer(self) -> int:
+        """USAGE_STATS_BUFFER_SIZE, or CACHE_STATS_BUFFER_SIZE when unset (as the guides say)."""
+        if self.usage_stats_buffer_size is not None:
+            return self.usage_stats_buffer_size
+        return self.cache_stats_buffer_size
+
+    @property
+    def spool_dir(self) -> str:
+        if self.event_spool_dir:
+            return self.event_spool_dir
+        return os.path.join(tempfile.gettempdir(), "llm-proxy-spool")
 
     @property
     def sqlite_path(self) -> str:

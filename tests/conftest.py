@@ -24,7 +24,7 @@ from tests.services import (
     require,
 )
 
-TABLES = ("request_events", "audit_events", "tokens", "projects", "changes")
+TABLES = ("request_events", "audit_events", "dead_letters", "tokens", "projects", "changes")
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +82,16 @@ async def store(settings: Settings) -> AsyncIterator[SqlStore]:
     store = make_store(settings)
     await store.open()
     await store.migrate()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def pg_store(pg_database: str) -> AsyncIterator[SqlStore]:
+    """The session's Postgres database, emptied: for tests about Postgres itself."""
+    truncate(pg_database)
+    store = make_store(Settings.from_env({"DB_DRIVER": "postgres", "DATABASE_URL": pg_database}))
+    await store.open()
     yield store
     await store.close()
 

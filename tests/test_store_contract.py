@@ -218,6 +218,26 @@ async def test_refused_requests_are_recorded_but_not_counted(store: SqlStore) ->
     assert await store.count_events(t.id) == 6
 
 
+async def test_proxy_rejections_are_stored_but_not_counted_as_requests(store: SqlStore) -> None:
+    """request_count counts admitted requests: rate-limit, quota and overload refusals are
+    rows (and mark the token used), not requests."""
+    p = await store.create_project(project())
+    t = await store.create_token(token(p.id))
+    events = [
+        event(t),
+        event(t, status=429, error="rate_limit_exceeded"),
+        event(t, status=429, error="quota_exceeded"),
+        event(t, status=503, error="overloaded"),
+        event(t, status=502, error="upstream_error"),  # admitted, then failed upstream
+    ]
+    assert await store.record_events(events) == 5
+    got = await store.get_token(t.id)
+    assert got is not None and got.request_count == 2 and got.last_used_at is not None
+    proj = await store.get_project(p.id)
+    assert proj is not None and proj.request_count == 2
+    assert await store.count_events(t.id) == 5
+
+
 async def test_audit_filters_and_pages_newest_first(store: SqlStore) -> None:
     for i in range(5):
         await store.add_audit(

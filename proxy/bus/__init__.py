@@ -1,1 +1,33 @@
 """Event buses: where the proxy hands one event per request without waiting on I/O."""
+
+from __future__ import annotations
+
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from proxy.bus.memory import MemoryBus
+from proxy.bus.redis_streams import RedisStreamsBus
+from proxy.bus.spool import Spool
+from shared.config import Settings
+from shared.events import EventBus
+from shared.redis import make_redis
+from shared.store import SqlStore
+
+__all__ = ["MemoryBus", "RedisStreamsBus", "Spool", "make_bus"]
+
+
+def make_bus(settings: Settings, store: SqlStore) -> EventBus:
+    """The bus LLM_PROXY_EVENT_BUS asks for (not yet started; ``await bus.start()``)."""
+    if settings.event_bus == "redis-streams":
+        # No retries inside the client: a failed XADD goes to the spool at once.
+        redis = make_redis(settings, retry=Retry(NoBackoff(), 0))
+        spool = Spool(settings.spool_dir, settings.event_spool_max_bytes)
+        return RedisStreamsBus(
+            redis,
+            settings.redis_stream_key,
+            spool,
+            capacity=settings.observability_buffer_size,
+            send_timeout=settings.redis_timeout,
+            owns_redis=True,
+        )
+    return MemoryBus(store, capacity=settings.observability_buffer_size)

@@ -31,6 +31,7 @@ class MemoryBus:
         self.flush_interval = flush_interval
         self.dropped = 0
         self.written = 0
+        self.spooled = 0  # this bus has no spool; the counter exists for the metrics
         self._queue: deque[RequestEvent] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -51,6 +52,13 @@ class MemoryBus:
         self._queue.append(event)
         if len(self._queue) >= self.batch_size:
             self._wake.set()
+
+    @property
+    def published(self) -> int:
+        return self.written
+
+    def buffered(self) -> int:
+        return len(self._queue)
 
     def pending(self) -> int:
         return len(self._queue)

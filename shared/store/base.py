@@ -14,7 +14,7 @@ from shared.clock import from_epoch, utcnow
 from shared.errors import REJECTION_CODES
 from shared.events import RequestEvent
 from shared.store.migrations import load
-from shared.store.models import AuditEvent, AuditFilter, Project, Token
+from shared.store.models import AuditEvent, AuditFilter, DeadLetter, Project, Token
 
 Row = dict[str, Any]
 
@@ -43,6 +43,10 @@ EVENT_COLUMNS = (
     "upstream_ms, ttfb_ms, request_bytes, response_bytes, prompt_tokens, completion_tokens, "
     "total_tokens, cache_status, stream, error, client_ip"
 )
+DEAD_LETTER_COLUMNS = (
+    "id, stream_key, entry_id, event_id, reason, error, deliveries, consumer, payload, "
+    "created_at, replayed_at"
+)
 PROJECT_UPDATABLE = frozenset({"name", "base_url", "api_key_enc", "is_active"})
 TOKEN_UPDATABLE = frozenset(
     {"label", "is_active", "expires_at", "max_requests", "revoked_at", "rpm", "max_concurrency"}
@@ -66,8 +70,11 @@ class _Usage:
     last_used: datetime | None = None
 
     def add(self, event: RequestEvent, ts: datetime) -> None:
-        self.requests += 1
-        self.cache_hits += event.cache_status == "hit"
+        # request_count counts admitted requests; the proxy's own rejections are stored as rows
+        # (and mark the token as used) but are not requests it served.
+        admitted = event.error not in REJECTION_CODES
+        self.requests += admitted
+        self.cache_hits += admitted and event.cache_status == "hit"
         self.prompt_tokens += event.prompt_tokens
         self.completion_tokens += event.completion_tokens
         if self.last_used is None or ts > self.last_used:
@@ -109,24 +116,23 @@ def event_params(event: RequestEvent) -> tuple[Any, ...]:
 
 
 def event_from_row(row: Row) -> RequestEvent:
-    ts: datetime = row.pop("ts")
-    row["project_id"] = row["project_id"] or ""
-    row["token_id"] = row["token_id"] or ""
-    row["stream"] = bool(row["stream"])
-    return RequestEvent(ts=ts.timestamp(), **row)
+    values = dict(row)
+    values["ts"] = row["ts"].timestamp()
+    values["project_id"] = row["project_id"] or ""
+    values["token_id"] = row["token_id"] or ""
+    values["stream"] = bool(row["stream"])
+    return RequestEvent(**values)
 
 
 def usage_by_owner(
     events: Sequence[RequestEvent],
 ) -> tuple[dict[str, _Usage], dict[str, _Usage]]:
     """Sum inserted events per token and per project, for the aggregate columns. Events of
-    requests the proxy refused before forwarding (``REJECTION_CODES``) are not counted: the
-    aggregates count admitted requests, as token quotas do."""
+    requests the proxy refused before forwarding (``REJECTION_CODES``) are not counted as
+    requests: the aggregates count admitted requests, as token quotas do."""
     tokens: dict[str, _Usage] = {}
     projects: dict[str, _Usage] = {}
     for event in events:
-        if event.error in REJECTION_CODES:
-            continue
         ts = from_epoch(event.ts)
         if event.token_id:
             tokens.setdefault(event.token_id, _Usage()).add(event, ts)
@@ -174,6 +180,8 @@ class SqlStore(abc.ABC):
 
     #: SQL for "the later of two timestamps, either may be NULL".
     latest_sql = "MAX"
+    #: Whether ids are UUID columns (Postgres), so writers check and normalise them first.
+    uuid_ids = False
 
     @abc.abstractmethod
     def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Tx]:
@@ -525,12 +533,23 @@ class SqlStore(abc.ABC):
     async def record_events(self, events: Sequence[RequestEvent]) -> int:
         """Insert events (duplicates by event_id skipped) and add only the inserted ones to the
         token and project aggregates, all in one transaction. Returns the rows inserted."""
-        if not events:
-            return 0
+        return len(await self.record_batch(events))
+
+    async def record_batch(
+        self, events: Sequence[RequestEvent], dead_letters: Sequence[DeadLetter] = ()
+    ) -> list[RequestEvent]:
+        """One dispatcher batch in one transaction: the events (duplicates skipped), the
+        aggregates of the ones actually inserted, and the batch's dead letters. Returns the
+        events inserted now."""
+        if not events and not dead_letters:
+            return []
         async with self.transaction() as tx:
-            inserted = await self.insert_events(tx, events)
-            await self.apply_usage(tx, inserted)
-        return len(inserted)
+            inserted = await self.insert_events(tx, events) if events else []
+            if inserted:
+                await self.apply_usage(tx, inserted)
+            if dead_letters:
+                await self.insert_dead_letters(tx, dead_letters)
+        return inserted
 
     async def insert_events(self, tx: Tx, events: Sequence[RequestEvent]) -> list[RequestEvent]:
         inserted = []
@@ -584,3 +603,117 @@ class SqlStore(abc.ABC):
         async with self.transaction(readonly=True) as tx:
             row = await tx.fetchone(f"SELECT COUNT(*) AS n FROM request_events {where}", params)
         return int(row["n"]) if row else 0
+
+    async def list_events(
+        self,
+        *,
+        limit: int = 20,
+        token_id: str | None = None,
+        project_id: str | None = None,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[RequestEvent]:
+        """The newest ``limit`` events (oldest first), or with ``after`` = (ts, event_id) the
+        oldest ones after that point (``manage events tail --follow``)."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("token_id", token_id), ("project_id", project_id)):
+            if value is not None:
+                if not self.valid_id(value):
+                    return []
+                clauses.append(f"{column} = %s")
+                params.append(value)
+        if after is not None:
+            clauses.append("(ts > %s OR (ts = %s AND event_id > %s))")
+            params.extend((after[0], after[0], after[1]))
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        order = "ASC" if after is not None else "DESC"
+        async with self.transaction(readonly=True) as tx:
+            rows = await tx.fetchall(
+                f"SELECT {EVENT_COLUMNS} FROM request_events {where} "
+                f"ORDER BY ts {order}, event_id {order} LIMIT %s",
+                (*params, limit),
+            )
+        events = [event_from_row(r) for r in rows]
+        return events if after is not None else events[::-1]
+
+    async def event_stats(self) -> Row:
+        async with self.transaction(readonly=True) as tx:
+            row = await tx.fetchone(
+                "SELECT COUNT(*) AS events, MIN(ts) AS oldest_ts, MAX(ts) AS newest_ts "
+                "FROM request_events"
+            )
+        return row or {}
+
+    async def delete_events_before(self, cutoff: datetime, *, limit: int = 10_000) -> int:
+        """Delete at most ``limit`` events older than ``cutoff`` (short transactions: callers
+        loop until it returns less than ``limit``)."""
+        async with self.transaction() as tx:
+            return await tx.execute(
+                "DELETE FROM request_events WHERE event_id IN (SELECT event_id FROM "
+                "request_events WHERE ts < %s ORDER BY ts LIMIT %s)",
+                (cutoff, limit),
+            )
+
+    # --- dead letters ---
+
+    async def insert_dead_letters(self, tx: Tx, items: Sequence[DeadLetter]) -> None:
+        now = utcnow()
+        for item in items:
+            await tx.execute(
+                "INSERT INTO dead_letters (stream_key, entry_id, event_id, reason, error, "
+                "deliveries, consumer, payload, created_at) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (stream_key, entry_id) DO NOTHING",
+                (
+                    item.stream_key,
+                    item.entry_id,
+                    item.event_id,
+                    item.reason,
+                    item.error,
+                    item.deliveries,
+                    item.consumer,
+                    item.payload,
+                    item.created_at or now,
+                ),
+            )
+
+    async def list_dead_letters(
+        self,
+        *,
+        ids: Sequence[int] = (),
+        reason: str | None = None,
+        include_replayed: bool = False,
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        """Oldest first."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if ids:
+            clauses.append(f"id IN ({', '.join(['%s'] * len(ids))})")
+            params.extend(ids)
+        if reason is not None:
+            clauses.append("reason = %s")
+            params.append(reason)
+        if not include_replayed:
+            clauses.append("replayed_at IS NULL")
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        async with self.transaction(readonly=True) as tx:
+            rows = await tx.fetchall(
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters {where} ORDER BY id LIMIT %s",
+                (*params, limit),
+            )
+        return [DeadLetter(**{**r, "payload": bytes(r["payload"])}) for r in rows]
+
+    async def mark_dead_letter_replayed(self, tx: Tx, dead_letter_id: int) -> None:
+        await tx.execute(
+            "UPDATE dead_letters SET replayed_at = %s WHERE id = %s", (utcnow(), dead_letter_id)
+        )
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters not yet replayed, by reason."""
+        async with self.transaction(readonly=True) as tx:
+            rows = await tx.fetchall(
+                "SELECT reason, COUNT(*) AS n FROM dead_letters WHERE replayed_at IS NULL "
+                "GROUP BY reason ORDER BY reason"
+            )
+        return {r["reason"]: int(r["n"]) for r in rows}

@@ -82,3 +82,20 @@ def quota_used(token: Token, *, count_cache_hits: bool) -> int:
     if not count_cache_hits:
         from_events -= token.cache_hit_count
     return max(token.quota_used, from_events)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A stream entry the dispatcher could not record, kept with its raw payload and why."""
+
+    stream_key: str
+    entry_id: str
+    reason: str  # see dispatcher.deadletter.Reason
+    error: str
+    deliveries: int
+    consumer: str
+    payload: bytes
+    event_id: str = ""
+    created_at: datetime | None = None
+    replayed_at: datetime | None = None
+    id: int | None = None

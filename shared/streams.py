@@ -1,0 +1,41 @@
+"""Redis key names of the event pipeline, all in the stream's Redis Cluster hash slot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: The one field of a stream entry: the event as JSON (``RequestEvent.to_bytes``).
+EVENT_FIELD = b"e"
+
+
+def hash_tag(key: str) -> str:
+    """The part of ``key`` Redis Cluster hashes: the first non-empty ``{...}``, else the key."""
+    start = key.find("{")
+    if start != -1:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class StreamKeys:
+    """The stream keeps the operator's name unchanged (``llm-proxy-events``); helper keys wrap it
+    in a hash tag (``{llm-proxy-events}:jobs``), and a key hashes exactly as its tag does, so
+    every key lives in one slot and multi-key scripts work on Redis Cluster."""
+
+    stream: str
+
+    def helper(self, name: str) -> str:
+        if hash_tag(self.stream) != self.stream:
+            return f"{self.stream}:{name}"  # already tagged: any suffix keeps the slot
+        return f"{{{self.stream}}}:{name}"
+
+    @property
+    def jobs_namespace(self) -> str:
+        """Prefix of the dramatiq broker's keys (export and maintenance jobs)."""
+        return self.helper("jobs")
+
+    @property
+    def retention_lock(self) -> str:
+        return self.helper("retention-lock")
