@@ -29,18 +29,6 @@ FOREIGN_VARIABLES = {
     "PIP_DISABLE_PIP_VERSION_CHECK",
 }
 
-# Variables of features still being built on other branches, by issue number. Each one moves into
-# Settings when its branch lands on main; it must then leave this list (the deployment files may
-# name it meanwhile, since they are written against the issues).
-PENDING_VARIABLES = {
-    "REDIS_STREAM_KEY": 5,
-    "REDIS_CONSUMER_GROUP": 5,
-    "EVENT_SPOOL_DIR": 5,
-    "DISPATCHER_HTTP_ADDR": 5,
-    "EVENT_SPOOL_MAX_BYTES": 5,
-    "WORKER_THREADS": 5,
-}
-
 
 def settings_variables() -> set[str]:
     return {f.metadata["env"] for f in Settings.__dataclass_fields__.values()}
@@ -55,7 +43,7 @@ def cli_variables() -> set[str]:
 
 
 def known_variables() -> set[str]:
-    return settings_variables() | cli_variables() | FOREIGN_VARIABLES | set(PENDING_VARIABLES)
+    return settings_variables() | cli_variables() | FOREIGN_VARIABLES
 
 
 def unknown_variables(names: set[str]) -> list[str]:

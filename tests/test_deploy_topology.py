@@ -23,9 +23,7 @@ import httpx
 import psycopg
 import pytest
 import redis
-import typer
 
-from admin.cli import app as cli_app
 from shared.crypto import new_key
 from tests.deploy_wiring import (
     COMPOSE_DIR,
@@ -51,11 +49,6 @@ CLIENT_ADDRESS = "127.0.0.5"  # the client's own loopback address, so nginx sees
 # 127.0.0.1, which uvicorn would trust by default, so only TRUSTED_PROXIES can make it believed.
 NGINX_ADDRESS = "127.0.0.2"
 UPSTREAM_KEY = "sk-upstream-topology-0123456789"
-
-
-def dispatcher_on_main() -> bool:
-    commands = typer.main.get_command(cli_app).commands  # type: ignore[attr-defined]
-    return "dispatcher" in commands
 
 
 @dataclass
@@ -241,11 +234,10 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         for i in range(2):
             env = {**topo.env, "PROMETHEUS_MULTIPROC_DIR": str(root / f"metrics-{i}")}
             topo.proxies.append(ProxyProcess(env=env, cwd=root, workers=2).start())
-        if dispatcher_on_main():
-            dispatcher_env = service_env(
-                model, "dispatcher", {**shared, "DISPATCHER_HTTP_ADDR": f"127.0.0.1:{free_port()}"}
-            )
-            start_dispatcher(topo, model, {**dispatcher_env, **pools})
+        dispatcher_env = service_env(
+            model, "dispatcher", {**shared, "DISPATCHER_HTTP_ADDR": f"127.0.0.1:{free_port()}"}
+        )
+        start_dispatcher(topo, model, {**dispatcher_env, **pools})
         start_nginx(topo, model)
         project = topo.remote_cli(
             "manage", "project", "create", "--name", "topology", "--base-url", fake.base_url,
@@ -370,28 +362,34 @@ def _length(reply: bytes) -> int:
     return int(found.group(1))
 
 
-@pytest.mark.xfail(
-    not dispatcher_on_main(),
-    reason="`llm-proxy dispatcher` (issue 5) is not on main yet: the topology runs without it",
-    strict=True,
-)
 def test_the_dispatcher_records_every_request_exactly_once(topology: Topology) -> None:
     assert topology.dispatcher is not None
     with topology.client() as client:
         for _ in range(5):
             assert client.get("/v1/models").status_code == 200
-    made = sum(1 for line in topology.nginx_access() if line["status"] == 200)
+    # every authenticated request through nginx so far, cache hits and the stream included
+    made = sum(
+        1
+        for line in topology.nginx_access()
+        if line["uri"].startswith("/v1/") and line["status"] == 200
+    )
     deadline = time.monotonic() + 30
     while len(topology.rows()) < made:
         assert time.monotonic() < deadline, f"{len(topology.rows())}/{made} rows\n{topology.logs()}"
         time.sleep(0.2)
     assert len(topology.rows()) == made
+    with psycopg.connect(topology.database_url) as conn:
+        row = conn.execute(
+            "SELECT request_count FROM tokens WHERE id = %s", (topology.token_id,)
+        ).fetchone()
+    assert row is not None and row[0] == made, "the token's count follows the rows exactly"
     stream_key = topology.env["REDIS_STREAM_KEY"]
     client = redis.Redis.from_url(f"redis://{topology.redis.addr}")
     try:
         (group,) = client.xinfo_groups(stream_key)
         assert group["name"].decode() == topology.env["REDIS_CONSUMER_GROUP"]
         assert group["pending"] == 0, "every event acknowledged after its commit"
+        assert (group["entries-read"] or 0) >= made, "the events went through the stream"
     finally:
         client.close()
     assert topology.dispatcher.poll() is None, topology.log("dispatcher.log")
