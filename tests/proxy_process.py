@@ -136,3 +136,53 @@ def provision(
 
 def run_async(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+@dataclass
+class DispatcherProcess:
+    """A real `llm-proxy dispatcher` subprocess."""
+
+    env: dict[str, str]
+    cwd: Path
+    name: str = "d1"
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self) -> DispatcherProcess:
+        self.log_path = self.cwd / f"dispatcher-{self.name}.log"
+        env = {**BASE_ENV, "DISPATCHER_HTTP_ADDR": "off", **self.env}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "admin",
+                    "dispatcher",
+                    "--consumer-name",
+                    self.name,
+                    "--claim-idle",
+                    "2s",
+                ],
+                env=env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""

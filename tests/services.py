@@ -61,8 +61,11 @@ def free_port() -> int:
 class RedisProcess:
     """A private redis-server on a free port, for tests that stop, pause or flood Redis."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, data_dir: str | None = None) -> None:
+        """With ``data_dir``, Redis keeps an append-only file there (fsync on every write), as
+        production Redis for the event stream must: a restart then loses nothing."""
         self.port = port or free_port()
+        self.data_dir = data_dir
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,6 +73,11 @@ class RedisProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> RedisProcess:
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always", "--dir", self.data_dir]
+            if self.data_dir
+            else ["--appendonly", "no"]
+        )
         self.proc = subprocess.Popen(
             [
                 "redis-server",
@@ -79,10 +87,9 @@ class RedisProcess:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
                 "--protected-mode",
                 "no",
+                *persistence,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
