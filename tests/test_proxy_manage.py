@@ -73,3 +73,22 @@ def test_management_api_is_disabled_without_a_token(tmp_path: Path) -> None:
         assert resp.json()["error"]["code"] == "management_disabled"
     finally:
         proxy.stop()
+
+
+def test_audit_rows_name_the_client_behind_a_trusted_proxy(tmp_path: Path) -> None:
+    env = {"MANAGEMENT_TOKEN": MANAGEMENT_TOKEN, "TRUSTED_PROXIES": "127.0.0.1", **UNLIMITED}
+    proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
+    auth = {"Authorization": f"Bearer {MANAGEMENT_TOKEN}"}
+    try:
+        created = httpx.post(
+            f"{proxy.url}/manage/projects",
+            headers={**auth, "X-Forwarded-For": "198.51.100.4, 203.0.113.9"},
+            json={"name": "via-nginx", "api_key": "sk-upstream-x"},
+        )
+        assert created.status_code == 201, created.text
+        audit = httpx.get(f"{proxy.url}/manage/audit", headers=auth).json()["data"]
+    finally:
+        proxy.stop()
+    [row] = [a for a in audit if a["action"] == "project.create"]
+    assert row["client_ip"] == "203.0.113.9"  # the nearest untrusted hop, not nginx's address
+    assert row["actor"] == "api:203.0.113.9"

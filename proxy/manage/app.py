@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from proxy.limits.clientip import TrustedProxies
 from proxy.manage.fields import parse_body, parse_query
 from proxy.manage.guard import REQUEST_ID_KEY, ManagementGuard, client_ip, error_response
 from proxy.manage.openapi import OPENAPI_PATH, openapi_document
@@ -72,7 +73,13 @@ def create_management_app(
     routes.append(Route(OPENAPI_PATH, openapi, methods=["GET"], name="openapi"))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(ManagementGuard, token=settings.management_token)],
+        middleware=[
+            Middleware(
+                ManagementGuard,
+                token=settings.management_token,
+                trusted=TrustedProxies.parse(settings.trusted_proxies),
+            )
+        ],
         exception_handlers={
             LLMProxyError: _render_error,
             HTTPException: _render_http_error,

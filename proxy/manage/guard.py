@@ -10,6 +10,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.limits.clientip import TrustedProxies, scope_client_ip
 from shared.config import Secret
 from shared.errors import LLMProxyError, ManagementAuthError, ManagementDisabled, error_body
 from shared.logging import redact
@@ -20,6 +21,7 @@ log = logging.getLogger("llm_proxy.manage")
 # Where the request id lives in the ASGI scope. An outer middleware that already assigns ids may
 # set it (and send X-Request-ID itself); the guard then uses that id instead of its own.
 REQUEST_ID_KEY = "llm_proxy.request_id"
+CLIENT_IP_KEY = "llm_proxy.client_ip"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -32,8 +34,11 @@ def request_id_from(value: str | None) -> str:
 
 
 def client_ip(scope: Scope) -> str:
-    """The peer address as the server saw it. Behind a reverse proxy, the server's own
-    forwarded-header handling (uvicorn/gunicorn forwarded_allow_ips) decides what this is."""
+    """The client's address: the peer, or X-Forwarded-For when the peer is one of
+    TRUSTED_PROXIES (the guard works it out once per request)."""
+    known = scope.get(CLIENT_IP_KEY)
+    if known is not None:
+        return str(known)
     client = scope.get("client")
     return str(client[0]) if client else ""
 
@@ -57,14 +62,16 @@ class ManagementGuard:
     Rejections are logged (never the presented credential) rather than audited, so an
     unauthenticated flood cannot make the database write a row per request."""
 
-    def __init__(self, app: ASGIApp, token: Secret) -> None:
+    def __init__(self, app: ASGIApp, token: Secret, trusted: TrustedProxies | None = None) -> None:
         self.app = app
         self._token = token.get()
+        self._trusted = trusted or TrustedProxies.parse(())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope[CLIENT_IP_KEY] = scope_client_ip(scope, self._trusted)
         request_id = scope.get(REQUEST_ID_KEY)
         send_with_id: Send = send  # when an outer layer chose the id, it also returns it
         if request_id is None:
