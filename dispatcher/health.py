@@ -26,11 +26,13 @@ class HealthServer:
         metrics: DispatcherMetrics,
         *,
         refresh: Callable[[], Awaitable[None]] | None = None,
+        probe: Callable[[], Awaitable[None]] | None = None,
         host: str = "0.0.0.0",  # noqa: S104 - metrics are scraped from outside the pod
         port: int = 8081,
     ) -> None:
         self.metrics = metrics
         self.refresh = refresh
+        self.probe = probe
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
@@ -76,6 +78,10 @@ class HealthServer:
         if path == "/health":
             return 200, "application/json", b'{"status":"ok"}'
         if path == "/ready":
+            if self.probe is not None:
+                # an idle dispatcher has nothing to fail on: ask the database and Redis now
+                with contextlib.suppress(Exception):
+                    await self.probe()
             checks = {
                 "database": "up" if self.metrics.database_ok else "down",
                 "redis": "up" if self.metrics.redis_ok else "down",

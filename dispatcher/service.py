@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -16,7 +17,7 @@ from dispatcher.options import Options
 from dispatcher.sinks import Jobs, make_broker
 from shared.config import Settings
 from shared.redis import make_redis
-from shared.store import make_store
+from shared.store import SqlStore, make_store
 
 log = logging.getLogger("llm_proxy.dispatcher")
 
@@ -55,7 +56,13 @@ async def run_dispatcher(settings: Settings, options: Options) -> None:
     health = None
     if settings.dispatcher_http_addr != "off":
         host, _, port = settings.dispatcher_http_addr.rpartition(":")
-        health = HealthServer(metrics, refresh=dispatcher.refresh_stats, host=host, port=int(port))
+        health = HealthServer(
+            metrics,
+            refresh=dispatcher.refresh_stats,
+            probe=lambda: _probe(store, redis, metrics),
+            host=host,
+            port=int(port),
+        )
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     signals = 0
@@ -96,3 +103,14 @@ async def run_dispatcher(settings: Settings, options: Options) -> None:
         if jobs is not None:
             jobs.broker.close()
     log.info("dispatcher %s stopped", options.consumer)
+
+
+async def _probe(store: SqlStore, redis: aioredis.Redis, metrics: DispatcherMetrics) -> None:
+    """Readiness of an idle dispatcher: can it reach the database and Redis right now?"""
+    for check, mark in ((store.ping, metrics.set_database), (redis.ping, metrics.set_redis)):
+        try:
+            await asyncio.wait_for(check(), 1.5)
+        except Exception:
+            mark(False)
+        else:
+            mark(True)

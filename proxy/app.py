@@ -22,7 +22,7 @@ from proxy.bus import make_bus
 from proxy.cache import CacheBackend, HttpCache, build_cache
 from proxy.handler import ProxyHandler
 from proxy.invalidation import Invalidator
-from proxy.limits import LimitStats, make_limiter, make_limiter_redis
+from proxy.limits import LimitStats, make_limiter
 from proxy.manage import create_management_app
 from proxy.metrics import Metrics, render
 from proxy.upstream import Upstream
@@ -30,6 +30,7 @@ from shared.config import Settings
 from shared.crypto import Keyring, load_keyring
 from shared.errors import ConfigError, LLMProxyError, RouteNotFound, Unavailable, error_body
 from shared.events import EventBus
+from shared.fastredis import FastRedis
 from shared.invalidation import Notifier
 from shared.logging import setup_logging
 from shared.redis import make_redis, uses_redis
@@ -101,14 +102,13 @@ class ProxyApp:
         await store.open()
         await _prepare_schema(settings, store)
         redis = make_redis(settings) if uses_redis(settings) else None
-        limiter_redis = (
-            make_limiter_redis(settings) if settings.distributed_rate_limit_enabled else None
-        )
+        # one lean client for the per-request Redis calls (limits, cache lookups)
+        fast = FastRedis.from_settings(settings) if redis is not None else None
         metrics = self.metrics
         limiter = make_limiter(
             settings,
             store,
-            limiter_redis,
+            fast if settings.distributed_rate_limit_enabled else None,
             stats=LimitStats(
                 on_limited=lambda kind: metrics.rate_limited.labels(kind).inc(),
                 on_fallback=metrics.rate_limit_fallbacks.inc,
@@ -117,7 +117,7 @@ class ProxyApp:
         bus = make_bus(settings, store)
         await bus.start()
         bus_metrics = asyncio.create_task(self.metrics.follow_bus(bus), name="bus-metrics")
-        http_cache = build_cache(settings, redis)
+        http_cache = build_cache(settings, redis, fast=fast)
         upstream = Upstream(settings)
         await upstream.start()
         token_cache = TokenCache(settings.apikey_cache_size, settings.apikey_cache_ttl_ms / 1000)
@@ -167,9 +167,10 @@ class ProxyApp:
             await limiter.close()
             if http_cache is not None:
                 await http_cache.aclose()
-            for client in (redis, limiter_redis):
-                if client is not None:
-                    await client.aclose()
+            if fast is not None:
+                await fast.aclose()
+            if redis is not None:
+                await redis.aclose()
             await store.close()
 
     async def _manage(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from proxy.cache import CacheBackend, HttpCache, MemoryBackend, RedisBackend
 from shared.config import Settings
+from shared.fastredis import FastRedis
 from shared.redis import make_redis
 from tests.cache_client import Upstream, raw, request
 
@@ -60,11 +61,13 @@ async def harness(request: pytest.FixtureRequest, unique_prefix: str) -> AsyncIt
         yield memory_harness()
         return
     env: dict[str, str] = request.getfixturevalue("redis_env")
-    client = make_redis(Settings.from_env(env))
+    settings = Settings.from_env(env)
+    client = make_redis(settings)
+    fast = FastRedis.from_settings(settings)  # lookups go through the lean client, as in the app
     prefix = f"test:cache:{unique_prefix}"
 
     def redis(**_: Any) -> CacheBackend:
-        return RedisBackend(client, prefix=prefix)
+        return RedisBackend(client, prefix=prefix, fast=fast)
 
     async def sleep(seconds: float) -> None:  # Redis expires keys on its own clock
         await asyncio.sleep(seconds)
@@ -72,6 +75,7 @@ async def harness(request: pytest.FixtureRequest, unique_prefix: str) -> AsyncIt
     yield Harness("redis", redis, sleep, time.time)
     await RedisBackend(client, prefix=prefix).purge()
     await client.aclose()
+    await fast.aclose()
 
 
 async def test_second_identical_get_is_a_hit(harness: Harness) -> None:

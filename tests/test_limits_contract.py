@@ -21,6 +21,7 @@ from proxy.limits import (
 from proxy.limits.keys import KeyLayout
 from shared.config import Settings
 from shared.errors import QuotaExceeded, RateLimited, Unavailable, error_body
+from shared.redis import make_redis
 from shared.store import SqlStore, make_store
 from tests.limits_support import T0, FakeClock, make_token
 from tests.services import free_port
@@ -70,9 +71,12 @@ async def build(
     for limiter in made:
         await limiter.close()
     for client in clients:
-        async for key in client.scan_iter(match=f"{prefix}*"):
-            await client.delete(key)
         await client.aclose()
+    if request.param == "redis":
+        cleaner = make_redis(Settings.from_env(request.getfixturevalue("redis_env")))
+        async for key in cleaner.scan_iter(match=f"{prefix}*"):
+            await cleaner.delete(key)
+        await cleaner.aclose()
 
 
 async def refused(call: Awaitable[Any]) -> RateLimited:

@@ -15,6 +15,8 @@ from proxy.limits import LimitConfig, LimitStats, RedisLimiter, make_limiter, ma
 from proxy.limits.keys import HASH_TAG, KeyLayout
 from shared.config import Settings
 from shared.errors import QuotaExceeded, RateLimited, Unavailable
+from shared.fastredis import FastRedis
+from shared.redis import make_redis
 from shared.store import SqlStore, make_store
 from tests.limits_support import (
     SECRET,
@@ -42,15 +44,23 @@ async def sqlite_store(db_path: str) -> AsyncIterator[SqlStore]:
 
 
 @pytest.fixture
-async def redis(redis_env: dict[str, str], unique_prefix: str) -> AsyncIterator[aioredis.Redis]:
+async def redis(redis_env: dict[str, str], unique_prefix: str) -> AsyncIterator[FastRedis]:
+    """The limiter's own client; ``inspect`` looks at what it wrote."""
     client = make_limiter_redis(Settings.from_env(redis_env))
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def inspect(redis_env: dict[str, str], unique_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    client = make_redis(Settings.from_env(redis_env))
     yield client
     async for key in client.scan_iter(match=f"{unique_prefix}*"):
         await client.delete(key)
     await client.aclose()
 
 
-def limiter_for(store: SqlStore, redis: aioredis.Redis, prefix: str, **kwargs: Any) -> RedisLimiter:
+def limiter_for(store: SqlStore, redis: FastRedis, prefix: str, **kwargs: Any) -> RedisLimiter:
     config = kwargs.pop("config", LimitConfig())
     return RedisLimiter(config, store, redis, KeyLayout(prefix, SECRET), **kwargs)
 
@@ -66,7 +76,7 @@ async def admitted(limiter: RedisLimiter, token: Any, n: int, **kwargs: Any) -> 
 
 
 async def test_cold_counter_is_seeded_from_the_database(
-    sqlite_store: SqlStore, redis: aioredis.Redis, unique_prefix: str
+    sqlite_store: SqlStore, redis: FastRedis, unique_prefix: str
 ) -> None:
     """Used = request_count - cache_hit_count (hits do not count): 150 - 30 = 120 of 125."""
     token = await make_token(sqlite_store, max_requests=125)
@@ -83,7 +93,7 @@ async def test_cold_counter_is_seeded_from_the_database(
 
 
 async def test_a_changed_token_gets_a_fresh_counter(
-    sqlite_store: SqlStore, redis: aioredis.Redis, unique_prefix: str
+    sqlite_store: SqlStore, redis: FastRedis, unique_prefix: str
 ) -> None:
     """While a token is unlimited Redis does not count it; limiting it again must not trust the
     old counter, so any management change re-seeds from the database."""
@@ -100,23 +110,23 @@ async def test_a_changed_token_gets_a_fresh_counter(
 
 
 async def test_no_token_id_or_address_in_any_key(
-    sqlite_store: SqlStore, redis: aioredis.Redis, unique_prefix: str
+    sqlite_store: SqlStore, redis: FastRedis, inspect: aioredis.Redis, unique_prefix: str
 ) -> None:
     token = await make_token(sqlite_store, rpm=50, max_requests=50, max_concurrency=5)
     config = LimitConfig(global_limit=100, ip_limit=50)
     limiter = limiter_for(sqlite_store, redis, unique_prefix, config=config)
     admission = await limiter.admit(token, "198.51.100.77")
-    keys = [k.decode() async for k in redis.scan_iter(match=f"{unique_prefix}*")]
+    keys = [k.decode() async for k in inspect.scan_iter(match=f"{unique_prefix}*")]
     assert len(keys) == 5, keys  # global, ip, token window, quota, leases
     compact_id = token.id.replace("-", "")
     for key in keys:
         assert key.startswith(unique_prefix + HASH_TAG + ":")
         assert token.id not in key and compact_id not in key and "198.51.100" not in key
-        kind = await redis.type(key)
+        kind = await inspect.type(key)
         members = (
-            [m.decode() for m in await redis.zrange(key, 0, -1)]
+            [m.decode() for m in await inspect.zrange(key, 0, -1)]
             if kind == b"zset"
-            else [(await redis.get(key)).decode()]
+            else [(await inspect.get(key)).decode()]
         )
         assert all(token.id not in m for m in members)
     # Another secret: other digests, so a dump cannot be matched against token ids.
@@ -132,7 +142,9 @@ async def test_script_is_reloaded_after_noscript(
     token = await make_token(sqlite_store, max_requests=3)
     limiter = limiter_for(sqlite_store, client, unique_prefix)
     await limiter.admit(token, "")
-    await client.script_flush()
+    flusher = make_redis(Settings.from_env({"REDIS_ADDR": private_redis.addr}))
+    await flusher.script_flush()
+    await flusher.aclose()
     await limiter.admit(token, "")
     await limiter.admit(token, "")
     with pytest.raises(QuotaExceeded):
@@ -219,7 +231,7 @@ async def test_admissions_during_an_outage_are_added_back_to_a_warm_counter(
 
 
 async def test_leases_expire_unless_renewed(
-    sqlite_store: SqlStore, redis: aioredis.Redis, unique_prefix: str
+    sqlite_store: SqlStore, redis: FastRedis, unique_prefix: str
 ) -> None:
     clock = FakeClock()
     token = await make_token(sqlite_store, max_concurrency=1)
@@ -244,7 +256,7 @@ async def test_a_dead_workers_lease_lapses(
     db_path: str,
     sqlite_store: SqlStore,
     redis_env: dict[str, str],
-    redis: aioredis.Redis,
+    redis: FastRedis,
     unique_prefix: str,
 ) -> None:
     token = await make_token(sqlite_store, max_concurrency=1)

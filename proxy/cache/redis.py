@@ -23,6 +23,7 @@ from proxy.cache.backend import CacheUnavailable, Usage
 from proxy.cache.entry import CacheEntry, decode, decode_marker, encode, encode_marker
 from proxy.cache.headers import RawHeaders
 from proxy.cache.policy import variant_id
+from shared.fastredis import FastRedis
 
 # Bookkeeping for one store, run inside MULTI right after the entry's SET: the index member (and
 # the Vary marker with its member), expired members trimmed, and the index kept alive as long as
@@ -67,12 +68,15 @@ class RedisBackend:
         prefix: str = "llmproxy:cache:",
         retry_after: float = 1.0,
         clock: Callable[[], float] = time.time,
+        fast: FastRedis | None = None,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("the cache key prefix must not contain { or }")
         if redis.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("the cache needs a Redis client that returns bytes")
         self.redis = redis
+        # lookups, one per request, go through the lean client when there is one
+        self.fast: FastRedis | aioredis.Redis = fast if fast is not None else redis
         self.prefix = prefix
         self.retry_after = retry_after
         self.clock = clock
@@ -97,11 +101,11 @@ class RedisBackend:
         names = self._vary.get(primary)
         try:
             target = f"{primary}:{variant_id(names, headers)}" if names else primary
-            raw = await self.redis.get(target)
+            raw = await self.fast.get(target)
             if isinstance(raw, bytes) and (marker := decode_marker(raw)) is not None:
                 # First sight of this Vary marker in this worker: one more GET, then remembered.
                 self._remember(primary, marker)
-                raw = await self.redis.get(f"{primary}:{variant_id(marker, headers)}")
+                raw = await self.fast.get(f"{primary}:{variant_id(marker, headers)}")
         except _FAILURES as exc:
             raise self._failed(exc) from exc
         self._down_until = 0.0

@@ -11,7 +11,6 @@ import secrets
 import time
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -29,6 +28,7 @@ from proxy.limits.keys import KeyLayout
 from proxy.limits.local import Clock, LocalLimiter
 from proxy.limits.scripts import ADMIT, RENEW, Script
 from shared.errors import LLMProxyError, Unavailable
+from shared.fastredis import FastRedis
 from shared.store import SqlStore
 
 log = logging.getLogger("llm_proxy.limits")
@@ -49,7 +49,7 @@ class RedisLimiter:
         self,
         config: LimitConfig,
         store: SqlStore,
-        redis: aioredis.Redis,
+        redis: FastRedis,
         keys: KeyLayout,
         *,
         fallback: bool = True,
