@@ -47,6 +47,11 @@ PRODUCTION_ENV = {
     "DISTRIBUTED_RATE_LIMIT_ENABLED": "true",
     **LIMITS_OFF,
 }
+NO_LIMITS = {
+    "DISTRIBUTED_RATE_LIMIT_ENABLED": "false",
+    "GLOBAL_RATE_LIMIT": "0",
+    "IP_RATE_LIMIT": "0",
+}
 PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 # Variables passed through to the proxy; everything else in the caller's environment is dropped
 # so a stray DB_DRIVER or REDIS_ADDR in the shell cannot change what is measured.
@@ -223,11 +228,12 @@ def start_embedded(ctx: Context) -> Running:
     return Running(port=port, auth=auth, measured=[server])
 
 
-def start_production(ctx: Context) -> Running:
+def start_production(ctx: Context, *, limits: bool = True) -> Running:
     """gunicorn (2 workers) on Postgres, Redis cache, Redis Streams bus, limits on, a dispatcher.
 
     Postgres: a throwaway database on the shared server. Redis: a private redis-server, so the
-    flood of cache reads and XADDs never touches the shared one.
+    flood of cache reads and XADDs never touches the shared one. ``limits=False`` is the same
+    with every rate limit off, to measure what checking them costs.
     """
     import psycopg
 
@@ -268,6 +274,8 @@ def start_production(ctx: Context) -> Running:
             "redis_addr": f"127.0.0.1:{redis_port}",
         }
         env = {**base_env(), **fill(PRODUCTION_ENV, values)}
+        if not limits:
+            env.update(NO_LIMITS)
         cli(PROXY_MIGRATE, env, cwd)
         running.auth = issue_token(ctx, env, cwd)
         running.helpers.append(
@@ -344,6 +352,12 @@ TARGETS = {
             "production",
             "llm-proxy on gunicorn x2, Postgres, Redis cache+bus+limits, dispatcher",
             start_production,
+            proxy_unavailable,
+        ),
+        Target(
+            "production-nolimits",
+            "the production target with every rate limit off (what limits cost)",
+            lambda ctx: start_production(ctx, limits=False),
             proxy_unavailable,
         ),
         Target(
