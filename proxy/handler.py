@@ -5,6 +5,7 @@ route → auth → read body → cache lookup → limits → (hit: answer | miss
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -60,6 +61,13 @@ class ProxyHandler:
         )
         self.reject_unrecorded = settings.event_bus_failure_mode == "reject"
         self.max_in_flight = settings.max_in_flight_requests
+        # cache lookups and limit checks both on Redis can share a round trip (see __call__)
+        self.overlap_lookups = (
+            cache is not None
+            and cache.scope == "all-instances"
+            and settings.distributed_rate_limit_enabled
+        )
+        self.count_cache_hits = settings.quota_count_cache_hits
         self.max_body = settings.max_request_body_bytes
         self.in_flight = 0
         self.draining = False
@@ -123,10 +131,25 @@ class ProxyHandler:
                     scope["headers"],
                     body or b"",
                 )
-                served = await cache.lookup(plan)
-            admission = await self.limiter.admit(
-                cred.limits, client_ip, cache_hit=served is not None
-            )
+            if (
+                plan is not None
+                and plan.cacheable
+                and self.overlap_lookups
+                and (cred.limits.max_requests is None or self.count_cache_hits)
+            ):
+                # Whether it is a hit does not matter to the limits here (no quota, or hits
+                # count): ask Redis both at once, one round trip instead of two.
+                assert cache is not None
+                served, admission = await asyncio.gather(
+                    cache.lookup(plan), self.limiter.admit(cred.limits, client_ip)
+                )
+            else:
+                if plan is not None:
+                    assert cache is not None
+                    served = await cache.lookup(plan)
+                admission = await self.limiter.admit(
+                    cred.limits, client_ip, cache_hit=served is not None
+                )
             if admission.limit:
                 extra += [(k.lower().encode(), v.encode()) for k, v in admission.headers().items()]
             if served is not None:

@@ -237,3 +237,40 @@ def test_two_instances_share_the_redis_cache(tmp_path: Path, fake: FakeUpstream)
     finally:
         a.stop()
         b.stop()
+
+
+def test_redis_cache_with_distributed_limits(tmp_path: Path, fake: FakeUpstream) -> None:
+    """Lookups and limit checks share a Redis round trip when a hit cannot change the limits:
+    rate limits still count hits; a quota is still not spent by them."""
+    require("Redis", REDIS_HOST, REDIS_PORT)
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        **UNLIMITED,
+        "HTTP_CACHE_BACKEND": "redis",
+        "REDIS_ADDR": f"{REDIS_HOST}:{REDIS_PORT}",
+        "REDIS_CACHE_KEY_PREFIX": f"t{tag}:cache:",
+        "DISTRIBUTED_RATE_LIMIT_ENABLED": "true",
+        "DISTRIBUTED_RATE_LIMIT_PREFIX": f"t{tag}:rl:",
+        "ENCRYPTION_KEY": new_key(),
+    }
+    rpm = provision(env, tmp_path, fake.base_url, name="rpm", rpm=3)
+    quota = provision(env, tmp_path, fake.base_url, name="quota", max_requests=2, rpm=0)
+    proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
+    try:
+        fake.reset()
+        url = f"{proxy.url}/v1/models?limits=1"
+        limited = [
+            httpx.get(url, headers={"Authorization": f"Bearer {rpm.token}"}) for _ in range(4)
+        ]
+        assert [r.status_code for r in limited] == [200, 200, 200, 429]
+        assert [r.headers.get("x-proxy-cache") for r in limited[:3]] == ["miss", "hit", "hit"]
+        assert limited[2].headers["x-ratelimit-remaining"] == "0"
+        quota_url = f"{proxy.url}/v1/models?limits=2"
+        spent = [
+            httpx.get(quota_url, headers={"Authorization": f"Bearer {quota.token}"})
+            for _ in range(5)
+        ]
+        assert [r.status_code for r in spent] == [200] * 5  # one miss, then free hits
+        assert calls(fake, "/v1/models") == 2
+    finally:
+        proxy.stop()
