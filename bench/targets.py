@@ -239,7 +239,7 @@ def start_production(ctx: Context, *, limits: bool = True) -> Running:
 
     from shared.crypto import new_key
 
-    cwd = ctx.workdir / "production"
+    cwd = ctx.workdir / ("production" if limits else "production-nolimits")
     cwd.mkdir()
     running = Running(port=procs.free_port())
     try:
