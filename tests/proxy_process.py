@@ -26,6 +26,20 @@ UNLIMITED = {"GLOBAL_RATE_LIMIT": "0", "IP_RATE_LIMIT": "0"}
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LOG_LEVEL": "info"}
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> int | None:
+    """SIGTERM, wait, SIGKILL if it will not go; the exit code (None if never started)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 @dataclass
 class ProxyProcess:
     env: dict[str, str]
@@ -78,18 +92,8 @@ class ProxyProcess:
         self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
-        self.proc = None
-        return code
+        proc, self.proc = self.proc, None
+        return terminate(proc, timeout)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -171,18 +175,8 @@ class DispatcherProcess:
         return self
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
-        self.proc = None
-        return code
+        proc, self.proc = self.proc, None
+        return terminate(proc, timeout)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
