@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from admin.options import JsonOpt, ProjectIdArg
+from admin.options import BeforeEventOpt, EventPageOpt, JsonOpt, ProjectIdArg
 from admin.output import emit_usage, fail
 from admin.runner import run
 from shared.manage import DEFAULT_BASE_URL
@@ -85,11 +85,8 @@ USAGE_FIELDS = (
 def usage(
     ctx: typer.Context,
     project_id: ProjectIdArg,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Events per page.")] = 20,
-    before_event_id: Annotated[
-        str | None,
-        typer.Option("--before-event-id", help="Page: events older than this one."),
-    ] = None,
+    limit: EventPageOpt = 20,
+    before_event_id: BeforeEventOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """A project's usage totals and its latest requests, newest first."""

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from admin.options import JsonOpt, TokenIdArg
+from admin.options import BeforeEventOpt, EventPageOpt, JsonOpt, TokenIdArg
 from admin.output import emit_usage, fail
 from admin.runner import run
 
@@ -111,11 +111,8 @@ USAGE_FIELDS = (
 def usage(
     ctx: typer.Context,
     token_id: TokenIdArg,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Events per page.")] = 20,
-    before_event_id: Annotated[
-        str | None,
-        typer.Option("--before-event-id", help="Page: events older than this one."),
-    ] = None,
+    limit: EventPageOpt = 20,
+    before_event_id: BeforeEventOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """A token's usage totals and its latest requests, newest first."""
