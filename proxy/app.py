@@ -25,12 +25,12 @@ from proxy.invalidation import Invalidator
 from proxy.limits import LimitStats, make_limiter
 from proxy.manage import create_management_app
 from proxy.metrics import Metrics, render
+from proxy.redis_client import FastRedis
 from proxy.upstream import Upstream
 from shared.config import Settings
 from shared.crypto import Keyring, load_keyring
 from shared.errors import ConfigError, LLMProxyError, RouteNotFound, Unavailable, error_body
 from shared.events import EventBus
-from shared.fastredis import FastRedis
 from shared.invalidation import Notifier
 from shared.logging import setup_logging
 from shared.redis import make_redis, uses_redis

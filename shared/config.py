@@ -12,32 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shared.errors import ConfigError
+from shared.redis_settings import RedisSettings
+from shared.secret import Secret
 
-
-class Secret:
-    """A string that never shows itself in ``repr``/``str`` (logs, tracebacks)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
-
-    __str__ = __repr__
+__all__ = ["ConfigError", "RedisSettings", "Secret", "Settings"]
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -271,17 +249,44 @@ class Settings:
     redis_addr: str = var(
         "REDIS_ADDR",
         "localhost:6379",
-        "Redis `host:port` (or a `redis://`/`rediss://` URL), used by every Redis-backed feature.",
+        "Where Redis is, for every Redis-backed feature: `host:port`, or a URL "
+        "`redis://[user:password@]host:port/db` (`rediss://` for TLS). See 'Redis addresses' "
+        "below.",
         _str,
     )
-    redis_db: int = var("REDIS_DB", 0, "Redis database number.", _int(0))
+    redis_db: int | None = var(
+        "REDIS_DB",
+        None,
+        "Redis database number. A database in REDIS_ADDR's path counts the same; giving both "
+        "with different numbers stops the process.",
+        _int(0),
+        shown="`0`",
+    )
+    redis_username: str = var(
+        "REDIS_USERNAME",
+        "",
+        "Redis ACL user (`AUTH user password`); empty: the default user. May be given in "
+        "REDIS_ADDR instead.",
+        _str,
+        shown="(default user)",
+    )
     redis_password: Secret = var(
         "REDIS_PASSWORD",
         Secret(""),
-        "Redis password (AUTH), if the server needs one.",
+        "Redis password (AUTH), if the server needs one. May be given in REDIS_ADDR instead.",
         _secret,
         shown="(none)",
     )
+    redis_tls_ca_file: str = var(
+        "REDIS_TLS_CA_FILE",
+        "",
+        "With a `rediss://` REDIS_ADDR: PEM file of the certificate authorities trusted for "
+        "Redis. Empty: the system's trust store (which honours SSL_CERT_FILE).",
+        _str,
+        shown="(system store)",
+    )
+    #: REDIS_ADDR and its companions above, parsed once; every Redis client is built from it.
+    redis: RedisSettings = field(init=False, repr=False, compare=False, metadata={})
 
     redis_timeout: float = var(
         "REDIS_TIMEOUT",
@@ -804,12 +809,22 @@ class Settings:
         "LOG_FORMAT", "json", "`json` (one object per line) or `text`.", _choice("json", "text")
     )
 
+    def __post_init__(self) -> None:
+        redis = RedisSettings.parse(
+            self.redis_addr,
+            db=self.redis_db,
+            username=self.redis_username,
+            password=self.redis_password,
+            ca_file=self.redis_tls_ca_file,
+        )
+        object.__setattr__(self, "redis", redis)  # frozen: derived once, here
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Parse every variable; raise ``ConfigError`` naming the first bad one."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
+        for f in declared_fields():
             name = f.metadata["env"]
             raw = env.get(name)
             if raw is None or (raw.strip() == "" and not isinstance(f.default, (str, Secret))):
@@ -870,6 +885,11 @@ class Settings:
         return url
 
 
+def declared_fields() -> list[dataclasses.Field[Any]]:
+    """The settings read from the environment (not the values derived from them)."""
+    return [f for f in dataclasses.fields(Settings) if "env" in f.metadata]
+
+
 def _redact_url(url: str) -> str:
     return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
 
@@ -877,7 +897,7 @@ def _redact_url(url: str) -> str:
 def documented_variables() -> dict[str, tuple[str, str]]:
     """``{ENV_NAME: (default as shown, meaning)}`` for every setting, in declaration order."""
     out: dict[str, tuple[str, str]] = {}
-    for f in dataclasses.fields(Settings):
+    for f in declared_fields():
         meta = f.metadata
         shown = meta["shown"]
         if shown is None:

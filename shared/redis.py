@@ -1,4 +1,4 @@
-"""Building Redis clients from the settings: address, database, password and timeouts."""
+"""Building redis-py clients from the one ``RedisSettings``: address, user, database, TLS."""
 
 from __future__ import annotations
 
@@ -6,15 +6,27 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from shared.config import Settings
+from shared.config import RedisSettings, Settings
 
 
-def redis_url(settings: Settings) -> str:
-    """REDIS_ADDR as a URL: ``host:port`` becomes ``redis://host:port``; URLs pass unchanged."""
-    addr = settings.redis_addr.strip()
-    if "://" in addr:
-        return addr
-    return f"redis://{addr}"
+def connection_kwargs(redis: RedisSettings) -> dict[str, Any]:
+    """What redis-py's ``Redis(...)`` (asyncio or not) needs to reach ``redis``: each part
+    given explicitly, so no client parses the address a second time."""
+    kwargs: dict[str, Any] = {
+        "host": redis.host,
+        "port": redis.port,
+        "db": redis.db,
+        "username": redis.username or None,
+        "password": redis.password.get() or None,
+    }
+    if redis.tls:
+        kwargs.update(
+            ssl=True,
+            ssl_ca_certs=redis.ca_file or None,  # None: the system store
+            ssl_cert_reqs="required",
+            ssl_check_hostname=True,
+        )
+    return kwargs
 
 
 def make_redis(
@@ -23,10 +35,8 @@ def make_redis(
     """An asyncio Redis client (a connection pool, opened lazily). ``timeout`` overrides
     REDIS_TIMEOUT for callers that block on purpose (XREADGROUP BLOCK)."""
     seconds = settings.redis_timeout if timeout is None else timeout
-    return aioredis.Redis.from_url(
-        redis_url(settings),
-        db=settings.redis_db,
-        password=settings.redis_password.get() or None,
+    return aioredis.Redis(
+        **connection_kwargs(settings.redis),
         socket_timeout=seconds,
         socket_connect_timeout=seconds,
         health_check_interval=30,

@@ -15,7 +15,7 @@ import pytest
 from starlette.routing import Mount
 
 from proxy.app import create_app
-from shared.config import Settings
+from shared.config import Settings, declared_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"
@@ -31,7 +31,7 @@ FOREIGN_VARIABLES = {
 
 
 def settings_variables() -> set[str]:
-    return {f.metadata["env"] for f in Settings.__dataclass_fields__.values()}
+    return {f.metadata["env"] for f in declared_fields()}
 
 
 def cli_variables() -> set[str]:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from proxy.cache import CacheBackend, HttpCache, MemoryBackend, RedisBackend
+from proxy.redis_client import FastRedis
 from shared.config import Settings
-from shared.fastredis import FastRedis
 from shared.redis import make_redis
 from tests.cache_client import Upstream, raw, request
 

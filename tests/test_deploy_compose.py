@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from proxy.server import ProxyServer
-from shared.config import Secret, Settings, parse_duration
+from shared.config import Secret, Settings, declared_fields, parse_duration
 from tests.deploy_wiring import (
     COMPOSE_DIR,
     ROOT,
@@ -142,7 +142,7 @@ def test_the_settings_parse(services: dict[str, dict[str, Any]]) -> None:
     """Each process's environment is accepted by the one settings object (placeholders apart)."""
     for name, svc in llm_proxy_services({"services": services}).items():
         env = {k: v for k, v in svc["environment"].items() if v is not None}
-        known = {f.metadata["env"] for f in Settings.__dataclass_fields__.values()}
+        known = {f.metadata["env"] for f in declared_fields()}
         settings = Settings.from_env({k: v for k, v in env.items() if k in known})
         assert settings.db_driver == "postgres", name
         assert settings.event_bus == "redis-streams", name
@@ -151,9 +151,7 @@ def test_the_settings_parse(services: dict[str, dict[str, Any]]) -> None:
 def test_secrets_come_from_the_env_file_only() -> None:
     raw = yaml.safe_load((COMPOSE_DIR / "docker-compose.yml").read_text())
     secret_names = {
-        f.metadata["env"]
-        for f in Settings.__dataclass_fields__.values()
-        if isinstance(f.default, Secret)
+        f.metadata["env"] for f in declared_fields() if isinstance(f.default, Secret)
     } | {"POSTGRES_PASSWORD"}
 
     def walk(node: Any) -> None:

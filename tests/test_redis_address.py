@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from proxy.redis_client import FastRedis
 from shared.config import Settings
-from shared.fastredis import FastRedis
 from shared.redis import make_redis
 from tests.services import REDIS_HOST, REDIS_PORT, RedisProcess, require
 from tests.tls_files import TlsFiles, make_tls_files
