@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, ConnectionError, RedisError
 
+from dispatcher.sinks import make_broker
 from proxy.redis_client import FastRedis
 from shared.config import Settings
 from shared.redis import make_redis
@@ -150,3 +151,106 @@ async def test_a_restart_mid_load_puts_no_command_on_the_wrong_database(tmp_path
         load.cancel()
         await fast.aclose()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RedisProcess, RedisProcess, TlsFiles]]:
+    """One plain and one TLS-only Redis, each with the default user (no password) and alice."""
+    tls = make_tls_files(tmp_path_factory.mktemp("tls"))
+    plain = RedisProcess(extra=ALICE).start()
+    secure = RedisProcess(tls=tls, extra=ALICE).start()
+    yield plain, secure, tls
+    plain.stop()
+    secure.stop()
+
+
+#: (address form, its environment with {plain}/{tls} for the servers' host:port, db, user)
+FORMS = [
+    ("host:port", {"REDIS_ADDR": "{plain}"}, "0", "default"),
+    ("redis://", {"REDIS_ADDR": "redis://{plain}"}, "0", "default"),
+    (
+        "redis:// user, password, db",
+        {"REDIS_ADDR": "redis://alice:alice-pw@{plain}/4"},
+        "4",
+        "alice",
+    ),
+    ("host:port + REDIS_DB", {"REDIS_ADDR": "{plain}", "REDIS_DB": "2"}, "2", "default"),
+    (
+        "redis:///db + the same REDIS_DB",
+        {"REDIS_ADDR": "redis://{plain}/3", "REDIS_DB": "3"},
+        "3",
+        "default",
+    ),
+    (
+        "host:port + REDIS_USERNAME + REDIS_PASSWORD",
+        {"REDIS_ADDR": "{plain}", "REDIS_USERNAME": "alice", "REDIS_PASSWORD": "alice-pw"},
+        "0",
+        "alice",
+    ),
+    ("rediss:// /db", {"REDIS_ADDR": "rediss://{tls}/6"}, "6", "default"),
+    (
+        "rediss:// user + REDIS_DB",
+        {"REDIS_ADDR": "rediss://alice:alice-pw@{tls}", "REDIS_DB": "1"},
+        "1",
+        "alice",
+    ),
+    (
+        "rediss:// + REDIS_USERNAME",
+        {"REDIS_ADDR": "rediss://:alice-pw@{tls}/7", "REDIS_USERNAME": "alice"},
+        "7",
+        "alice",
+    ),
+]
+
+
+@pytest.mark.parametrize(("form", "env", "db", "user"), FORMS, ids=[f[0] for f in FORMS])
+async def test_every_address_form_reaches_the_same_database_as_the_same_user(
+    servers: tuple[RedisProcess, RedisProcess, TlsFiles],
+    form: str,
+    env: dict[str, str],
+    db: str,
+    user: str,
+) -> None:
+    plain, secure, tls = servers
+    filled = {k: v.format(plain=plain.addr, tls=secure.addr) for k, v in env.items()}
+    if secure.addr in filled["REDIS_ADDR"]:
+        filled["REDIS_TLS_CA_FILE"] = tls.ca
+    settings = Settings.from_env(filled)
+    slow_info, fast_info = await both_infos(settings)
+    broker = make_broker(settings)
+    try:
+        broker_info = client_info(broker.client.execute_command("CLIENT", "INFO"))
+    finally:
+        broker.client.close()
+    assert (slow_info["db"], slow_info["user"]) == (db, user)
+    assert (fast_info["db"], fast_info["user"]) == (db, user)
+    assert (broker_info["db"], broker_info["user"]) == (db, user)
+
+
+async def test_tls_trusts_the_system_store_which_honours_ssl_cert_file(
+    servers: tuple[RedisProcess, RedisProcess, TlsFiles], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, secure, tls = servers
+    settings = Settings.from_env({"REDIS_ADDR": f"rediss://{secure.addr}"})
+    fast = FastRedis.from_settings(settings)
+    with pytest.raises(ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        await fast.ping()  # our test CA is in no system store
+    monkeypatch.setenv("SSL_CERT_FILE", tls.ca)
+    slow_info, fast_info = await both_infos(settings)
+    assert slow_info["db"] == fast_info["db"] == "0"
+    await fast.aclose()
+
+
+async def test_a_wrong_password_is_an_authentication_error_not_a_hang(
+    servers: tuple[RedisProcess, RedisProcess, TlsFiles],
+) -> None:
+    plain, _, _ = servers
+    env = {"REDIS_ADDR": f"redis://alice:wrong@{plain.addr}/3"}
+    fast = FastRedis.from_settings(Settings.from_env(env))
+    with pytest.raises(AuthenticationError, match="WRONGPASS"):
+        await fast.get("k")
+    with pytest.raises(AuthenticationError, match="WRONGPASS"):
+        await fast.get("k")  # and again on the next attempt, not a half-open connection
+    await fast.aclose()
