@@ -19,6 +19,7 @@ from shared.config import Settings
 from shared.crypto import load_keyring
 from shared.errors import LLMProxyError, Unavailable
 from shared.invalidation import Notifier
+from shared.invalidation import channel as invalidation_channel
 from shared.logging import redact, setup_logging
 from shared.manage import CachePurger, Management
 from shared.redis import make_redis, uses_redis
@@ -60,7 +61,8 @@ async def _run_local(settings: Settings, action: Action) -> Any:
     keyring = load_keyring(settings)
     store = await open_store(settings)
     redis = make_redis(settings) if uses_redis(settings) else None
-    notifier = Notifier(store, redis)  # revocations reach every running proxy worker
+    # revocations reach every running proxy worker of this deployment
+    notifier = Notifier(store, redis, channel=invalidation_channel(settings))
     try:
         management = Management(
             store=store,

@@ -32,6 +32,7 @@ from shared.crypto import Keyring, load_keyring
 from shared.errors import ConfigError, LLMProxyError, RouteNotFound, Unavailable, error_body
 from shared.events import EventBus
 from shared.invalidation import Notifier
+from shared.invalidation import channel as invalidation_channel
 from shared.logging import setup_logging
 from shared.redis import make_redis, uses_redis
 from shared.store import SqlStore, make_store
@@ -126,6 +127,7 @@ class ProxyApp:
             token_cache,
             interval=settings.invalidation_poll_interval,
             redis=redis,
+            channel=invalidation_channel(settings),
             responses=_local_cache(http_cache),
         )
         await invalidator.start()
@@ -135,7 +137,7 @@ class ProxyApp:
             bus=bus,
             upstream=upstream,
             invalidator=invalidator,
-            notifier=Notifier(store, redis),
+            notifier=Notifier(store, redis, channel=invalidation_channel(settings)),
             redis=redis,
         )
         self.handler = ProxyHandler(

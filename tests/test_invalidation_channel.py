@@ -10,7 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.config import Settings
 from shared.crypto import new_key
+from shared.invalidation import channel
 from tests.proxy_process import UNLIMITED, Provisioned, ProxyProcess, provision
 from tests.services import RedisProcess
 from tests.upstream_fake import FakeUpstream
@@ -88,3 +90,14 @@ def test_a_purge_in_one_deployment_leaves_the_other_alone(
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.mark.parametrize(
+    "variable", ["REDIS_CACHE_KEY_PREFIX", "DISTRIBUTED_RATE_LIMIT_PREFIX", "REDIS_STREAM_KEY"]
+)
+def test_any_namespace_of_its_own_gives_a_deployment_its_own_channel(variable: str) -> None:
+    base = Settings.from_env({})
+    other = Settings.from_env({variable: "other:"})
+    assert channel(base) == channel(Settings.from_env({"REDIS_DB": "4"}))  # replicas agree
+    assert channel(other) != channel(base)
+    assert channel(other).startswith("llm-proxy:invalidate:")

@@ -16,7 +16,7 @@ import pytest
 
 from shared.config import Settings
 from shared.crypto import load_keyring, new_key
-from shared.invalidation import Notifier
+from shared.invalidation import Notifier, channel
 from shared.manage import Management
 from shared.redis import make_redis
 from shared.store import make_store
@@ -134,7 +134,7 @@ def test_revocation_reaches_two_instances_within_a_second_over_redis(tmp_path: P
                     store=store,
                     keyring=load_keyring(settings),
                     actor="test",
-                    notifier=Notifier(store, redis),
+                    notifier=Notifier(store, redis, channel=channel(settings)),
                 )
                 await mgmt.revoke_token(creds.token_id)
             finally:
