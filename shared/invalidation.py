@@ -22,11 +22,13 @@ log = logging.getLogger("llm_proxy.invalidation")
 
 def channel(settings: Settings) -> str:
     """This deployment's pub/sub channel. Pub/sub ignores the database number, so the name
-    carries the deployment's Redis namespaces instead (cache prefix, limiter prefix, stream
-    key): deployments sharing one Redis, which must differ in those anyway, do not hear each
-    other's purges and token drops; replicas of one deployment share the name."""
+    carries what keeps deployments' keys apart on one Redis (the database, the cache prefix,
+    the limiter prefix, the stream key): deployments sharing a Redis do not hear each other's
+    purges and token drops as long as their keys are apart; replicas of one deployment, set
+    alike, share the name."""
     namespaces = "\n".join(
         (
+            str(settings.redis.db),
             settings.redis_cache_key_prefix,
             settings.distributed_rate_limit_prefix,
             settings.redis_stream_key,

@@ -93,11 +93,17 @@ def test_a_purge_in_one_deployment_leaves_the_other_alone(
 
 
 @pytest.mark.parametrize(
-    "variable", ["REDIS_CACHE_KEY_PREFIX", "DISTRIBUTED_RATE_LIMIT_PREFIX", "REDIS_STREAM_KEY"]
+    ("variable", "value"),
+    [
+        ("REDIS_CACHE_KEY_PREFIX", "other:"),
+        ("DISTRIBUTED_RATE_LIMIT_PREFIX", "other:"),
+        ("REDIS_STREAM_KEY", "other"),
+        ("REDIS_DB", "4"),
+    ],
 )
-def test_any_namespace_of_its_own_gives_a_deployment_its_own_channel(variable: str) -> None:
+def test_keys_kept_apart_give_a_deployment_its_own_channel(variable: str, value: str) -> None:
     base = Settings.from_env({})
-    other = Settings.from_env({variable: "other:"})
-    assert channel(base) == channel(Settings.from_env({"REDIS_DB": "4"}))  # replicas agree
+    other = Settings.from_env({variable: value})
+    assert channel(base) == channel(Settings.from_env({"REDIS_ADDR": "elsewhere:6379"}))
     assert channel(other) != channel(base)
     assert channel(other).startswith("llm-proxy:invalidate:")
