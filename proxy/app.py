@@ -35,6 +35,7 @@ from shared.invalidation import Notifier
 from shared.invalidation import channel as invalidation_channel
 from shared.logging import setup_logging
 from shared.redis import make_redis, uses_redis
+from shared.redis import reachable as redis_reachable
 from shared.store import SqlStore, make_store
 
 log = logging.getLogger("llm_proxy.app")
@@ -196,11 +197,8 @@ class ProxyApp:
             await asyncio.wait_for(res.store.ping(), 2.0)
         except Exception:
             failed.append("database")
-        if res.redis is not None:
-            try:
-                await asyncio.wait_for(res.redis.ping(), 2.0)
-            except Exception:
-                failed.append("redis")
+        if res.redis is not None and not await redis_reachable(res.redis, 2.0):
+            failed.append("redis")
         if failed:
             return JSONResponse({"status": "unavailable", "failed": failed}, status_code=503)
         return JSONResponse({"status": "ready"})

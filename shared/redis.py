@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from shared.config import RedisSettings, Settings
+
+log = logging.getLogger("llm_proxy.redis")
 
 
 def connection_kwargs(redis: RedisSettings) -> dict[str, Any]:
@@ -52,3 +56,20 @@ def uses_redis(settings: Settings) -> bool:
         or settings.distributed_rate_limit_enabled
         or (settings.http_cache_enabled and settings.http_cache_backend == "redis")
     )
+
+
+async def reachable(redis: aioredis.Redis, seconds: float) -> bool:
+    """Whether Redis answers PING within ``seconds``. A failed PING is tried once more on a new
+    connection: after a blip the pooled connections may be dead (silently, if the network
+    dropped them) while Redis itself is fine, and a readiness probe must report Redis, not a
+    stale socket. This does not lean on redis-py's retry defaults, which vary by version."""
+    for attempt in range(2):
+        try:
+            if attempt:
+                # idle connections shared the dead one's fate; in-use ones reconnect themselves
+                await redis.connection_pool.disconnect(inuse_connections=False)
+            await asyncio.wait_for(redis.ping(), seconds)
+            return True
+        except Exception as exc:  # any failure: look again on a fresh connection, then say down
+            log.debug("Redis PING failed (attempt %d): %r", attempt + 1, exc)
+    return False
