@@ -376,6 +376,33 @@ class Settings:
         "Largest piece read from the upstream and written to the client at once (bytes).",
         _int(1024),
     )
+    batching_enabled: bool = var(
+        "BATCHING_ENABLED",
+        False,
+        "Merge concurrent embeddings requests with the same project, model and parameters into "
+        'one upstream call and split the answer back (docs/configuration.md, "Request '
+        'batching").',
+        _bool,
+    )
+    batch_window_ms: int = var(
+        "BATCH_WINDOW_MS",
+        50,
+        "How long the first request of a batch waits for others to join it (ms).",
+        _int(1),
+    )
+    batch_max_size: int = var(
+        "BATCH_MAX_SIZE",
+        10,
+        "Most requests merged into one upstream call; a full batch goes at once.",
+        _int(1),
+    )
+    batch_max_queue_size: int = var(
+        "BATCH_MAX_QUEUE_SIZE",
+        1000,
+        "Most requests waiting in open batches per worker; beyond it a request goes upstream "
+        "alone at once.",
+        _int(1),
+    )
     upstream_connect_timeout: float = var(
         "UPSTREAM_CONNECT_TIMEOUT",
         10.0,

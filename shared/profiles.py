@@ -41,6 +41,10 @@ PROFILES: dict[str, dict[str, str]] = {
         "APIKEY_CACHE_SIZE": "10000",
         "APIKEY_CACHE_TTL_MS": "3600000",
         "STREAM_RESPONSE_CHUNK_SIZE": "65536",
+        "BATCHING_ENABLED": "true",
+        "BATCH_WINDOW_MS": "100",
+        "BATCH_MAX_SIZE": "20",
+        "BATCH_MAX_QUEUE_SIZE": "5000",
     },
     "development": {
         "POOL_MIN_CONNECTIONS": "2",
@@ -139,23 +143,6 @@ SEED_VARIABLES: tuple[SeedVariable, ...] = (
         maps_to="ENABLE_METRICS",
         convert=_bool_text,
         check=_flag,
-    ),
-    SeedVariable(
-        "BATCHING_ENABLED",
-        "request batching is not available in this release; unset it or set it to 0",
-        check=_flag,
-        refuse_enabled=True,
-    ),
-    SeedVariable(
-        "BATCH_WINDOW_MS", "request batching is not available in this release", check=_count
-    ),
-    SeedVariable(
-        "BATCH_MAX_SIZE", "request batching is not available in this release", check=_count
-    ),
-    SeedVariable(
-        "BATCH_MAX_QUEUE_SIZE",
-        "request batching is not available in this release",
-        check=_count,
     ),
     SeedVariable(
         "PROFILING_ENABLED",
@@ -268,6 +255,10 @@ SEED_SAME_NAME = (
     "APIKEY_CACHE_SIZE",
     "APIKEY_CACHE_TTL_MS",
     "STREAM_RESPONSE_CHUNK_SIZE",
+    "BATCHING_ENABLED",
+    "BATCH_WINDOW_MS",
+    "BATCH_MAX_SIZE",
+    "BATCH_MAX_QUEUE_SIZE",
 )
 
 

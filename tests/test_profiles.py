@@ -75,9 +75,12 @@ def test_guide_names_map_onto_our_settings() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"BATCHING_ENABLED": "1"}, "BATCHING_ENABLED=1 cannot be honoured: request batching"),
         ({"PROFILING_ENABLED": "true"}, "PROFILING_ENABLED=true cannot be honoured"),
-        ({"BATCH_WINDOW_MS": "soon"}, "BATCH_WINDOW_MS must be an integer >= 0, got 'soon'"),
+        ({"PROFILING_ENABLED": "sure"}, "PROFILING_ENABLED must be true or false, got 'sure'"),
+        (
+            {"METRICS_RETENTION_MS": "soon"},
+            "METRICS_RETENTION_MS must be an integer >= 0, got 'soon'",
+        ),
         ({"CACHE_ENABLED": "maybe"}, "CACHE_ENABLED must be true or false, got 'maybe'"),
         (
             {"CACHE_TTL_MS": "1000", "HTTP_CACHE_DEFAULT_TTL": "5m"},
@@ -94,11 +97,12 @@ def test_guide_variables_we_cannot_honour_stop_the_process(
 
 
 def test_guide_variables_without_effect_are_named_not_ignored() -> None:
-    env = {"BATCHING_ENABLED": "0", "RATE_LIMIT_BATCH_INTERVAL_MS": "1000"}
+    env = {"PROFILING_ENABLED": "0", "RATE_LIMIT_BATCH_INTERVAL_MS": "1000"}
     _, _, notices = explain(env)
     assert notices == [
-        "BATCHING_ENABLED has no effect here: request batching is not available in this "
-        "release; unset it or set it to 0",
+        "PROFILING_ENABLED has no effect here: per-request profiling is not available in this "
+        "release; unset it or set it to false (Server-Timing on every answer gives the proxy's "
+        "own time)",
         "RATE_LIMIT_BATCH_INTERVAL_MS has no effect here: limits and quotas are counted "
         "exactly, one atomic check per request; nothing is batched",
     ]
@@ -166,7 +170,7 @@ def test_config_check_validates_without_starting_anything(tmp_path: Path) -> Non
 def test_server_refuses_a_guide_feature_it_lacks_in_one_line(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "admin", "server"],
-        env={"PATH": os.environ["PATH"], "BATCHING_ENABLED": "true", "PORT": "0"},
+        env={"PATH": os.environ["PATH"], "PROFILING_ENABLED": "true", "PORT": "0"},
         capture_output=True,
         text=True,
         timeout=60,
@@ -174,8 +178,9 @@ def test_server_refuses_a_guide_feature_it_lacks_in_one_line(tmp_path: Path) -> 
     )
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        "error: BATCHING_ENABLED=true cannot be honoured: request batching is not available in "
-        "this release; unset it or set it to 0"
+        "error: PROFILING_ENABLED=true cannot be honoured: per-request profiling is not "
+        "available in this release; unset it or set it to false (Server-Timing on every answer "
+        "gives the proxy's own time)"
     )
 
 
