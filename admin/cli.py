@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from admin.commands import audit, cache, events, keys, pipeline, projects, server, tokens
+from admin.commands import audit, cache, config, events, keys, pipeline, projects, server, tokens
 from admin.options import JsonOpt
 from admin.output import emit
 from admin.remote import RemoteTarget
@@ -32,6 +32,7 @@ manage.add_typer(audit.app, name="audit")
 manage.add_typer(cache.app, name="cache")
 manage.add_typer(events.app, name="events")
 app.add_typer(manage, name="manage")
+app.add_typer(config.app, name="config")
 app.command("dispatcher")(pipeline.dispatcher)
 app.command("worker")(pipeline.worker)
 

@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 
 from proxy.auth import Authenticator, token_from_headers
+from proxy.batching import ENDPOINT as BATCHED_ENDPOINT
+from proxy.batching import Batcher, plan_merge
 from proxy.body import ClientGone, read_body
 from proxy.cache import HttpCache
 from proxy.exchange import Exchange
@@ -49,6 +51,7 @@ class ProxyHandler:
         self.router = Router(settings.allowed_endpoints, settings.allowed_methods)
         self.auth = auth
         self.relay = Relay(settings, upstream)
+        self.batcher = Batcher(settings, upstream) if settings.batching_enabled else None
         self.bus = bus
         self.metrics = metrics
         self.limiter = limiter
@@ -152,8 +155,20 @@ class ProxyHandler:
                 )
             if admission.limit:
                 extra += [(k.lower().encode(), v.encode()) for k, v in admission.headers().items()]
+            merge = None
+            if (
+                self.batcher is not None
+                and route.endpoint == BATCHED_ENDPOINT
+                and (plan is None or not plan.cacheable)
+                and self.batcher.has_room()
+            ):
+                merge = plan_merge(ex)
             if served is not None:
                 await send_served(ex, served, "hit")
+            elif merge is not None:
+                assert self.batcher is not None
+                ex.cache_status = "bypass" if plan is not None else ""
+                await self.batcher.forward(ex, merge)
             elif cache is not None and plan is not None:
                 async with cache.fill(plan) as fill:
                     if fill.served is not None:

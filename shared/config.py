@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shared.errors import ConfigError
+from shared.profiles import PROFILE_ENV, profile_names, profiles_table, resolve, seed_table
 from shared.redis_settings import RedisSettings
 from shared.secret import Secret
 
@@ -213,6 +214,17 @@ DEFAULT_ENDPOINTS = (
 class Settings:
     """Every setting of every llm-proxy process. Build with ``Settings.from_env(environ)``."""
 
+    # --- profile ---
+    profile: tuple[str, ...] = var(
+        PROFILE_ENV,
+        (),
+        "Tuning presets applied before the other variables, which override them: "
+        "`low-latency`, `high-throughput`, `development`, `edge` (the use cases of the tuning "
+        "guide) and `strict` (100 requests a minute overall, 30 per client address); several "
+        "may be named, comma-separated, later ones winning. The presets are listed in "
+        "docs/configuration.md.",
+        profile_names,
+    )
     # --- storage ---
     db_driver: Literal["sqlite", "postgres"] = var(
         "DB_DRIVER",
@@ -368,6 +380,33 @@ class Settings:
         32768,
         "Largest piece read from the upstream and written to the client at once (bytes).",
         _int(1024),
+    )
+    batching_enabled: bool = var(
+        "BATCHING_ENABLED",
+        False,
+        "Merge concurrent embeddings requests with the same project, model and parameters into "
+        'one upstream call and split the answer back (docs/configuration.md, "Request '
+        'batching").',
+        _bool,
+    )
+    batch_window_ms: int = var(
+        "BATCH_WINDOW_MS",
+        50,
+        "How long the first request of a batch waits for others to join it (ms).",
+        _int(1),
+    )
+    batch_max_size: int = var(
+        "BATCH_MAX_SIZE",
+        10,
+        "Most requests merged into one upstream call; a full batch goes at once.",
+        _int(1),
+    )
+    batch_max_queue_size: int = var(
+        "BATCH_MAX_QUEUE_SIZE",
+        1000,
+        "Most requests waiting in open batches per worker; beyond it a request goes upstream "
+        "alone at once.",
+        _int(1),
     )
     upstream_connect_timeout: float = var(
         "UPSTREAM_CONNECT_TIMEOUT",
@@ -700,16 +739,20 @@ class Settings:
     # --- rate limits and quotas ---
     global_rate_limit: int = var(
         "GLOBAL_RATE_LIMIT",
-        100,
+        0,
         "Requests per minute the proxy admits over all clients (sliding window). Counted per "
-        "process, or across every instance with DISTRIBUTED_RATE_LIMIT_ENABLED. `0` disables it.",
+        "process, or across every instance with DISTRIBUTED_RATE_LIMIT_ENABLED. `0` (the "
+        "default) disables it: MAX_IN_FLIGHT_REQUESTS and the upstream pool's queue protect "
+        "capacity without guessing a rate; the `strict` profile sets the operator guide's 100.",
         _int(0),
     )
     ip_rate_limit: int = var(
         "IP_RATE_LIMIT",
-        30,
-        "Requests per minute per client IP (IPv6: per /64). The IP is the socket peer, or taken "
-        "from X-Forwarded-For when the peer is in TRUSTED_PROXIES. `0` disables it.",
+        1200,
+        "Requests per minute per client IP (IPv6: per /64): 20 a second, far above one person, "
+        "enough for one backend (the `strict` profile sets the operator guide's 30). The IP is "
+        "the socket peer, or taken from X-Forwarded-For when the peer is in TRUSTED_PROXIES. "
+        "`0` disables it.",
         _int(0),
     )
     trusted_proxies: tuple[str, ...] = var(
@@ -822,7 +865,10 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Parse every variable; raise ``ConfigError`` naming the first bad one."""
-        env = os.environ if environ is None else environ
+        return cls._from_raw(resolve(os.environ if environ is None else environ, _KNOWN).values)
+
+    @classmethod
+    def _from_raw(cls, env: Mapping[str, str]) -> Settings:
         values: dict[str, Any] = {}
         for f in declared_fields():
             name = f.metadata["env"]
@@ -890,6 +936,48 @@ def declared_fields() -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(Settings) if "env" in f.metadata]
 
 
+_KNOWN = frozenset(f.metadata["env"] for f in declared_fields())
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """One setting as ``llm-proxy config show`` reports it."""
+
+    variable: str
+    value: str
+    source: str  # default, profile:NAME, environment, or environment:GUIDE_NAME
+
+
+def explain(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Settings, list[Effective], list[str]]:
+    """The settings, each one's shown value (secrets masked) and source, and the notices about
+    variables that have no effect here. Raises ``ConfigError`` like ``Settings.from_env``."""
+    resolved = resolve(os.environ if environ is None else environ, _KNOWN)
+    settings = Settings._from_raw(resolved.values)
+    rows = []
+    for f in declared_fields():
+        env = f.metadata["env"]
+        rows.append(
+            Effective(env, _shown(getattr(settings, f.name)), resolved.sources.get(env, "default"))
+        )
+    return settings, rows, resolved.notices
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Secret):
+        return "***" if value else ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _redact_url(url: str) -> str:
     return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
 
@@ -922,15 +1010,22 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def generated_blocks() -> dict[str, str]:
+    """docs/configuration.md's generated tables, by the name of their marker comments."""
+    return {"settings": markdown_table(), "profiles": profiles_table(), "seed": seed_table()}
+
+
 def write_docs(path: str) -> None:
-    """Replace the generated table in docs/configuration.md."""
-    begin, end = "<!-- settings:begin -->\n", "<!-- settings:end -->"
+    """Replace the generated tables in docs/configuration.md."""
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
-    head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1]
+    for name, table in generated_blocks().items():
+        begin, end = f"<!-- {name}:begin -->\n", f"<!-- {name}:end -->"
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        text = head + begin + table + "\n" + end + tail
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(head + begin + markdown_table() + "\n" + end + tail)
+        fh.write(text)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from admin.cli import app
-from shared.config import markdown_table
+from shared.config import generated_blocks, markdown_table
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -24,6 +24,13 @@ def test_settings_table_matches_the_code() -> None:
     assert not missing, f"in code, not in docs/configuration.md: {missing}"
     assert not stale, f"in docs/configuration.md, not in code: {stale}"
     assert table == markdown_table(), "regenerate the table with `python -m shared.config`"
+
+
+def test_generated_tables_match_the_code() -> None:
+    text = (DOCS / "configuration.md").read_text()
+    for name, table in generated_blocks().items():
+        block = text.split(f"<!-- {name}:begin -->\n", 1)[1].split(f"\n<!-- {name}:end -->", 1)[0]
+        assert block == table, f"regenerate the {name} table with `python -m shared.config --write`"
 
 
 def _cli_envvars(command: Any) -> set[str]:

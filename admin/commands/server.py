@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import tempfile
 from typing import Annotated
@@ -11,8 +12,10 @@ import typer
 
 from admin.output import fail
 from admin.runner import guarded_settings
+from shared.config import Settings, explain
 from shared.crypto import load_keyring
 from shared.errors import LLMProxyError
+from shared.logging import setup_logging
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -28,6 +31,7 @@ def server(
 ) -> None:
     """Run the proxy: gunicorn with uvicorn workers, configured from the environment."""
     settings = guarded_settings()
+    _log_notices(settings)
     if port is not None:
         settings = settings.replace(port=port)
     try:
@@ -50,6 +54,15 @@ def server(
     from proxy.server import ProxyServer  # after the metrics dir is set: workers read it
 
     ProxyServer(settings, workers=workers).run()
+
+
+def _log_notices(settings: Settings) -> None:
+    """Say once, at start, which tuning-guide variables have no effect here."""
+    notices = explain()[2]
+    if notices:
+        setup_logging(settings.log_level, settings.log_format)
+        for notice in notices:
+            logging.getLogger("llm_proxy.config").warning(notice)
 
 
 def _prepare_metrics_dir(directory: str) -> None:
