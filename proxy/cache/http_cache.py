@@ -32,6 +32,7 @@ from proxy.cache.flight import Flight, Landing, SingleFlight
 from proxy.cache.headers import RawHeaders, not_modified
 from proxy.cache.policy import (
     BYPASS,
+    EXPLICIT,
     LOOKUP,
     RequestView,
     StoreRules,
@@ -53,6 +54,7 @@ _BYPASS_HEADERS = {
     "bypass": (_BYPASS, (CACHE_STATUS, b"llm-proxy; fwd=bypass")),
     "unavailable": (_BYPASS, (CACHE_STATUS, b"llm-proxy; fwd=bypass; detail=unavailable")),
 }
+_OPTED_IN = b"\nopt-in"  # one separator more than any key_part has: cannot collide
 _COLLAPSED = (_HIT, (CACHE_STATUS, b"llm-proxy; fwd=miss; collapsed"))
 # What a 304 to a client's conditional request carries (RFC 9110 15.4.5).
 _NOT_MODIFIED_KEEP = frozenset(
@@ -83,6 +85,7 @@ class CachePlan:
     view: RequestView
     ttl: float | None  # the client's TTL (X-Proxy-Cache-TTL, POST opt-in)
     max_age: float | None  # the oldest stored answer the client accepts
+    reuse: str  # policy.reuse_rule() of the request
     stale: CacheEntry | None = None  # a stored entry to revalidate upstream
 
     @property
@@ -139,10 +142,14 @@ class HttpCache:
         """Decide (no I/O): ``headers`` are the request's ASGI pairs (``request.headers.raw``),
         ``query`` its raw query string, ``body`` the request body (only read for POST)."""
         view = read_request(headers)
-        rules = request_rules(method, view)
+        rules = request_rules(method, path, view)
         key = ""
         if rules.mode != BYPASS:
-            key = cache_key(method, path, query, view.key_part, body if method == "POST" else None)
+            key_part = view.key_part
+            if rules.reuse == EXPLICIT and rules.ttl is not None:
+                # What one client opted in for is not served to readers who did not.
+                key_part += _OPTED_IN
+            key = cache_key(method, path, query, key_part, body if method == "POST" else None)
         return CachePlan(
             project_id,
             method,
@@ -154,6 +161,7 @@ class HttpCache:
             view,
             rules.ttl,
             rules.max_age,
+            rules.reuse,
         )
 
     async def lookup(self, plan: CachePlan) -> Served | None:
@@ -318,6 +326,7 @@ class Fill:
             default_ttl=cache.default_ttl,
             client_ttl=plan.ttl,
             max_object_bytes=cache.max_object_bytes,
+            reuse=plan.reuse,
         )
         if rules.ttl <= 0:
             cache.stats.not_stored += 1
@@ -384,6 +393,7 @@ class Fill:
             default_ttl=cache.default_ttl,
             client_ttl=plan.ttl,
             max_object_bytes=cache.max_object_bytes,
+            reuse=plan.reuse,
         )
         now = cache.clock()
         entry = CacheEntry(stale.status, merged, stale.body, now, now + rules.ttl, stale.stream)
