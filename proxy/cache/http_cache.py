@@ -14,8 +14,8 @@ The pipeline's sequence (``tests/cache_client.py`` runs exactly this)::
         if resp.status == 304 and fill.revalidating:
             served = await fill.not_modified(resp.headers); send(served...); return
         send_start(resp.status, resp.headers + fill.start(resp.status, resp.headers))
-        for chunk in resp.body: fill.feed(chunk); send(chunk)
-        await fill.finish()                      # only once the body is complete
+        for chunk in resp.body: fill.feed(chunk); send(chunk)   # but the chunk that completes
+        await fill.finish()     # the body is sent only after finish(): a repeat must find it
     event.cache_status = fill.status             # "miss" or "bypass"
 """
 
