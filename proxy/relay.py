@@ -102,7 +102,7 @@ class Relay:
             length = response.header(b"content-length") if keep_length else None
             if length is not None and length.isdigit():
                 complete_at = int(length)
-        proxy_ms = (sent_at - ex.started + time.perf_counter() - headers_at) * 1000
+        ex.proxy_ms = proxy_ms = (sent_at - ex.started + time.perf_counter() - headers_at) * 1000
         out_headers.append(
             (b"server-timing", server_timing(proxy_ms, (headers_at - sent_at) * 1000))
         )
@@ -174,13 +174,14 @@ async def send_served(ex: Exchange, served: Served, cache_status: str) -> None:
     ex.stream = served.stream
     ex.cache_status = cache_status
     ex.response_bytes = len(served.body)
-    await ex.send(
-        {
-            "type": "http.response.start",
-            "status": served.status,
-            "headers": served.headers + ex.extra,
-        }
-    )
+    # The same meaning as on a forwarded answer: time in the proxy up to the response head,
+    # less the time spent waiting on an upstream (this request's own revalidation, or the
+    # identical request's call that a collapsed one joined).
+    upstream_ms = ex.upstream_ms or served.waited_ms
+    ex.proxy_ms = proxy_ms = (time.perf_counter() - ex.started) * 1000 - upstream_ms
+    headers = served.headers + ex.extra
+    headers.append((b"server-timing", server_timing(proxy_ms, upstream_ms)))
+    await ex.send({"type": "http.response.start", "status": served.status, "headers": headers})
     ex.response_started = True
     ex.ttfb_ms = (time.perf_counter() - ex.started) * 1000
     await ex.send({"type": "http.response.body", "body": served.body, "more_body": False})

@@ -101,6 +101,7 @@ class Served:
     headers: list[Header]
     body: bytes
     stream: bool  # replay as text/event-stream (the body is the captured SSE bytes)
+    waited_ms: float = 0.0  # a collapsed request: how long it waited on the identical one's call
 
 
 class HttpCache:
@@ -282,6 +283,7 @@ class Fill:
             current = flights.current(self._flight_key()) if self._flight is None else None
             # A revalidation wants its own upstream answer; it never waits on another's.
             if current is not None and plan.mode == LOOKUP:
+                began = time.perf_counter()
                 landing = await flights.follow(current)
                 if landing is not None and (
                     not landing.vary or variant_id(landing.vary, plan.headers) == landing.variant
@@ -290,6 +292,7 @@ class Fill:
                     cache.stats.collapsed += 1
                     self.status = "hit"
                     self.served = cache._serve(plan, landing.entry, cache.clock(), _COLLAPSED)
+                    self.served.waited_ms = (time.perf_counter() - began) * 1000
                     return self
         cache.stats.misses += 1
         stale = plan.stale
