@@ -278,7 +278,9 @@ class Fill:
         if plan.mode == BYPASS:
             return self
         flights = cache.flights
-        if flights.wait > 0:
+        # A mutable GET nobody opted in is most likely not stored: waiting for an identical
+        # one's headers would only add its latency to this one's.
+        if flights.wait > 0 and not (plan.reuse == EXPLICIT and plan.ttl is None):
             self._flight = flights.lead(self._flight_key())
             current = flights.current(self._flight_key()) if self._flight is None else None
             # A revalidation wants its own upstream answer; it never waits on another's.
