@@ -171,11 +171,14 @@ class Batcher:
         ex.usage = outcome.usage
         ex.upstream_ms = outcome.upstream_ms
         ex.response_bytes = len(outcome.body)
-        proxy_ms = (time.perf_counter() - ex.started) * 1000 - outcome.upstream_ms
+        # the wait for the batch to fill is the proxy's time: it is what batching costs
+        ex.proxy_ms = proxy_ms = max(
+            (time.perf_counter() - ex.started) * 1000 - outcome.upstream_ms, 0.0
+        )
         headers = [
             *outcome.headers,
             (b"content-length", str(len(outcome.body)).encode()),
-            (b"server-timing", server_timing(max(proxy_ms, 0.0), outcome.upstream_ms)),
+            (b"server-timing", server_timing(proxy_ms, outcome.upstream_ms)),
         ]
         if outcome.size > 1:
             headers.append((b"x-llm-proxy-batch", str(outcome.size).encode()))

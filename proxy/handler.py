@@ -199,7 +199,13 @@ class ProxyHandler:
         duration = time.perf_counter() - ex.started
         metrics = self.metrics
         metrics.observe(
-            ex.endpoint, ex.method, ex.status, duration, ex.upstream_ms / 1000, ex.ttfb_ms / 1000
+            ex.endpoint,
+            ex.method,
+            ex.status,
+            duration,
+            ex.upstream_ms / 1000,
+            ex.ttfb_ms / 1000,
+            ex.proxy_ms / 1000,
         )
         if ex.error == "invalid_api_key":
             metrics.auth_failures.inc()

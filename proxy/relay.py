@@ -92,10 +92,17 @@ class Relay:
         ex.stream = is_sse
         sse = SseUsage(strip=inject) if is_sse else None
         capture: bytearray | None = bytearray() if not is_sse and b"json" in content_type else None
-        out_headers = response_headers(response.raw_headers, keep_length=not (is_sse and inject))
+        keep_length = not (is_sse and inject)
+        out_headers = response_headers(response.raw_headers, keep_length=keep_length)
+        # A fill is stored before the client can have the whole answer (docs/caching.md): with
+        # a Content-Length that is before the chunk that completes it, else before the end.
+        complete_at = -1
         if fill is not None:
             out_headers.extend(fill.start(response.status, response.raw_headers))
-        proxy_ms = (sent_at - ex.started + time.perf_counter() - headers_at) * 1000
+            length = response.header(b"content-length") if keep_length else None
+            if length is not None and length.isdigit():
+                complete_at = int(length)
+        ex.proxy_ms = proxy_ms = (sent_at - ex.started + time.perf_counter() - headers_at) * 1000
         out_headers.append(
             (b"server-timing", server_timing(proxy_ms, (headers_at - sent_at) * 1000))
         )
@@ -137,6 +144,8 @@ class Relay:
                     sent += len(chunk)
                     if fill is not None:
                         fill.feed(chunk)
+                        if sent == complete_at:
+                            await fill.finish()
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if gone.is_set():
                     raise ClientGone()
@@ -145,10 +154,10 @@ class Relay:
                 sent += len(tail)
                 if fill is not None:
                     fill.feed(tail)
+            if fill is not None:
+                await fill.finish()  # only a complete body is stored; a no-op if already done
             watcher.cancel()  # before the last send: a finished response is not a disconnect
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-            if fill is not None:
-                await fill.finish()  # only a complete body is stored
         finally:
             watcher.cancel()
             ex.response_bytes = sent
@@ -165,13 +174,14 @@ async def send_served(ex: Exchange, served: Served, cache_status: str) -> None:
     ex.stream = served.stream
     ex.cache_status = cache_status
     ex.response_bytes = len(served.body)
-    await ex.send(
-        {
-            "type": "http.response.start",
-            "status": served.status,
-            "headers": served.headers + ex.extra,
-        }
-    )
+    # The same meaning as on a forwarded answer: time in the proxy up to the response head,
+    # less the time spent waiting on an upstream (this request's own revalidation, or the
+    # identical request's call that a collapsed one joined).
+    upstream_ms = ex.upstream_ms or served.waited_ms
+    ex.proxy_ms = proxy_ms = (time.perf_counter() - ex.started) * 1000 - upstream_ms
+    headers = served.headers + ex.extra
+    headers.append((b"server-timing", server_timing(proxy_ms, upstream_ms)))
+    await ex.send({"type": "http.response.start", "status": served.status, "headers": headers})
     ex.response_started = True
     ex.ttfb_ms = (time.perf_counter() - ex.started) * 1000
     await ex.send({"type": "http.response.body", "body": served.body, "more_body": False})

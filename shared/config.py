@@ -525,7 +525,8 @@ class Settings:
         "HTTP_CACHE_DEFAULT_TTL",
         300.0,
         "How long a response is kept when the upstream gives no freshness (Cache-Control "
-        "`s-maxage`/`max-age`, `Expires`); a bare number means seconds.",
+        "`s-maxage`/`max-age`, `Expires`) and it may be stored unasked (`/v1/models`, or an "
+        "upstream `Cache-Control: public`; docs/caching.md); a bare number means seconds.",
         _duration(),
         shown="`300` (5 minutes)",
     )

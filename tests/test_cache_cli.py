@@ -48,7 +48,9 @@ async def _pass(env: dict[str, str]) -> list[str]:
     client = make_redis(settings)
     cache = HttpCache(RedisBackend(client, prefix=settings.redis_cache_key_prefix))
     upstream = Upstream()
-    vary = Upstream(headers={"content-type": "application/json", "vary": "Origin"})
+    vary = Upstream(
+        headers={"content-type": "application/json", "vary": "Origin", "cache-control": "public"}
+    )
     opt_in = {"cache-control": "public, max-age=60"}
     out = []
     for project in (P1, P2):

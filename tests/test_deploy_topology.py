@@ -265,7 +265,8 @@ def test_requests_reach_the_upstream_through_nginx_and_both_proxies(topology: To
         assert response.status_code == 200, topology.logs()
         assert response.json() == MODELS
     # One cache in Redis for every replica: nginx alternates replicas, yet only the first request
-    # went upstream.
+    # went upstream. The entry is written before the answer's last byte leaves the proxy
+    # (docs/caching.md "When an answer is stored"), so the repeat right after it is a hit.
     assert [r.headers["x-proxy-cache"] for r in answers] == ["miss", "hit", "hit", "hit"]
     assert len(events_of(topology.fake, "/v1/models")) == asked_before + 1
     with topology.client() as client:
