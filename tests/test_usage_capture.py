@@ -125,9 +125,7 @@ def test_every_line_ending_reaches_the_client_whole_and_usage_is_recorded(
     target: Target, upstream: ScriptedUpstream, ending: bytes
 ) -> None:
     model = f"ends-{ending.hex()}-{target.name}"
-    upstream.scripts[model] = lambda body: Reply(
-        sse_stream(model, ending, usage=asks_usage(body))
-    )
+    upstream.scripts[model] = lambda body: Reply(sse_stream(model, ending, usage=asks_usage(body)))
     rid = f"ends-{ending.hex()}-{target.name}"
     status, got = stream_chat(target, rid, {"model": model, "stream": True, "messages": []})
     assert status == 200
