@@ -103,7 +103,7 @@ class SseSplitter:
 
 def parse_event(raw: bytes, *, first: bool = False) -> SseEvent:
     """The fields of one whole event (``first``: the stream's first, which may carry a BOM).
-    Several dispatches in one piece (leading blank lines) leave the last one's fields."""
+    Blank lines before its first field (a piece may start with some) dispatch nothing."""
     if first and raw.startswith(BOM):
         raw = raw[3:]
     kind = "message"
@@ -112,10 +112,9 @@ def parse_event(raw: bytes, *, first: bool = False) -> SseEvent:
     retry: int | None = None
     for line_b in _LINE_END.split(raw):
         if not line_b:
-            if data:
-                break  # the blank line that dispatches: what follows belongs to no event
-            kind = "message"
-            continue
+            if data or kind != "message" or event_id is not None or retry is not None:
+                break  # the blank line that ends the event
+            continue  # a blank line before any field dispatches nothing
         line = line_b.decode("utf-8", "replace")
         if line[0] == ":":
             continue  # a comment

@@ -112,7 +112,14 @@ class SseUsage:
     # --- passing through ---
 
     def _watch(self, chunk: bytes) -> None:
-        self.deltas += chunk.count(_DELTA_MARKERS[0]) + chunk.count(_DELTA_MARKERS[1])
+        deltas = 0
+        previous = self._tail
+        for marker in _DELTA_MARKERS:
+            deltas += chunk.count(marker)
+            if previous:  # one cut in two by the chunk boundary
+                edge = len(marker) - 1
+                deltas += (previous[-edge:] + chunk[:edge]).count(marker)
+        self.deltas += deltas
         head = self._head
         if head is not None:  # the model, from the first events
             self._head_bytes += len(chunk)
