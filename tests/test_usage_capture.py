@@ -5,22 +5,33 @@ large bodies either way keep their usage, and what cannot be known is estimated 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
 
 from shared.config import Settings
 from shared.crypto import new_key
 from shared.store import make_store
 from tests.proxy_process import UNLIMITED, Provisioned, ProxyProcess, provision, run_async
-from tests.services import create_database, drop_database, require
+from tests.services import create_database, drop_database, free_port, require
 from tests.upstream_script import Reply, ScriptedUpstream, asks_usage, chat_chunk
 
 USAGE = {"prompt_tokens": 123, "completion_tokens": 45, "total_tokens": 168}
@@ -34,6 +45,9 @@ class Target:
     creds: Provisioned
     env: dict[str, str]
     cwd: Path
+
+    def __repr__(self) -> str:  # keeps the token out of test reports
+        return f"Target({self.name})"
 
     def headers(self, request_id: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.creds.token}", "X-Request-ID": request_id}
@@ -318,3 +332,141 @@ def test_a_streamed_responses_api_answer_records_response_completed_usage(
     assert response.status_code == 200 and response.content == b"".join(pieces)
     row = target.row(rid)
     assert (row["prompt_tokens"], row["completion_tokens"], row["usage_source"]) == (31, 8, "")
+
+
+# --- any line ends, any chunk boundaries, through the real proxy ---
+
+endings = st.lists(st.sampled_from([b"\n", b"\r\n", b"\r"]), min_size=1, max_size=3)
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    contents=st.lists(st.text("abc xyz", max_size=8), min_size=1, max_size=5),
+    ends=endings,
+    cuts=st.lists(st.integers(1, 4000), max_size=8),
+    client_asks=st.booleans(),
+)
+def test_any_stream_reaches_the_client_less_exactly_the_injected_usage_chunk(
+    target: Target,
+    upstream: ScriptedUpstream,
+    contents: list[str],
+    ends: list[bytes],
+    cuts: list[int],
+    client_asks: bool,
+) -> None:
+    model = f"prop-{uuid.uuid4().hex[:8]}"
+    usage = {
+        "prompt_tokens": len(contents) * 7,
+        "completion_tokens": len(contents),
+        "total_tokens": 8 * len(contents),
+    }
+
+    def events(with_usage: bool) -> list[bytes]:
+        out, i = [], 0
+        chunks = [chat_chunk(model, c) for c in contents]
+        chunks.append(chat_chunk(model, None, usage))
+        for data in [*chunks, b"[DONE]"]:
+            first, second = ends[i % len(ends)], ends[(i + 1) % len(ends)]
+            if first == b"\r" and second == b"\n":  # that pair is one CRLF
+                second = b"\r\n"
+            out.append(b"data: " + data + first + second)
+            i += 2
+        if not with_usage:
+            del out[-2]  # the usage chunk, exactly
+        return out
+
+    def reply(body: Any) -> Reply:
+        stream = b"".join(events(asks_usage(body)))
+        bounds = sorted({c % len(stream) for c in cuts} | {0, len(stream)})
+        return Reply([stream[a:b] for a, b in itertools.pairwise(bounds)])
+
+    upstream.scripts[model] = reply
+    body: dict[str, Any] = {"model": model, "stream": True, "messages": []}
+    if client_asks:
+        body["stream_options"] = {"include_usage": True}
+    status, got = stream_chat(target, model, body)
+    assert status == 200
+    assert got == b"".join(events(client_asks))
+    row = target.row(model)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+        usage["total_tokens"],
+    )
+    assert row["usage_source"] == ""
+
+
+# --- a real sse-starlette upstream, the official openai SDK as the client ---
+
+
+def sse_starlette_app() -> Starlette:
+    async def chat(request: Request) -> EventSourceResponse:
+        body = await request.json()
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            for word in ("Hello", " from", " sse-starlette"):
+                yield {"data": chat_chunk(body["model"], word).decode()}
+            if asks_usage(body):
+                yield {"data": chat_chunk(body["model"], None, USAGE).decode()}
+            yield {"data": "[DONE]"}
+
+        return EventSourceResponse(events())  # its default: every line ends with CRLF
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+@pytest.fixture(scope="module")
+def starlette_upstream() -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(sse_starlette_app(), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "sse-starlette upstream did not start"
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("client_asks", [False, True], ids=["usage-not-asked", "usage-asked"])
+def test_sse_starlette_upstream_through_the_proxy_to_the_openai_sdk(
+    target: Target, starlette_upstream: str, client_asks: bool
+) -> None:
+    creds = provision(
+        target.env, target.cwd, starlette_upstream, name=f"sse-starlette-{client_asks}"
+    )
+    client = openai.OpenAI(base_url=f"{target.proxy.url}/v1", api_key=creds.token, max_retries=0)
+    rid = f"sse-starlette-{client_asks}-{target.name}"
+    options: Any = {"include_usage": True} if client_asks else openai.NOT_GIVEN
+    stream = client.chat.completions.create(
+        model="sse-model",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options=options,
+        extra_headers={"X-Request-ID": rid},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from sse-starlette"
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    if client_asks:
+        assert [u.usage.total_tokens for u in usage_chunks if u.usage] == [168]
+    else:
+        assert usage_chunks == []
+    rows = run_async(_rows(target.env, target.cwd, creds.token_id))
+    deadline = time.monotonic() + 20
+    while not rows:
+        assert time.monotonic() < deadline, "no event recorded"
+        time.sleep(0.05)
+        rows = run_async(_rows(target.env, target.cwd, creds.token_id))
+    (row,) = rows
+    assert (row["request_id"], row["prompt_tokens"], row["completion_tokens"]) == (rid, 123, 45)
+    assert (row["model"], row["usage_source"], row["status"]) == ("sse-model", "", 200)
