@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import threading
 import time
 import uuid
@@ -470,3 +471,48 @@ def test_sse_starlette_upstream_through_the_proxy_to_the_openai_sdk(
     (row,) = rows
     assert (row["request_id"], row["prompt_tokens"], row["completion_tokens"]) == (rid, 123, 45)
     assert (row["model"], row["usage_source"], row["status"]) == ("sse-model", "", 200)
+
+
+# --- cut streams are never recorded as complete ---
+
+
+def test_a_stream_cut_by_the_shutdown_grace_is_marked_interrupted_after_the_full_grace(
+    tmp_path: Path, upstream: ScriptedUpstream
+) -> None:
+    model = "grace-cut"
+    upstream.release.clear()
+    upstream.held.clear()
+    upstream.scripts[model] = lambda body: Reply(
+        sse_stream(model, b"\n", usage=asks_usage(body), contents=5), hold_after=2
+    )
+    env = {"SHUTDOWN_GRACE_PERIOD": "2.5s"}
+    creds = provision(env, tmp_path, upstream.base_url)
+    proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
+    target = Target("grace", proxy, creds, env, tmp_path)
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "q" * 40}]}
+    try:
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream(
+                "POST", proxy.url + CHAT, json=body, headers=target.headers("grace-1")
+            ) as response,
+        ):
+            pieces = response.iter_raw()
+            seen = b""
+            while seen.count(b"\n\n") < 2:
+                seen += next(pieces)
+            assert upstream.held.wait(20)
+            signalled = time.monotonic()
+            proxy.signal(signal.SIGTERM)
+            with pytest.raises(httpx.RemoteProtocolError):
+                for piece in pieces:
+                    seen += piece
+            cut_after = time.monotonic() - signalled
+        assert proxy.proc is not None and proxy.proc.wait(timeout=60) == 0
+    finally:
+        upstream.release.set()
+        proxy.stop()
+    assert cut_after >= 2.5  # the whole grace, not a second less
+    row = target.row("grace-1")
+    assert (row["status"], row["error"], row["usage_source"]) == (200, "interrupted", "estimated")
+    assert row["completion_tokens"] == 2 and row["prompt_tokens"] == 11
