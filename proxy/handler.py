@@ -22,7 +22,7 @@ from proxy.metrics import Metrics
 from proxy.relay import Relay, send_served
 from proxy.routing import Router
 from proxy.upstream import Upstream
-from proxy.usage import USAGE_ENDPOINTS, Usage
+from proxy.usage import Usage, bills_tokens
 from shared.clock import new_id
 from shared.config import Settings
 from shared.errors import LLMProxyError, Overloaded, Unavailable, error_body
@@ -126,7 +126,7 @@ class ProxyHandler:
                 method,
                 content_length,
                 self.max_body,
-                whole=route.endpoint in USAGE_ENDPOINTS,
+                whole=bills_tokens(method, route.endpoint, route.rest),
             )
             cache = self.cache
             plan = served = None

@@ -19,9 +19,9 @@ from proxy.http1 import Response
 from proxy.upstream import Upstream, read_chunk
 from proxy.usage import (
     INCLUDE_USAGE_ENDPOINTS,
-    USAGE_ENDPOINTS,
     JsonTap,
     Usage,
+    bills_tokens,
     estimate,
     estimate_completion_tokens,
     inject_include_usage,
@@ -178,7 +178,10 @@ def _usage(ex: Exchange, sse: SseUsage | None, tap: JsonTap | None) -> Usage | N
     """What the answer reported; for a usage endpoint's success that reported nothing (cut
     short, or an upstream that does not count), an estimate flagged as one — never a silent 0."""
     usage = sse.result() if sse is not None else tap.usage() if tap is not None else None
-    if (usage is not None and usage.found) or ex.endpoint not in USAGE_ENDPOINTS:
+    if usage is not None and usage.found:
+        return usage
+    route = ex.route
+    if route is None or not bills_tokens(ex.method, route.endpoint, route.rest):
         return usage
     if not 200 <= ex.status < 300:
         return usage

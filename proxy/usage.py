@@ -16,6 +16,13 @@ import orjson
 USAGE_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 #: Streaming endpoints that take ``stream_options.include_usage``.
 INCLUDE_USAGE_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+def bills_tokens(method: str, endpoint: str, rest: str) -> bool:
+    """A request that creates a completion (not a sub-resource such as ``responses/{id}``)."""
+    return method == "POST" and endpoint in USAGE_ENDPOINTS and endpoint[3:] == rest
+
+
 USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 #: No request comes near a billion tokens: a larger figure is a bug or an attack. Clamped to
 #: this, one event can never overflow a BIGINT aggregate (9e18 / 1e9 requests to go).
