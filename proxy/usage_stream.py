@@ -11,7 +11,8 @@ from proxy.usage import USAGE_MARKERS, Usage, usage_from_tail
 _TAIL = 64 * 1024  # the end of a stream kept for its usage event
 _HEAD = 64 * 1024  # how far into a stream the model is looked for
 #: one per content event: chat and Responses API deltas, legacy completions' text
-_DELTA_MARKERS = (b'"delta"', b'"text"')
+_DELTA, _TEXT = _DELTA_MARKERS = (b'"delta"', b'"text"')
+_COMPACT, _SPACED = USAGE_MARKERS
 
 
 class SseUsage:
@@ -61,7 +62,17 @@ class SseUsage:
             return [chunk]
         out: list[bytes] = []
         for piece in self._splitter.feed(chunk):
-            self._take(piece, out)
+            raw = piece.raw
+            if piece.start and piece.end and _COMPACT not in raw and _SPACED not in raw:
+                # the common event: whole, not about usage
+                if self._first or not self.usage.model:
+                    self._absorb(raw)
+                    self._first = False
+                self._keep = True
+                self.deltas += raw.count(_DELTA) + raw.count(_TEXT)
+                out.append(raw)
+            else:
+                self._take(piece, out)
         return self._writes(out)
 
     def finish(self) -> list[bytes]:
@@ -91,11 +102,11 @@ class SseUsage:
                 self._absorb(raw)
             self._first = False
         if self._keep:
-            self.deltas += raw.count(_DELTA_MARKERS[0]) + raw.count(_DELTA_MARKERS[1])
+            self.deltas += raw.count(_DELTA) + raw.count(_TEXT)
             out.append(raw)
 
     def _usage_only(self, raw: bytes) -> bool:
-        if not any(m in raw for m in USAGE_MARKERS):
+        if _COMPACT not in raw and _SPACED not in raw:
             return False
         obj = self._absorb(raw)
         return isinstance(obj, dict) and obj.get("choices") == []
@@ -112,14 +123,11 @@ class SseUsage:
     # --- passing through ---
 
     def _watch(self, chunk: bytes) -> None:
-        deltas = 0
-        previous = self._tail
-        for marker in _DELTA_MARKERS:
-            deltas += chunk.count(marker)
-            if previous:  # one cut in two by the chunk boundary
-                edge = len(marker) - 1
-                deltas += (previous[-edge:] + chunk[:edge]).count(marker)
-        self.deltas += deltas
+        tail = self._tail
+        start = len(tail)
+        tail += chunk
+        # from just before the new bytes: a marker the chunk boundary cut in two counts too
+        self.deltas += tail.count(_DELTA, max(start - 6, 0)) + tail.count(_TEXT, max(start - 5, 0))
         head = self._head
         if head is not None:  # the model, from the first events
             self._head_bytes += len(chunk)
@@ -129,27 +137,32 @@ class SseUsage:
                     self._first = False
             if self.usage.model or self._head_bytes > _HEAD:
                 self._head = None
-        tail = self._tail
-        tail += chunk
         if len(tail) > 4 * _TAIL:
             del tail[:-_TAIL]
             self._trimmed = True
 
     def _read_tail(self) -> None:
         tail = bytes(self._tail)
-        if not any(m in tail for m in USAGE_MARKERS):
+        at = max(tail.rfind(_COMPACT), tail.rfind(_SPACED))
+        if at < 0:
+            return
+        # Split from the last blank line before the marker: every blank line contains LF LF,
+        # CR CR or LF CR (a CR then a LF is one CRLF line end), so this finds where it begins.
+        begin = max(
+            tail.rfind(b"\n\n", 0, at), tail.rfind(b"\r\r", 0, at), tail.rfind(b"\n\r", 0, at)
+        )
+        if begin < 0 and self._trimmed:  # an event longer than the tail (response.completed)
+            usage_from_tail(tail, self.usage)
             return
         splitter = SseSplitter()
-        pieces = splitter.feed(tail)
+        pieces = splitter.feed(tail[max(begin - 1, 0) :])
         last = splitter.finish()
         if last is not None:
             pieces.append(last)
-        if self._trimmed and pieces:
-            pieces = pieces[1:]  # it starts somewhere inside an event
         for piece in pieces:
-            if piece.start and piece.end and any(m in piece.raw for m in USAGE_MARKERS):
+            if _COMPACT in piece.raw or _SPACED in piece.raw:
                 self._absorb(piece.raw)
-        if not self.usage.found:  # an event larger than the tail (a long response.completed)
+        if not self.usage.found:
             usage_from_tail(tail, self.usage)
 
     def _absorb(self, raw: bytes) -> object:
