@@ -63,8 +63,7 @@ class Usage:
         prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens")), clamped)
         completion = _count(usage.get("completion_tokens", usage.get("output_tokens")), clamped)
         total = _count(usage.get("total_tokens"), clamped) or prompt + completion
-        self.prompt_tokens, self.completion_tokens = prompt, completion
-        self.total_tokens = min(total, 3 * MAX_TOKENS)
+        self.prompt_tokens, self.completion_tokens, self.total_tokens = prompt, completion, total
         self.found = True
         self.source = CLAMPED if clamped else ""
         return True
