@@ -22,7 +22,7 @@ import orjson
 from proxy.exchange import Exchange, Header
 from proxy.headers import response_headers, server_timing, upstream_headers
 from proxy.upstream import Upstream, read_chunk
-from proxy.usage import Usage, usage_from_json
+from proxy.usage import Usage, estimate, estimate_prompt_tokens, usage_from_json
 from shared.config import Settings
 from shared.errors import LLMProxyError, UpstreamError
 
@@ -251,6 +251,8 @@ class Batcher:
         if len(members) == 1:
             kept = response_headers(response.raw_headers, keep_length=False)
             usage = usage_from_json(answer) if status == 200 else Usage()
+            if status == 200 and not usage.found:
+                usage = estimate(usage, body, 0)
             return [Outcome(status, kept, answer, usage, 1, upstream_ms)]
         kept = [
             (n, v)
@@ -281,11 +283,16 @@ def _split(
                 by_index[entry["index"]] = entry
     if sorted(by_index) != list(range(count)):
         raise UpstreamError("The upstream's embeddings answer does not match its inputs.")
-    usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
+    reported = Usage()
+    reported.absorb(obj)  # absurd figures come back clamped and flagged
     weights = [m.weight for m in members]
-    prompt = shares(_count(usage.get("prompt_tokens")), weights)
-    total = shares(_count(usage.get("total_tokens")), weights)
-    model = obj.get("model") if isinstance(obj.get("model"), str) else ""
+    if reported.found:
+        prompt = shares(reported.prompt_tokens, weights)
+        total = shares(reported.total_tokens, weights)
+    else:  # never a silent 0: each caller's own estimate, flagged
+        prompt = total = [_estimate(m) for m in members]
+        reported.source = "estimated"
+    model = reported.model
     out, offset = [], 0
     for i, m in enumerate(members):
         mine = [{**by_index[offset + j], "index": j} for j in range(len(m.items))]
@@ -297,10 +304,21 @@ def _split(
                 "usage": {"prompt_tokens": prompt[i], "total_tokens": total[i]},
             }
         )
-        used = Usage(model=model[:200], prompt_tokens=prompt[i], total_tokens=total[i])
+        used = Usage(
+            model=model,
+            prompt_tokens=prompt[i],
+            total_tokens=total[i],
+            found=reported.found,
+            source=reported.source,
+        )
         out.append(Outcome(200, headers, body, used, len(members), upstream_ms))
     return out
 
 
-def _count(value: Any) -> int:
-    return value if _token(value) and value >= 0 else 0
+def _estimate(member: _Member) -> int:
+    """Tokens of one caller's inputs when the upstream reports none: token arrays count
+    exactly, texts as the request body's estimate does."""
+    body = member.ex.body if isinstance(member.ex.body, bytes) else b""
+    if member.items and not isinstance(member.items[0], str):
+        return sum(len(item) for item in member.items)
+    return estimate_prompt_tokens(body)

@@ -24,7 +24,7 @@ from proxy.metrics import Metrics
 from proxy.relay import Relay, send_served
 from proxy.routing import Router
 from proxy.upstream import Upstream
-from proxy.usage import Usage
+from proxy.usage import Usage, bills_tokens
 from shared.clock import new_id
 from shared.config import Settings
 from shared.errors import LLMProxyError, Overloaded, Unavailable, error_body
@@ -122,7 +122,15 @@ class ProxyHandler:
             )
             if self.reject_unrecorded and not self.bus.can_record():
                 raise Unavailable("Requests cannot be recorded right now; retry shortly.")
-            ex.body = body = await read_body(receive, method, content_length, self.max_body)
+            # usage endpoints' bodies are read whole: include_usage must be set in them and the
+            # prompt estimated from them (docs/decisions.md, "Usage in every case")
+            ex.body = body = await read_body(
+                receive,
+                method,
+                content_length,
+                self.max_body,
+                whole=bills_tokens(method, route.endpoint, route.rest),
+            )
             cache = self.cache
             plan = served = None
             if cache is not None and (isinstance(body, bytes) or body is None):
@@ -188,6 +196,11 @@ class ProxyHandler:
             ex.error = "client_disconnected"
             ex.status = ex.status or 499
             self.metrics.client_disconnects.inc()
+        except asyncio.CancelledError:
+            # the server cut the request: the shutdown grace ran out while it was in flight
+            ex.error = "interrupted"
+            ex.status = ex.status or 503
+            raise
         finally:
             await admission.release()
             self.in_flight -= 1
@@ -235,6 +248,7 @@ class ProxyHandler:
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.total_tokens,
+            usage_source=usage.source,
             cache_status=ex.cache_status,
             stream=ex.stream,
             error=ex.error,

@@ -17,12 +17,19 @@ from proxy.exchange import Exchange
 from proxy.headers import response_headers, server_timing, upstream_headers
 from proxy.http1 import Response
 from proxy.upstream import Upstream, read_chunk
-from proxy.usage import SseUsage, inject_include_usage, usage_from_json
+from proxy.usage import (
+    INCLUDE_USAGE_ENDPOINTS,
+    JsonTap,
+    Usage,
+    bills_tokens,
+    estimate,
+    estimate_completion_tokens,
+    inject_include_usage,
+)
+from proxy.usage_stream import SseUsage
 from shared.config import Settings
 from shared.errors import LLMProxyError, error_body
 
-_USAGE_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions"})
-_JSON_CAPTURE = 1 << 20  # bytes of a JSON response kept to read its usage
 _CONDITIONALS = frozenset({"if-none-match", "if-modified-since"})
 
 
@@ -41,7 +48,11 @@ class Relay:
         inject = False
         if isinstance(body, bytes):
             ex.request_bytes = len(body)
-            if self.include_usage and ex.method == "POST" and route.endpoint in _USAGE_ENDPOINTS:
+            if (
+                self.include_usage
+                and ex.method == "POST"
+                and route.endpoint in INCLUDE_USAGE_ENDPOINTS
+            ):
                 changed = inject_include_usage(body)
                 if changed is not None:
                     body, inject = changed, True
@@ -90,8 +101,8 @@ class Relay:
         content_type = response.header(b"content-type") or b""
         is_sse = content_type.startswith(b"text/event-stream")
         ex.stream = is_sse
-        sse = SseUsage(strip=inject) if is_sse else None
-        capture: bytearray | None = bytearray() if not is_sse and b"json" in content_type else None
+        sse = SseUsage(strip=inject, max_write=self.chunk_size) if is_sse else None
+        tap = JsonTap() if not is_sse and b"json" in content_type else None
         keep_length = not (is_sse and inject)
         out_headers = response_headers(response.raw_headers, keep_length=keep_length)
         # A fill is stored before the client can have the whole answer (docs/caching.md): with
@@ -137,10 +148,14 @@ class Relay:
                 if not sent:
                     ex.ttfb_ms = (time.perf_counter() - ex.started) * 1000
                 if sse is not None:
-                    chunk = sse.feed(chunk)
-                elif capture is not None and len(capture) < _JSON_CAPTURE:
-                    capture += chunk
-                if chunk:
+                    for piece in sse.feed(chunk):
+                        sent += len(piece)
+                        if fill is not None:
+                            fill.feed(piece)
+                        await send({"type": "http.response.body", "body": piece, "more_body": True})
+                else:
+                    if tap is not None:
+                        tap.feed(chunk)
                     sent += len(chunk)
                     if fill is not None:
                         fill.feed(chunk)
@@ -149,23 +164,43 @@ class Relay:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if gone.is_set():
                     raise ClientGone()
-            tail = sse.finish() if sse is not None else b""
-            if tail:
-                sent += len(tail)
+            rest = sse.finish() if sse is not None else []
+            last = rest.pop() if rest else b""
+            for piece in (*rest, last):
+                sent += len(piece)
                 if fill is not None:
-                    fill.feed(tail)
+                    fill.feed(piece)
+            for piece in rest:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
             if fill is not None:
                 await fill.finish()  # only a complete body is stored; a no-op if already done
             watcher.cancel()  # before the last send: a finished response is not a disconnect
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            await send({"type": "http.response.body", "body": last, "more_body": False})
         finally:
             watcher.cancel()
             ex.response_bytes = sent
             ex.upstream_ms = (time.perf_counter() - sent_at) * 1000
-            if sse is not None:
-                ex.usage = sse.usage
-            elif capture is not None and len(capture) < _JSON_CAPTURE:
-                ex.usage = usage_from_json(bytes(capture))
+            ex.usage = _usage(ex, sse, tap)
+
+
+def _usage(ex: Exchange, sse: SseUsage | None, tap: JsonTap | None) -> Usage | None:
+    """What the answer reported; for a usage endpoint's success that reported nothing (cut
+    short, or an upstream that does not count), an estimate flagged as one — never a silent 0."""
+    usage = sse.result() if sse is not None else tap.usage() if tap is not None else None
+    if usage is not None and usage.found:
+        return usage
+    route = ex.route
+    if route is None or not bills_tokens(ex.method, route.endpoint, route.rest):
+        return usage
+    if not 200 <= ex.status < 300:
+        return usage
+    request = ex.body if isinstance(ex.body, bytes) else None
+    if sse is not None:
+        completion = sse.deltas
+    else:
+        whole = tap.whole() if tap is not None else None
+        completion = estimate_completion_tokens(whole) if whole else 0
+    return estimate(usage or Usage(), request, completion)
 
 
 async def send_served(ex: Exchange, served: Served, cache_status: str) -> None:

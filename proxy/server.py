@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from typing import Any
@@ -15,6 +16,10 @@ from uvicorn_worker import UvicornWorker
 from shared.config import Settings
 
 log = logging.getLogger("llm_proxy.server")
+
+#: After the grace period, how long a worker may take to record what it cut and flush its
+#: events before gunicorn kills it.
+FLUSH_MARGIN_SECONDS = 10
 
 
 class _DrainingServer(Server):
@@ -46,8 +51,9 @@ class ProxyWorker(UvicornWorker):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # finish open streams within the grace period; gunicorn kills the worker after it
-        self.config.timeout_graceful_shutdown = max(self.cfg.graceful_timeout - 1, 1)
+        # open streams get exactly the configured grace; gunicorn's own (later) deadline only
+        # backs it up, leaving the worker time to record the cut streams and flush its events
+        self.config.timeout_graceful_shutdown = self.app.settings.shutdown_grace_period
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
@@ -78,7 +84,7 @@ class ProxyServer(BaseApplication):  # type: ignore[misc]
             "bind": f"{s.host}:{s.port}",
             "workers": self.workers,
             "worker_class": "proxy.server.ProxyWorker",
-            "graceful_timeout": max(int(s.shutdown_grace_period), 1),
+            "graceful_timeout": math.ceil(s.shutdown_grace_period) + FLUSH_MARGIN_SECONDS,
             "timeout": 60,
             # longer than nginx's upstream keepalive_timeout, so the proxy never closes first
             "keepalive": 75,

@@ -322,8 +322,8 @@ class Settings:
     shutdown_grace_period: float = var(
         "SHUTDOWN_GRACE_PERIOD",
         120.0,
-        "On SIGTERM, how long in-flight requests (open streams included) may take to finish "
-        "before the worker stops.",
+        "On SIGTERM, how long in-flight requests (open streams included) may take to finish; "
+        "then they are cut (recorded as `interrupted`) and the worker stops.",
         _duration(),
         shown="`120s`",
     )
@@ -365,20 +365,23 @@ class Settings:
     max_request_body_bytes: int = var(
         "MAX_REQUEST_BODY_BYTES",
         64 * 1024 * 1024,
-        "Largest request body accepted (chunked bodies included); larger gets 413.",
+        "Largest request body accepted (chunked bodies included); larger gets 413. Bodies of "
+        "chat/completions, completions and responses are held in memory up to this size.",
         _int(1),
     )
     stream_include_usage: bool = var(
         "STREAM_INCLUDE_USAGE",
         True,
-        "Add `stream_options.include_usage` to streaming chat/completions requests that lack it, "
-        "so usage is recorded; the extra usage chunk is removed from what the client sees.",
+        "Set `stream_options.include_usage` on streaming chat/completions requests that lack it "
+        "or turn it off, so usage is recorded; the extra usage chunk is removed from what the "
+        "client sees.",
         _bool,
     )
     stream_response_chunk_size: int = var(
         "STREAM_RESPONSE_CHUNK_SIZE",
         32768,
-        "Largest piece read from the upstream and written to the client at once (bytes).",
+        "Largest piece read from the upstream and written to the client at once (bytes), also "
+        "while the usage chunk is being removed from a stream.",
         _int(1024),
     )
     batching_enabled: bool = var(

@@ -256,6 +256,7 @@ def event_view(event: RequestEvent) -> View:
         "stream": event.stream,
         "error": event.error,
         "client_ip": event.client_ip,
+        "usage_source": event.usage_source,
     }
 
 

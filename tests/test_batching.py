@@ -54,6 +54,8 @@ class EmbeddingsUpstream(FakeUpstream):
             for i, item in enumerate(items)
         ]
         used = sum(tokens_of(item) for item in items)
+        if body["model"] == "nousage":
+            return JSONResponse({"object": "list", "model": "nousage", "data": data})
         return JSONResponse(
             {
                 "object": "list",
@@ -212,6 +214,22 @@ def test_a_caller_that_leaves_does_not_break_the_others(
         vector("stay one"),
         vector("stay"),
     ]
+
+
+def test_usage_an_upstream_does_not_report_is_estimated_and_flagged(
+    tmp_path: Path, fake: EmbeddingsUpstream
+) -> None:
+    target = serve(tmp_path, fake, {**BATCHED, "BATCH_MAX_SIZE": "2"})
+    bodies = [{"model": "nousage", "input": "x" * 40}, {"model": "nousage", "input": [1, 2, 3]}]
+    try:
+        # text and tokens never merge: each goes alone once its window ends... so send pairs
+        answers = asyncio.run(embed_all(target, [bodies[0], bodies[0], bodies[1], bodies[1]]))
+        events = wait_for_events(target, "emb-0", "emb-1", "emb-2", "emb-3")
+    finally:
+        target.proxy.stop()
+    assert [a.status_code for a in answers] == [200] * 4
+    assert [e.usage_source for e in events] == ["estimated"] * 4
+    assert [e.prompt_tokens for e in events] == [10, 10, 3, 3]
 
 
 def test_off_by_default(tmp_path: Path, fake: EmbeddingsUpstream) -> None:

@@ -38,6 +38,7 @@ def _event_view(event: RequestEvent) -> dict[str, Any]:
         "duration_ms": round(event.duration_ms, 3),
         "prompt_tokens": event.prompt_tokens,
         "completion_tokens": event.completion_tokens,
+        "usage_source": event.usage_source,
         "error": event.error,
     }
 
