@@ -74,8 +74,11 @@ class ProxyServer(BaseApplication):  # type: ignore[misc]
 
     def load_config(self) -> None:
         s = self.settings
+        binds = [f"{s.host}:{s.port}"]
+        if s.management_listen:  # the management API's own listener, served by the same workers
+            binds.append(s.management_listen)
         options: dict[str, Any] = {
-            "bind": f"{s.host}:{s.port}",
+            "bind": binds,
             "workers": self.workers,
             "worker_class": "proxy.server.ProxyWorker",
             "graceful_timeout": max(int(s.shutdown_grace_period), 1),

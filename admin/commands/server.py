@@ -35,6 +35,8 @@ def server(
     except LLMProxyError as exc:
         fail(exc.message)
     if reload:
+        if settings.management_listen:
+            fail("--reload serves one address: unset MANAGEMENT_LISTEN to develop with it")
         import uvicorn
 
         uvicorn.run(
