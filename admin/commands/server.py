@@ -13,6 +13,7 @@ from admin.output import fail
 from admin.runner import guarded_settings
 from shared.crypto import load_keyring
 from shared.errors import LLMProxyError
+from shared.logging import setup_logging
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -28,6 +29,7 @@ def server(
 ) -> None:
     """Run the proxy: gunicorn with uvicorn workers, configured from the environment."""
     settings = guarded_settings()
+    setup_logging(settings.log_level, settings.log_format)  # the master's lines, as the workers'
     if port is not None:
         settings = settings.replace(port=port)
     try:
