@@ -75,13 +75,15 @@ def _refuse_missing_sqlite(settings: Settings) -> None:
 
 
 async def _run_local(settings: Settings, action: Action) -> Any:
-    store = await open_store(settings)  # first: no key file is made beside a missing database
+    _refuse_missing_sqlite(settings)  # before the keyring: no key file beside a missing database
+    keyring = load_keyring(settings)
+    store = await open_store(settings)
     redis = make_redis(settings) if uses_redis(settings) else None
     notifier = Notifier(store, redis)  # revocations reach every running proxy worker
     try:
         management = Management(
             store=store,
-            keyring=load_keyring(settings),
+            keyring=keyring,
             actor=cli_actor(),
             notifier=notifier,
             count_cache_hits=settings.quota_count_cache_hits,
