@@ -64,22 +64,29 @@ class ProxyApp:
         self.resources: Resources | None = None
         self.draining = False
         self.manage_app: ASGIApp | None = None
+        errors = {HTTPException: _http_error, LLMProxyError: _proxy_error}
         routes: list[BaseRoute] = [
             Route("/health", self._live),
             Route("/live", self._live),
             Route("/ready", self._ready),
-            Mount("/manage", app=self._manage),
         ]
+        manage = Mount("/manage", app=self._manage)
+        # MANAGEMENT_LISTEN: the management API answers on that listener only, and nothing else
+        # does; the server binds both addresses, and a connection's local port tells them apart.
+        self.management_port = settings.management_port
+        self.management_web: ASGIApp | None = None
+        if self.management_port is None:
+            routes.append(manage)
+        else:
+            self.management_web = Starlette(routes=[manage], exception_handlers=errors)
         if settings.enable_metrics:
             routes.append(Route(settings.metrics_path, self._metrics))
-        self.web = Starlette(
-            routes=routes,
-            lifespan=self._lifespan,
-            exception_handlers={HTTPException: _http_error, LLMProxyError: _proxy_error},
-        )
+        self.web = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers=errors)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if (
+        if self.management_web is not None and _local_port(scope) == self.management_port:
+            await self.management_web(scope, receive, send)
+        elif (
             scope["type"] == "http"
             and self.handler is not None
             and (scope["path"].startswith("/v1/"))
@@ -206,6 +213,13 @@ class ProxyApp:
     async def _metrics(self, request: Request) -> Response:
         body, content_type = render(self.metrics.registry)
         return Response(body, media_type=content_type)
+
+
+def _local_port(scope: dict[str, Any]) -> int | None:
+    """The port the connection came in on (the ASGI ``server`` address is the accepted socket's
+    own address); None for the lifespan, which has no connection."""
+    server = scope.get("server")
+    return server[1] if server else None
 
 
 async def _prepare_schema(settings: Settings, store: SqlStore) -> None:

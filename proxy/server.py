@@ -10,10 +10,12 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.glogging import Logger
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from shared.config import Settings
+from shared.logging import style
 
 log = logging.getLogger("llm_proxy.server")
 
@@ -64,6 +66,21 @@ class ProxyWorker(UvicornWorker):  # type: ignore[misc]
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
+def _logger_class(fmt: str) -> type[Logger]:
+    """gunicorn's logger with our line format on its handlers. uvicorn's loggers share those
+    handlers (uvicorn_worker hands them over), so the master's, gunicorn's and uvicorn's lines
+    read like the app's own."""
+
+    class ProxyLogger(Logger):  # type: ignore[misc]
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            for logger in (self.error_log, self.access_log):
+                for handler in logger.handlers:
+                    style(handler, fmt)
+
+    return ProxyLogger
+
+
 def _child_exit(server: Any, worker: Any) -> None:
     from proxy.metrics import mark_dead
 
@@ -80,8 +97,11 @@ class ProxyServer(BaseApplication):  # type: ignore[misc]
 
     def load_config(self) -> None:
         s = self.settings
+        binds = [f"{s.host}:{s.port}"]
+        if s.management_listen:  # the management API's own listener, served by the same workers
+            binds.append(s.management_listen)
         options: dict[str, Any] = {
-            "bind": f"{s.host}:{s.port}",
+            "bind": binds,
             "workers": self.workers,
             "worker_class": "proxy.server.ProxyWorker",
             "graceful_timeout": math.ceil(s.shutdown_grace_period) + FLUSH_MARGIN_SECONDS,
@@ -92,11 +112,16 @@ class ProxyServer(BaseApplication):  # type: ignore[misc]
             "accesslog": None,
             "errorlog": "-",
             "loglevel": s.log_level,
+            "logger_class": _logger_class(s.log_format),
             "child_exit": _child_exit,
             "proc_name": "llm-proxy",
+            # gunicorn 24+'s control socket sits at one path per user ($HOME/.gunicorn), shared
+            # by every server on the host and unwritable on a read-only root; we never use it
+            "control_socket_disable": True,
         }
         for key, value in options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # control_socket_disable: gunicorn 24 and later
+                self.cfg.set(key, value)
 
     def load(self) -> Any:
         from proxy.app import create_app

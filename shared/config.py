@@ -189,6 +189,16 @@ def _listen_addr(text: str) -> str:
     return f"{host or '0.0.0.0'}:{int(port)}"  # noqa: S104 - a metrics port; operators choose
 
 
+def _management_listen(text: str) -> str:
+    value = text.strip()
+    if not value:
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("host:port (such as 127.0.0.1:8081), or empty")
+    return f"{host or '0.0.0.0'}:{int(port)}"  # noqa: S104 - the operator chose every interface
+
+
 def _webhook_url(text: str) -> str:
     value = text.strip()
     if value and not value.startswith(("http://", "https://")):
@@ -312,6 +322,15 @@ class Settings:
     # --- server ---
     host: str = var("HOST", "0.0.0.0", "Address `llm-proxy server` listens on.", _str)  # noqa: S104
     port: int = var("PORT", 8080, "Port `llm-proxy server` listens on.", _int(1))
+    management_listen: str = var(
+        "MANAGEMENT_LISTEN",
+        "",
+        "`host:port` where `llm-proxy server` serves the management API (`/manage/`), on a "
+        "listener of its own: `HOST:PORT` then answers `/v1/`, `/health`, `/ready` and "
+        "`/metrics` only. Empty: `/manage/` is served on `PORT` too.",
+        _management_listen,
+        shown="(empty: on PORT)",
+    )
     workers: int = var(
         "WORKERS",
         0,
@@ -909,8 +928,24 @@ class Settings:
                 "DISTRIBUTED_RATE_LIMIT_ENABLED=true, so every instance hashes keys alike"
             )
 
+        if self.management_port == self.port:
+            raise ConfigError(
+                f"MANAGEMENT_LISTEN must use a port other than PORT ({self.port}): the proxy "
+                "tells its two listeners apart by port"
+            )
+
+    @property
+    def management_port(self) -> int | None:
+        """The port of the management listener, or None when `/manage/` shares PORT."""
+        if not self.management_listen:
+            return None
+        return int(self.management_listen.rsplit(":", 1)[1])
+
     def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``, held to the same checks as ``from_env``."""
+        settings = dataclasses.replace(self, **changes)
+        settings._check()
+        return settings
 
     @property
     def usage_stats_buffer(self) -> int:

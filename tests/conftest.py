@@ -61,6 +61,8 @@ def encryption_key() -> str:
 def db_env(request: pytest.FixtureRequest, tmp_path: Path, encryption_key: str) -> dict[str, str]:
     """Environment for one store: a fresh SQLite file, or the session's Postgres, emptied."""
     if request.param == "sqlite":
+        # an existing (empty) file, as the server leaves it: the CLI never creates one itself
+        (tmp_path / "proxy.db").touch()
         return {"DATABASE_URL": str(tmp_path / "proxy.db"), "ENCRYPTION_KEY": encryption_key}
     url: str = request.getfixturevalue("pg_database")
     truncate(url)

@@ -26,6 +26,7 @@ def env(
     tmp_path: Path, encryption_key: str, redis_env: dict[str, str], unique_prefix: str
 ) -> Iterator[dict[str, str]]:
     prefix = f"test:cache:{unique_prefix}"
+    (tmp_path / "proxy.db").touch()  # the server's database; the CLI never creates one
     yield {
         "DATABASE_URL": str(tmp_path / "proxy.db"),
         "ENCRYPTION_KEY": encryption_key,

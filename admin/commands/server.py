@@ -12,7 +12,7 @@ import typer
 
 from admin.output import fail
 from admin.runner import guarded_settings
-from shared.config import Settings, explain
+from shared.config import explain
 from shared.crypto import load_keyring
 from shared.errors import LLMProxyError
 from shared.logging import setup_logging
@@ -31,7 +31,8 @@ def server(
 ) -> None:
     """Run the proxy: gunicorn with uvicorn workers, configured from the environment."""
     settings = guarded_settings()
-    _log_notices(settings)
+    setup_logging(settings.log_level, settings.log_format)  # the master's lines, as the workers'
+    _log_notices()
     if port is not None:
         settings = settings.replace(port=port)
     try:
@@ -39,6 +40,8 @@ def server(
     except LLMProxyError as exc:
         fail(exc.message)
     if reload:
+        if settings.management_listen:
+            fail("--reload serves one address: unset MANAGEMENT_LISTEN to develop with it")
         import uvicorn
 
         uvicorn.run(
@@ -56,13 +59,10 @@ def server(
     ProxyServer(settings, workers=workers).run()
 
 
-def _log_notices(settings: Settings) -> None:
+def _log_notices() -> None:
     """Say once, at start, which tuning-guide variables have no effect here."""
-    notices = explain()[2]
-    if notices:
-        setup_logging(settings.log_level, settings.log_format)
-        for notice in notices:
-            logging.getLogger("llm_proxy.config").warning(notice)
+    for notice in explain()[2]:
+        logging.getLogger("llm_proxy.config").warning(notice)
 
 
 def _prepare_metrics_dir(directory: str) -> None:
