@@ -24,7 +24,8 @@ from proxy.handler import ProxyHandler
 from proxy.invalidation import Invalidator
 from proxy.limits import LimitStats, make_limiter
 from proxy.manage import create_management_app
-from proxy.metrics import Metrics, render
+from proxy.metrics import Metrics, multiprocess_dir, render
+from proxy.profiling import Profiler
 from proxy.redis_client import FastRedis
 from proxy.upstream import Upstream
 from shared.config import Settings
@@ -148,6 +149,12 @@ class ProxyApp:
             notifier=Notifier(store, redis, channel=invalidation_channel(settings)),
             redis=redis,
         )
+        profiler = None
+        if settings.profiling_enabled:
+            profiler = Profiler(
+                settings.profiling_keep, multiprocess_dir(), self.metrics.phase_duration
+            )
+            await profiler.start()
         self.handler = ProxyHandler(
             settings,
             auth=Authenticator(store, keyring, token_cache),
@@ -156,9 +163,15 @@ class ProxyApp:
             metrics=self.metrics,
             limiter=limiter,
             cache=http_cache,
+            profiler=profiler,
         )
         self.manage_app = create_management_app(
-            settings, store, keyring, self.resources.notifier, cache=_shared_cache(http_cache)
+            settings,
+            store,
+            keyring,
+            self.resources.notifier,
+            cache=_shared_cache(http_cache),
+            profiler=profiler,
         )
         if settings.pool_warm:
             await _warm(store, upstream)
@@ -171,6 +184,8 @@ class ProxyApp:
             self.handler = None
             self.manage_app = None
             await invalidator.close()
+            if profiler is not None:
+                await profiler.close()
             bus_metrics.cancel()
             await bus.close()  # flush events of every request served
             await upstream.close()

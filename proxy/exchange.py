@@ -38,3 +38,4 @@ class Exchange:
     cache_status: str = ""
     usage: Usage | None = None
     response_started: bool = field(default=False)
+    marks: list[tuple[str, float]] | None = None  # phase ends, with PROFILING_ENABLED

@@ -21,6 +21,7 @@ from proxy.exchange import Exchange
 from proxy.headers import Cors, request_id_from
 from proxy.limits import NO_LIMITS, Limiter, TrustedProxies, scope_client_ip
 from proxy.metrics import Metrics
+from proxy.profiling import Profiler, record_of
 from proxy.relay import Relay, send_served
 from proxy.routing import Router
 from proxy.upstream import Upstream
@@ -46,8 +47,10 @@ class ProxyHandler:
         metrics: Metrics,
         limiter: Limiter,
         cache: HttpCache | None = None,
+        profiler: Profiler | None = None,
     ) -> None:
         self.settings = settings
+        self.profiler = profiler
         self.router = Router(settings.allowed_endpoints, settings.allowed_methods)
         self.auth = auth
         self.relay = Relay(settings, upstream)
@@ -106,6 +109,7 @@ class ProxyHandler:
             extra.append((b"connection", b"close"))
 
         ex = Exchange(scope, receive, send, method, request_id, started, extra)
+        marks = ex.marks = [] if self.profiler is not None else None
         admission = NO_LIMITS
         client_ip = scope_client_ip(scope, self.trusted)
         self.in_flight += 1
@@ -115,11 +119,15 @@ class ProxyHandler:
                 method, scope.get("raw_path") or b"", scope["query_string"]
             )
             ex.endpoint = route.endpoint
+            if marks is not None:
+                marks.append(("route", time.perf_counter()))
             if self.max_in_flight and self.in_flight > self.max_in_flight:
                 raise Overloaded(headers={"retry-after": "1"})
             ex.cred = cred = await self.auth.authenticate(
                 token_from_headers(authorization, api_key)
             )
+            if marks is not None:
+                marks.append(("auth", time.perf_counter()))
             if self.reject_unrecorded and not self.bus.can_record():
                 raise Unavailable("Requests cannot be recorded right now; retry shortly.")
             # usage endpoints' bodies are read whole: include_usage must be set in them and the
@@ -131,6 +139,8 @@ class ProxyHandler:
                 self.max_body,
                 whole=bills_tokens(method, route.endpoint, route.rest),
             )
+            if marks is not None:
+                marks.append(("body", time.perf_counter()))
             cache = self.cache
             plan = served = None
             if cache is not None and (isinstance(body, bytes) or body is None):
@@ -158,9 +168,13 @@ class ProxyHandler:
                 if plan is not None:
                     assert cache is not None
                     served = await cache.lookup(plan)
+                    if marks is not None:
+                        marks.append(("cache", time.perf_counter()))
                 admission = await self.limiter.admit(
                     cred.limits, client_ip, cache_hit=served is not None
                 )
+            if marks is not None:
+                marks.append(("limits", time.perf_counter()))
             if admission.limit:
                 extra += [(k.lower().encode(), v.encode()) for k, v in admission.headers().items()]
             merge = None
@@ -258,6 +272,13 @@ class ProxyHandler:
             self.bus.publish(event)
         except Exception:  # recording must never fail the request
             log.exception("publishing a request event failed")
+        if ex.marks is not None and self.profiler is not None:
+            ex.marks.append(("record", time.perf_counter()))
+            self.profiler.finish(
+                ex.started,
+                ex.marks,
+                record_of(ex.request_id, ex.method, event.path, ex.status),
+            )
 
     async def _send_error(
         self, send: Any, exc: LLMProxyError, extra: list[tuple[bytes, bytes]]

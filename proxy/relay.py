@@ -78,6 +78,8 @@ class Relay:
             if isinstance(body, StreamedBody) and body.error is not None:
                 raise body.error from None  # our side failed, not the upstream
             raise
+        if ex.marks is not None:
+            ex.marks.append(("upstream_first_byte", time.perf_counter()))
         try:
             if fill is not None and response.status == 304 and fill.revalidating:
                 served = await fill.not_modified(response.raw_headers)
@@ -179,6 +181,8 @@ class Relay:
         finally:
             watcher.cancel()
             ex.response_bytes = sent
+            if ex.marks is not None:
+                ex.marks.append(("stream", time.perf_counter()))
             ex.upstream_ms = (time.perf_counter() - sent_at) * 1000
             ex.usage = _usage(ex, sse, tap)
 
@@ -220,6 +224,8 @@ async def send_served(ex: Exchange, served: Served, cache_status: str) -> None:
     ex.response_started = True
     ex.ttfb_ms = (time.perf_counter() - ex.started) * 1000
     await ex.send({"type": "http.response.body", "body": served.body, "more_body": False})
+    if ex.marks is not None:
+        ex.marks.append(("stream", time.perf_counter()))
 
 
 async def _watch_disconnect(receive: object, gone: asyncio.Event, response: Response) -> None:

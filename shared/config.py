@@ -430,6 +430,19 @@ class Settings:
         "alone at once.",
         _int(1),
     )
+    profiling_enabled: bool = var(
+        "PROFILING_ENABLED",
+        False,
+        "Time each phase of every request (histograms by phase) and keep the slowest requests "
+        'with their phases for `GET /manage/profiling` (docs/operations.md, "Profiling").',
+        _bool,
+    )
+    profiling_keep: int = var(
+        "PROFILING_KEEP",
+        100,
+        "With PROFILING_ENABLED: how many of the slowest requests each worker keeps.",
+        _int(1),
+    )
     upstream_connect_timeout: float = var(
         "UPSTREAM_CONNECT_TIMEOUT",
         10.0,
