@@ -90,7 +90,8 @@ class EventBus(Protocol):
 
     The counters are for the proxy's metrics: ``published`` events handed on (written, or
     appended to the stream), ``spooled`` events written to the local spool, ``dropped`` events
-    lost because nothing could take them."""
+    lost because nothing could take them, ``unrecordable`` events dropped because they could not
+    be serialised or stored, ``restarts`` times the sender task failed and was restarted."""
 
     @property
     def published(self) -> int: ...
@@ -100,6 +101,12 @@ class EventBus(Protocol):
 
     @property
     def dropped(self) -> int: ...
+
+    @property
+    def unrecordable(self) -> int: ...
+
+    @property
+    def restarts(self) -> int: ...
 
     async def start(self) -> None: ...
 

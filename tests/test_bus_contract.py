@@ -136,3 +136,21 @@ async def test_can_record_turns_false_before_anything_is_dropped(kit: Kit) -> No
     assert kit.bus.dropped <= 100
     await kit.settle(published + 100 - kit.bus.dropped)
     assert sum((await kit.owners.counts(kit.store)).values()) == published + 100 - kit.bus.dropped
+
+
+async def test_an_event_that_cannot_be_recorded_is_dropped_and_the_rest_flow(kit: Kit) -> None:
+    """Usage numbers no column (nor JSON encoder) takes: that one event is dropped, counted and
+    logged; the sender keeps going and every good event after it is recorded."""
+    poison = kit.owners.event(0)
+    poison.prompt_tokens = 2**64
+    kit.owners.expected[poison.token_id] -= 1
+    good = [kit.owners.event(i) for i in range(1, 53)]
+    kit.bus.publish(poison)
+    for event in good:
+        kit.bus.publish(event)
+    await kit.settle(len(good))
+    assert await kit.owners.counts(kit.store) == kit.owners.expected
+    assert kit.bus.unrecordable == 1
+    for event in (kit.owners.event(100), kit.owners.event(101)):  # still alive afterwards
+        kit.bus.publish(event)
+    await kit.settle(len(good) + 2)

@@ -9,13 +9,16 @@ from collections import deque
 
 from shared.events import RequestEvent
 from shared.store import SqlStore
+from shared.store.row_errors import is_row_error
 
 log = logging.getLogger("llm_proxy.bus")
 
 
 class MemoryBus:
     """Events wait in a bounded deque; one task writes them in batches with ``record_events``
-    (insert plus aggregates in one transaction). A failed write keeps the batch and retries."""
+    (insert plus aggregates in one transaction). A failed write keeps the batch and retries,
+    unless the database refused a row: that event is found by halving the batch, dropped,
+    counted (``unrecordable``) and logged, and the rest are written."""
 
     def __init__(
         self,
@@ -32,6 +35,8 @@ class MemoryBus:
         self.dropped = 0
         self.written = 0
         self.spooled = 0  # this bus has no spool; the counter exists for the metrics
+        self.unrecordable = 0  # events the database refused (e.g. absurd numbers): dropped
+        self.restarts = 0  # the writer task never dies: failures are retried in place
         self._queue: deque[RequestEvent] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -75,7 +80,7 @@ class MemoryBus:
                 continue
             batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
             try:
-                await self.store.record_events(batch)
+                written = await self._write(batch)
             except Exception:
                 if self._closing and backoff > 5:
                     log.exception("giving up writing %d events at shutdown", len(self._queue))
@@ -87,7 +92,28 @@ class MemoryBus:
             backoff = 0.1
             for _ in batch:
                 self._queue.popleft()
-            self.written += len(batch)
+            self.written += written
+
+    async def _write(self, batch: list[RequestEvent]) -> int:
+        """Write ``batch``; a row the database refuses is dropped and counted, not retried.
+        Returns how many events were handed to the database."""
+        try:
+            await self.store.record_events(batch)
+        except Exception as exc:
+            if not is_row_error(exc):
+                raise
+            if len(batch) > 1:
+                half = len(batch) // 2
+                return await self._write(batch[:half]) + await self._write(batch[half:])
+            self.unrecordable += 1
+            log.error(
+                "request event %s cannot be recorded (%s): dropped; %d so far",
+                batch[0].event_id,
+                type(exc).__name__,
+                self.unrecordable,
+            )
+            return 0
+        return len(batch)
 
     async def close(self) -> None:
         """Write everything still queued, then stop."""

@@ -31,7 +31,11 @@ class RedisStreamsBus:
     sending new events directly, so the stream sees events in the order they were published
     (a batch that was in flight when Redis failed may land after events spilled meanwhile).
     Events past the spool's cap are dropped, counted and logged at most every 10 seconds.
-    A retried XADD may append an event twice: its event id makes the copy harmless."""
+    A retried XADD may append an event twice: its event id makes the copy harmless.
+
+    The sender cannot die silently: an event that cannot be serialised is dropped, counted
+    (``unrecordable``) and logged, and the others go on; any other unexpected error restarts
+    the task (counted in ``restarts``, logged with its traceback) with what it held put back."""
 
     def __init__(
         self,
@@ -60,6 +64,8 @@ class RedisStreamsBus:
         self.published = 0
         self.spooled = 0
         self.dropped = 0
+        self.unrecordable = 0
+        self.restarts = 0
         self.redis_ok = True
         self._buffer: deque[RequestEvent] = deque()
         self._inflight: list[RequestEvent] = []
@@ -78,7 +84,7 @@ class RedisStreamsBus:
 
     async def start(self) -> None:
         self.spool.open()
-        self._task = asyncio.create_task(self._run(), name="redis-streams-bus")
+        self._task = asyncio.create_task(self._supervise(), name="redis-streams-bus")
 
     def publish(self, event: RequestEvent) -> None:
         buffer = self._buffer
@@ -137,6 +143,22 @@ class RedisStreamsBus:
 
     # --- the sender task ---
 
+    async def _supervise(self) -> None:
+        pause = 0.1
+        while True:
+            try:
+                await self._run()
+                return
+            except Exception:
+                self.restarts += 1
+                log.exception("event bus sender failed; restarting it (%d so far)", self.restarts)
+            # What the failed loop held goes back in front, in order; a copy that did reach
+            # the stream is absorbed by its event id.
+            self._buffer.extendleft(reversed(self._inflight))
+            self._inflight = []
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
     async def _run(self) -> None:
         while True:
             now = time.monotonic()
@@ -189,9 +211,9 @@ class RedisStreamsBus:
 
     async def _send_buffer(self) -> bool:
         take = min(self.batch_size, len(self._buffer))
-        self._inflight = [self._buffer.popleft() for _ in range(take)]
+        self._inflight, lines = self._encode([self._buffer.popleft() for _ in range(take)])
         started = time.monotonic()
-        ok = await self._xadd([event.to_bytes() for event in self._inflight])
+        ok = await self._xadd(lines)
         batch, self._inflight = self._inflight, []
         self._first_at = started  # what arrived meanwhile has waited since then
         if ok:
@@ -245,12 +267,30 @@ class RedisStreamsBus:
         self._backoff = min(max(self._backoff * 2, 0.1), 5.0)
         self._retry_at = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
 
+    def _encode(self, events: list[RequestEvent]) -> tuple[list[RequestEvent], list[bytes]]:
+        """The events that serialise, and their lines; the others are dropped and counted."""
+        kept, lines = [], []
+        for event in events:
+            try:
+                lines.append(event.to_bytes())
+                kept.append(event)
+            except Exception as exc:  # one bad event must not hold back the others
+                self.unrecordable += 1
+                log.error(
+                    "request event %s cannot be serialised (%s): dropped; %d so far",
+                    event.event_id,
+                    exc,
+                    self.unrecordable,
+                )
+        return kept, lines
+
     def _spill(self, events: list[RequestEvent]) -> None:
         if not events:
             return
-        written = self.spool.append([event.to_bytes() for event in events])
+        _, lines = self._encode(events)
+        written = self.spool.append(lines)
         self.spooled += written
-        lost = len(events) - written
+        lost = len(lines) - written
         if lost:
             self.dropped += lost
             now = time.monotonic()
