@@ -38,7 +38,6 @@ log = logging.getLogger("llm_proxy.limits")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError, TimeoutError)
 
 
-
 class RedisLimiter:
     """Global, per-IP and per-token windows and concurrency leases, all in one EVALSHA; the
     token quota in the database, whose conditional UPDATE is its one arbiter whether Redis is

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from proxy.limits.admission import LimitedToken
 from proxy.limits.clientip import limit_key
 from shared.config import Settings
 
