@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from dispatcher import deadletter
 from dispatcher.entries import Entry
-from shared.events import RequestEvent
+from shared.events import ACCEPTED, RequestEvent
 from shared.store import SqlStore
 from shared.store.models import DeadLetter
 from shared.store.row_errors import is_row_error
@@ -82,8 +82,8 @@ class BatchWriter:
         inserted_ids = {e.event_id for e in outcome.inserted}
         seen: set[str] = set()
         for entry, event in good:
-            if event.event_id in seen:
-                continue
+            if event.event_id in seen or event.phase == ACCEPTED:
+                continue  # sinks get a request once it is over (its final event)
             seen.add(event.event_id)
             if event.event_id in inserted_ids or retried or entry.deliveries > 1:
                 outcome.export.append(event)

@@ -10,6 +10,13 @@ import orjson
 
 CACHE_STATUSES = ("", "hit", "miss", "bypass")
 
+#: ``phase`` of an event: ``ACCEPTED`` is published before the upstream is called (status 0,
+#: no usage yet), ``FINAL`` when the request ends; both carry the request's one event_id and the
+#: final replaces the accepted row. Requests that never reach the upstream (refusals, cache
+#: hits) have only a final event.
+ACCEPTED, FINAL = "accepted", "final"
+PHASES = (ACCEPTED, FINAL)
+
 #: ``error`` codes of requests the proxy itself turned away before any upstream call. Their
 #: events are stored, but they do not count in a token's or project's ``request_count``, which
 #: counts admitted requests (so a client hammering a spent quota does not inflate it).
@@ -42,6 +49,7 @@ class RequestEvent:
     stream: bool = False
     error: str = ""
     client_ip: str = ""
+    phase: str = FINAL
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self)
@@ -74,6 +82,8 @@ class RequestEvent:
             kwargs[name] = value
         if not kwargs["event_id"]:
             raise ValueError("event_id is empty")
+        if kwargs.get("phase", FINAL) not in PHASES:
+            raise ValueError("event phase is unknown")
         return cls(**kwargs)
 
 
