@@ -122,6 +122,12 @@ class EventBus(Protocol):
 
     def publish(self, event: RequestEvent) -> None: ...
 
+    async def accept(self, event: RequestEvent) -> bool:
+        """Publish and wait until the event is in the bus's destination or its spool (True), or
+        known to be held in memory only or lost (False). Reserves room for the request's final
+        event. Used for the ``accepted`` record, before the upstream is called."""
+        ...
+
     def can_record(self) -> bool:
         """False when an event published now would be dropped (used by the reject mode)."""
         ...

@@ -34,7 +34,7 @@ async def kit(
 ) -> AsyncIterator[Kit]:
     owners = await seed(store)
     if request.param == "memory":
-        bus: EventBus = MemoryBus(store, capacity=500)
+        bus: EventBus = MemoryBus(store, Spool(str(tmp_path / "spool"), 1 << 20), capacity=500)
 
         async def settle_memory(n: int) -> None:
             await wait_for(lambda: _count_is(store, n), what=f"{n} rows")

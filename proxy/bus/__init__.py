@@ -8,12 +8,13 @@ from redis.backoff import NoBackoff
 from proxy.bus.memory import MemoryBus
 from proxy.bus.redis_streams import RedisStreamsBus
 from proxy.bus.spool import Spool
+from proxy.bus.spooling import SpoolingBus
 from shared.config import Settings
 from shared.events import EventBus
 from shared.redis import make_redis
 from shared.store import SqlStore
 
-__all__ = ["MemoryBus", "RedisStreamsBus", "Spool", "make_bus"]
+__all__ = ["MemoryBus", "RedisStreamsBus", "Spool", "SpoolingBus", "make_bus"]
 
 
 def make_bus(settings: Settings, store: SqlStore) -> EventBus:
@@ -30,4 +31,5 @@ def make_bus(settings: Settings, store: SqlStore) -> EventBus:
             send_timeout=settings.redis_timeout,
             owns_redis=True,
         )
-    return MemoryBus(store, capacity=settings.observability_buffer_size)
+    spool = Spool(settings.embedded_spool_dir, settings.event_spool_max_bytes)
+    return MemoryBus(store, spool, capacity=settings.observability_buffer_size)

@@ -64,9 +64,7 @@ _INSERT_EVENTS = (
     "cache_status text, stream bool, error text, client_ip text, phase text) "
     # A final replaces its accepted row (and nothing else: a repeat changes nothing).
     "ON CONFLICT (event_id) DO UPDATE SET "
-    + ", ".join(
-        f"{c} = EXCLUDED.{c}" for c in (c.strip() for c in EVENT_COLUMNS.split(",")[1:])
-    )
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in (c.strip() for c in EVENT_COLUMNS.split(",")[1:]))
     + " WHERE request_events.phase = 'accepted' AND EXCLUDED.phase = 'final' "
     # xmax is 0 on a row this statement inserted, set on one it updated
     "RETURNING event_id, (xmax = 0) AS fresh"
