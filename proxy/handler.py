@@ -26,7 +26,7 @@ from proxy.usage import Usage
 from shared.clock import new_id
 from shared.config import Settings
 from shared.errors import LLMProxyError, Overloaded, Unavailable, error_body
-from shared.events import EventBus, RequestEvent
+from shared.events import ACCEPTED, EventBus, RequestEvent
 
 log = logging.getLogger("llm_proxy.proxy")
 
@@ -154,7 +154,9 @@ class ProxyHandler:
                 extra += [(k.lower().encode(), v.encode()) for k, v in admission.headers().items()]
             if served is not None:
                 await send_served(ex, served, "hit")
-            elif cache is not None and plan is not None:
+                return
+            await self._accept(ex, arrived, client_ip)
+            if cache is not None and plan is not None:
                 async with cache.fill(plan) as fill:
                     if fill.served is not None:
                         await send_served(ex, fill.served, fill.status)
@@ -179,6 +181,28 @@ class ProxyHandler:
             self.metrics.in_flight.dec()
             self._finish(ex, arrived, client_ip)
 
+    async def _accept(self, ex: Exchange, arrived: float, client_ip: str) -> None:
+        """The request's accepted record, in the bus's destination or its spool before the
+        upstream is called, so a worker killed in flight still leaves a (flagged) row. Reject
+        mode forwards nothing whose acceptance could not be kept."""
+        cred = ex.cred
+        assert cred is not None
+        ex.event_id = new_id()
+        accepted = RequestEvent(
+            event_id=ex.event_id,
+            request_id=ex.request_id,
+            ts=arrived,
+            project_id=cred.project_id,
+            token_id=cred.token_id,
+            method=ex.method,
+            path=ex.scope["path"][:512],
+            status=0,
+            client_ip=client_ip,
+            phase=ACCEPTED,
+        )
+        if not await self.bus.accept(accepted) and self.reject_unrecorded:
+            raise Unavailable("Requests cannot be recorded right now; retry shortly.")
+
     def _finish(self, ex: Exchange, arrived: float, client_ip: str) -> None:
         """Metrics and the request's event; never raises."""
         duration = time.perf_counter() - ex.started
@@ -197,7 +221,7 @@ class ProxyHandler:
             return
         usage = ex.usage or _NO_USAGE
         event = RequestEvent(
-            event_id=new_id(),
+            event_id=ex.event_id or new_id(),
             request_id=ex.request_id,
             ts=arrived,
             project_id=cred.project_id,

@@ -157,7 +157,8 @@ def test_redis_stopped_mid_run_proxies_spool_then_catch_up(pipeline: Pipeline) -
 def test_reject_mode_never_calls_upstream_unrecorded(pipeline: Pipeline) -> None:
     """Redis down and the spool filling up: requests are served while their events can still
     be kept, then refused with 503 before any upstream call; every upstream call is a row."""
-    proxy = pipeline.proxy(EVENT_BUS_FAILURE_MODE="reject", EVENT_SPOOL_MAX_BYTES="20000")
+    # room for the 20 concurrent requests' accepted and final events while Redis is up
+    proxy = pipeline.proxy(EVENT_BUS_FAILURE_MODE="reject", EVENT_SPOOL_MAX_BYTES="40000")
     proxy.workers = 1
     proxy.start()
     dispatcher = pipeline.dispatcher("d1").start()

@@ -19,6 +19,7 @@ __all__ = ["MemoryBus", "RedisStreamsBus", "Spool", "SpoolingBus", "make_bus"]
 
 def make_bus(settings: Settings, store: SqlStore) -> EventBus:
     """The bus LLM_PROXY_EVENT_BUS asks for (not yet started; ``await bus.start()``)."""
+    strict = settings.event_bus_failure_mode == "reject"
     if settings.event_bus == "redis-streams":
         # No retries inside the client: a failed XADD goes to the spool at once.
         redis = make_redis(settings, retry=Retry(NoBackoff(), 0))
@@ -30,6 +31,7 @@ def make_bus(settings: Settings, store: SqlStore) -> EventBus:
             capacity=settings.observability_buffer_size,
             send_timeout=settings.redis_timeout,
             owns_redis=True,
+            strict=strict,
         )
     spool = Spool(settings.embedded_spool_dir, settings.event_spool_max_bytes)
-    return MemoryBus(store, spool, capacity=settings.observability_buffer_size)
+    return MemoryBus(store, spool, capacity=settings.observability_buffer_size, strict=strict)

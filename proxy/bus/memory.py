@@ -78,6 +78,7 @@ class MemoryBus(SpoolingBus):
         send_timeout: float = 2.0,
         close_timeout: float = 10.0,
         adopt_interval: float = 30.0,
+        strict: bool = False,
     ) -> None:
         super().__init__(
             StoreSink(store),
@@ -88,6 +89,7 @@ class MemoryBus(SpoolingBus):
             send_timeout=send_timeout,
             close_timeout=close_timeout,
             adopt_interval=adopt_interval,
+            strict=strict,
         )
         self.store = store
 

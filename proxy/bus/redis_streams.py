@@ -53,6 +53,7 @@ class RedisStreamsBus(SpoolingBus):
         close_timeout: float = 5.0,
         adopt_interval: float = 30.0,
         owns_redis: bool = False,
+        strict: bool = False,
     ) -> None:
         super().__init__(
             StreamSink(redis, stream_key, owns_redis=owns_redis),
@@ -63,6 +64,7 @@ class RedisStreamsBus(SpoolingBus):
             send_timeout=send_timeout,
             close_timeout=close_timeout,
             adopt_interval=adopt_interval,
+            strict=strict,
         )
         self.redis = redis
         self.stream_key = stream_key

@@ -46,7 +46,9 @@ class SpoolingBus:
 
     ``accept`` publishes an event and waits until it is in the sink or the spool (the
     ``accepted`` record sent before a request's upstream call); it also reserves room for that
-    request's final event, which ``can_record`` keeps free.
+    request's final event, which ``can_record`` keeps free. With ``strict`` (reject mode) an
+    accepted record is taken only if it and its final are sure to be kept, and an event nobody
+    reserved room for (a refusal's) is dropped rather than take a reserved final's room.
 
     The sender cannot die silently: an event that cannot be serialised is dropped, counted
     (``unrecordable``) and logged, and the others go on; any other unexpected error restarts
@@ -63,8 +65,10 @@ class SpoolingBus:
         send_timeout: float = 2.0,
         close_timeout: float = 5.0,
         adopt_interval: float = 30.0,
+        strict: bool = False,
     ) -> None:
         self.sink = sink
+        self.strict = strict
         self.spool = spool
         self.capacity = capacity
         self.batch_size = batch_size
@@ -104,8 +108,11 @@ class SpoolingBus:
         self._task = asyncio.create_task(self._supervise(), name=f"event-bus:{self.sink.name}")
 
     def publish(self, event: RequestEvent) -> None:
-        if self._reserved and event.phase == FINAL:
+        if self._reserved and event.event_id in self._reserved and event.phase == FINAL:
             self._reserved.discard(event.event_id)
+        elif self.strict and not self._room(len(self._reserved) + 1):
+            self.dropped += 1  # unreserved (a refusal): the reserved finals come first
+            return
         buffer = self._buffer
         if len(buffer) < self.capacity and self._task is not None:
             buffer.append(event)
@@ -127,13 +134,17 @@ class SpoolingBus:
         it is only in memory (or lost). Reserves room for the request's final event."""
         if self._task is None or self._closing:
             return False
+        # Decided before any await, so concurrent requests see each other's reservations.
+        room = self._room(len(self._reserved) + 2)
+        if self.strict and not room:
+            return False
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters[id(event)] = waiter
         self._reserved.add(event.event_id)
         self.publish(event)
         self._wake.set()
         try:
-            return await waiter
+            return await waiter and room
         finally:
             self._waiters.pop(id(event), None)
 
@@ -141,9 +152,11 @@ class SpoolingBus:
         """True when this event would be kept even if the sink failed right now: the spool has
         room for it, everything held in memory and the finals of accepted requests. Without a
         usable spool, only a healthy sink with room in the buffer can take it."""
-        if self._closing:
-            return False
-        held = self.buffered() + len(self._reserved) + 1
+        return not self._closing and self._room(len(self._reserved) + 1)
+
+    def _room(self, events: int) -> bool:
+        """Whether ``events`` more would be kept on top of what memory holds now."""
+        held = self.buffered() + events
         if self.spool.broken:
             return self.sink_ok and not self._spooling and held <= self.capacity
         return self.spool.room_for(held)
