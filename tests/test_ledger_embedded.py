@@ -4,7 +4,10 @@ buffer, reject mode; through the real server."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -144,3 +147,51 @@ def test_reject_mode_serves_only_what_it_can_record(tmp_path: Path, fake: FakeUp
     assert 0 < during[200] < 300 and during[503] == 300 - during[200], during
     assert recorded == served
     assert upstream_calls == served
+
+
+def test_a_killed_worker_leaves_a_flagged_row_per_request_in_flight(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    env = {**UNLIMITED, "HTTP_CACHE_ENABLED": "false"}
+    cred = provision(env, tmp_path, fake.base_url)
+    db = tmp_path / "llm-proxy.db"
+    proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
+    failed: list[BaseException] = []
+
+    def hold_stream() -> None:
+        try:
+            with httpx.stream(
+                "POST",
+                f"{proxy.url}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {cred.token}"},
+                json={"model": "hold", "messages": [], "stream": True},
+                timeout=30,
+            ) as resp:
+                for _ in resp.iter_lines():
+                    pass
+        except httpx.HTTPError as exc:
+            failed.append(exc)
+
+    try:
+        done = send(proxy.url, cred, 10)
+        threads = [threading.Thread(target=hold_stream) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while sum(1 for r in fake.requests if r.path == "/v1/chat/completions") < 13:
+            assert time.monotonic() < deadline, "the streams never reached the upstream"
+            time.sleep(0.05)
+        assert proxy.proc is not None
+        master = proxy.proc.pid
+        (worker,) = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        os.kill(int(worker), signal.SIGKILL)
+        for thread in threads:
+            thread.join(timeout=30)
+        fake.release.set()
+        accepted = wait_rows(db, 0, 3)
+    finally:
+        fake.release.set()
+        proxy.stop()
+    assert done == Counter({200: 10}) and len(failed) == 3
+    assert (rows(db, 200), accepted) == (10, 3)
+    assert request_count(db, cred.token_id) == 13
