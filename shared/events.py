@@ -52,6 +52,8 @@ class RequestEvent:
     phase: str = FINAL
 
     def to_bytes(self) -> bytes:
+        if self.phase == ACCEPTED:  # no usage or timings yet: the defaults need not travel
+            return orjson.dumps({name: getattr(self, name) for name in _ACCEPTED_FIELDS})
         return orjson.dumps(self)
 
     @classmethod
@@ -93,6 +95,9 @@ _TYPES: dict[str, type] = {
     f.name: {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)] for f in _FIELDS
 }
 _SPEC = tuple((f.name, _TYPES[f.name], f.default is dataclasses.MISSING) for f in _FIELDS)
+_ACCEPTED_FIELDS = tuple(
+    f.name for f in _FIELDS if f.default is dataclasses.MISSING or f.name in ("client_ip", "phase")
+)
 
 
 class EventBus(Protocol):
