@@ -153,6 +153,10 @@ class ProxyHandler:
             if admission.limit:
                 extra += [(k.lower().encode(), v.encode()) for k, v in admission.headers().items()]
             if served is not None:
+                if self.reject_unrecorded:  # served, so it must be recorded
+                    ex.event_id = new_id()
+                    if not self.bus.reserve(ex.event_id):
+                        raise Unavailable("Requests cannot be recorded right now; retry shortly.")
                 await send_served(ex, served, "hit")
                 return
             await self._accept(ex, arrived, client_ip)

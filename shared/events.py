@@ -133,6 +133,11 @@ class EventBus(Protocol):
         event. Used for the ``accepted`` record, before the upstream is called."""
         ...
 
+    def reserve(self, event_id: str) -> bool:
+        """Keep room for the event ``event_id`` will publish (False: there is none). For reject
+        mode's requests that never reach the upstream but are served (cache hits)."""
+        ...
+
     def can_record(self) -> bool:
         """False when an event published now would be dropped (used by the reject mode)."""
         ...

@@ -148,6 +148,13 @@ class SpoolingBus:
         finally:
             self._waiters.pop(id(event), None)
 
+    def reserve(self, event_id: str) -> bool:
+        """Keep room for this request's (final) event from now on, if there is room."""
+        if self._closing or not self._room(len(self._reserved) + 1):
+            return False
+        self._reserved.add(event_id)
+        return True
+
     def can_record(self) -> bool:
         """True when this event would be kept even if the sink failed right now: the spool has
         room for it, everything held in memory and the finals of accepted requests. Without a
