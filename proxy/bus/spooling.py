@@ -298,6 +298,7 @@ class SpoolingBus:
                 return False
             refused = done
         self.spool.consume(chunk)
+        self.dropped += chunk.lost
         self.unrecordable += refused
         self.published += len(chunk.lines) - refused
         return True
