@@ -115,6 +115,11 @@ def test_a_locked_database_and_a_full_buffer_lose_no_event(
     assert statuses == Counter({200: 400})
     assert recorded == 400
     assert request_count(db, cred.token_id) == 400
+    with sqlite3.connect(db) as conn:  # 11 + 7 tokens per answer, in rows and in the counters
+        in_rows = conn.execute("SELECT sum(prompt_tokens + completion_tokens) FROM request_events")
+        assert in_rows.fetchone()[0] == 400 * 18
+        counted = conn.execute("SELECT prompt_tokens + completion_tokens FROM tokens")
+        assert counted.fetchone()[0] == 400 * 18
 
 
 def test_reject_mode_serves_only_what_it_can_record(tmp_path: Path, fake: FakeUpstream) -> None:
