@@ -121,6 +121,7 @@ def db_url() -> Iterator[str]:
     drop_database(url)
 
 
+@pytest.mark.timeout(300)  # four proxies, three dispatchers, five phases on a shared machine
 def test_the_ledger_is_exact_through_redis_dispatcher_and_worker_failures(
     tmp_path: Path, db_url: str
 ) -> None:

@@ -93,6 +93,7 @@ class Lock:
         self.conn.close()
 
 
+@pytest.mark.timeout(300)
 def test_a_locked_database_and_a_full_buffer_lose_no_event(
     tmp_path: Path, fake: FakeUpstream
 ) -> None:
@@ -122,6 +123,7 @@ def test_a_locked_database_and_a_full_buffer_lose_no_event(
         assert counted.fetchone()[0] == 400 * 18
 
 
+@pytest.mark.timeout(300)
 def test_reject_mode_serves_only_what_it_can_record(tmp_path: Path, fake: FakeUpstream) -> None:
     """The database locked and a small spool: requests are served while their events (and
     those of the requests in flight) can be kept, then refused with 503 before any upstream

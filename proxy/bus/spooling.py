@@ -142,6 +142,12 @@ class SpoolingBus:
         self._waiters[id(event)] = waiter
         self._reserved.add(event.event_id)
         self.publish(event)
+        if self._spooling and self._buffer and not self.spool.broken:
+            # The sink is known to be down: to disk now, in order, rather than wait for the
+            # sender (which may be busy probing the sink for up to send_timeout).
+            spill = list(self._buffer)
+            self._buffer.clear()
+            self._spill(spill)
         self._wake.set()
         try:
             return await waiter and room
