@@ -284,3 +284,27 @@ def test_a_killed_worker_leaves_a_flagged_row_per_request_in_flight(pipeline: Pi
     assert rows == 13
     assert phases == Counter({("final", 200): 10, ("accepted", 0): 3})
     assert counts[cred.token_id] == 13
+
+
+def test_reject_mode_refuses_the_first_request_after_redis_dies(pipeline: Pipeline) -> None:
+    """No usable spool: the first request after Redis dies cannot have its acceptance
+    recorded, so it is refused before the upstream is called (it used to be forwarded)."""
+    not_a_dir = pipeline.cwd / "spool-is-a-file"
+    not_a_dir.write_text("")
+    proxy = pipeline.proxy(EVENT_BUS_FAILURE_MODE="reject", EVENT_SPOOL_DIR=str(not_a_dir))
+    proxy.workers = 1
+    proxy.start()
+    try:
+        assert sum(send([proxy.url], pipeline.creds, 5, "up").values()) == 5
+        calls = len(pipeline.fake.requests)
+        pipeline.redis.stop()
+        resp = httpx.post(
+            f"{proxy.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {pipeline.creds[0].token}"},
+            json={"model": "gpt-fake", "messages": []},
+            timeout=30,
+        )
+    finally:
+        proxy.stop()
+    assert resp.status_code == 503, resp.text
+    assert len(pipeline.fake.requests) == calls
