@@ -117,8 +117,10 @@ class ProxyHandler:
             ex.cred = cred = await self.auth.authenticate(
                 token_from_headers(authorization, api_key)
             )
-            if self.reject_unrecorded and not self.bus.can_record():
-                raise Unavailable("Requests cannot be recorded right now; retry shortly.")
+            if self.reject_unrecorded:  # room for this request's events, before any spend
+                ex.event_id = new_id()
+                if not self.bus.reserve(ex.event_id):
+                    raise Unavailable("Requests cannot be recorded right now; retry shortly.")
             ex.body = body = await read_body(receive, method, content_length, self.max_body)
             cache = self.cache
             plan = served = None
@@ -153,10 +155,6 @@ class ProxyHandler:
             if admission.limit:
                 extra += [(k.lower().encode(), v.encode()) for k, v in admission.headers().items()]
             if served is not None:
-                if self.reject_unrecorded:  # served, so it must be recorded
-                    ex.event_id = new_id()
-                    if not self.bus.reserve(ex.event_id):
-                        raise Unavailable("Requests cannot be recorded right now; retry shortly.")
                 await send_served(ex, served, "hit")
                 return
             await self._accept(ex, arrived, client_ip)
@@ -191,7 +189,7 @@ class ProxyHandler:
         mode forwards nothing whose acceptance could not be kept."""
         cred = ex.cred
         assert cred is not None
-        ex.event_id = new_id()
+        ex.event_id = ex.event_id or new_id()
         accepted = RequestEvent(
             event_id=ex.event_id,
             request_id=ex.request_id,

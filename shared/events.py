@@ -134,8 +134,9 @@ class EventBus(Protocol):
         ...
 
     def reserve(self, event_id: str) -> bool:
-        """Keep room for the event ``event_id`` will publish (False: there is none). For reject
-        mode's requests that never reach the upstream but are served (cache hits)."""
+        """Keep room for the events of request ``event_id`` (its accepted record and its final)
+        until its final is published; False when there is none (reject mode then answers 503
+        before anything is spent)."""
         ...
 
     def can_record(self) -> bool:

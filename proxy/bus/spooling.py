@@ -44,11 +44,12 @@ class SpoolingBus:
     Events past the spool's cap are dropped, counted and logged at most every 10 seconds.
     A retried send may deliver an event twice: its event id makes the copy harmless.
 
-    ``accept`` publishes an event and waits until it is in the sink or the spool (the
-    ``accepted`` record sent before a request's upstream call); it also reserves room for that
-    request's final event, which ``can_record`` keeps free. With ``strict`` (reject mode) an
+    ``reserve`` keeps room for a request's two events (its ``accepted`` record and its final)
+    from then on: ``can_record`` and later reservations count it as held. ``accept`` publishes
+    the accepted record (reserving first if the request has not) and waits until it is in the
+    sink or the spool, before the request's upstream call. With ``strict`` (reject mode) an
     accepted record is taken only if it and its final are sure to be kept, and an event nobody
-    reserved room for (a refusal's) is dropped rather than take a reserved final's room.
+    reserved room for (a refusal's) is dropped rather than take a reserved event's room.
 
     The sender cannot die silently: an event that cannot be serialised is dropped, counted
     (``unrecordable``) and logged, and the others go on; any other unexpected error restarts
@@ -95,7 +96,10 @@ class SpoolingBus:
         self._drops_logged = 0
         self._drop_log_at = 0.0
         self._waiters: dict[int, asyncio.Future[bool]] = {}  # id(event) -> its accept()
-        self._reserved: set[str] = set()  # event ids of accepted requests whose final is due
+        # event id -> slots kept for that request's events still to come (its accepted record
+        # and its final, or just the final); _slots is their sum
+        self._reserved: dict[str, int] = {}
+        self._slots = 0
 
     @property
     def redis_ok(self) -> bool:  # the name the Redis bus's callers know
@@ -108,9 +112,14 @@ class SpoolingBus:
         self._task = asyncio.create_task(self._supervise(), name=f"event-bus:{self.sink.name}")
 
     def publish(self, event: RequestEvent) -> None:
-        if self._reserved and event.event_id in self._reserved and event.phase == FINAL:
-            self._reserved.discard(event.event_id)
-        elif self.strict and not self._room(len(self._reserved) + 1):
+        held = self._reserved.get(event.event_id) if self._reserved else None
+        if held is not None:  # it takes its own reserved slot
+            if event.phase == FINAL or held <= 1:
+                self._slots -= self._reserved.pop(event.event_id)
+            else:
+                self._reserved[event.event_id] = held - 1
+                self._slots -= 1
+        elif self.strict and not self._room(self._slots + 1):
             self.dropped += 1  # unreserved (a refusal): the reserved finals come first
             return
         buffer = self._buffer
@@ -135,12 +144,14 @@ class SpoolingBus:
         if self._task is None or self._closing:
             return False
         # Decided before any await, so concurrent requests see each other's reservations.
-        room = self._room(len(self._reserved) + 2)
-        if self.strict and not room:
-            return False
+        room = event.event_id in self._reserved or self.reserve(event.event_id)
+        if not room:
+            if self.strict:
+                return False
+            self._reserved[event.event_id] = 2  # kept anyway: its final is counted as held
+            self._slots += 2
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters[id(event)] = waiter
-        self._reserved.add(event.event_id)
         self.publish(event)
         if self._spooling and self._buffer and not self.spool.broken:
             # The sink is known to be down: to disk now, in order, rather than wait for the
@@ -155,17 +166,19 @@ class SpoolingBus:
             self._waiters.pop(id(event), None)
 
     def reserve(self, event_id: str) -> bool:
-        """Keep room for this request's (final) event from now on, if there is room."""
-        if self._closing or not self._room(len(self._reserved) + 1):
+        """Keep room for this request's two events (accepted and final) from now on, if there
+        is room; its final event releases what is left of it."""
+        if self._closing or not self._room(self._slots + 2):
             return False
-        self._reserved.add(event_id)
+        self._reserved[event_id] = 2
+        self._slots += 2
         return True
 
     def can_record(self) -> bool:
         """True when this event would be kept even if the sink failed right now: the spool has
         room for it, everything held in memory and the finals of accepted requests. Without a
         usable spool, only a healthy sink with room in the buffer can take it."""
-        return not self._closing and self._room(len(self._reserved) + 1)
+        return not self._closing and self._room(self._slots + 1)
 
     def _room(self, events: int) -> bool:
         """Whether ``events`` more would be kept on top of what memory holds now."""
