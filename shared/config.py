@@ -539,9 +539,10 @@ class Settings:
     event_bus_failure_mode: str = var(
         "EVENT_BUS_FAILURE_MODE",
         "spool",
-        "What the proxy does when no event could be recorded (Redis down and the spool full): "
-        "`spool` serves the request anyway and counts the lost event; `reject` answers 503 "
-        "before calling the upstream, so no spend goes unrecorded.",
+        "What the proxy does when a request's events could not be kept (Redis, or for the "
+        "in-memory bus the database, unavailable and the spool full): `spool` serves the "
+        "request anyway and counts the lost event; `reject` answers 503 before calling the "
+        "upstream, so no spend goes unrecorded.",
         _choice("spool", "reject"),
     )
     event_spool_dir: str = var(
