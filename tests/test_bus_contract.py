@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.bus import MemoryBus, RedisStreamsBus, Spool
+from proxy.bus import MemoryBus, RedisStreamsBus, Spool, SpoolingBus
 from shared.events import EventBus
 from shared.store import SqlStore
 from tests.pipeline_kit import Owners, Running, options, pending, seed, wait_for
@@ -154,3 +154,27 @@ async def test_an_event_that_cannot_be_recorded_is_dropped_and_the_rest_flow(kit
     for event in (kit.owners.event(100), kit.owners.event(101)):  # still alive afterwards
         kit.bus.publish(event)
     await kit.settle(len(good) + 2)
+
+
+async def test_reject_mode_keeps_the_room_it_reserved(kit: Kit) -> None:
+    """Strict (reject mode): requests that reserved room get their events kept however full the
+    spool gets meanwhile; an unreserved event that would take that room is dropped instead."""
+    bus = kit.bus
+    assert isinstance(bus, SpoolingBus)
+    bus.strict = True
+    reserved = [kit.owners.event(i) for i in range(10)]
+    assert all(bus.reserve(e.event_id) for e in reserved)
+    published = 0
+    while bus.can_record() and published < 20_000:  # no yield: the sender cannot drain
+        bus.publish(kit.owners.event(100 + published))
+        published += 1
+    late = kit.owners.event(99_999)
+    kit.owners.expected[late.token_id] -= 1
+    bus.publish(late)
+    assert bus.dropped == 1 and not bus.reserve("another")
+    for event in reserved:
+        bus.publish(event)
+    await bus.close()
+    assert bus.dropped == 1
+    await kit.settle(published + len(reserved))
+    assert await kit.owners.counts(kit.store) == kit.owners.expected
