@@ -150,8 +150,12 @@ class SpoolingBus:
                 return False
             self._reserved[event.event_id] = 2  # kept anyway: its final is counted as held
             self._slots += 2
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
         self._waiters[id(event)] = waiter
+        # A sender that cannot make progress (failing and being restarted) must not hold the
+        # request forever: past two sends' worth of time the event counts as not kept.
+        timer = loop.call_later(2 * self.send_timeout + 1, _give_up, waiter)
         self.publish(event)
         if self._spooling and self._buffer and not self.spool.broken:
             # The sink is known to be down: to disk now, in order, rather than wait for the
@@ -163,6 +167,7 @@ class SpoolingBus:
         try:
             return await waiter and room
         finally:
+            timer.cancel()
             self._waiters.pop(id(event), None)
 
     def reserve(self, event_id: str) -> bool:
@@ -398,3 +403,8 @@ class SpoolingBus:
                 )
                 self._drops_logged = self.dropped
                 self._drop_log_at = now + _DROP_LOG_INTERVAL
+
+
+def _give_up(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
