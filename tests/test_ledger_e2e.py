@@ -1,12 +1,14 @@
-"""The ledger on the production path: 2 instances × 2 workers, 2 dispatchers, mixed traffic, a
-Redis cut, a dispatcher SIGKILL and a proxy worker SIGKILL; every request once, tokens summed
-exactly, the quota exact."""
+"""The ledger: on the production path (2 instances × 2 workers, 2 dispatchers, mixed traffic, a
+Redis cut, a dispatcher SIGKILL and a proxy worker SIGKILL) and on the embedded default (a
+locked SQLite file, a worker SIGKILL): every request once, tokens summed exactly, the quota
+exact."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -55,17 +57,23 @@ class Ledger:
 
 
 async def traffic(
-    urls: list[str], quota: Provisioned, free: Provisioned, n: int, ledger: Ledger
+    urls: list[str],
+    quota: Provisioned,
+    free: Provisioned,
+    n: int,
+    ledger: Ledger,
+    quota_share: int = 1,
 ) -> None:
     """``n`` mixed requests: JSON answers and streams (with and without include_usage), upstream
-    4xx and 5xx on the free token; JSON requests against the quota'd token."""
+    4xx and 5xx on the free token; JSON requests against the quota'd token (none with
+    ``quota_share=0``)."""
 
     async with httpx.AsyncClient(timeout=60) as client:
 
         async def one(i: int) -> None:
             url = f"{urls[i % len(urls)]}/v1/chat/completions"
             kind = i % 6
-            cred = quota if kind == 5 else free
+            cred = quota if kind == 5 and quota_share else free
             body: dict[str, object] = {"model": "gpt-fake", "messages": [{"content": str(i)}]}
             if kind == 1:
                 body["stream"] = True
@@ -228,5 +236,104 @@ def test_the_ledger_is_exact_through_redis_dispatcher_and_worker_failures(
     assert rows == expected_rows and accepted == flagged  # nothing lost, nothing doubled
     assert tokens_in_rows == ledger.tokens  # Σ reported upstream = Σ in events
     assert sum(t for _, t in counters.values()) == ledger.tokens  # = the counters
+    assert counters[quota.token_id][0] == quota_limit
+    assert counters[free.token_id][0] == ledger.admitted(free.token_id) + flagged
+
+
+def sqlite_state(db: Path) -> tuple[int, int, int, dict[str, tuple[int, int]]]:
+    """As ``db_state``, on the embedded default's SQLite file."""
+    with sqlite3.connect(db) as conn:
+        row = conn.execute(
+            "SELECT count(*), sum(phase = 'accepted'), "
+            "COALESCE(sum(prompt_tokens + completion_tokens), 0) FROM request_events"
+        ).fetchone()
+        counters = {
+            str(i): (int(c), int(t))
+            for i, c, t in conn.execute(
+                "SELECT id, request_count, prompt_tokens + completion_tokens FROM tokens"
+            ).fetchall()
+        }
+    return int(row[0]), int(row[1] or 0), int(row[2]), counters
+
+
+@pytest.mark.timeout(300)
+def test_the_embedded_ledger_is_exact_through_a_locked_database_and_a_killed_worker(
+    tmp_path: Path,
+) -> None:
+    fake = FakeUpstream().start()
+    env = {**UNLIMITED, "HTTP_CACHE_ENABLED": "false", "OBSERVABILITY_BUFFER_SIZE": "20"}
+    quota_limit = 30
+    quota = provision(env, tmp_path, fake.base_url, name="quota", max_requests=quota_limit)
+    free = provision(env, tmp_path, fake.base_url, name="free")
+    db = tmp_path / "llm-proxy.db"
+    proxy = ProxyProcess(env=env, cwd=tmp_path, workers=2)
+    ledger = Ledger()
+    held_errors: list[BaseException] = []
+    try:
+        proxy.start()
+        asyncio.run(traffic([proxy.url], quota, free, 60, ledger))
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # a writer holding the lock, as a backup would
+        try:
+            # (a quota is a write too: its requests would wait for the lock, so none here)
+            asyncio.run(traffic([proxy.url], quota, free, 60, ledger, quota_share=0))
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        fake.release.clear()
+
+        def hold() -> None:
+            try:
+                with httpx.stream(
+                    "POST",
+                    f"{proxy.url}/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {free.token}"},
+                    json={"model": "hold", "messages": [], "stream": True},
+                    timeout=30,
+                ) as resp:
+                    for _ in resp.iter_lines():
+                        pass
+            except httpx.HTTPError as exc:
+                held_errors.append(exc)
+
+        before = len(fake.requests)
+        threads = [threading.Thread(target=hold) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(fake.requests) < before + 3:
+            assert time.monotonic() < deadline, "the held streams never reached the upstream"
+            time.sleep(0.05)
+        for pid in workers_of(proxy):
+            os.kill(pid, signal.SIGKILL)  # gunicorn starts new workers
+        for thread in threads:
+            thread.join(timeout=30)
+        fake.release.set()
+        deadline = time.monotonic() + 60
+        while True:  # the new workers answer once they are up
+            try:
+                if httpx.get(f"{proxy.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "no worker came back"
+            time.sleep(0.2)
+        asyncio.run(traffic([proxy.url], quota, free, 150, ledger))
+        flagged = len(held_errors)
+        expected_rows = ledger.answered() + flagged
+        deadline = time.monotonic() + 90
+        while sqlite_state(db)[0] < expected_rows and time.monotonic() < deadline:
+            time.sleep(0.3)
+        time.sleep(1.0)
+        rows, accepted, tokens_in_rows, counters = sqlite_state(db)
+    finally:
+        fake.release.set()
+        proxy.stop()
+        fake.stop()
+    assert flagged == 3
+    assert ledger.statuses[quota.token_id].get(200, 0) == quota_limit
+    assert rows == expected_rows and accepted == flagged
+    assert tokens_in_rows == ledger.tokens
+    assert sum(t for _, t in counters.values()) == ledger.tokens
     assert counters[quota.token_id][0] == quota_limit
     assert counters[free.token_id][0] == ledger.admitted(free.token_id) + flagged
