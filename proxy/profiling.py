@@ -29,6 +29,7 @@ PHASES = (
     "body",
     "cache",
     "limits",
+    "accept",
     "upstream_connect",
     "upstream_first_byte",
     "stream",
