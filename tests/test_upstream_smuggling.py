@@ -1,0 +1,93 @@
+"""Request smuggling through the real proxy: what reaches the upstream, as h11 parses the exact
+bytes on the wire, is one request per client request with exactly the client's body."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.proxy_process import UNLIMITED, Provisioned, ProxyProcess, provision
+from tests.recording_upstream import RecordingUpstream
+
+
+@dataclass
+class Setup:
+    proxy: ProxyProcess
+    creds: Provisioned
+    upstream: RecordingUpstream
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.creds.token}", **extra}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    cwd: Path = tmp_path_factory.mktemp("smuggling")
+    upstream = RecordingUpstream().start()
+    env = dict(UNLIMITED)
+    creds = provision(env, cwd, upstream.base_url)
+    proxy = ProxyProcess(env=env, cwd=cwd, workers=1).start()
+    yield Setup(proxy, creds, upstream)
+    proxy.stop()
+    upstream.stop()
+
+
+def test_a_header_value_naming_chunked_does_not_change_the_framing(setup: Setup) -> None:
+    """The reproduction: a large body with Content-Length and a User-Agent that contains
+    "transfer-encoding: chunked" used to be sent chunk-framed under a Content-Length, leaving
+    the tail of the body on the keep-alive connection as the start of the next request."""
+    setup.upstream.reset()
+    body = b'{"model":"m","input":"' + b"a" * (3 << 20) + b'"}'
+    with httpx.Client(timeout=60) as client:
+        for _ in range(2):
+            resp = client.post(
+                f"{setup.proxy.url}/v1/embeddings",
+                headers=setup.headers(
+                    **{
+                        "User-Agent": "x transfer-encoding: chunked",
+                        "Content-Type": "application/json",
+                    }
+                ),
+                content=body,
+            )
+            assert resp.status_code == 200, resp.text
+    seen = setup.upstream.requests()
+    assert setup.upstream.errors() == []
+    assert len(seen) == 2
+    for request in seen:
+        assert request.body == body
+        assert request.header(b"content-length") == [str(len(body)).encode()]
+        assert request.header(b"transfer-encoding") == []
+
+
+def test_a_streamed_body_without_length_is_sent_chunked_and_whole(setup: Setup) -> None:
+    setup.upstream.reset()
+    parts = [b"x" * 700_000 for _ in range(3)]
+    with httpx.Client(timeout=60) as client:
+        resp = client.post(
+            f"{setup.proxy.url}/v1/embeddings",
+            headers=setup.headers(**{"User-Agent": "content-length: 5"}),
+            content=iter(parts),
+        )
+    assert resp.status_code == 200, resp.text
+    [seen] = setup.upstream.requests()
+    assert setup.upstream.errors() == []
+    assert seen.body == b"".join(parts)
+    assert seen.header(b"transfer-encoding") == [b"chunked"]
+    assert seen.header(b"content-length") == []
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes to the proxy and read until it closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+        return out
