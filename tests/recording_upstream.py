@@ -53,6 +53,7 @@ class RecordingUpstream:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._lock = threading.Lock()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def base_url(self) -> str:
@@ -72,10 +73,14 @@ class RecordingUpstream:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
+                for writer in list(self._writers):
+                    writer.close()
+                await self._server.wait_closed()
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        self._loop.close()
 
     def reset(self) -> None:
         with self._lock:
@@ -91,6 +96,7 @@ class RecordingUpstream:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         record = Connection()
+        self._writers.add(writer)
         with self._lock:
             self.connections.append(record)
         parser = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
@@ -126,6 +132,7 @@ class RecordingUpstream:
             pass
         finally:
             record.closed = True
+            self._writers.discard(writer)
             writer.close()
 
     async def _answer(self, writer: asyncio.StreamWriter) -> None:
