@@ -15,8 +15,7 @@ from proxy.body import ClientGone, StreamedBody
 from proxy.cache import Fill, Served
 from proxy.exchange import Exchange
 from proxy.headers import response_headers, server_timing, upstream_headers
-from proxy.http1 import Response
-from proxy.upstream import Upstream, read_chunk
+from proxy.upstream import Response, Upstream, read_chunk
 from proxy.usage import SseUsage, inject_include_usage, usage_from_json
 from shared.config import Settings
 from shared.errors import LLMProxyError, error_body

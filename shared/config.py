@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 
@@ -215,6 +216,19 @@ def _webhook_url(text: str) -> str:
     if value and not value.startswith(("http://", "https://")):
         raise ValueError("an http:// or https:// URL")
     return value
+
+
+def _proxy_url(text: str) -> Secret:
+    value = text.strip()
+    if value:
+        try:
+            parts = urlsplit(value if "://" in value else "http://" + value)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("an http://host:port proxy URL") from None
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("an http://host:port proxy URL")
+    return Secret(value)
 
 
 def var(env: str, default: Any, doc: str, parse: Parser, *, shown: str | None = None) -> Any:
@@ -425,6 +439,65 @@ class Settings:
         False,
         "Open a new upstream connection for every request (debugging only).",
         _bool,
+    )
+    upstream_max_header_bytes: int = var(
+        "UPSTREAM_MAX_HEADER_BYTES",
+        65536,
+        "Largest upstream response head (status line and headers) accepted; a larger one is "
+        "answered 502 and its connection closed.",
+        _size,
+        shown="`64KiB`",
+    )
+    upstream_max_headers: int = var(
+        "UPSTREAM_MAX_HEADERS",
+        100,
+        "Most headers accepted in one upstream response; more is answered 502 and its "
+        "connection closed.",
+        _int(1),
+    )
+    upstream_connection_max_age: float = var(
+        "UPSTREAM_CONNECTION_MAX_AGE",
+        300.0,
+        "An upstream connection older than this is not reused, so a new one resolves the "
+        "upstream's DNS name again (a moved endpoint is followed). 0 means no limit.",
+        _duration(),
+        shown="`300s`",
+    )
+    upstream_client_cert_file: str = var(
+        "UPSTREAM_CLIENT_CERT_FILE",
+        "",
+        "PEM client certificate (chain) presented to https upstreams that require mutual TLS; "
+        "it may hold the private key too. Empty: none.",
+        _str,
+    )
+    upstream_client_key_file: str = var(
+        "UPSTREAM_CLIENT_KEY_FILE",
+        "",
+        "PEM private key of UPSTREAM_CLIENT_CERT_FILE, when it is kept in its own file.",
+        _str,
+    )
+    http_proxy: Secret = var(
+        "HTTP_PROXY",
+        Secret(""),
+        "Egress proxy (`http://[user:password@]host:port`) for http:// upstreams, sent requests "
+        "in absolute form. Only the upper-case name is read (docs/operations.md).",
+        _proxy_url,
+        shown="(empty)",
+    )
+    https_proxy: Secret = var(
+        "HTTPS_PROXY",
+        Secret(""),
+        "Egress proxy (`http://[user:password@]host:port`) for https:// upstreams, reached "
+        "through a CONNECT tunnel; TLS is end to end with the upstream.",
+        _proxy_url,
+        shown="(empty)",
+    )
+    no_proxy: str = var(
+        "NO_PROXY",
+        "",
+        "Upstream hosts that bypass the egress proxy: comma-separated names (subdomains match), "
+        "IPs, CIDRs, optional `:port`, or `*`. Nothing else bypasses it, not even loopback.",
+        _str,
     )
 
     # --- auth ---

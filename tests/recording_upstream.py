@@ -83,8 +83,12 @@ class RecordingUpstream:
         self._loop.close()
 
     def reset(self) -> None:
+        """Forget what was seen; open connections stay (records kept, emptied)."""
         with self._lock:
-            self.connections = []
+            self.connections = [c for c in self.connections if not c.closed]
+            for c in self.connections:
+                c.raw.clear()
+                c.requests.clear()
 
     def requests(self) -> list[Seen]:
         with self._lock:
