@@ -91,3 +91,23 @@ def raw_exchange(port: int, data: bytes) -> bytes:
         while chunk := sock.recv(65536):
             out += chunk
         return out
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"a\x00b", b"a\rb", b"x\x7f\x01"],
+    ids=["nul", "bare-cr", "control"],
+)
+def test_a_header_value_that_cannot_be_forwarded_is_refused(setup: Setup, value: bytes) -> None:
+    """Whoever rejects it (the server's parser or our wire check), the client gets a 4xx and
+    the upstream sees nothing."""
+    setup.upstream.reset()
+    body = b'{"model":"m","input":"hi"}'
+    request = (
+        b"POST /v1/embeddings HTTP/1.1\r\nhost: proxy\r\nauthorization: Bearer %b\r\n"
+        b"content-type: application/json\r\nuser-agent: %b\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%b" % (setup.creds.token.encode(), value, len(body), body)
+    )
+    answer = raw_exchange(setup.proxy.port, request)
+    assert answer.startswith(b"HTTP/1.1 4"), answer
+    assert setup.upstream.requests() == []

@@ -19,9 +19,10 @@ Body = bytes | AsyncIterable[bytes]
 NO_BODY = -2
 CHUNKED = -1
 
-# RFC 9110 5.6.2 token; a value may hold anything but CR, LF and NUL (obs-text passes on).
+# RFC 9110 5.6.2 token; a value (5.5) holds no control character but HTAB: not CR, LF, NUL
+# nor the others a strict peer refuses (obs-text passes on).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Framing and routing are ours: a caller's header of these names would contradict the head.
 _OURS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
@@ -70,7 +71,7 @@ def head(
         if token(name) is None or name.lower() in _OURS:
             raise InvalidHeader("A request header has an invalid name.")
         if bad(value) is not None:
-            raise InvalidHeader(f"The {name} header has a forbidden character (CR, LF or NUL).")
+            raise InvalidHeader(f"The {name} header holds a control character (CR, LF, NUL …).")
         parts += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
     if frame >= 0:
         parts.append(b"content-length: %d\r\n" % frame)
