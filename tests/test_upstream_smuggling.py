@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from tests.proxy_process import UNLIMITED, Provisioned, ProxyProcess, provision
@@ -29,7 +30,7 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     cwd: Path = tmp_path_factory.mktemp("smuggling")
     upstream = RecordingUpstream().start()
-    env = dict(UNLIMITED)
+    env = {**UNLIMITED, "HTTP_CACHE_ENABLED": "false"}  # every request reaches the upstream
     creds = provision(env, cwd, upstream.base_url)
     proxy = ProxyProcess(env=env, cwd=cwd, workers=1).start()
     yield Setup(proxy, creds, upstream)
@@ -111,3 +112,18 @@ def test_a_header_value_that_cannot_be_forwarded_is_refused(setup: Setup, value:
     answer = raw_exchange(setup.proxy.port, request)
     assert answer.startswith(b"HTTP/1.1 4"), answer
     assert setup.upstream.requests() == []
+
+
+def test_the_client_gets_one_request_id_and_the_upstream_s_under_its_own_name(
+    setup: Setup,
+) -> None:
+    client = openai.OpenAI(
+        base_url=setup.proxy.url + "/v1", api_key=setup.creds.token, max_retries=0
+    )
+    raw = client.embeddings.with_raw_response.create(
+        model="m", input="hi", extra_headers={"X-Request-ID": "req-client-1"}
+    )
+    assert raw.headers.get_list("x-request-id") == ["req-client-1"]
+    assert raw.headers.get_list("x-upstream-request-id") == ["req_upstream_0001"]
+    assert raw.request_id == "req-client-1"  # what the SDK reports (and logs) as the id
+    client.close()
