@@ -127,3 +127,24 @@ def test_the_client_gets_one_request_id_and_the_upstream_s_under_its_own_name(
     assert raw.headers.get_list("x-upstream-request-id") == ["req_upstream_0001"]
     assert raw.request_id == "req-client-1"  # what the SDK reports (and logs) as the id
     client.close()
+
+
+def test_an_upstream_answer_with_a_huge_head_is_a_502_envelope(setup: Setup) -> None:
+    normal = setup.upstream.response
+    setup.upstream.response = (
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
+        + b"".join(b"x-h-%d: %b\r\n" % (i, b"v" * 500) for i in range(2000))
+        + b"\r\n{}"
+    )
+    try:
+        resp = httpx.post(
+            f"{setup.proxy.url}/v1/embeddings",
+            headers=setup.headers(),
+            json={"model": "m", "input": "hi"},
+            timeout=60,
+        )
+    finally:
+        setup.upstream.response = normal
+    assert resp.status_code == 502
+    assert resp.json()["error"]["code"] == "upstream_error"
+    assert not any(name.startswith("x-h-") for name in resp.headers)
