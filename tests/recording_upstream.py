@@ -124,7 +124,11 @@ class RecordingUpstream:
                     assert current is not None
                     record.requests.append(current)
                     current = None
-                    await self._answer(writer)
+                    early = await self._answer(reader, writer)
+                    if early is None:  # the client closed while we held the answer
+                        break
+                    record.raw += early
+                    parser.receive_data(early)
                     parser.send(h11.Response(status_code=200, headers=[("content-length", "0")]))
                     parser.send(h11.EndOfMessage())
                     parser.start_next_cycle()
@@ -139,10 +143,21 @@ class RecordingUpstream:
             self._writers.discard(writer)
             writer.close()
 
-    async def _answer(self, writer: asyncio.StreamWriter) -> None:
+    async def _answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes | None:
+        """Send the answer (after ``hold`` if set); bytes that arrived meanwhile, or None if
+        the client closed the connection first."""
+        early = b""
         hold = self.hold
-        if hold is not None:
-            while not hold.is_set():
-                await asyncio.sleep(0.02)
+        while hold is not None and not hold.is_set():
+            try:
+                data = await asyncio.wait_for(reader.read(65536), 0.05)
+            except TimeoutError:
+                continue
+            if not data:
+                return None
+            early += data
         writer.write(self.response)
         await writer.drain()
+        return early
