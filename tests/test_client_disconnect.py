@@ -99,3 +99,28 @@ def test_leaving_before_the_headers_closes_the_upstream_connection(setup: Setup,
         timeout=30,
     )
     assert resp.status_code == 200
+
+
+def test_an_over_cap_chunked_upload_never_reaches_the_upstream_whole(tmp_path: Path) -> None:
+    """The first 2 MiB stream upstream before the cap is crossed; the upstream must see an
+    unfinished request on a connection that is then closed, never a complete one."""
+    upstream = RecordingUpstream().start()
+    env = {**UNLIMITED, "HTTP_CACHE_ENABLED": "false", "MAX_REQUEST_BODY_BYTES": "2097152"}
+    creds = provision(env, tmp_path, upstream.base_url)
+    proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
+    try:
+        parts = [b"z" * 262144 for _ in range(16)]  # 4 MiB, no Content-Length
+        resp = httpx.post(
+            f"{proxy.url}/v1/files",
+            headers={"Authorization": f"Bearer {creds.token}"},
+            content=iter(parts),
+            timeout=30,
+        )
+        assert resp.status_code == 413
+        assert resp.json()["error"]["code"] == "request_too_large"
+        wait_until(lambda: all(c.closed for c in upstream.connections), "connection left open")
+        assert upstream.requests() == []
+        assert len(upstream.connections) == 1 and len(upstream.connections[0].raw) > 1 << 20
+    finally:
+        proxy.stop()
+        upstream.stop()
