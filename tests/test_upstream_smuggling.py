@@ -11,7 +11,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from starlette.testclient import TestClient
 
+from proxy.app import create_app
+from shared.config import Settings
 from tests.proxy_process import UNLIMITED, Provisioned, ProxyProcess, provision
 from tests.recording_upstream import RecordingUpstream
 
@@ -148,3 +151,29 @@ def test_an_upstream_answer_with_a_huge_head_is_a_502_envelope(setup: Setup) -> 
     assert resp.status_code == 502
     assert resp.json()["error"]["code"] == "upstream_error"
     assert not any(name.startswith("x-h-") for name in resp.headers)
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "a\x01b", "esc\x1b[0m", "del\x7f"])
+def test_the_app_answers_400_for_a_header_another_server_let_through(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn refuses such bytes itself; the app must not rely on that (other servers, other
+    protocols): the real app, in process, answers the error envelope and calls no upstream."""
+    upstream = RecordingUpstream().start()
+    try:
+        env = {**UNLIMITED, "HTTP_CACHE_ENABLED": "false"}
+        creds = provision(env, tmp_path, upstream.base_url)
+        monkeypatch.chdir(tmp_path)
+        with TestClient(create_app(Settings.from_env(env))) as client:
+            auth = {"Authorization": f"Bearer {creds.token}"}
+            refused = client.post(
+                "/v1/embeddings", headers={**auth, "User-Agent": value}, json={"model": "m"}
+            )
+            assert refused.status_code == 400
+            assert refused.json()["error"]["code"] == "invalid_header"
+            assert value not in refused.text
+            assert upstream.requests() == []
+            assert client.post("/v1/embeddings", headers=auth, json={}).status_code == 200
+            assert len(upstream.requests()) == 1
+    finally:
+        upstream.stop()
