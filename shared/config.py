@@ -150,6 +150,16 @@ def _size(text: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
+def _size_at_least(minimum: int) -> Parser:
+    def parse(text: str) -> int:
+        value = _size(text)
+        if value < minimum:
+            raise ValueError(f"a size of at least {minimum} bytes, such as 64KiB")
+        return value
+
+    return parse
+
+
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -445,7 +455,7 @@ class Settings:
         65536,
         "Largest upstream response head (status line and headers) accepted; a larger one is "
         "answered 502 and its connection closed.",
-        _size,
+        _size_at_least(1024),
         shown="`64KiB`",
     )
     upstream_max_headers: int = var(

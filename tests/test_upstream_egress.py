@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from cryptography import x509
@@ -25,7 +26,8 @@ from cryptography.x509.oid import NameOID
 from proxy.upstream.egress import NoProxy
 from shared.errors import UpstreamError
 from tests.deploy_wiring import require_tool
-from tests.proxy_process import terminate
+from tests.proxy_process import UNLIMITED, ProxyProcess, provision, terminate
+from tests.recording_upstream import RecordingUpstream
 from tests.services import free_port, port_open
 from tests.test_upstream_client import Server, client, get, keep_answering, started
 
@@ -292,3 +294,28 @@ async def test_a_client_certificate_is_presented_when_configured(
     with pytest.raises(UpstreamError):  # the upstream refuses the handshake or hangs up
         await get(without, mtls_upstream, scheme="https")
     await without.close()
+
+
+def test_the_server_sends_upstream_traffic_through_the_configured_proxy(
+    tinyproxy: Tinyproxy, tmp_path: Path
+) -> None:
+    """End to end: HTTP_PROXY set on the real server reaches its upstream client."""
+    upstream = RecordingUpstream().start()
+    env = {**UNLIMITED, "HTTP_CACHE_ENABLED": "false", "HTTP_PROXY": tinyproxy.url}
+    creds = provision(env, tmp_path, upstream.base_url)
+    proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
+    try:
+        resp = httpx.post(
+            f"{proxy.url}/v1/embeddings",
+            headers={"Authorization": f"Bearer {creds.token}"},
+            json={"model": "m", "input": "via the egress proxy"},
+            timeout=30,
+        )
+        assert resp.status_code == 200, resp.text
+    finally:
+        proxy.stop()
+        upstream.stop()
+    [seen] = upstream.requests()
+    assert seen.header(b"via"), seen.headers  # tinyproxy forwarded it
+    assert seen.body == b'{"model":"m","input":"via the egress proxy"}'
+    assert f"POST http://127.0.0.1:{upstream.port}/v1/embeddings" in tinyproxy.lines()
