@@ -1,6 +1,7 @@
-"""Bounds on what an upstream may send back, and on connection reuse, against scripted servers
-on loopback: a response head over UPSTREAM_MAX_HEADER_BYTES or UPSTREAM_MAX_HEADERS is a 502 and
-its connection is closed; a connection older than UPSTREAM_CONNECTION_MAX_AGE is not reused."""
+"""What an upstream may send back, and connection reuse, against scripted servers on loopback: a
+response head over UPSTREAM_MAX_HEADER_BYTES or UPSTREAM_MAX_HEADERS is a 502 and its connection
+is closed; a malformed answer is a 502 on a connection never reused; a connection older than
+UPSTREAM_CONNECTION_MAX_AGE is not reused."""
 
 from __future__ import annotations
 
@@ -133,4 +134,46 @@ async def test_a_connection_past_its_maximum_age_is_not_reused() -> None:
         await asyncio.sleep(0.01)  # the connection outlives its 1 ms (time passing is the point)
     assert server.connections == 1 + 3  # each request on a freshly resolved connection
     await aged.close()
+    await server.stop()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"2\r\n{}\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}x",
+        b"HTTP/1.1 200 OK\ncontent-length: 2\n\n{}",
+        b"HTTP/1.1 200 OK\r\nx-a: b\r\n c\r\ncontent-length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nx-a: b\x00c\r\ncontent-length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nfffffffffffffffffff\r\n{}",
+    ],
+    ids=["cl-and-te", "two-lengths", "bare-lf", "obs-fold", "nul", "oversize-chunk"],
+)
+async def test_a_malformed_answer_is_502_and_its_connection_never_reused(reply: bytes) -> None:
+    server = await Server(keep(reply)).start()  # type: ignore[arg-type]
+    upstream = await started(client())
+    for attempt in range(1, 3):
+        with pytest.raises(UpstreamError, match="malformed"):
+            await get(upstream, server.port)
+        assert server.connections == attempt  # a fresh connection each time
+    await upstream.close()
+    await server.stop()
+
+
+async def test_chunked_that_is_not_the_final_coding_reads_to_the_close() -> None:
+    async def gzip_then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    ) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n2\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await Server(gzip_then_close).start()
+    upstream = await started(client())
+    assert await get(upstream, server.port) == (200, b"2\r\n{}")  # not de-chunked: not chunked
+    assert await get(upstream, server.port) == (200, b"2\r\n{}")
+    assert server.connections == 2
+    await upstream.close()
     await server.stop()

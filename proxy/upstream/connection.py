@@ -241,12 +241,17 @@ class Connection(asyncio.Protocol):
             return
         response.status = status
         self.keep_alive = self.keep_alive and parser.should_keep_alive()
+        # RFC 9112 6.3: chunked counts only as the final coding; any other Transfer-Encoding
+        # means the body runs to the close (httptools reads it so), and the connection ends.
         has_length = chunked = False
         for name, value in response.headers:
             if name == b"content-length":
                 has_length = True
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
+            elif name == b"transfer-encoding":
+                chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
+                if not chunked:
+                    has_length = False
+                    break
         if not (has_length or chunked or response.head_only or status in (204, 304)):
             response.until_close = True
             self.keep_alive = False
