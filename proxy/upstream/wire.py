@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterable, Mapping
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from shared.errors import InvalidHeader, UpstreamError
 
@@ -62,26 +62,49 @@ def head(
     close: bool = False,
     extra: bytes = b"",
 ) -> bytes:
-    """The request head. Every header name must be a token and every value free of CR, LF and
-    NUL (else ``InvalidHeader``, a 400: nothing is sent). ``extra`` is a pre-validated block of
-    header lines (the egress proxy's credentials)."""
-    parts = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
-    token, bad = _TOKEN.fullmatch, _BAD_VALUE.search
-    for name, value in headers.items():
-        if token(name) is None or name.lower() in _OURS:
-            raise InvalidHeader("A request header has an invalid name.")
-        if bad(value) is not None:
-            raise InvalidHeader(f"The {name} header holds a control character (CR, LF, NUL …).")
-        parts += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+    """The request head. Every header name must be a token and every value free of control
+    characters (else ``InvalidHeader``, a 400: nothing is sent). ``extra`` is a pre-validated
+    block of header lines (the egress proxy's credentials)."""
+    for name in headers:
+        if name not in _valid_names:
+            _check_name(name)
+    # one scan over all values: a control character in any of them is one in the joined text
+    if _BAD_VALUE.search("".join(headers.values())) is not None:
+        _refuse_value(headers)
+    lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     if frame >= 0:
-        parts.append(b"content-length: %d\r\n" % frame)
-    elif frame == CHUNKED:
-        parts.append(b"transfer-encoding: chunked\r\n")
-    if close:
-        parts.append(b"connection: close\r\n")
-    parts.append(extra)
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        framing_line = b"content-length: %d\r\n" % frame
+    else:
+        framing_line = b"transfer-encoding: chunked\r\n" if frame == CHUNKED else b""
+    return b"%b %b HTTP/1.1\r\nhost: %b\r\n%b%b%b%b\r\n" % (
+        method.encode("ascii"),
+        target,
+        host,
+        lines.encode("latin-1"),
+        framing_line,
+        b"connection: close\r\n" if close else b"",
+        extra,
+    )
+
+
+# Names already found valid: a few distinct ones recur on every request, so each is checked
+# with the regex once (bounded, in case a caller ever passes arbitrary names).
+_valid_names: set[str] = set()
+_MAX_REMEMBERED = 1024
+
+
+def _check_name(name: str) -> None:
+    if _TOKEN.fullmatch(name) is None or name.lower() in _OURS:
+        raise InvalidHeader("A request header has an invalid name.")
+    if len(_valid_names) < _MAX_REMEMBERED:
+        _valid_names.add(name)
+
+
+def _refuse_value(headers: Mapping[str, str]) -> NoReturn:
+    for name, value in headers.items():
+        if _BAD_VALUE.search(value) is not None:
+            raise InvalidHeader(f"The {name} header holds a control character (CR, LF, NUL …).")
+    raise AssertionError("a joined value held a control character no single value holds")
 
 
 async def write_body(sink: Sink, body: AsyncIterable[bytes], frame: int) -> None:
