@@ -177,3 +177,16 @@ async def test_chunked_that_is_not_the_final_coding_reads_to_the_close() -> None
     assert server.connections == 2
     await upstream.close()
     await server.stop()
+
+
+async def test_bytes_after_a_complete_answer_retire_the_connection() -> None:
+    """An upstream that answers one request twice (in one packet): the client gets the first
+    answer intact, and the connection is never handed to the next request."""
+    extra = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nEVIL!"
+    server = await Server(keep(OK + extra)).start()  # type: ignore[arg-type]
+    upstream = await started(client())
+    assert await get(upstream, server.port) == (200, b"{}")
+    assert await get(upstream, server.port) == (200, b"{}")
+    assert server.connections == 2
+    await upstream.close()
+    await server.stop()

@@ -39,6 +39,10 @@ class _HeadTooLarge(Exception):
     """Raised inside a parser callback: the response head is over its caps."""
 
 
+class _Unsolicited(Exception):
+    """Raised inside a parser callback: bytes after the answer, in the same packet."""
+
+
 class Response:
     """Status, headers and the body as it arrives. Read with ``read``; then ``release()`` (the
     connection goes back to its pool if the body was read to the end) or ``close()``."""
@@ -221,6 +225,11 @@ class Connection(asyncio.Protocol):
             self._drained.set_result(None)
 
     # --- httptools callbacks ---
+
+    def on_message_begin(self) -> None:
+        response = self.response
+        if response is not None and response._done:  # a second answer to one request
+            raise _Unsolicited()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
