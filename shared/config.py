@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from shared.errors import ConfigError
 
@@ -228,17 +228,36 @@ def _webhook_url(text: str) -> str:
     return value
 
 
-def _proxy_url(text: str) -> Secret:
-    value = text.strip()
-    if value:
+@dataclass(frozen=True, slots=True)
+class ProxyUrl:
+    """An egress proxy (HTTP_PROXY, HTTPS_PROXY), parsed once; the password never shows."""
+
+    host: str
+    port: int
+    username: str = ""
+    password: Secret = Secret("")
+
+    @classmethod
+    def parse(cls, text: str) -> ProxyUrl:
+        """``http://[user:password@]host[:port]`` (the scheme may be left out; port 80)."""
+        value = text.strip()
         try:
             parts = urlsplit(value if "://" in value else "http://" + value)
-            parts.port  # noqa: B018 - raises on a bad port
+            port = parts.port or 80
         except ValueError:
             raise ValueError("an http://host:port proxy URL") from None
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError("an http://host:port proxy URL")
-    return Secret(value)
+        return cls(
+            parts.hostname,
+            port,
+            unquote(parts.username or ""),
+            Secret(unquote(parts.password or "")),
+        )
+
+
+def _proxy_url(text: str) -> ProxyUrl | None:
+    return ProxyUrl.parse(text) if text.strip() else None
 
 
 def var(env: str, default: Any, doc: str, parse: Parser, *, shown: str | None = None) -> Any:
@@ -486,17 +505,17 @@ class Settings:
         "PEM private key of UPSTREAM_CLIENT_CERT_FILE, when it is kept in its own file.",
         _str,
     )
-    http_proxy: Secret = var(
+    http_proxy: ProxyUrl | None = var(
         "HTTP_PROXY",
-        Secret(""),
+        None,
         "Egress proxy (`http://[user:password@]host:port`) for http:// upstreams, sent requests "
         "in absolute form. Only the upper-case name is read (docs/operations.md).",
         _proxy_url,
         shown="(empty)",
     )
-    https_proxy: Secret = var(
+    https_proxy: ProxyUrl | None = var(
         "HTTPS_PROXY",
-        Secret(""),
+        None,
         "Egress proxy (`http://[user:password@]host:port`) for https:// upstreams, reached "
         "through a CONNECT tunnel; TLS is end to end with the upstream.",
         _proxy_url,
@@ -900,7 +919,7 @@ class Settings:
             try:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
-                shown = "(hidden)" if isinstance(f.default, Secret) else repr(raw)
+                shown = "(hidden)" if isinstance(f.default, Secret) else repr(_redact_url(raw))
                 raise ConfigError(f"{name} must be {exc}, got {shown}") from None
         settings = cls(**values)
         settings._check()

@@ -31,7 +31,7 @@ class Upstream:
         self._ssl: ssl.SSLContext | None = None
         self._maintainer: asyncio.Task[None] | None = None
         s = settings
-        self.egress = Egress(s.http_proxy.get(), s.https_proxy.get(), s.no_proxy)
+        self.egress = Egress(s.http_proxy, s.https_proxy, s.no_proxy)
         self.limits = Limits(
             connections=s.pool_max_connections,
             acquire_timeout=s.pool_acquire_timeout,

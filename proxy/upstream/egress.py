@@ -7,9 +7,9 @@ import asyncio
 import base64
 import ipaddress
 import socket
-import urllib.parse
 from dataclasses import dataclass
 
+from shared.config import ProxyUrl
 from shared.errors import UpstreamError
 
 _MAX_CONNECT_REPLY = 16 * 1024
@@ -24,17 +24,12 @@ class ProxyServer:
     authorization: bytes = b""  # b"proxy-authorization: Basic ...\r\n" or b""
 
     @classmethod
-    def parse(cls, url: str) -> ProxyServer:
-        parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError("an http://host:port proxy URL")
+    def of(cls, url: ProxyUrl) -> ProxyServer:
         auth = b""
-        if parts.username is not None:
-            user = urllib.parse.unquote(parts.username)
-            password = urllib.parse.unquote(parts.password or "")
-            basic = base64.b64encode(f"{user}:{password}".encode())
+        if url.username or url.password:
+            basic = base64.b64encode(f"{url.username}:{url.password.get()}".encode())
             auth = b"proxy-authorization: Basic " + basic + b"\r\n"
-        return cls(parts.hostname, parts.port or 80, auth)
+        return cls(url.host, url.port, auth)
 
 
 class NoProxy:
@@ -88,9 +83,11 @@ def _split_port(entry: str) -> tuple[str, int | None]:
 class Egress:
     """Which proxy, if any, carries traffic to an origin."""
 
-    def __init__(self, http_proxy: str, https_proxy: str, no_proxy: str) -> None:
-        self.http = ProxyServer.parse(http_proxy) if http_proxy else None
-        self.https = ProxyServer.parse(https_proxy) if https_proxy else None
+    def __init__(
+        self, http_proxy: ProxyUrl | None, https_proxy: ProxyUrl | None, no_proxy: str
+    ) -> None:
+        self.http = ProxyServer.of(http_proxy) if http_proxy else None
+        self.https = ProxyServer.of(https_proxy) if https_proxy else None
         self.no_proxy = NoProxy(no_proxy)
 
     def proxy_for(self, scheme: str, host: str, port: int) -> ProxyServer | None:
