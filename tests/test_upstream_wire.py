@@ -148,3 +148,19 @@ async def test_a_body_that_is_not_its_declared_length_is_an_upstream_error(
     with pytest.raises(UpstreamError):
         await wire.write_body(out, stream(parts), wire.framing(stream(parts), declared))
     assert len(out.data) <= declared  # never a byte past the length
+
+
+def test_only_the_pool_imports_the_connection_and_the_connection_knows_no_pool() -> None:
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    importers = set()
+    for path in (root / "proxy").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "proxy.upstream.connection":
+                    importers.add(path.relative_to(root).as_posix())
+                if path.name == "connection.py" and node.module.startswith("proxy.upstream"):
+                    importers.add("connection imports " + node.module)
+    assert importers == {"proxy/upstream/pool.py"}

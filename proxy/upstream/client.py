@@ -11,9 +11,8 @@ import time
 import urllib.parse
 from collections.abc import Mapping
 
-from proxy.upstream.connection import Response
 from proxy.upstream.egress import Egress
-from proxy.upstream.pool import Limits, Pool, send
+from proxy.upstream.pool import Limits, Pool, Response, send
 from proxy.upstream.wire import Body
 from shared.config import Settings
 

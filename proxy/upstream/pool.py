@@ -19,6 +19,8 @@ from proxy.upstream.connection import Connection, Response
 from proxy.upstream.egress import ProxyServer, open_tunnel
 from shared.errors import Overloaded, UpstreamError, UpstreamTimeout
 
+__all__ = ["Limits", "Pool", "Response", "send"]
+
 log = logging.getLogger("llm_proxy.upstream")
 
 IDLE_TIMEOUT = 60.0  # an idle connection older than this is closed rather than reused
