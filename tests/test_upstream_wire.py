@@ -3,8 +3,10 @@ and framing, what we write parses as exactly one request carrying exactly the bo
 
 from __future__ import annotations
 
+import ast
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import h11
 import pytest
@@ -151,9 +153,6 @@ async def test_a_body_that_is_not_its_declared_length_is_an_upstream_error(
 
 
 def test_only_the_pool_imports_the_connection_and_the_connection_knows_no_pool() -> None:
-    import ast
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     importers = set()
     for path in (root / "proxy").rglob("*.py"):
