@@ -132,7 +132,3 @@ async def write_body(sink: Sink, body: AsyncIterable[bytes], frame: int) -> None
     elif sent != frame:
         raise UpstreamError("The request body is shorter than its Content-Length.")
 
-
-def valid_header(name: str, value: str) -> bool:
-    """Whether a header could be sent (used for headers we add from settings)."""
-    return _TOKEN.fullmatch(name) is not None and _BAD_VALUE.search(value) is None
