@@ -131,4 +131,3 @@ async def write_body(sink: Sink, body: AsyncIterable[bytes], frame: int) -> None
         sink.write(b"0\r\n\r\n")
     elif sent != frame:
         raise UpstreamError("The request body is shorter than its Content-Length.")
-
