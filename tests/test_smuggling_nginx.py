@@ -1,6 +1,7 @@
 """Smuggling attempts through real nginx (compose/nginx.conf) → the proxy → a recording upstream
-that parses with h11: whatever nginx and the proxy accept or refuse, the upstream sees at most one
-request per client request, and never a request hidden inside another's bytes."""
+that parses with h11, and straight at the proxy's port: whatever nginx and the proxy accept or
+refuse, the upstream sees one request per answer the client got, and never a request hidden
+inside another's bytes."""
 
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ class Chain:
     upstream: RecordingUpstream
     root: Path
 
-    def send(self, data: bytes) -> bytes:
-        """Raw bytes to nginx on one connection; everything it answers until it closes."""
-        with socket.create_connection(("127.0.0.1", self.nginx_port), timeout=30) as sock:
+    def send(self, data: bytes, port: int | None = None) -> bytes:
+        """Raw bytes to nginx (or ``port``) on one connection; all it answers until it closes."""
+        with socket.create_connection(("127.0.0.1", port or self.nginx_port), timeout=30) as sock:
             sock.sendall(data)
             out = b""
             while chunk := sock.recv(65536):
@@ -136,6 +137,13 @@ def attacks(token: str) -> dict[str, bytes]:
         "chunk-size-overflow": start
         + b"Transfer-Encoding: chunked\r\n\r\n10000000000000004\r\nabcd\r\n0\r\n\r\n"
         + hidden,
+        "bare-lf-length-only": b"POST /v1/embeddings HTTP/1.1\nHost: proxy\n"
+        + auth.replace(b"\r\n", b"\n")
+        + b"Content-Length: 4\n\nabcd"
+        + hidden,
+        "obs-fold-length-only": start
+        + b"User-Agent: a\r\n b\r\nContent-Length: 4\r\n\r\nabcd"
+        + hidden,
         "chunk-extension-lf": start
         + b"Transfer-Encoding: chunked\r\n\r\n4;x\nabcd\r\n0\r\n\r\n"
         + hidden,
@@ -153,16 +161,18 @@ def sentinel(token: str) -> bytes:
     )
 
 
+@pytest.mark.parametrize("entry", ["nginx", "proxy-port"])
 @pytest.mark.parametrize("name", NAMES)
 def test_the_upstream_sees_exactly_the_requests_the_client_was_answered_for(
-    chain: Chain, name: str
+    chain: Chain, name: str, entry: str
 ) -> None:
     """Every answer the client got from the upstream (marked by X-Upstream-Request-ID) matches
     one request the upstream parsed, and the upstream parsed nothing else: no request rode
     inside another's bytes, whatever nginx made of the attack."""
     chain.upstream.reset()
     token = chain.creds.token
-    answer = chain.send(attacks(token)[name] + sentinel(token))
+    port = chain.proxy.port if entry == "proxy-port" else None  # the proxy must hold alone too
+    answer = chain.send(attacks(token)[name] + sentinel(token), port)
     assert answer.startswith(b"HTTP/1.1 "), answer
     relayed = answer.lower().count(b"\r\nx-upstream-request-id:")
     seen = chain.upstream.requests()
