@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from proxy.upstream.egress import NoProxy
-from shared.errors import UpstreamError
+from shared.errors import ConfigError, UpstreamError
 from tests.deploy_wiring import require_tool
 from tests.proxy_process import UNLIMITED, ProxyProcess, provision, terminate
 from tests.recording_upstream import RecordingUpstream
@@ -319,3 +319,16 @@ def test_the_server_sends_upstream_traffic_through_the_configured_proxy(
     assert seen.header(b"via"), seen.headers  # tinyproxy forwarded it
     assert seen.body == b'{"model":"m","input":"via the egress proxy"}'
     assert f"POST http://127.0.0.1:{upstream.port}/v1/embeddings" in tinyproxy.lines()
+
+
+async def test_an_unusable_client_certificate_stops_the_start_with_one_line(
+    pki: Pki, tmp_path: Path
+) -> None:
+    cert, _ = pki.client
+    for env in (
+        {"UPSTREAM_CLIENT_CERT_FILE": str(tmp_path / "missing.pem")},
+        {"UPSTREAM_CLIENT_CERT_FILE": str(cert), "UPSTREAM_CLIENT_KEY_FILE": str(pki.server[1])},
+    ):
+        with pytest.raises(ConfigError, match="UPSTREAM_CLIENT_CERT_FILE") as info:
+            await client(**env).start()
+        assert "\n" not in str(info.value)

@@ -15,6 +15,7 @@ from proxy.upstream.egress import Egress
 from proxy.upstream.pool import Limits, Pool, Response, send
 from proxy.upstream.wire import Body
 from shared.config import Settings
+from shared.errors import ConfigError
 
 log = logging.getLogger("llm_proxy.upstream")
 
@@ -47,9 +48,15 @@ class Upstream:
         self._ssl = ssl.create_default_context(cafile=s.upstream_ca_file or None)
         self._ssl.set_alpn_protocols(["http/1.1"])
         if s.upstream_client_cert_file:
-            self._ssl.load_cert_chain(
-                s.upstream_client_cert_file, s.upstream_client_key_file or None
-            )
+            try:
+                self._ssl.load_cert_chain(
+                    s.upstream_client_cert_file, s.upstream_client_key_file or None
+                )
+            except (OSError, ssl.SSLError) as exc:  # a missing file, a key that does not match
+                raise ConfigError(
+                    f"UPSTREAM_CLIENT_CERT_FILE / UPSTREAM_CLIENT_KEY_FILE could not be loaded: "
+                    f"{exc.strerror or exc}"
+                ) from None
         if self.settings.pool_min_connections and not self.settings.disable_connection_pool:
             self._maintainer = asyncio.create_task(self._maintain(), name="upstream-pools")
 
