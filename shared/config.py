@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from shared.errors import ConfigError
 from shared.profiles import PROFILE_ENV, profile_names, profiles_table, resolve, seed_table
@@ -128,6 +129,16 @@ def _size(text: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
+def _size_at_least(minimum: int) -> Parser:
+    def parse(text: str) -> int:
+        value = _size(text)
+        if value < minimum:
+            raise ValueError(f"a size of at least {minimum} bytes, such as 64KiB")
+        return value
+
+    return parse
+
+
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -204,6 +215,38 @@ def _webhook_url(text: str) -> str:
     if value and not value.startswith(("http://", "https://")):
         raise ValueError("an http:// or https:// URL")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyUrl:
+    """An egress proxy (HTTP_PROXY, HTTPS_PROXY), parsed once; the password never shows."""
+
+    host: str
+    port: int
+    username: str = ""
+    password: Secret = Secret("")
+
+    @classmethod
+    def parse(cls, text: str) -> ProxyUrl:
+        """``http://[user:password@]host[:port]`` (the scheme may be left out; port 80)."""
+        value = text.strip()
+        try:
+            parts = urlsplit(value if "://" in value else "http://" + value)
+            port = parts.port or 80
+        except ValueError:
+            raise ValueError("an http://host:port proxy URL") from None
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("an http://host:port proxy URL")
+        return cls(
+            parts.hostname,
+            port,
+            unquote(parts.username or ""),
+            Secret(unquote(parts.password or "")),
+        )
+
+
+def _proxy_url(text: str) -> ProxyUrl | None:
+    return ProxyUrl.parse(text) if text.strip() else None
 
 
 def var(env: str, default: Any, doc: str, parse: Parser, *, shown: str | None = None) -> Any:
@@ -504,6 +547,65 @@ class Settings:
         False,
         "Open a new upstream connection for every request (debugging only).",
         _bool,
+    )
+    upstream_max_header_bytes: int = var(
+        "UPSTREAM_MAX_HEADER_BYTES",
+        65536,
+        "Largest upstream response head (status line and headers) accepted; a larger one is "
+        "answered 502 and its connection closed.",
+        _size_at_least(1024),
+        shown="`64KiB`",
+    )
+    upstream_max_headers: int = var(
+        "UPSTREAM_MAX_HEADERS",
+        100,
+        "Most headers accepted in one upstream response; more is answered 502 and its "
+        "connection closed.",
+        _int(1),
+    )
+    upstream_connection_max_age: float = var(
+        "UPSTREAM_CONNECTION_MAX_AGE",
+        300.0,
+        "An upstream connection older than this is not reused, so a new one resolves the "
+        "upstream's DNS name again (a moved endpoint is followed). 0 means no limit.",
+        _duration(),
+        shown="`300s`",
+    )
+    upstream_client_cert_file: str = var(
+        "UPSTREAM_CLIENT_CERT_FILE",
+        "",
+        "PEM client certificate (chain) presented to https upstreams that require mutual TLS; "
+        "it may hold the private key too. Empty: none.",
+        _str,
+    )
+    upstream_client_key_file: str = var(
+        "UPSTREAM_CLIENT_KEY_FILE",
+        "",
+        "PEM private key of UPSTREAM_CLIENT_CERT_FILE, when it is kept in its own file.",
+        _str,
+    )
+    http_proxy: ProxyUrl | None = var(
+        "HTTP_PROXY",
+        None,
+        "Egress proxy (`http://[user:password@]host:port`) for http:// upstreams, sent requests "
+        "in absolute form. Only the upper-case name is read (docs/operations.md).",
+        _proxy_url,
+        shown="(empty)",
+    )
+    https_proxy: ProxyUrl | None = var(
+        "HTTPS_PROXY",
+        None,
+        "Egress proxy (`http://[user:password@]host:port`) for https:// upstreams, reached "
+        "through a CONNECT tunnel; TLS is end to end with the upstream.",
+        _proxy_url,
+        shown="(empty)",
+    )
+    no_proxy: str = var(
+        "NO_PROXY",
+        "",
+        "Upstream hosts that bypass the egress proxy: comma-separated names (subdomains match), "
+        "IPs, CIDRs, optional `:port`, or `*`. Nothing else bypasses it, not even loopback.",
+        _str,
     )
 
     # --- auth ---
@@ -917,7 +1019,7 @@ class Settings:
             try:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
-                shown = "(hidden)" if isinstance(f.default, Secret) else repr(raw)
+                shown = "(hidden)" if isinstance(f.default, Secret) else repr(_redact_url(raw))
                 raise ConfigError(f"{name} must be {exc}, got {shown}") from None
         settings = cls(**values)
         settings._check()

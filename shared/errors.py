@@ -4,7 +4,8 @@
     ├── ConfigError                     a setting is missing or malformed (start-up only)
     ├── UserError                       (400, invalid_request) bad input to a management action
     │   ├── NotFound                    (404, not_found)
-    │   └── Conflict                    (409, conflict)
+    │   ├── Conflict                    (409, conflict)
+    │   └── InvalidHeader               (400, invalid_header) a header that cannot be forwarded
     ├── AuthError                       (401, invalid_api_key) never says which check failed
     ├── ManagementAuthError             (401, invalid_management_token)
     ├── ManagementDisabled              (503, management_disabled)
@@ -63,6 +64,14 @@ class Conflict(UserError):
     status = 409
     code = "conflict"
     default_message = "Conflict."
+
+
+class InvalidHeader(UserError):
+    """A request header that cannot be forwarded (a name that is not a token, a value holding
+    CR, LF or NUL): refused before anything is sent upstream."""
+
+    code = "invalid_header"
+    default_message = "A request header cannot be forwarded."
 
 
 class AuthError(LLMProxyError):
@@ -168,6 +177,7 @@ REJECTION_CODES = frozenset(
     cls.code
     for cls in (
         UserError,
+        InvalidHeader,
         AuthError,
         PermissionDenied,
         RouteNotFound,
