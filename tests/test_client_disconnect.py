@@ -59,7 +59,8 @@ async def errors_of(env: dict[str, str], cwd: Path, token_id: str) -> list[tuple
         try:
             async with store.transaction(readonly=True) as tx:
                 rows = await tx.fetchall(
-                    "SELECT error, status FROM request_events WHERE token_id = %s",
+                    "SELECT error, status FROM request_events WHERE token_id = %s "
+                    "AND phase = 'final'",
                     (token_id,),
                 )
         finally:
