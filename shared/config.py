@@ -441,6 +441,15 @@ class Settings:
         "about a second regardless; this is only the backstop.",
         _int(0),
     )
+    apikey_cache_outage_ttl_ms: int = var(
+        "APIKEY_CACHE_OUTAGE_TTL_MS",
+        900000,
+        "While the database cannot be reached, a cached token lookup keeps being used until it "
+        "is this old (ms, counted from when the database last confirmed it); then requests "
+        "with that token get 503. Revocations still arrive over Redis pub/sub meanwhile. "
+        "See docs/operations.md.",
+        _int(0),
+    )
     invalidation_poll_interval: float = var(
         "INVALIDATION_POLL_INTERVAL",
         1.0,

@@ -128,6 +128,13 @@ class PostgresStore(SqlStore):
     async def close(self) -> None:
         await self.pool.close()
 
+    def lost_connection(self, exc: BaseException) -> bool:
+        # PoolTimeout is an OperationalError too, but means no connection at all: no retry
+        return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, PoolTimeout)
+
+    async def drop_broken_connections(self) -> None:
+        await self.pool.check()
+
     @asynccontextmanager
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
         async with self.pool.connection() as conn, conn.transaction():
