@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from proxy.limits import TokenLimits
 from shared.crypto import Keyring
-from shared.errors import AuthError, Unavailable
+from shared.errors import AuthError, Unavailable, UserError
 from shared.store import SqlStore, TokenAuth
 from shared.tokens import hash_token, looks_like_token, mask_token
 
@@ -57,12 +57,23 @@ class Credential:
         return None
 
 
-def token_from_headers(authorization: bytes | None, api_key: bytes | None) -> str | None:
-    """``Authorization: Bearer <token>``, else the ``api-key``/``x-api-key`` header."""
+def token_from_headers(
+    authorization: bytes | None, api_key: bytes | None, repeated: bool = False
+) -> str | None:
+    """``Authorization: Bearer <token>``, else the ``api-key``/``x-api-key`` header.
+
+    ``repeated``: the request carried Authorization twice, or two different api-key headers.
+    That, or an api-key naming another token than Authorization, is refused (400, as nginx
+    refuses a duplicate Authorization): which credential counts must never depend on order."""
+    if repeated:
+        raise UserError("Send one credential: more than one credential header was given.")
     if authorization:
         scheme, _, value = authorization.partition(b" ")
-        if scheme.lower() == b"bearer" and value.strip():
-            return value.strip().decode("latin-1")
+        token = value.strip()
+        if api_key is not None and api_key.strip() != token:
+            raise UserError("Send one credential: Authorization and api-key name different tokens.")
+        if scheme.lower() == b"bearer" and token:
+            return token.decode("latin-1")
         return None
     if api_key:
         return api_key.strip().decode("latin-1")
