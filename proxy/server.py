@@ -12,6 +12,7 @@ from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from proxy.listener import protocol_class
 from shared.config import Settings
 
 log = logging.getLogger("llm_proxy.server")
@@ -51,6 +52,8 @@ class ProxyWorker(UvicornWorker):  # type: ignore[misc]
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
+        # our protocol: request-head limits and timeout, JSON errors (proxy/listener.py)
+        self.config.http = protocol_class(self.app.settings)
         server = _DrainingServer(self.config, self.wsgi)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)

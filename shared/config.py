@@ -351,6 +351,27 @@ class Settings:
         "Largest request body accepted (chunked bodies included); larger gets 413.",
         _int(1),
     )
+    max_request_header_bytes: int = var(
+        "MAX_REQUEST_HEADER_BYTES",
+        32768,
+        "Largest request head (request line and headers) the proxy port reads; larger gets 431 "
+        "and the connection is closed.",
+        _int(1024),
+    )
+    max_request_headers: int = var(
+        "MAX_REQUEST_HEADERS",
+        100,
+        "Most request headers accepted; more gets 431.",
+        _int(1),
+    )
+    request_header_timeout: float = var(
+        "REQUEST_HEADER_TIMEOUT",
+        10.0,
+        "A connection must deliver a complete request head within this time of connecting (or "
+        "of starting the request); else it gets 408 and is closed (slowloris). 0 disables.",
+        _duration(),
+        shown="`10s`",
+    )
     stream_include_usage: bool = var(
         "STREAM_INCLUDE_USAGE",
         True,

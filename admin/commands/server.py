@@ -37,6 +37,8 @@ def server(
     if reload:
         import uvicorn
 
+        from proxy.listener import protocol_class
+
         uvicorn.run(
             "proxy.app:create_app",
             factory=True,
@@ -44,6 +46,7 @@ def server(
             port=settings.port,
             reload=True,
             server_header=False,
+            http=protocol_class(settings),
         )
         return
     _prepare_metrics_dir(settings.prometheus_multiproc_dir)
