@@ -267,6 +267,24 @@ class Settings:
         shown="`1h`",
     )
 
+    database_connect_timeout: float = var(
+        "DATABASE_CONNECT_TIMEOUT",
+        10.0,
+        "Postgres: give up opening a connection after this long (a server that accepts but "
+        "never answers).",
+        _duration(),
+        shown="`10s`",
+    )
+    database_tcp_user_timeout: float = var(
+        "DATABASE_TCP_USER_TIMEOUT",
+        30.0,
+        "Postgres: the kernel drops a connection whose sent data stays unacknowledged this long "
+        "(TCP_USER_TIMEOUT; TCP keepalives probe idle connections every 10s after 30s). Finds "
+        "flows a NAT or load balancer dropped silently. 0 leaves the OS default.",
+        _duration(),
+        shown="`30s`",
+    )
+
     # --- redis ---
     redis_addr: str = var(
         "REDIS_ADDR",
@@ -644,6 +662,23 @@ class Settings:
         "An entry delivered more often than this without being acknowledged goes to the "
         "dead-letter table (`--max-deliveries`).",
         _int(1),
+    )
+    dispatcher_write_timeout: float = var(
+        "DISPATCHER_WRITE_TIMEOUT",
+        30.0,
+        "Deadline of one batch write (its whole transaction), also set as the dispatcher's "
+        "`statement_timeout`. A write past it counts as a failure and is retried.",
+        _duration(),
+        shown="`30s`",
+    )
+    dispatcher_release_after: float = var(
+        "DISPATCHER_RELEASE_AFTER",
+        60.0,
+        "A dispatcher that could not write for this long releases the entries it holds, so a "
+        "healthy peer claims them (after DISPATCHER_CLAIM_IDLE), and reads nothing more until "
+        "the database answers again.",
+        _duration(),
+        shown="`60s`",
     )
     dispatcher_http_addr: str = var(
         "DISPATCHER_HTTP_ADDR",
