@@ -108,6 +108,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's reply to anything its parser refused (our callbacks' refusals included)."""
+        cycle = self.cycle
+        if not self._reading_head and cycle is not None and cycle.response_started:
+            self.transport.close()  # a body broke mid-response: nothing can be slipped in
+            return
         self._refuse(self._refusal or MalformedRequest())
 
     def _check_head(self) -> None:
