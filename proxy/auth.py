@@ -225,7 +225,7 @@ class Authenticator:
         self._inflight[key] = future
         try:
             try:
-                row = await self._find(key)
+                row = await self._find(key, retry=kept is None)
             except Exception as exc:
                 self.health.failed(time.time(), exc)
                 if kept is not None:
@@ -246,14 +246,16 @@ class Authenticator:
         finally:
             del self._inflight[key]
 
-    async def _find(self, key: str) -> TokenAuth | None:
+    async def _find(self, key: str, *, retry: bool) -> TokenAuth | None:
         """The lookup, retried once when it met a pooled connection the server had closed
         (a restarted or killed backend): the pool is checked first, so the retry gets a live
-        connection rather than the next dead one."""
+        connection rather than the next dead one. Without ``retry`` (a cached credential can
+        answer instead) the error is raised at once: if the server is really down, a retry
+        would wait out the pool timeout first."""
         try:
             return await self.store.find_token(key)
         except Exception as exc:
-            if not self.store.lost_connection(exc):
+            if not retry or not self.store.lost_connection(exc):
                 raise
             log.warning("token lookup met a broken database connection; retrying once")
         await self.store.drop_broken_connections()

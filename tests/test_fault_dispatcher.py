@@ -12,9 +12,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from dispatcher.health import HealthServer
+from dispatcher.options import Options
 from dispatcher.service import probe_dependencies
 from shared.config import Settings
 from shared.store import SqlStore, make_store
+from shared.store.postgres import PostgresStore
 from shared.streams import EVENT_FIELD
 from tests.pipeline_kit import Owners, Running, options, pending, seed, wait_for
 from tests.tcp_proxy import TcpProxy
@@ -178,3 +180,30 @@ async def _is(value: object, expected: int) -> bool:
     got = await value  # type: ignore[misc]
     assert got <= expected, f"{got} for {expected}: something was written twice"
     return bool(got == expected)
+
+
+async def test_dispatcher_connections_carry_their_deadlines(pg_database: str) -> None:
+    """What the dispatcher's service builds from the settings reaches libpq and the server."""
+    settings = Settings.from_env(
+        {
+            "DB_DRIVER": "postgres",
+            "DATABASE_URL": pg_database,
+            "DISPATCHER_WRITE_TIMEOUT": "7s",
+            "DISPATCHER_RELEASE_AFTER": "2m",
+            "DATABASE_TCP_USER_TIMEOUT": "20s",
+        }
+    )
+    assert Options.from_settings(settings).write_timeout == 7.0
+    assert Options.from_settings(settings).release_after == 120.0
+    store = make_store(settings, statement_timeout=settings.dispatcher_write_timeout)
+    assert isinstance(store, PostgresStore)
+    await store.open()
+    try:
+        async with store.pool.connection() as conn:
+            cur = await conn.execute("SHOW statement_timeout")
+            assert await cur.fetchone() == {"statement_timeout": "7s"}
+            params = conn.info.get_parameters()
+        assert params["tcp_user_timeout"] == "20000"
+        assert params["keepalives_idle"] == "30" and params["connect_timeout"] == "10"
+    finally:
+        await store.close()
