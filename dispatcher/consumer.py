@@ -365,7 +365,7 @@ class Dispatcher:
                 if self._stopping.is_set():
                     return None
                 if now - failing_since >= self.options.release_after:
-                    await self._release(batch)
+                    await self._release()  # the batch's entries are among those held
                     return _RELEASED
                 await self._sleep(backoff.next())
                 continue
@@ -373,7 +373,7 @@ class Dispatcher:
             self._writable.set()
             return outcome
 
-    async def _release(self, batch: list[Entry]) -> None:
+    async def _release(self) -> None:
         """Let go of every entry held, then wait until the database answers again."""
         held = len(self._held)
         self._queue.clear()
@@ -385,7 +385,6 @@ class Dispatcher:
             self.options.release_after,
             held,
         )
-        del batch
         backoff = Backoff()
         while not self._stopping.is_set():
             try:
