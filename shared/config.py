@@ -486,6 +486,7 @@ class Settings:
         "While the database cannot be reached, a cached token lookup keeps being used until it "
         "is this old (ms, counted from when the database last confirmed it); then requests "
         "with that token get 503. Revocations still arrive over Redis pub/sub meanwhile. "
+        "A value below APIKEY_CACHE_TTL_MS means APIKEY_CACHE_TTL_MS (fail closed at once). "
         "See docs/operations.md.",
         _int(0),
     )
