@@ -83,11 +83,13 @@ class ProxyHandler:
         arrived = time.time()
         method: str = scope["method"]
         authorization = api_key = request_id_raw = origin = content_length = None
-        preflight = False
+        preflight = repeated = False
         for name, value in scope["headers"]:
             if name == b"authorization":
+                repeated = repeated or authorization is not None
                 authorization = value
             elif name == b"api-key" or name == b"x-api-key":
+                repeated = repeated or (api_key is not None and api_key != value)
                 api_key = value
             elif name == b"x-request-id":
                 request_id_raw = value
@@ -124,7 +126,7 @@ class ProxyHandler:
             if self.max_in_flight and self.in_flight > self.max_in_flight:
                 raise Overloaded(headers={"retry-after": "1"})
             ex.cred = cred = await self.auth.authenticate(
-                token_from_headers(authorization, api_key)
+                token_from_headers(authorization, api_key, repeated)
             )
             if marks is not None:
                 marks.append(("auth", time.perf_counter()))

@@ -310,6 +310,24 @@ class Settings:
         shown="`1h`",
     )
 
+    database_connect_timeout: float = var(
+        "DATABASE_CONNECT_TIMEOUT",
+        10.0,
+        "Postgres: give up opening a connection after this long (a server that accepts but "
+        "never answers).",
+        _duration(),
+        shown="`10s`",
+    )
+    database_tcp_user_timeout: float = var(
+        "DATABASE_TCP_USER_TIMEOUT",
+        30.0,
+        "Postgres: the kernel drops a connection whose sent data stays unacknowledged this long "
+        "(TCP_USER_TIMEOUT; TCP keepalives probe idle connections every 10s after 30s). Finds "
+        "flows a NAT or load balancer dropped silently. 0 leaves the OS default.",
+        _duration(),
+        shown="`30s`",
+    )
+
     # --- redis ---
     redis_addr: str = var(
         "REDIS_ADDR",
@@ -430,6 +448,27 @@ class Settings:
         "Largest request body accepted (chunked bodies included); larger gets 413. Bodies of "
         "chat/completions, completions and responses are held in memory up to this size.",
         _int(1),
+    )
+    max_request_header_bytes: int = var(
+        "MAX_REQUEST_HEADER_BYTES",
+        32768,
+        "Largest request head (request line and headers) the proxy port reads; larger gets 431 "
+        "and the connection is closed.",
+        _int(1024),
+    )
+    max_request_headers: int = var(
+        "MAX_REQUEST_HEADERS",
+        100,
+        "Most request headers accepted; more gets 431.",
+        _int(1),
+    )
+    request_header_timeout: float = var(
+        "REQUEST_HEADER_TIMEOUT",
+        10.0,
+        "A connection must deliver a complete request head within this time of connecting (or "
+        "of starting the request); else it gets 408 and is closed (slowloris). 0 disables.",
+        _duration(),
+        shown="`10s`",
     )
     stream_include_usage: bool = var(
         "STREAM_INCLUDE_USAGE",
@@ -622,6 +661,16 @@ class Settings:
         "about a second regardless; this is only the backstop.",
         _int(0),
     )
+    apikey_cache_outage_ttl_ms: int = var(
+        "APIKEY_CACHE_OUTAGE_TTL_MS",
+        900000,
+        "While the database cannot be reached, a cached token lookup keeps being used until it "
+        "is this old (ms, counted from when the database last confirmed it); then requests "
+        "with that token get 503. Revocations still arrive over Redis pub/sub meanwhile. "
+        "A value below APIKEY_CACHE_TTL_MS means APIKEY_CACHE_TTL_MS (fail closed at once). "
+        "See docs/operations.md.",
+        _int(0),
+    )
     invalidation_poll_interval: float = var(
         "INVALIDATION_POLL_INTERVAL",
         1.0,
@@ -799,6 +848,23 @@ class Settings:
         "An entry delivered more often than this without being acknowledged goes to the "
         "dead-letter table (`--max-deliveries`).",
         _int(1),
+    )
+    dispatcher_write_timeout: float = var(
+        "DISPATCHER_WRITE_TIMEOUT",
+        30.0,
+        "Deadline of one batch write (its whole transaction), also set as the dispatcher's "
+        "`statement_timeout`. A write past it counts as a failure and is retried.",
+        _duration(),
+        shown="`30s`",
+    )
+    dispatcher_release_after: float = var(
+        "DISPATCHER_RELEASE_AFTER",
+        60.0,
+        "A dispatcher that could not write for this long releases the entries it holds, so a "
+        "healthy peer claims them (after DISPATCHER_CLAIM_IDLE), and reads nothing more until "
+        "the database answers again.",
+        _duration(),
+        shown="`60s`",
     )
     dispatcher_http_addr: str = var(
         "DISPATCHER_HTTP_ADDR",

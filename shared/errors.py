@@ -13,6 +13,9 @@
     ├── RouteNotFound                   (404, not_found)
     ├── MethodNotAllowed                (405, method_not_allowed)
     ├── BodyTooLarge                    (413, request_too_large)
+    ├── MalformedRequest                (400, invalid_request) HTTP the server cannot parse
+    ├── HeadTimeout                     (408, request_timeout) request head not sent in time
+    ├── HeadersTooLarge                 (431, request_headers_too_large)
     ├── RateLimited                     (429, rate_limit_exceeded) with Retry-After
     │   └── QuotaExceeded               (429, quota_exceeded)
     ├── Overloaded                      (503, overloaded) with Retry-After
@@ -121,6 +124,27 @@ class BodyTooLarge(LLMProxyError):
     code = "request_too_large"
     type = "invalid_request_error"
     default_message = "Request body too large."
+
+
+class MalformedRequest(LLMProxyError):
+    status = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+    default_message = "Malformed HTTP request."
+
+
+class HeadTimeout(LLMProxyError):
+    status = 408
+    code = "request_timeout"
+    type = "invalid_request_error"
+    default_message = "The request headers were not received in time."
+
+
+class HeadersTooLarge(LLMProxyError):
+    status = 431
+    code = "request_headers_too_large"
+    type = "invalid_request_error"
+    default_message = "Request headers too large or too many."
 
 
 class RateLimited(LLMProxyError):
