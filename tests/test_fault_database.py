@@ -17,7 +17,7 @@ import pytest
 
 from shared.config import Settings
 from shared.crypto import load_keyring, new_key
-from shared.invalidation import Notifier
+from shared.invalidation import Notifier, channel
 from shared.manage import Management
 from shared.redis import make_redis
 from shared.store import make_store
@@ -111,7 +111,7 @@ def revoke(env: dict[str, str], token_id: str) -> None:
                 store=store,
                 keyring=load_keyring(settings),
                 actor="test",
-                notifier=Notifier(store, redis),
+                notifier=Notifier(store, redis, channel=channel(settings)),
             )
             await mgmt.revoke_token(token_id)
         finally:
