@@ -56,8 +56,10 @@ class Pages:
     async def _figures(self, actions: Actions) -> dict[str, Any]:
         history = await self.live.history()
         latest = history[-1] if history else None
+        seconds = self.console.settings.metrics_aggregation_interval_ms / 1000
         return {
             "latest": asdict(latest) if latest else None,
+            "window_requests": round(sum(p.rps for p in history) * seconds),
             "dead_letters": await actions.dead_letters(),
             "stream_lag": await self._stream_lag(),
             "spool_bytes": _spool_bytes(self.console.settings.spool_dir),
