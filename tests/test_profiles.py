@@ -64,7 +64,9 @@ def test_the_guide_metrics_history_variables_are_settings() -> None:
     s = Settings.from_env({"METRICS_RETENTION_MS": "3600000"})
     assert s.metrics_retention_ms == 3600000
     with pytest.raises(ConfigError, match="METRICS_RETENTION_MS must be at least"):
-        Settings.from_env({"METRICS_RETENTION_MS": "1000", "METRICS_AGGREGATION_INTERVAL_MS": "5000"})
+        Settings.from_env(
+            {"METRICS_RETENTION_MS": "1000", "METRICS_AGGREGATION_INTERVAL_MS": "5000"}
+        )
 
 
 def test_guide_names_map_onto_our_settings() -> None:
