@@ -23,7 +23,7 @@ from starlette.templating import Jinja2Templates
 from proxy.console.actions import Actions, Backend
 from proxy.console.forms import form_of
 from proxy.console.live import LiveFigures
-from proxy.console.pages import Pages
+from proxy.console.pages import PREFIX, Pages
 from proxy.console.session import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -42,7 +42,6 @@ from shared.tokens import constant_time_equal
 log = logging.getLogger("llm_proxy.console")
 
 HERE = Path(__file__).parent
-PREFIX = "/console"
 Handler = Callable[[Request, Actions, Session], Awaitable[Response]]
 
 # The console loads nothing from elsewhere and may not be framed (clickjacking).

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from proxy.console.app import Console
 
 AUDIT_PAGE = 50
+PREFIX = "/console"  # where the proxy mounts the console
 
 
 def _text(form: Any, name: str) -> str | None:
@@ -150,11 +151,7 @@ class Pages:
             return await self.projects(
                 request, actions, session, error=exc.message, status=exc.status
             )
-        return RedirectResponse(f"{self.console_base}/projects", status_code=303)
-
-    @property
-    def console_base(self) -> str:
-        return "/console"
+        return RedirectResponse(f"{PREFIX}/projects", status_code=303)
 
     # --- tokens ---
 
@@ -221,7 +218,7 @@ class Pages:
             return await self.tokens(
                 request, actions, session, error=exc.message, status=exc.status
             )
-        return RedirectResponse(f"{self.console_base}/tokens", status_code=303)
+        return RedirectResponse(f"{PREFIX}/tokens", status_code=303)
 
     # --- usage, audit, slowest ---
 
