@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -46,6 +47,7 @@ def chromium(profile: Path, width: int = 1280, height: int = 900) -> Iterator[We
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     options.add_argument(f"--window-size={width},{height}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, CSP
     # an explicit driver path: Selenium Manager (which downloads drivers) never runs
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     driver.set_page_load_timeout(60)
@@ -56,10 +58,14 @@ def chromium(profile: Path, width: int = 1280, height: int = 900) -> Iterator[We
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what``."""
+    """Poll ``probe`` until it returns something truthy; fail naming ``what``. An element that
+    is missing, or went stale because the page was replaced mid-probe, counts as not yet."""
     deadline = time.monotonic() + timeout
     while True:
-        value = probe()
+        try:
+            value = probe()
+        except (NoSuchElementException, StaleElementReferenceException):
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:

@@ -100,9 +100,11 @@ def test_an_operators_day_in_the_console(tmp_path: Path, fake: FakeUpstream) -> 
             token_id = token_row.get_attribute("data-token-id")
 
             # the token works, and the request shows on the overview and in usage
+            driver.get(f"{base}/console/")
+            assert _text(driver, "tile-window") == "0"
             answer = _chat(base, token)
             assert answer.status_code == 200, answer.text
-            driver.get(f"{base}/console/")
+            # no reload: the page's own polling brings the request in
             wait_for(
                 "the request on the overview",
                 lambda: _text(driver, "tile-window") not in ("", "0"),
@@ -165,6 +167,7 @@ def test_an_operators_day_in_the_console(tmp_path: Path, fake: FakeUpstream) -> 
             assert "forged" not in driver.find_element(By.ID, "projects").text
 
             # every page at a desk's width and a phone's, without sideways scrolling
+            driver.get_log("browser")  # the refusals above were logged as failed loads
             for width, height in ((1280, 900), (390, 844)):
                 driver.set_window_size(width, height)
                 for page in PAGES:
@@ -177,6 +180,10 @@ def test_an_operators_day_in_the_console(tmp_path: Path, fake: FakeUpstream) -> 
             # the slowest-requests page says why it is empty
             driver.get(f"{base}/console/slowest")
             assert "PROFILING_ENABLED" in _text(driver, "profiling-off")
+
+            # no script error and no Content-Security-Policy violation on any of those pages
+            problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert problems == []
 
             # signing out ends the session
             driver.find_element(By.CSS_SELECTOR, ".logout button").click()
