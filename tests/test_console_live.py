@@ -85,11 +85,22 @@ def _agreed(base: str, cookies: httpx.Cookies, expected: int, times: int = 8) ->
 
 def test_every_worker_shows_the_requests_of_every_worker(tmp_path: Path) -> None:
     fake = FakeUpstream().start()
-    env = {"MANAGEMENT_TOKEN": TOKEN, "METRICS_AGGREGATION_INTERVAL_MS": "500", **UNLIMITED}
+    env = {
+        "MANAGEMENT_TOKEN": TOKEN,
+        "METRICS_AGGREGATION_INTERVAL_MS": "500",
+        "METRICS_RETENTION_MS": "600000",  # nothing ages out on a slow machine
+        **UNLIMITED,
+    }
     made = provision(env, tmp_path, fake.base_url)
     proxy = ProxyProcess(env=env, cwd=tmp_path, workers=2).start()
     try:
         client = signed_in(proxy.url, TOKEN)
+        # a worker's history starts with its first sample: wait until every worker has one
+        wait_for(
+            "every worker sampling",
+            lambda: all(_figures(proxy.url, client.cookies)["history"] for _ in range(8)),
+            60,
+        )
         _send(proxy.url, made.token, 12)  # new connections: both workers serve some
         wait_for("12 requests on the overview", lambda: _agreed(proxy.url, client.cookies, 12), 60)
         figures = _figures(proxy.url, client.cookies)
@@ -116,6 +127,7 @@ def test_an_instance_shows_the_requests_another_instance_served(
         "DISTRIBUTED_RATE_LIMIT_KEY_SECRET": "console-live-limits-secret",
         "DISTRIBUTED_RATE_LIMIT_PREFIX": f"{unique_prefix}rl:",
         "DISTRIBUTED_RATE_LIMIT_MAX": "0",
+        "METRICS_RETENTION_MS": "600000",
         **UNLIMITED,
     }
     (tmp_path / "a").mkdir()

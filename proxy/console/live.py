@@ -201,7 +201,10 @@ class LiveFigures:
         return totals_of(self.registry.collect())
 
     async def _run(self) -> None:
-        previous: Totals | None = None
+        # This worker's own counters start at zero with the process, so with Redis nothing it
+        # counts before its first sample is lost. The directory's totals are every worker's
+        # since theirs began: that history starts at this worker's first sample.
+        previous: Totals | None = Totals() if self.redis is not None else None
         while True:
             # wake on the interval's boundary, so every worker's entry names the same slot
             now = time.time()
@@ -210,8 +213,8 @@ class LiveFigures:
             try:
                 if self.redis is not None:
                     mine = totals_of(self.registry.collect())  # this worker's own values
-                    if previous is not None:
-                        await self._publish(slot, mine.minus(previous))
+                    assert previous is not None
+                    await self._publish(slot, mine.minus(previous))
                     previous = mine
                 else:
                     # the directory read takes file I/O: keep it off the event loop
