@@ -119,6 +119,13 @@ def test_an_operators_day_in_the_console(tmp_path: Path, fake: FakeUpstream) -> 
                 return bool(row) and row[0].find_elements(By.CSS_SELECTOR, "td.n")[0].text == "1"
 
             wait_for("the request in usage", usage_counts, timeout=60)
+            project_id = driver.find_element(
+                By.CSS_SELECTOR, "#usage-projects tr[data-project-id]"
+            ).get_attribute("data-project-id")
+            driver.get(f"{base}/console/usage?project_id={project_id}")
+            by_model = driver.find_element(By.CSS_SELECTOR, "#usage-models tbody tr").text
+            assert by_model.startswith("gpt-4o-mini 1 18 0"), by_model
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#usage-days tbody tr")) == 1
 
             # revoke it: the next request is refused
             driver.get(f"{base}/console/tokens")

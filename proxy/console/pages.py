@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from proxy.console.app import Console
 
 AUDIT_PAGE = 50
+RECENT_EVENTS = 1000  # a project's latest requests, grouped by model and day on the usage page
 PREFIX = "/console"  # where the proxy mounts the console
 
 
@@ -229,7 +231,8 @@ class Pages:
         selected = request.query_params.get("project_id") or ""
         recent: dict[str, Any] = {"events": []}
         if selected in names:
-            recent = await actions.project_usage(selected, limit=50)
+            recent = await actions.project_usage(selected, limit=RECENT_EVENTS)
+        events = recent["events"]
         return self._render(
             request,
             "usage.html",
@@ -238,7 +241,10 @@ class Pages:
             tokens=tokens,
             names=names,
             selected=selected,
-            events=recent["events"],
+            events=events[:50],
+            recent_count=len(events),
+            by_model=_grouped(events, lambda e: e["model"] or "(none)"),
+            by_day=_grouped(events, lambda e: (e["ts"] or "")[:10]),
         )
 
     async def audit(self, request: Request, actions: Actions, session: Session) -> Response:
@@ -267,6 +273,18 @@ class Pages:
     async def slowest(self, request: Request, actions: Actions, session: Session) -> Response:
         # The profiler (PROFILING_ENABLED, issue 18) fills this page when it lands.
         return self._render(request, "slowest.html", session)
+
+
+def _grouped(events: list[dict[str, Any]], key: Callable[[dict[str, Any]], str]) -> list[Any]:
+    """Requests and tokens per ``key``, largest first."""
+    groups: dict[str, dict[str, Any]] = {}
+    for event in events:
+        name = key(event)
+        row = groups.setdefault(name, {"name": name, "requests": 0, "tokens": 0, "errors": 0})
+        row["requests"] += 1
+        row["tokens"] += event["total_tokens"] or 0
+        row["errors"] += 1 if (event["status"] or 0) >= 500 else 0
+    return sorted(groups.values(), key=lambda r: (-r["requests"], r["name"]))
 
 
 def _public_url(request: Request, settings: Any) -> str:
