@@ -34,7 +34,7 @@ from proxy.console.session import (
     SessionSigner,
     request_is_https,
 )
-from proxy.limits.clientip import TrustedProxies, scope_client_ip
+from proxy.limits.clientip import TrustedProxies, limit_key, scope_client_ip
 from shared.config import Settings
 from shared.errors import LLMProxyError, error_body
 from shared.tokens import constant_time_equal
@@ -179,7 +179,7 @@ class Console:
 
     async def login(self, request: Request) -> Response:
         data = await form_of(request)
-        client = self.client(request)
+        client = limit_key(self.client(request))  # IPv6: the /64, as the rate limits count
         actions = self.actions(request)
         nonce = data.get(CSRF_FIELD)
         if not self.signer.login_nonce_ok(
