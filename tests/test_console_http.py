@@ -104,6 +104,19 @@ def test_sign_in_sessions_and_csrf(tmp_path: Path) -> None:
             ]
             assert names == ["made-here"]  # the forged posts changed nothing
 
+            # a new token: in this one answer, which no cache may keep, and never again
+            project_id = httpx.get(f"{base}/manage/projects", headers=MANAGE).json()["data"][0][
+                "id"
+            ]
+            shown = plain.post(
+                f"{base}/console/tokens", data={"project_id": project_id, "csrf": csrf}
+            )
+            assert shown.status_code == 200 and shown.headers["cache-control"] == "no-store"
+            secret = shown.text.split('<code id="new-token">', 1)[1].split("<", 1)[0]
+            assert (
+                secret.startswith("sk-") and secret not in plain.get(f"{base}/console/tokens").text
+            )
+
             # a tampered cookie is no session
             session = plain.cookies["llm_proxy_console"]
             tampered = httpx.get(
