@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proxy.auth import Authenticator, StoreHealth, TokenCache
 from proxy.bus import make_bus
 from proxy.cache import CacheBackend, HttpCache, build_cache
+from proxy.console import Backend, LiveFigures, create_console_app
 from proxy.handler import ProxyHandler
 from proxy.invalidation import Invalidator
 from proxy.limits import LimitStats, make_limiter
@@ -66,21 +67,25 @@ class ProxyApp:
         self.resources: Resources | None = None
         self.draining = False
         self.manage_app: ASGIApp | None = None
+        self.console_app: ASGIApp | None = None
+        self.live: LiveFigures | None = None
         errors = {HTTPException: _http_error, LLMProxyError: _proxy_error}
         routes: list[BaseRoute] = [
             Route("/health", self._live),
             Route("/live", self._live),
             Route("/ready", self._ready),
         ]
-        manage = Mount("/manage", app=self._manage)
+        manage = [Mount("/manage", app=self._manage)]
+        if settings.console_on:  # the console lives wherever the management API does
+            manage.append(Mount("/console", app=self._console))
         # MANAGEMENT_LISTEN: the management API answers on that listener only, and nothing else
         # does; the server binds both addresses, and a connection's local port tells them apart.
         self.management_port = settings.management_port
         self.management_web: ASGIApp | None = None
         if self.management_port is None:
-            routes.append(manage)
+            routes.extend(manage)
         else:
-            self.management_web = Starlette(routes=[manage], exception_handlers=errors)
+            self.management_web = Starlette(routes=list(manage), exception_handlers=errors)
         if settings.enable_metrics:
             routes.append(Route(settings.metrics_path, self._metrics))
         self.web = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers=errors)
@@ -180,6 +185,24 @@ class ProxyApp:
             cache=_shared_cache(http_cache),
             profiler=profiler,
         )
+        if settings.console_on:
+            self.live = LiveFigures(
+                self.metrics.registry,
+                interval_ms=settings.metrics_aggregation_interval_ms,
+                retention_ms=settings.metrics_retention_ms,
+                redis=redis,
+                stream_key=f"{settings.redis_stream_key}:console-live",
+            )
+            self.live.start()
+            backend = Backend(
+                store=store,
+                keyring=keyring,
+                notifier=self.resources.notifier,
+                cache=_shared_cache(http_cache),
+                cache_backend=settings.http_cache_backend,
+                count_cache_hits=settings.quota_count_cache_hits,
+            )
+            self.console_app = create_console_app(settings, backend, self.live)
         if settings.pool_warm:
             await _warm(store, upstream)
         log.info(
@@ -190,6 +213,9 @@ class ProxyApp:
         finally:
             self.handler = None
             self.manage_app = None
+            self.console_app = None
+            if self.live is not None:
+                await self.live.close()
             await invalidator.close()
             if profiler is not None:
                 await profiler.close()
@@ -211,6 +237,13 @@ class ProxyApp:
             await response(scope, receive, send)
             return
         await self.manage_app(scope, receive, send)
+
+    async def _console(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.console_app is None:
+            response = JSONResponse(error_body(Unavailable("Starting up.")), status_code=503)
+            await response(scope, receive, send)
+            return
+        await self.console_app(scope, receive, send)
 
     async def _live(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

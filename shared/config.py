@@ -668,6 +668,21 @@ class Settings:
         "ENABLE_METRICS", True, "Serve Prometheus metrics at METRICS_PATH.", _bool
     )
     metrics_path: str = var("METRICS_PATH", "/metrics", "Path of the Prometheus endpoint.", _str)
+    metrics_aggregation_interval_ms: int = var(
+        "METRICS_AGGREGATION_INTERVAL_MS",
+        1000,
+        "How often each worker sums its figures for the console's live overview (ms); one point "
+        "of its charts. Lower: finer charts, more work (a Redis write per worker and interval "
+        "when Redis is in use).",
+        _int(100),
+    )
+    metrics_retention_ms: int = var(
+        "METRICS_RETENTION_MS",
+        60000,
+        "How much history of the live figures the console keeps and charts (ms); held in Redis "
+        "when Redis is in use, else in each worker's memory.",
+        _int(1000),
+    )
     prometheus_multiproc_dir: str = var(
         "PROMETHEUS_MULTIPROC_DIR",
         "",
@@ -1011,6 +1026,22 @@ class Settings:
         _secret,
         shown="(none)",
     )
+    console_enabled: bool | None = var(
+        "CONSOLE_ENABLED",
+        None,
+        "Serve the operator console under `/console/` (beside `/manage/`, on MANAGEMENT_LISTEN "
+        "when set). Default: on when MANAGEMENT_TOKEN is set; `true` without MANAGEMENT_TOKEN "
+        "stops the process. See docs/console.md.",
+        _bool,
+        shown="(on with MANAGEMENT_TOKEN)",
+    )
+    console_session_ttl: float = var(
+        "CONSOLE_SESSION_TTL",
+        8 * 3600.0,
+        "How long a console sign-in lasts before the operator must sign in again.",
+        _duration(),
+        shown="`8h`",
+    )
     encryption_key: Secret = var(
         "ENCRYPTION_KEY",
         Secret(""),
@@ -1095,11 +1126,28 @@ class Settings:
                 "DISTRIBUTED_RATE_LIMIT_ENABLED=true, so every instance hashes keys alike"
             )
 
+        if self.console_enabled and not self.management_token:
+            raise ConfigError(
+                "CONSOLE_ENABLED=true needs MANAGEMENT_TOKEN: the console signs in with it"
+            )
+        if self.metrics_retention_ms < self.metrics_aggregation_interval_ms:
+            raise ConfigError(
+                "METRICS_RETENTION_MS must be at least METRICS_AGGREGATION_INTERVAL_MS "
+                f"({self.metrics_aggregation_interval_ms}), got {self.metrics_retention_ms}"
+            )
+
         if self.management_port == self.port:
             raise ConfigError(
                 f"MANAGEMENT_LISTEN must use a port other than PORT ({self.port}): the proxy "
                 "tells its two listeners apart by port"
             )
+
+    @property
+    def console_on(self) -> bool:
+        """CONSOLE_ENABLED, defaulting to whether MANAGEMENT_TOKEN is set."""
+        if self.console_enabled is None:
+            return bool(self.management_token)
+        return self.console_enabled
 
     @property
     def management_port(self) -> int | None:

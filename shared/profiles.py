@@ -70,6 +70,7 @@ PROFILES: dict[str, dict[str, str]] = {
         "APIKEY_CACHE_SIZE": "100",
         "APIKEY_CACHE_TTL_MS": "300000",
         "STREAM_RESPONSE_CHUNK_SIZE": "4096",
+        "METRICS_RETENTION_MS": "30000",
         "WORKERS": "1",
     },
     "strict": {
@@ -128,16 +129,6 @@ SEED_VARIABLES: tuple[SeedVariable, ...] = (
         maps_to="ENABLE_METRICS",
         convert=_bool_text,
         check=_flag,
-    ),
-    SeedVariable(
-        "METRICS_RETENTION_MS",
-        "the proxy keeps no metrics history itself; Prometheus scrapes METRICS_PATH and keeps it",
-        check=_count,
-    ),
-    SeedVariable(
-        "METRICS_AGGREGATION_INTERVAL_MS",
-        "metrics are aggregated by Prometheus at scrape time, not by the proxy",
-        check=_count,
     ),
     SeedVariable(
         "RATE_LIMIT_BATCH_INTERVAL_MS",
@@ -236,6 +227,8 @@ SEED_SAME_NAME = (
     "BATCH_MAX_SIZE",
     "BATCH_MAX_QUEUE_SIZE",
     "PROFILING_ENABLED",
+    "METRICS_RETENTION_MS",
+    "METRICS_AGGREGATION_INTERVAL_MS",
 )
 
 

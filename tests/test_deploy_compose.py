@@ -226,7 +226,8 @@ def test_the_management_api_has_an_internal_port_of_its_own(
     settings = Settings.from_env(known_settings(proxy["environment"]))
     port = settings.management_port
     assert port is not None and port != settings.port
-    assert management_prefixes(known_settings(proxy["environment"])) == {"/manage/"}
+    # the console is served with the management API (MANAGEMENT_TOKEN is set here)
+    assert management_prefixes(known_settings(proxy["environment"])) == {"/manage/", "/console/"}
     # reachable on the private network, from no host port: only nginx publishes, PORT only
     assert str(port) in proxy["expose"]
     assert not proxy.get("ports")
@@ -236,6 +237,7 @@ def test_the_management_api_has_an_internal_port_of_its_own(
     upstream_ports = {s.rsplit(":", 1)[1] for s in nginx_upstream_servers(NGINX_CONF)}
     assert upstream_ports == {str(settings.port)}, "nginx never connects to the management port"
     assert not re.search(r"location\s+\S*manage", NGINX_CONF), "nginx has no /manage/ route"
+    assert not re.search(r"location\s+\S*console", NGINX_CONF), "nor a /console/ one"
 
 
 def test_nginx_streams_and_trusts_nothing_the_client_forwards(

@@ -56,6 +56,19 @@ def test_defaults_do_not_stall_one_backend() -> None:
     assert s.ip_rate_limit == 1200
 
 
+def test_the_guide_metrics_history_variables_are_settings() -> None:
+    s = Settings.from_env({})
+    assert (s.metrics_aggregation_interval_ms, s.metrics_retention_ms) == (1000, 60000)
+    # the guide's edge use case keeps 30 s of history
+    assert Settings.from_env({"LLM_PROXY_PROFILE": "edge"}).metrics_retention_ms == 30000
+    s = Settings.from_env({"METRICS_RETENTION_MS": "3600000"})
+    assert s.metrics_retention_ms == 3600000
+    with pytest.raises(ConfigError, match="METRICS_RETENTION_MS must be at least"):
+        Settings.from_env(
+            {"METRICS_RETENTION_MS": "1000", "METRICS_AGGREGATION_INTERVAL_MS": "5000"}
+        )
+
+
 def test_guide_names_map_onto_our_settings() -> None:
     s = Settings.from_env({"CACHE_ENABLED": "0", "CACHE_TTL_MS": "1500", "METRICS_ENABLED": "no"})
     assert (s.http_cache_enabled, s.http_cache_default_ttl, s.enable_metrics) == (
@@ -81,7 +94,7 @@ def test_guide_names_map_onto_our_settings() -> None:
         ),
         (
             {"METRICS_RETENTION_MS": "soon"},
-            "METRICS_RETENTION_MS must be an integer >= 0, got 'soon'",
+            "METRICS_RETENTION_MS must be an integer >= 1000, got 'soon'",
         ),
         ({"CACHE_ENABLED": "maybe"}, "CACHE_ENABLED must be true or false, got 'maybe'"),
         (
