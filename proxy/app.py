@@ -201,6 +201,7 @@ class ProxyApp:
                 cache=_shared_cache(http_cache),
                 cache_backend=settings.http_cache_backend,
                 count_cache_hits=settings.quota_count_cache_hits,
+                profiler=profiler,
             )
             self.console_app = create_console_app(settings, backend, self.live)
         if settings.pool_warm:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.profiling import PHASES, SlowestRequests, phases
+from tests.console_client import signed_in
 from tests.proxy_process import UNLIMITED, ProxyProcess, provision
 from tests.upstream_fake import FakeUpstream
 
@@ -111,6 +112,35 @@ def test_off_by_default(tmp_path: Path, management_token: str) -> None:
         assert (
             "llm_proxy_phase_duration_seconds_count" not in httpx.get(f"{proxy.url}/metrics").text
         )
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        fake.stop()
+
+
+def test_the_console_lists_the_slowest_requests_with_their_phases(tmp_path: Path) -> None:
+    token = "profiling-console-token-0123456789"
+    fake = FakeUpstream().start()
+    env = {**UNLIMITED, "PROFILING_ENABLED": "true", "MANAGEMENT_TOKEN": token}
+    proxy = None
+    try:
+        creds = provision(env, tmp_path, fake.base_url)
+        proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
+        answer = httpx.post(
+            f"{proxy.url}/v1/chat/completions",
+            json={"model": "slow-0.2", "messages": []},
+            headers={"Authorization": f"Bearer {creds.token}", "X-Request-ID": "console-slow"},
+        )
+        assert answer.status_code == 200
+        client = signed_in(proxy.url, token)
+        try:
+            page = client.get(f"{proxy.url}/console/slowest")
+        finally:
+            client.close()
+        assert page.status_code == 200
+        assert "Profiling is off" not in page.text
+        assert "console-slow" in page.text
+        assert "<th>upstream_first_byte</th>" in page.text
     finally:
         if proxy is not None:
             proxy.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.profiling import Profiler
 from shared.crypto import Keyring
 from shared.manage import CachePurger, ChangeNotifier, Management, View
 from shared.store import AuditEvent, AuditFilter, SqlStore
@@ -25,6 +26,7 @@ class Backend:
     cache: CachePurger | None
     cache_backend: str
     count_cache_hits: bool
+    profiler: Profiler | None = None
 
 
 class Actions:
@@ -45,6 +47,13 @@ class Actions:
             cache=backend.cache,
             cache_backend=backend.cache_backend,
         )
+
+    # --- profiling ---
+
+    def slowest(self, limit: int) -> list[dict[str, Any]] | None:
+        """The slowest requests of this instance's workers; None when profiling is off."""
+        profiler = self._backend.profiler
+        return None if profiler is None else profiler.report(limit)
 
     # --- projects ---
 

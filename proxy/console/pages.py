@@ -15,6 +15,7 @@ from proxy.console.actions import Actions
 from proxy.console.forms import form_of
 from proxy.console.live import LiveFigures
 from proxy.console.session import Session
+from proxy.profiling import PHASES
 from shared.errors import LLMProxyError, UserError
 from shared.store import AuditFilter
 
@@ -271,8 +272,9 @@ class Pages:
         )
 
     async def slowest(self, request: Request, actions: Actions, session: Session) -> Response:
-        # The profiler (PROFILING_ENABLED, issue 18) fills this page when it lands.
-        return self._render(request, "slowest.html", session)
+        requests = actions.slowest(50)
+        phases = [p for p in PHASES if any(p in r["phases_ms"] for r in requests or [])]
+        return self._render(request, "slowest.html", session, requests=requests, phases=phases)
 
 
 def _grouped(events: list[dict[str, Any]], key: Callable[[dict[str, Any]], str]) -> list[Any]:
