@@ -230,6 +230,8 @@ class ProxyHandler:
         if cred is None:
             return
         usage = ex.usage or _NO_USAGE
+        if usage.total_tokens:
+            metrics.count_tokens(usage.prompt_tokens, usage.completion_tokens)
         event = RequestEvent(
             event_id=new_id(),
             request_id=ex.request_id,
