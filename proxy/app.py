@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
@@ -37,6 +37,10 @@ from shared.logging import setup_logging
 from shared.redis import make_redis, uses_redis
 from shared.redis import reachable as redis_reachable
 from shared.store import SqlStore, make_store
+from shared.tracing import make_tracing
+
+if TYPE_CHECKING:
+    from proxy.tracing import RequestTracing
 
 log = logging.getLogger("llm_proxy.app")
 
@@ -148,6 +152,7 @@ class ProxyApp:
             notifier=Notifier(store, redis, channel=invalidation_channel(settings)),
             redis=redis,
         )
+        tracing = _tracing(settings)
         self.handler = ProxyHandler(
             settings,
             auth=Authenticator(store, keyring, token_cache),
@@ -156,6 +161,7 @@ class ProxyApp:
             metrics=self.metrics,
             limiter=limiter,
             cache=http_cache,
+            tracing=tracing,
         )
         self.manage_app = create_management_app(
             settings, store, keyring, self.resources.notifier, cache=_shared_cache(http_cache)
@@ -173,6 +179,8 @@ class ProxyApp:
             await invalidator.close()
             bus_metrics.cancel()
             await bus.close()  # flush events of every request served
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)  # export the spans still queued
             await upstream.close()
             await limiter.close()
             if http_cache is not None:
@@ -220,6 +228,15 @@ def _local_port(scope: dict[str, Any]) -> int | None:
     own address); None for the lifespan, which has no connection."""
     server = scope.get("server")
     return server[1] if server else None
+
+
+def _tracing(settings: Settings) -> RequestTracing | None:
+    otel = make_tracing(settings, "llm-proxy")
+    if otel is None:
+        return None
+    from proxy.tracing import RequestTracing  # the optional extra, only when configured
+
+    return RequestTracing(otel)
 
 
 async def _prepare_schema(settings: Settings, store: SqlStore) -> None:

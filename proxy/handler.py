@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -30,6 +30,9 @@ from shared.config import Settings
 from shared.errors import LLMProxyError, Overloaded, Unavailable, error_body
 from shared.events import EventBus, RequestEvent
 
+if TYPE_CHECKING:  # OpenTelemetry is an optional extra: imported only when tracing is on
+    from proxy.tracing import RequestTracing
+
 log = logging.getLogger("llm_proxy.proxy")
 
 Scope = dict[str, Any]
@@ -46,6 +49,7 @@ class ProxyHandler:
         metrics: Metrics,
         limiter: Limiter,
         cache: HttpCache | None = None,
+        tracing: RequestTracing | None = None,
     ) -> None:
         self.settings = settings
         self.router = Router(settings.allowed_endpoints, settings.allowed_methods)
@@ -56,6 +60,7 @@ class ProxyHandler:
         self.metrics = metrics
         self.limiter = limiter
         self.cache = cache
+        self.tracing = tracing
         self.trusted = TrustedProxies.parse(settings.trusted_proxies)
         self.cors = (
             Cors(settings.cors_allowed_origins, settings.allowed_methods)
@@ -106,6 +111,9 @@ class ProxyHandler:
             extra.append((b"connection", b"close"))
 
         ex = Exchange(scope, receive, send, method, request_id, started, extra)
+        trace = None
+        if self.tracing is not None:
+            trace = ex.trace = self.tracing.begin(ex, arrived)
         admission = NO_LIMITS
         client_ip = scope_client_ip(scope, self.trusted)
         self.in_flight += 1
@@ -120,6 +128,8 @@ class ProxyHandler:
             ex.cred = cred = await self.auth.authenticate(
                 token_from_headers(authorization, api_key)
             )
+            if trace is not None:
+                trace.mark("auth")
             if self.reject_unrecorded and not self.bus.can_record():
                 raise Unavailable("Requests cannot be recorded right now; retry shortly.")
             # usage endpoints' bodies are read whole: include_usage must be set in them and the
@@ -131,6 +141,8 @@ class ProxyHandler:
                 self.max_body,
                 whole=bills_tokens(method, route.endpoint, route.rest),
             )
+            if trace is not None:
+                trace.mark("body")
             cache = self.cache
             plan = served = None
             if cache is not None and (isinstance(body, bytes) or body is None):
@@ -154,13 +166,19 @@ class ProxyHandler:
                 served, admission = await asyncio.gather(
                     cache.lookup(plan), self.limiter.admit(cred.limits, client_ip)
                 )
+                if trace is not None:
+                    trace.mark("cache+limits")
             else:
                 if plan is not None:
                     assert cache is not None
                     served = await cache.lookup(plan)
+                    if trace is not None:
+                        trace.mark("cache")
                 admission = await self.limiter.admit(
                     cred.limits, client_ip, cache_hit=served is not None
                 )
+                if trace is not None:
+                    trace.mark("limits")
             if admission.limit:
                 extra += [(k.lower().encode(), v.encode()) for k, v in admission.headers().items()]
             merge = None
@@ -205,7 +223,12 @@ class ProxyHandler:
             await admission.release()
             self.in_flight -= 1
             self.metrics.in_flight.dec()
-            self._finish(ex, arrived, client_ip)
+            if trace is None:
+                self._finish(ex, arrived, client_ip)
+            else:
+                trace.mark("answered")
+                self._finish(ex, arrived, client_ip)
+                trace.finish(ex)
 
     def _finish(self, ex: Exchange, arrived: float, client_ip: str) -> None:
         """Metrics and the request's event; never raises."""
@@ -256,6 +279,8 @@ class ProxyHandler:
             error=ex.error,
             client_ip=client_ip,
         )
+        if ex.trace is not None:
+            event.trace_id, event.span_id = ex.trace.trace_id, ex.trace.span_id
         try:
             self.bus.publish(event)
         except Exception:  # recording must never fail the request

@@ -64,6 +64,8 @@ class Relay:
                 headers.pop(name, None)
             for name_b, value_b in fill.conditional_headers:
                 headers[name_b.decode("latin-1")] = value_b.decode("latin-1")
+        if ex.trace is not None:
+            ex.trace.upstream(ex, headers)
         sent_at = time.perf_counter()
         try:
             response = await self.upstream.request(
@@ -97,6 +99,8 @@ class Relay:
         fill: Fill | None,
     ) -> None:
         headers_at = time.perf_counter()
+        if ex.trace is not None:
+            ex.trace.mark("head")
         ex.status = response.status
         content_type = response.header(b"content-type") or b""
         is_sse = content_type.startswith(b"text/event-stream")

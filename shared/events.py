@@ -45,6 +45,9 @@ class RequestEvent:
     #: where the token counts come from: '' the upstream's report, 'clamped' the upstream's
     #: report with absurd figures bounded, 'estimated' our estimate (the upstream never said)
     usage_source: str = ""
+    #: the request's OpenTelemetry trace and server span, in hex ('' with tracing off)
+    trace_id: str = ""
+    span_id: str = ""
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self)

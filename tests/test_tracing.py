@@ -1,0 +1,138 @@
+"""OpenTelemetry traces from a real proxy (gunicorn) to a real OTLP/HTTP receiver on loopback:
+one trace per request, continuing the client's traceparent, with its phases, GenAI attributes,
+the upstream told the same trace, the trace id on the request's event; no secret or body in any
+attribute."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.proxy_process import UNLIMITED, ProxyProcess, provision
+from tests.upstream_fake import FakeUpstream, events_of
+
+UPSTREAM_KEY = "sk-upstream-KEY-abcdef123456"
+PROMPT = "a prompt that must never become an attribute"
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    server = OtlpReceiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream().start()
+    yield upstream
+    upstream.stop()
+
+
+def children(spans: list[ReceivedSpan], parent: ReceivedSpan) -> dict[str, ReceivedSpan]:
+    return {s.name: s for s in spans if s.parent_span_id == parent.span_id}
+
+
+def test_a_request_is_one_trace_continuing_the_clients(
+    tmp_path: Path, receiver: OtlpReceiver, fake: FakeUpstream
+) -> None:
+    db = tmp_path / "proxy.db"
+    env = {
+        **UNLIMITED,
+        "DATABASE_URL": f"sqlite:///{db}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_SERVICE_NAME": "gateway-under-test",
+    }
+    creds = provision(env, tmp_path, fake.base_url, api_key=UPSTREAM_KEY)
+    proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
+    client_trace, client_span = secrets.token_hex(16), secrets.token_hex(8)
+    try:
+        reply = httpx.post(
+            f"{proxy.url}/v1/chat/completions",
+            headers={
+                "Authorization": f"Bearer {creds.token}",
+                "traceparent": f"00-{client_trace}-{client_span}-01",
+            },
+            json={"model": "gpt-fake", "messages": [{"role": "user", "content": PROMPT}]},
+            timeout=30,
+        )
+        assert reply.status_code == 200, reply.text
+        spans = receiver.wait_for(
+            lambda got: any(s.name == "POST /v1/chat/completions" for s in got)
+        )
+    finally:
+        proxy.stop()
+
+    (root,) = [s for s in spans if s.name == "POST /v1/chat/completions"]
+    assert root.service == "gateway-under-test"
+    assert root.trace_id == client_trace
+    assert root.parent_span_id == client_span
+    assert root.kind == 2  # SERVER
+    attrs = root.attributes
+    assert attrs["gen_ai.system"] == "openai"
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.request.model"] == "gpt-fake"
+    assert attrs["gen_ai.response.model"] == reply.json()["model"]
+    usage = reply.json()["usage"]
+    assert attrs["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
+    assert attrs["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
+    assert attrs["http.response.status_code"] == 200
+    assert attrs["llm_proxy.request_id"] == reply.headers["x-request-id"]
+    assert attrs["llm_proxy.cache_status"] in {"miss", "bypass"}
+
+    phases = children(spans, root)
+    assert {"auth", "read body", "limits", "upstream POST", "record"} <= set(phases)
+    upstream = phases["upstream POST"]
+    assert upstream.kind == 3  # CLIENT
+    under_upstream = children(spans, upstream)
+    assert set(under_upstream) == {"upstream response head", "streaming"}
+    assert "first byte to client" in under_upstream["streaming"].events
+    for span in spans:
+        assert span.trace_id == client_trace
+        assert root.start_ns <= span.start_ns <= span.end_ns <= root.end_ns, span.name
+    assert phases["auth"].end_ns <= phases["read body"].start_ns <= upstream.start_ns
+
+    # the upstream was told this trace, its parent being the upstream span
+    (seen,) = events_of(fake, "/v1/chat/completions")
+    assert seen.headers["traceparent"] == f"00-{client_trace}-{upstream.span_id}-01"
+
+    # no secret, no body, in any attribute
+    values = " ".join(str(v) for s in spans for v in s.attributes.values())
+    for secret in (creds.token, UPSTREAM_KEY, PROMPT):
+        assert secret not in values
+
+    # the request's event carries its trace
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT trace_id, span_id FROM request_events").fetchall()
+    assert rows == [(client_trace, root.span_id)]
+
+
+def test_without_an_endpoint_nothing_is_traced_or_propagated(
+    tmp_path: Path, receiver: OtlpReceiver, fake: FakeUpstream
+) -> None:
+    db = tmp_path / "proxy.db"
+    env = {**UNLIMITED, "DATABASE_URL": f"sqlite:///{db}"}
+    creds = provision(env, tmp_path, fake.base_url)
+    proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
+    try:
+        reply = httpx.get(
+            f"{proxy.url}/v1/models",
+            headers={
+                "Authorization": f"Bearer {creds.token}",
+                "traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01",
+            },
+        )
+        assert reply.status_code == 200
+    finally:
+        proxy.stop()
+    (seen,) = events_of(fake, "/v1/models")
+    assert "traceparent" not in seen.headers  # a client header we do not forward
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT trace_id FROM request_events").fetchall() == [("",)]
+    assert receiver.requests == 0
