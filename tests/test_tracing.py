@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from shared.crypto import new_key
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.proxy_process import UNLIMITED, ProxyProcess, provision
+from tests.proxy_process import UNLIMITED, DispatcherProcess, ProxyProcess, provision
+from tests.services import REDIS_HOST, REDIS_PORT, create_database, drop_database
+from tests.services import require as require_service
 from tests.upstream_fake import FakeUpstream, events_of
 
 UPSTREAM_KEY = "sk-upstream-KEY-abcdef123456"
@@ -136,3 +140,49 @@ def test_without_an_endpoint_nothing_is_traced_or_propagated(
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT trace_id FROM request_events").fetchall() == [("",)]
     assert receiver.requests == 0
+
+
+def test_the_dispatchers_batch_span_links_to_the_requests_it_writes(
+    tmp_path: Path, receiver: OtlpReceiver, fake: FakeUpstream
+) -> None:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    pg_url = create_database()
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        **UNLIMITED,
+        "DB_DRIVER": "postgres",
+        "DATABASE_URL": pg_url,
+        "ENCRYPTION_KEY": new_key(),
+        "REDIS_ADDR": f"{REDIS_HOST}:{REDIS_PORT}",
+        "LLM_PROXY_EVENT_BUS": "redis-streams",
+        "REDIS_STREAM_KEY": f"t{tag}-events",
+        "REDIS_CONSUMER_GROUP": f"t{tag}-dispatchers",
+        "EVENT_SPOOL_DIR": str(tmp_path / "spool"),
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.url + "/v1/traces",
+    }
+    proxy = dispatcher = None
+    try:
+        creds = provision(env, tmp_path, fake.base_url)
+        proxy = ProxyProcess(env=env, cwd=tmp_path, workers=2).start()
+        dispatcher = DispatcherProcess(env, tmp_path).start()
+        auth = {"Authorization": f"Bearer {creds.token}"}
+        for _ in range(3):
+            assert httpx.get(f"{proxy.url}/v1/models", headers=auth).status_code == 200
+        spans = receiver.wait_for(
+            lambda got: (
+                len([s for s in got if s.name == "GET /v1/models"]) == 3
+                and sum(len(s.links) for s in got if s.name == "write batch") >= 3
+            )
+        )
+    finally:
+        for process in (dispatcher, proxy):
+            if process is not None:
+                process.stop()
+        drop_database(pg_url)
+    requests = {(s.trace_id, s.span_id) for s in spans if s.name == "GET /v1/models"}
+    batches = [s for s in spans if s.name == "write batch"]
+    assert {s.service for s in batches} == {"llm-proxy-dispatcher"}
+    linked = {link for s in batches for link in s.links}
+    assert requests <= linked
+    assert sum(s.attributes["llm_proxy.batch.inserted"] for s in batches) == 3
