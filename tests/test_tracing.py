@@ -5,8 +5,11 @@ attribute."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +18,17 @@ import httpx
 import pytest
 
 from shared.crypto import new_key
+from tests.deploy_wiring import COMPOSE_DIR, nginx_for_loopback, require_tool
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.proxy_process import UNLIMITED, DispatcherProcess, ProxyProcess, provision
-from tests.services import REDIS_HOST, REDIS_PORT, create_database, drop_database
+from tests.proxy_process import UNLIMITED, DispatcherProcess, ProxyProcess, provision, terminate
+from tests.services import (
+    REDIS_HOST,
+    REDIS_PORT,
+    create_database,
+    drop_database,
+    free_port,
+    port_open,
+)
 from tests.services import require as require_service
 from tests.upstream_fake import FakeUpstream, events_of
 
@@ -43,8 +54,35 @@ def children(spans: list[ReceivedSpan], parent: ReceivedSpan) -> dict[str, Recei
     return {s.name: s for s in spans if s.parent_span_id == parent.span_id}
 
 
+@contextlib.contextmanager
+def nginx_in_front(proxy_port: int, root: Path) -> Iterator[str]:
+    """compose/nginx.conf, on loopback, in front of the proxy; its URL."""
+    nginx = require_tool("nginx")
+    prefix = root / "nginx"
+    prefix.mkdir()
+    port = free_port()
+    conf = (COMPOSE_DIR / "nginx.conf").read_text()
+    conf_path = prefix / "nginx.conf"
+    conf_path.write_text(nginx_for_loopback(conf, [f"127.0.0.1:{proxy_port}"], f"127.0.0.1:{port}"))
+    command = [nginx, "-p", f"{prefix}/", "-e", "stderr", "-c", str(conf_path)]
+    with open(root / "nginx.log", "ab") as log:
+        proc = subprocess.Popen(
+            [*command, "-g", "daemon off;"], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while not port_open("127.0.0.1", port):
+            assert proc.poll() is None, (root / "nginx.log").read_text()
+            assert time.monotonic() < deadline, "nginx did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        terminate(proc)
+
+
+@pytest.mark.parametrize("via", ["direct", "nginx"])
 def test_a_request_is_one_trace_continuing_the_clients(
-    tmp_path: Path, receiver: OtlpReceiver, fake: FakeUpstream
+    tmp_path: Path, receiver: OtlpReceiver, fake: FakeUpstream, via: str
 ) -> None:
     db = tmp_path / "proxy.db"
     env = {
@@ -56,16 +94,19 @@ def test_a_request_is_one_trace_continuing_the_clients(
     creds = provision(env, tmp_path, fake.base_url, api_key=UPSTREAM_KEY)
     proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
     client_trace, client_span = secrets.token_hex(16), secrets.token_hex(8)
+    front = nginx_in_front(proxy.port, tmp_path) if via == "nginx" else contextlib.nullcontext()
     try:
-        reply = httpx.post(
-            f"{proxy.url}/v1/chat/completions",
-            headers={
-                "Authorization": f"Bearer {creds.token}",
-                "traceparent": f"00-{client_trace}-{client_span}-01",
-            },
-            json={"model": "gpt-fake", "messages": [{"role": "user", "content": PROMPT}]},
-            timeout=30,
-        )
+        with front as nginx_url:
+            url = nginx_url or proxy.url
+            reply = httpx.post(
+                f"{url}/v1/chat/completions",
+                headers={
+                    "Authorization": f"Bearer {creds.token}",
+                    "traceparent": f"00-{client_trace}-{client_span}-01",
+                },
+                json={"model": "gpt-fake", "messages": [{"role": "user", "content": PROMPT}]},
+                timeout=30,
+            )
         assert reply.status_code == 200, reply.text
         spans = receiver.wait_for(
             lambda got: any(s.name == "POST /v1/chat/completions" for s in got)
