@@ -8,6 +8,7 @@ in the ``traceparent`` the upstream receives. Bodies, keys and tokens never beco
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ _OPERATIONS = {
     "/v1/embeddings": "embeddings",
 }
 _PROPAGATOR = TraceContextTextMapPropagator()
+log = logging.getLogger("llm_proxy.tracing")
 _MAX_MODEL_BODY = 1 << 20  # the request's model is read from bodies up to this size
 
 
@@ -93,9 +95,17 @@ class RequestTrace:
         self._upstream = (span, time.perf_counter())
 
     def finish(self, ex: Exchange) -> None:
-        """The phase spans, the attributes, the end of every span."""
+        """The phase spans, the attributes, the end of every span; never raises (a trace must
+        not fail the request it describes)."""
         if not self.root.is_recording():
             return
+        try:
+            self._finish(ex)
+        except Exception:
+            log.exception("finishing a request's trace failed")
+            self.root.end()
+
+    def _finish(self, ex: Exchange) -> None:
         tracer = self._tracer
         parent = trace.set_span_in_context(self.root)
         begin = ex.started
