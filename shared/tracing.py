@@ -37,6 +37,23 @@ def export_headers(text: str) -> dict[str, str]:
     return headers
 
 
+_MISSING = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is not installed: "
+    "pip install 'llm-proxy[otel]'"
+)
+
+
+def check_available(settings: Settings) -> None:
+    """Refuse at start, in one line, tracing that is configured but cannot run."""
+    if not traces_endpoint(settings):
+        return
+    try:
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError:
+        raise ConfigError(_MISSING) from None
+
+
 class OtelTracing:
     """A tracer exporting over OTLP/HTTP in batches from a background thread (so the request
     path never waits on the collector); ``shutdown`` flushes what is queued."""
@@ -48,10 +65,7 @@ class OtelTracing:
             from opentelemetry.sdk.trace import SpanLimits, TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
         except ImportError:
-            raise ConfigError(
-                "OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is not installed: "
-                "pip install 'llm-proxy[otel]'"
-            ) from None
+            raise ConfigError(_MISSING) from None
         resource = Resource({"service.name": settings.otel_service_name or service})
         self.provider: TracerProvider = TracerProvider(
             resource=resource,

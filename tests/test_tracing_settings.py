@@ -3,11 +3,16 @@ with one line naming the variable."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from opentelemetry.sdk.trace import sampling
 
 from shared.config import ConfigError, Settings
 from shared.tracing import export_headers, links_to, make_tracing, sampler, traces_endpoint
+from tests.proxy_process import BASE_ENV
 
 
 @pytest.mark.parametrize(
@@ -75,3 +80,16 @@ def test_links_skip_what_is_not_a_span_id() -> None:
     good = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
     links = links_to([good, ("", ""), ("zz", "b7ad6b7169203331"), ("0" * 32, "1" * 16)])
     assert [(f"{ln.context.trace_id:032x}", f"{ln.context.span_id:016x}") for ln in links] == [good]
+
+
+def test_tracing_configured_without_the_sdk_stops_the_server_in_one_line(tmp_path: Path) -> None:
+    hide_sdk = (
+        "import sys; sys.modules['opentelemetry.sdk.trace'] = None; "
+        "sys.argv = ['llm-proxy', 'server']; from admin.cli import main; main()"
+    )
+    env = {**BASE_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9/"}
+    done = subprocess.run(
+        [sys.executable, "-c", hide_sdk], env=env, cwd=tmp_path, capture_output=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "OpenTelemetry is not installed: pip install 'llm-proxy[otel]'" in done.stderr.decode()
