@@ -1,9 +1,10 @@
 """One OpenTelemetry trace per proxied request: a server span, its phases, the upstream call.
 
-The handler and the relay only mark moments (``if ex.trace is not None``: with tracing off that
-check is all a request pays). Phase spans are made from those marks when the request ends, with
-their real start and end times; only the upstream span is started live, because its id must be
-in the ``traceparent`` the upstream receives. Bodies, keys and tokens never become attributes.
+The phases are the request's phase marks (``Exchange.marks``, shared with the profiler): with
+tracing on the handler keeps them, and the phase spans are made from them when the request
+ends, with their real start and end times. Only the upstream span is started live, because its
+id must be in the ``traceparent`` the upstream receives. With tracing off the request pays an
+``is None`` check per hook. Bodies, keys and tokens never become attributes.
 """
 
 from __future__ import annotations
@@ -25,14 +26,21 @@ if TYPE_CHECKING:
 
     from proxy.exchange import Exchange
 
-# the phase spans each marked moment ends (see RequestTrace.mark); "head" (the upstream's
-# response head) and "answered" (the answer is out, recording begins) end no phase of their own
+# span names of the phases (proxy/profiling.py PHASES) under the server span ...
 _PHASES = {
-    "auth": ("auth",),
-    "body": ("read body",),
-    "cache": ("cache lookup",),
-    "limits": ("limits",),
-    "cache+limits": ("cache lookup", "limits"),  # run at once (one Redis round trip)
+    "route": "route",
+    "auth": "auth",
+    "body": "read body",
+    "cache": "cache lookup",
+    "limits": "limits",  # the cache lookup too, when both ran at once on Redis
+    "accept": "accepted record",
+    "record": "record",
+}
+# ... and under the upstream span
+_UPSTREAM_PHASES = {
+    "upstream_connect": "upstream connect",
+    "upstream_first_byte": "upstream first byte",
+    "stream": "streaming",
 }
 _OPERATIONS = {
     "/v1/chat/completions": "chat",
@@ -60,7 +68,7 @@ class RequestTracing:
 
 
 class RequestTrace:
-    __slots__ = ("_marks", "_offset_ns", "_tracer", "_upstream", "root", "span_id", "trace_id")
+    __slots__ = ("_offset_ns", "_tracer", "_upstream", "root", "span_id", "trace_id")
 
     def __init__(self, tracer: trace.Tracer, ex: Exchange, arrived: float) -> None:
         self._tracer = tracer
@@ -77,11 +85,7 @@ class RequestTrace:
         context = self.root.get_span_context()
         self.trace_id = trace.format_trace_id(context.trace_id) if context.is_valid else ""
         self.span_id = trace.format_span_id(context.span_id) if context.is_valid else ""
-        self._marks: list[tuple[str, float]] = []
         self._upstream: tuple[Span, float] | None = None
-
-    def mark(self, moment: str) -> None:
-        self._marks.append((moment, time.perf_counter()))
 
     def upstream(self, ex: Exchange, headers: dict[str, str]) -> None:
         """Start the upstream call's span and tell the upstream its traceparent."""
@@ -108,36 +112,34 @@ class RequestTrace:
     def _finish(self, ex: Exchange) -> None:
         tracer = self._tracer
         parent = trace.set_span_in_context(self.root)
+        upstream = self._upstream
+        inner = trace.set_span_in_context(upstream[0]) if upstream is not None else parent
         begin = ex.started
-        head_at = answered_at = 0.0
-        for moment, at in self._marks:
-            if moment == "head":
-                head_at = at
-            elif moment == "answered":
-                answered_at = at
+        upstream_end = 0.0
+        for phase, at in ex.marks or ():
+            name = _UPSTREAM_PHASES.get(phase)
+            if name is not None:
+                if upstream is not None:  # marks before the send (accept) end before it
+                    begin = max(begin, upstream[1])
+                span = self._span(tracer, name, inner, begin, at, end_it=False)
+                if phase == "stream":
+                    if ex.ttfb_ms:
+                        first = self._ns(ex.started + ex.ttfb_ms / 1000)
+                        span.add_event("first byte to client", timestamp=first)
+                    span.set_attribute("llm_proxy.response_bytes", ex.response_bytes)
+                span.end(end_time=self._ns(at))
+                upstream_end = at
             else:
-                for name in _PHASES[moment]:
-                    self._span(tracer, name, parent, begin, at)
-                begin = at
-        if self._upstream is not None:
-            span, sent_at = self._upstream
-            end = sent_at + ex.upstream_ms / 1000 if ex.upstream_ms else time.perf_counter()
-            inner = trace.set_span_in_context(span)
-            if head_at:
-                self._span(tracer, "upstream response head", inner, sent_at, head_at)
-                stream = self._span(tracer, "streaming", inner, head_at, end, end_it=False)
-                if ex.ttfb_ms:
-                    stream.add_event(
-                        "first byte to client",
-                        timestamp=self._ns(ex.started + ex.ttfb_ms / 1000),
-                    )
-                stream.set_attribute("llm_proxy.response_bytes", ex.response_bytes)
-                stream.end(end_time=self._ns(end))
+                self._span(tracer, _PHASES.get(phase, phase), parent, begin, at)
+            begin = at
+        now = time.perf_counter()
+        if not ex.marks or ex.marks[-1][0] != "record":  # the profiler marks it, if it is on
+            self._span(tracer, "record", parent, begin, now)
+        if upstream is not None:
+            span, _ = upstream
             if ex.status:
                 span.set_attribute("http.response.status_code", ex.status)
-            span.end(end_time=self._ns(end))
-        if answered_at:
-            self._span(tracer, "record", parent, answered_at, time.perf_counter())
+            span.end(end_time=self._ns(upstream_end or now))
         self._describe(ex)
         self.root.end()
 

@@ -132,12 +132,24 @@ def test_a_request_is_one_trace_continuing_the_clients(
     assert attrs["llm_proxy.cache_status"] in {"miss", "bypass"}
 
     phases = children(spans, root)
-    assert {"auth", "read body", "limits", "upstream POST", "record"} <= set(phases)
+    assert set(phases) >= {
+        "route",
+        "auth",
+        "read body",
+        "limits",
+        "accepted record",
+        "upstream POST",
+        "record",
+    }
     upstream = phases["upstream POST"]
     assert upstream.kind == 3  # CLIENT
     under_upstream = children(spans, upstream)
-    assert set(under_upstream) == {"upstream response head", "streaming"}
+    assert set(under_upstream) == {"upstream connect", "upstream first byte", "streaming"}
     assert "first byte to client" in under_upstream["streaming"].events
+    for span in under_upstream.values():
+        assert upstream.start_ns <= span.start_ns <= span.end_ns <= upstream.end_ns, span.name
+    order = [under_upstream[n] for n in ("upstream connect", "upstream first byte", "streaming")]
+    assert [s.start_ns for s in order] == sorted(s.start_ns for s in order)
     for span in spans:
         assert span.trace_id == client_trace
         assert root.start_ns <= span.start_ns <= span.end_ns <= root.end_ns, span.name
