@@ -26,7 +26,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -38,6 +38,9 @@ from dispatcher.options import Options
 from dispatcher.sinks import Jobs
 from dispatcher.writer import BatchWriter, Outcome
 from shared.store import SqlStore
+
+if TYPE_CHECKING:
+    from dispatcher.tracing import BatchTracing
 
 log = logging.getLogger("llm_proxy.dispatcher")
 
@@ -102,12 +105,14 @@ class Dispatcher:
         metrics: DispatcherMetrics | None = None,
         jobs: Jobs | None = None,
         retention_days: int = 0,
+        tracing: BatchTracing | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
         self.options = options
         self.metrics = metrics or DispatcherMetrics()
         self.jobs = jobs if jobs is not None and jobs.sinks() else None
+        self.tracing = tracing
         self.upkeep = Upkeep(
             redis,
             options,
@@ -329,6 +334,8 @@ class Dispatcher:
             return True
         assert isinstance(outcome, Outcome)
         self._record(outcome, len(batch), time.monotonic() - started)
+        if self.tracing is not None:
+            self.tracing.batch(batch, outcome, time.monotonic() - started)
         if self.jobs is not None and outcome.export:
             jobs, events = self.jobs, outcome.export
             sent = await self._retrying(

@@ -36,6 +36,8 @@ _TEXT_FIELDS = (
     "error",
     "client_ip",
     "usage_source",
+    "trace_id",
+    "span_id",
 )
 _MAX_TS = 2.0**33  # the year 2242: later is a unit mistake, and beyond Postgres's range soon
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -19,8 +19,21 @@ from dispatcher.sinks import Jobs, make_broker
 from shared.config import Settings
 from shared.redis import make_redis
 from shared.store import SqlStore, make_store
+from shared.tracing import make_tracing
+
+if TYPE_CHECKING:
+    from dispatcher.tracing import BatchTracing
 
 log = logging.getLogger("llm_proxy.dispatcher")
+
+
+def _tracing(settings: Settings) -> BatchTracing | None:
+    otel = make_tracing(settings, "llm-proxy-dispatcher")
+    if otel is None:
+        return None
+    from dispatcher.tracing import BatchTracing  # the optional extra, only when configured
+
+    return BatchTracing(otel)
 
 
 async def run_dispatcher(settings: Settings, options: Options) -> None:
@@ -46,6 +59,7 @@ async def run_dispatcher(settings: Settings, options: Options) -> None:
     )
     jobs = Jobs(make_broker(settings), settings) if wants_jobs else None
     metrics = DispatcherMetrics()
+    tracing = _tracing(settings)
     dispatcher = Dispatcher(
         redis,
         store,
@@ -53,6 +67,7 @@ async def run_dispatcher(settings: Settings, options: Options) -> None:
         metrics=metrics,
         jobs=jobs,
         retention_days=settings.request_event_retention_days,
+        tracing=tracing,
     )
     health = None
     if settings.dispatcher_http_addr != "off":
@@ -99,6 +114,8 @@ async def run_dispatcher(settings: Settings, options: Options) -> None:
             loop.remove_signal_handler(sig)
         if health is not None:
             await health.close()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # export the spans still queued
         await redis.aclose()
         await store.close()
         if jobs is not None:

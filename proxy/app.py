@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
@@ -40,6 +40,10 @@ from shared.logging import setup_logging
 from shared.redis import make_redis, uses_redis
 from shared.redis import reachable as redis_reachable
 from shared.store import SqlStore, make_store
+from shared.tracing import make_tracing
+
+if TYPE_CHECKING:
+    from proxy.tracing import RequestTracing
 
 log = logging.getLogger("llm_proxy.app")
 
@@ -161,6 +165,7 @@ class ProxyApp:
             notifier=Notifier(store, redis, channel=invalidation_channel(settings)),
             redis=redis,
         )
+        tracing = _tracing(settings)
         profiler = None
         if settings.profiling_enabled:
             profiler = Profiler(
@@ -175,6 +180,7 @@ class ProxyApp:
             metrics=self.metrics,
             limiter=limiter,
             cache=http_cache,
+            tracing=tracing,
             profiler=profiler,
         )
         self.manage_app = create_management_app(
@@ -222,6 +228,8 @@ class ProxyApp:
                 await profiler.close()
             bus_metrics.cancel()
             await bus.close()  # flush events of every request served
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)  # export the spans still queued
             await upstream.close()
             await limiter.close()
             if http_cache is not None:
@@ -282,6 +290,15 @@ def _local_port(scope: dict[str, Any]) -> int | None:
     own address); None for the lifespan, which has no connection."""
     server = scope.get("server")
     return server[1] if server else None
+
+
+def _tracing(settings: Settings) -> RequestTracing | None:
+    otel = make_tracing(settings, "llm-proxy")
+    if otel is None:
+        return None
+    from proxy.tracing import RequestTracing  # the optional extra, only when configured
+
+    return RequestTracing(otel)
 
 
 async def _prepare_schema(settings: Settings, store: SqlStore) -> None:

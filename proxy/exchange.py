@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.auth import Credential
 from proxy.body import StreamedBody
 from proxy.routing import Route
 from proxy.usage import Usage
+
+if TYPE_CHECKING:  # OpenTelemetry is an optional extra: imported only when tracing is on
+    from proxy.tracing import RequestTrace
 
 Header = tuple[bytes, bytes]
 
@@ -40,3 +43,4 @@ class Exchange:
     response_started: bool = field(default=False)
     event_id: str = ""  # set when the accepted record is published; the final reuses it
     marks: list[tuple[str, float]] | None = None  # phase ends, with PROFILING_ENABLED
+    trace: RequestTrace | None = None  # only with tracing on (proxy/tracing.py)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -31,6 +31,9 @@ from shared.config import Settings
 from shared.errors import LLMProxyError, Overloaded, Unavailable, error_body
 from shared.events import ACCEPTED, EventBus, RequestEvent
 
+if TYPE_CHECKING:  # OpenTelemetry is an optional extra: imported only when tracing is on
+    from proxy.tracing import RequestTracing
+
 log = logging.getLogger("llm_proxy.proxy")
 
 Scope = dict[str, Any]
@@ -48,6 +51,7 @@ class ProxyHandler:
         limiter: Limiter,
         cache: HttpCache | None = None,
         profiler: Profiler | None = None,
+        tracing: RequestTracing | None = None,
     ) -> None:
         self.settings = settings
         self.profiler = profiler
@@ -59,6 +63,9 @@ class ProxyHandler:
         self.metrics = metrics
         self.limiter = limiter
         self.cache = cache
+        self.tracing = tracing
+        # phase marks feed the profiler and the trace alike
+        self.marking = profiler is not None or tracing is not None
         self.trusted = TrustedProxies.parse(settings.trusted_proxies)
         self.cors = (
             Cors(settings.cors_allowed_origins, settings.allowed_methods)
@@ -111,7 +118,9 @@ class ProxyHandler:
             extra.append((b"connection", b"close"))
 
         ex = Exchange(scope, receive, send, method, request_id, started, extra)
-        marks = ex.marks = [] if self.profiler is not None else None
+        marks = ex.marks = [] if self.marking else None
+        if self.tracing is not None:
+            ex.trace = self.tracing.begin(ex, arrived)
         admission = NO_LIMITS
         client_ip = scope_client_ip(scope, self.trusted)
         self.in_flight += 1
@@ -228,6 +237,8 @@ class ProxyHandler:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
             self._finish(ex, arrived, client_ip)
+            if ex.trace is not None:
+                ex.trace.finish(ex)
 
     async def _accept(self, ex: Exchange, arrived: float, client_ip: str) -> None:
         """The request's accepted record, in the bus's destination or its spool before the
@@ -274,6 +285,8 @@ class ProxyHandler:
         if cred is None:
             return
         usage = ex.usage or _NO_USAGE
+        if usage.total_tokens:
+            metrics.count_tokens(usage.prompt_tokens, usage.completion_tokens)
         event = RequestEvent(
             event_id=ex.event_id or new_id(),
             request_id=ex.request_id,
@@ -298,6 +311,8 @@ class ProxyHandler:
             error=ex.error,
             client_ip=client_ip,
         )
+        if ex.trace is not None:
+            event.trace_id, event.span_id = ex.trace.trace_id, ex.trace.span_id
         try:
             self.bus.publish(event)
         except Exception:  # recording must never fail the request

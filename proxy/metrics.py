@@ -212,6 +212,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.tokens = Counter(
+            "llm_proxy_tokens",
+            "Tokens of forwarded answers (reported by the upstream, or estimated), by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self._prompt_tokens = self.tokens.labels("prompt")
+        self._completion_tokens = self.tokens.labels("completion")
         self.client_disconnects = Counter(
             "llm_proxy_client_disconnects",
             "Responses cut short because the client went away.",
@@ -252,6 +260,10 @@ class Metrics:
                 self.cache_bytes.set(backend.nbytes)
         else:
             self.cache_bypasses.labels(backend.name).inc()
+
+    def count_tokens(self, prompt: int, completion: int) -> None:
+        self._prompt_tokens.inc(prompt)
+        self._completion_tokens.inc(completion)
 
     def observe(
         self,

@@ -64,6 +64,8 @@ class Relay:
                 headers.pop(name, None)
             for name_b, value_b in fill.conditional_headers:
                 headers[name_b.decode("latin-1")] = value_b.decode("latin-1")
+        if ex.trace is not None:
+            ex.trace.upstream(ex, headers)
         sent_at = time.perf_counter()
         watch = _Watch()
         watcher = asyncio.create_task(_watch_disconnect(ex.receive, watch, body))

@@ -112,6 +112,16 @@ def _size(text: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
+def _ratio(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("a number from 0 to 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("a number from 0 to 1")
+    return value
+
+
 def _size_at_least(minimum: int) -> Parser:
     def parse(text: str) -> int:
         value = _size(text)
@@ -1068,6 +1078,56 @@ class Settings:
     )
 
     # --- logging ---
+    # --- tracing (OpenTelemetry's own variable names; docs/operations.md "Tracing") ---
+    otel_exporter_otlp_endpoint: str = var(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "",
+        "OTLP/HTTP collector base URL (`/v1/traces` is appended), e.g. `http://otel:4318`. "
+        "Setting this or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT turns tracing on (needs the `otel` "
+        "extra: `pip install llm-proxy[otel]`). Empty: no traces, and no cost.",
+        _webhook_url,
+    )
+    otel_exporter_otlp_traces_endpoint: str = var(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "",
+        "Full OTLP/HTTP URL for spans (used as given); wins over OTEL_EXPORTER_OTLP_ENDPOINT.",
+        _webhook_url,
+    )
+    otel_exporter_otlp_headers: Secret = var(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        Secret(""),
+        "Headers sent with every export, `key=value` pairs separated by commas (e.g. a "
+        "collector's API key).",
+        _secret,
+        shown="(none)",
+    )
+    otel_service_name: str = var(
+        "OTEL_SERVICE_NAME",
+        "",
+        "`service.name` of the spans. Empty: `llm-proxy` for the proxy, `llm-proxy-dispatcher` "
+        "for the dispatcher.",
+        _str,
+    )
+    otel_traces_sampler: str = var(
+        "OTEL_TRACES_SAMPLER",
+        "parentbased_always_on",
+        "`always_on`, `always_off`, `traceidratio`, or `parentbased_` before any of them "
+        "(follow the client's `traceparent` sampled flag, else the named sampler).",
+        _choice(
+            "always_on",
+            "always_off",
+            "traceidratio",
+            "parentbased_always_on",
+            "parentbased_always_off",
+            "parentbased_traceidratio",
+        ),
+    )
+    otel_traces_sampler_arg: float = var(
+        "OTEL_TRACES_SAMPLER_ARG",
+        1.0,
+        "The ratio (0 to 1) of traces kept by the `traceidratio` samplers.",
+        _ratio,
+    )
     log_level: str = var("LOG_LEVEL", "info", "`debug`, `info`, `warning` or `error`.", _log_level)
     log_format: str = var(
         "LOG_FORMAT", "json", "`json` (one object per line) or `text`.", _choice("json", "text")

@@ -53,6 +53,9 @@ class RequestEvent:
     #: report with absurd figures bounded, 'estimated' our estimate (the upstream never said)
     usage_source: str = ""
     phase: str = FINAL
+    #: the request's OpenTelemetry trace and server span, in hex ('' with tracing off)
+    trace_id: str = ""
+    span_id: str = ""
 
     def to_bytes(self) -> bytes:
         if self.phase == ACCEPTED:  # no usage or timings yet: the defaults need not travel

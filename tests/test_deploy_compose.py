@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from proxy.server import ProxyServer
 from shared.config import Secret, Settings, declared_fields, parse_duration
 from tests.deploy_wiring import (
+    CHART_DIR,
     COMPOSE_DIR,
     ROOT,
     app_paths,
@@ -85,6 +87,18 @@ def test_prometheus_is_an_optional_profile_scraping_proxies_and_dispatchers(
     dispatcher_port = int(addr.rsplit(":", 1)[1])
     assert targets["dispatcher"] == (dispatcher_port, "/metrics")
     assert str(dispatcher_port) in services["dispatcher"]["expose"]
+
+
+def test_compose_prometheus_loads_the_alert_rules_the_chart_ships(tmp_path: Path) -> None:
+    prometheus = compose_model(example_env(tmp_path), "monitoring")["services"]["prometheus"]
+    mounts = {v["target"]: Path(v["source"]) for v in prometheus["volumes"] if "source" in v}
+    config = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    loaded = [
+        source
+        for target, source in mounts.items()
+        if any(fnmatch.fnmatch(target, pattern) for pattern in config["rule_files"])
+    ]
+    assert loaded == [CHART_DIR / "files" / "llm-proxy-rules.yaml"]
 
 
 def test_migrations_run_once_before_every_llm_proxy_process(

@@ -4,7 +4,10 @@ against the Kubernetes JSON schemas (kubernetes-validate, offline), and the wiri
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -18,6 +21,7 @@ from tests.deploy_wiring import (
     app_paths,
     known_settings,
     management_prefixes,
+    require_tool,
     served_prefixes,
     unknown_variables,
 )
@@ -76,7 +80,16 @@ EVERYTHING = {
     },
     "dispatcher": {"replicaCount": 3, "batchSize": 500, "buffer": 5000, "metricsPort": 9200},
     "worker": {"replicaCount": 2, "extraArgs": ["--threads=4"]},
-    "metrics": {"path": "/prom", "serviceMonitor": {"enabled": True, "labels": {"release": "kp"}}},
+    "metrics": {
+        "path": "/prom",
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kp"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "kp"}},
+        "dashboard": {
+            "enabled": True,
+            "namespace": "monitoring",
+            "annotations": {"grafana_folder": "LLM"},
+        },
+    },
     "networkPolicy": {
         "proxyFrom": [
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
@@ -94,7 +107,10 @@ MINIMAL = {**SECRETS, "dispatcher": {"enabled": False}, "worker": {"enabled": Fa
 
 SCENARIOS = {"defaults": SECRETS, "everything": EVERYTHING, "minimal": MINIMAL}
 KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 
 
 def render(values: dict[str, Any], *, upgrade: bool = False) -> list[dict[str, Any]]:
@@ -173,7 +189,9 @@ def test_every_manifest_is_valid_for_kubernetes(
     _, docs = scenario
     for doc in docs:
         if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
-            continue  # no schema offline: see test_service_monitors_select_the_metrics_ports
+            # no schema offline: see test_service_monitors_select_the_metrics_ports and
+            # test_alert_rules_and_the_dashboard_ship_when_asked
+            continue
         for version in KUBE_VERSIONS:
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
@@ -208,8 +226,16 @@ def test_every_variable_is_a_setting_of_llm_proxy(
 ) -> None:
     _, docs = scenario
     names: set[str] = set()
+    env_maps = {
+        source["configMapRef"]["name"]
+        for _, pod in workloads(docs)
+        for container in pod["containers"]
+        for source in container.get("envFrom", [])
+        if "configMapRef" in source
+    }
+    assert env_maps
     for doc in docs:
-        if doc["kind"] == "ConfigMap":
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] in env_maps:
             names |= set(doc.get("data") or {})
         if doc["kind"] == "Secret":
             names |= set(doc.get("stringData") or {})
@@ -373,6 +399,31 @@ def test_service_monitors_select_the_metrics_ports() -> None:
     proxy_monitor = find(docs, "ServiceMonitor", "-proxy")
     assert proxy_monitor["spec"]["endpoints"][0]["path"] == "/prom"
     assert not [d for d in render(SECRETS) if d["kind"] == "ServiceMonitor"]
+
+
+def test_alert_rules_and_the_dashboard_ship_when_asked(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    docs = render(EVERYTHING)
+    rule = find(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kp"
+    shipped = yaml.safe_load((CHART_DIR / "files" / "llm-proxy-rules.yaml").read_text())
+    assert rule["spec"] == shipped
+    # what the operator gets is a rule file Prometheus loads
+    rendered = tmp_path / "rules.yaml"
+    rendered.write_text(yaml.safe_dump(rule["spec"]))
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(rendered)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    board = find(docs, "ConfigMap", "-dashboard")
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert board["metadata"]["namespace"] == "monitoring"
+    assert board["metadata"]["annotations"] == {"grafana_folder": "LLM"}
+    shipped_board = json.loads((CHART_DIR / "files" / "llm-proxy-dashboard.json").read_text())
+    assert json.loads(board["data"]["llm-proxy.json"]) == shipped_board
+    defaults = render(SECRETS)
+    assert not [d for d in defaults if d["kind"] == "PrometheusRule"]
+    assert not [d for d in defaults if d["metadata"]["name"].endswith("-dashboard")]
 
 
 def test_the_migration_job_runs_llm_proxy_migrate_before_install_and_upgrade(

@@ -16,6 +16,7 @@ from shared.config import explain
 from shared.crypto import load_keyring
 from shared.errors import LLMProxyError
 from shared.logging import setup_logging
+from shared.tracing import check_available as check_tracing
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -37,6 +38,7 @@ def server(
         settings = settings.replace(port=port)
     try:
         load_keyring(settings)  # refuse now, in one line, rather than in every worker
+        check_tracing(settings)
     except LLMProxyError as exc:
         fail(exc.message)
     if reload:

@@ -41,7 +41,7 @@ TOKEN_COLUMNS = (
 EVENT_COLUMNS = (
     "event_id, request_id, ts, project_id, token_id, method, path, status, model, duration_ms, "
     "upstream_ms, ttfb_ms, request_bytes, response_bytes, prompt_tokens, completion_tokens, "
-    "total_tokens, cache_status, stream, error, client_ip, usage_source, phase"
+    "total_tokens, cache_status, stream, error, client_ip, usage_source, phase, trace_id, span_id"
 )
 DEAD_LETTER_COLUMNS = (
     "id, stream_key, entry_id, event_id, reason, error, deliveries, consumer, payload, "
@@ -115,6 +115,8 @@ def event_params(event: RequestEvent) -> tuple[Any, ...]:
         event.client_ip,
         event.usage_source,
         event.phase,
+        event.trace_id,
+        event.span_id,
     )
 
 

@@ -1,0 +1,4 @@
+-- The OpenTelemetry trace of each request (docs/operations.md "Tracing"). Empty when tracing is off.
+ALTER TABLE request_events ADD COLUMN trace_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE request_events ADD COLUMN span_id TEXT NOT NULL DEFAULT '';
+CREATE INDEX request_events_trace_id ON request_events (trace_id) WHERE trace_id <> '';
