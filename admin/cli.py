@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from admin.commands import audit, cache, events, keys, pipeline, projects, server, tokens
+from admin.declared import add_commands
 from admin.options import JsonOpt
 from admin.output import emit
 from admin.remote import RemoteTarget
@@ -25,12 +26,17 @@ manage = typer.Typer(
     "on the database this process is configured for, or on a remote deployment with --api-url.",
     no_args_is_help=True,
 )
-manage.add_typer(projects.app, name="project")
-manage.add_typer(tokens.app, name="token")
-manage.add_typer(keys.app, name="keys")
-manage.add_typer(audit.app, name="audit")
-manage.add_typer(cache.app, name="cache")
-manage.add_typer(events.app, name="events")
+GROUPS = {
+    "project": projects.app,
+    "token": tokens.app,
+    "keys": keys.app,
+    "audit": audit.app,
+    "cache": cache.app,
+    "events": events.app,
+}
+add_commands(GROUPS, {**projects.SHOWN, **tokens.SHOWN, **audit.SHOWN, **cache.SHOWN})
+for group, sub in GROUPS.items():
+    manage.add_typer(sub, name=group)
 app.add_typer(manage, name="manage")
 app.command("dispatcher")(pipeline.dispatcher)
 app.command("worker")(pipeline.worker)

@@ -20,7 +20,7 @@ from shared.crypto import load_keyring
 from shared.errors import LLMProxyError, Unavailable
 from shared.invalidation import Notifier
 from shared.logging import redact, setup_logging
-from shared.manage import CachePurger, Management
+from shared.management import CachePurger, Management
 from shared.redis import make_redis, uses_redis
 from shared.store import SqlStore, make_store
 
@@ -99,18 +99,21 @@ def run(
     as_json: bool,
     columns: Sequence[str] | None = None,
     render: Render | None = None,
+    result: Callable[[Any], Any] | None = None,
 ) -> None:
     """Run ``action`` here, or on the deployment ``llm-proxy manage --api-url`` names, and print
-    its result (with ``render`` if given); exit 1 with one line on any error."""
+    its result (picked by ``result``, printed by ``render`` if given); exit 1 with one line on
+    any error."""
     target = chosen_target(ctx)
     if target is not None:
-        result = guarded(lambda settings: _run_remote(target, action))
+        outcome = guarded(lambda settings: _run_remote(target, action))
     else:
-        result = guarded(lambda settings: _run_local(settings, action))
+        outcome = guarded(lambda settings: _run_local(settings, action))
+    shown = result(outcome) if result is not None else outcome
     if render is not None:
-        render(result, as_json)
+        render(shown, as_json)
     else:
-        emit(result, as_json=as_json, columns=columns)
+        emit(shown, as_json=as_json, columns=columns)
 
 
 def guarded_settings() -> Settings:

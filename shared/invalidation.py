@@ -45,7 +45,7 @@ def parse_purge_target(target: str) -> tuple[str | None, str | None]:
 
 
 class Notifier:
-    """The ``ChangeNotifier`` of shared.manage: writes the change log, publishes on Redis."""
+    """The ``ChangeNotifier`` of shared.management: writes the change log, publishes on Redis."""
 
     def __init__(self, store: SqlStore, redis: aioredis.Redis | None = None) -> None:
         self.store = store

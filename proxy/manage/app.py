@@ -14,10 +14,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from proxy.limits.clientip import TrustedProxies
-from proxy.manage.fields import parse_body, parse_query
+from proxy.manage.fields import parse_inputs
 from proxy.manage.guard import REQUEST_ID_KEY, ManagementGuard, client_ip, error_response
 from proxy.manage.openapi import OPENAPI_PATH, openapi_document
-from proxy.manage.routes import ENDPOINTS, Call, Endpoint
+from proxy.manage.routes import ENDPOINTS, Endpoint
 from shared.config import Settings
 from shared.crypto import Keyring
 from shared.errors import (
@@ -28,7 +28,7 @@ from shared.errors import (
     UserError,
 )
 from shared.logging import redact
-from shared.manage import CachePurger, ChangeNotifier, Management
+from shared.management import CachePurger, ChangeNotifier, Management
 from shared.store import SqlStore
 
 log = logging.getLogger("llm_proxy.manage")
@@ -62,7 +62,7 @@ def create_management_app(
         )
 
     routes = [
-        Route(ep.path, _endpoint(ep, management), methods=[ep.method], name=ep.operation)
+        Route(ep.path, _endpoint(ep, management), methods=[ep.method], name=ep.operation_id)
         for ep in ENDPOINTS
     ]
     schema = openapi_document(_version())
@@ -91,17 +91,17 @@ def _endpoint(
     ep: Endpoint, management: Callable[[Request], Management]
 ) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
-        body = parse_body(await _read_body(request), ep.body) if ep.body is not None else {}
-        call = Call(request.path_params, body, parse_query(request.query_params, ep.query))
+        raw = await _read_body(request) if ep.takes_body else b""
+        inputs = parse_inputs(ep, request.path_params, request.query_params, raw)
         try:
-            result = await ep.handler(management(request), call)
+            result = await management(request).call(ep, inputs)
         except LLMProxyError:
             raise
         except Exception as exc:
             # One masked line, then the generic 500 envelope: driver messages can quote input.
             log.error(
                 "management %s failed: %s: %s",
-                ep.operation,
+                ep.operation_id,
                 type(exc).__name__,
                 redact(str(exc)).splitlines()[0] if str(exc) else "",
                 extra={"request_id": request.scope.get(REQUEST_ID_KEY, "")},

@@ -1,4 +1,4 @@
-"""JSON Schemas of the management API's replies: the views of shared.manage, described once."""
+"""JSON Schemas of the management API's replies: the views of shared.management, described once."""
 
 from __future__ import annotations
 
@@ -122,6 +122,13 @@ SCHEMAS: dict[str, Schema] = {
         "A new token. `token` is the secret, shown in full only in this reply.",
         **_TOKEN_FIELDS,
         token=_STR,
+    ),
+    "RotatedToken": _object(
+        "The new token (`token`, shown in full only in this reply) and the id of the one it "
+        "replaces, which keeps working until the grace period ends.",
+        **_TOKEN_FIELDS,
+        token=_STR,
+        replaces=_STR,
     ),
     "RevokedToken": _object(
         "The token after revocation.",
