@@ -34,7 +34,9 @@ GROUPS = {
     "cache": cache.app,
     "events": events.app,
 }
-add_commands(GROUPS, {**projects.SHOWN, **tokens.SHOWN, **audit.SHOWN, **cache.SHOWN})
+add_commands(
+    GROUPS, {**projects.SHOWN, **tokens.SHOWN, **audit.SHOWN, **cache.SHOWN, **events.SHOWN}
+)
 for group, sub in GROUPS.items():
     manage.add_typer(sub, name=group)
 app.add_typer(manage, name="manage")

@@ -11,31 +11,31 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 
 import typer
 
+from admin.options import JsonOpt
 from admin.output import confirm_or_refuse, emit_usage, fail, read_secret
 from admin.runner import Render, run
+from shared.errors import LLMProxyError
 from shared.management import OPERATIONS, Field, Operation
 
 _TYPES: dict[str, type] = {
     "string": str,
     "integer": int,
     "boolean": bool,
-    "date-time": datetime,
+    "date-time": str,  # read by the field's own parser: an ISO time or a span back (1h)
     "duration": str,
 }
-_DATETIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S"]
 
 
 def _parameter(f: Field) -> inspect.Parameter:
     kind = _TYPES[f.kind]
     annotation: Any = kind if f.required or f.default is not None else kind | None
-    extra: dict[str, Any] = {"formats": _DATETIME_FORMATS} if f.kind == "date-time" else {}
     if f.argument:
-        info: Any = typer.Argument(help=f.doc, show_default=False, **extra)
+        info: Any = typer.Argument(help=f.doc, show_default=False)
     else:
         info = typer.Option(
             f.option,
@@ -43,7 +43,6 @@ def _parameter(f: Field) -> inspect.Parameter:
             envvar=f.envvar,
             show_envvar=f.envvar is not None,
             show_default=not f.secret and f.default not in (None, False),
-            **extra,
         )
     default = inspect.Parameter.empty if f.required else f.default
     return inspect.Parameter(
@@ -66,12 +65,7 @@ def _stdin_parameter(f: Field) -> inspect.Parameter:
 
 
 _JSON = inspect.Parameter(
-    "as_json",
-    inspect.Parameter.KEYWORD_ONLY,
-    default=False,
-    annotation=Annotated[
-        bool, typer.Option("--json", help="Print one JSON document and nothing else.")
-    ],
+    "as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOpt
 )
 _YES = inspect.Parameter(
     "yes",
@@ -88,6 +82,9 @@ class Shown:
     columns: Sequence[str] | None = None
     render: Render | None = None
     result: Callable[[Any], Any] | None = None  # the part of the reply to print
+    #: options of the command alone, and what it does instead of one call (``events tail -f``)
+    extra: tuple[inspect.Parameter, ...] = ()
+    perform: Callable[[typer.Context, Any, bool, dict[str, Any]], None] | None = None
 
 
 def add_commands(groups: dict[str, typer.Typer], shown: dict[str, Shown]) -> None:
@@ -107,7 +104,7 @@ def command(app: typer.Typer, name: str, op: Operation[Any], shown: Shown) -> No
     params += [_parameter(f) for f in fields]
     params += [_stdin_parameter(f) for f in fields if f.secret]
     params += [_YES] if op.destructive else []
-    params.append(_JSON)
+    params += [*shown.extra, _JSON]
 
     def callback(ctx: typer.Context, **given: Any) -> None:
         as_json = bool(given.pop("as_json"))
@@ -123,7 +120,14 @@ def command(app: typer.Typer, name: str, op: Operation[Any], shown: Shown) -> No
         if op.destructive:
             what = " ".join(str(given[f.name]) for f in fields if f.argument)
             confirm_or_refuse(given.pop("yes"), f"{op.summary.rstrip('.')}: {what}?")
+        extras = {p.name: given.pop(p.name) for p in shown.extra}
+        for f in fields:
+            if f.kind == "date-time" and given.get(f.name) is not None:
+                given[f.name] = guard(partial(f.parse_text, given[f.name]))
         inputs = op.inputs(**given)
+        if shown.perform is not None:
+            shown.perform(ctx, inputs, as_json, extras)
+            return
         run(
             ctx,
             lambda m: m.call(op, inputs),
@@ -148,3 +152,11 @@ def page_data(page: Any) -> Any:
 def usage_table(owner: str, fields: Sequence[str]) -> Render:
     """Print a usage reply: the owner's totals (``fields`` of them), then its events."""
     return lambda result, as_json: emit_usage(result, as_json, owner, fields)
+
+
+def guard(parse: Callable[[], Any]) -> Any:
+    """A value parsed before any I/O, or its error as the usual one line."""
+    try:
+        return parse()
+    except LLMProxyError as exc:
+        fail(exc.message)

@@ -70,6 +70,9 @@ async def _run_local(settings: Settings, action: Action) -> Any:
             count_cache_hits=settings.quota_count_cache_hits,
             cache=shared_cache(settings, redis),
             cache_backend=settings.http_cache_backend,
+            event_bus=settings.event_bus,
+            redis=redis,
+            stream_key=settings.redis_stream_key,
         )
         return await action(management)
     finally:

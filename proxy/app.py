@@ -148,7 +148,12 @@ class ProxyApp:
             cache=http_cache,
         )
         self.manage_app = create_management_app(
-            settings, store, keyring, self.resources.notifier, cache=_shared_cache(http_cache)
+            settings,
+            store,
+            keyring,
+            self.resources.notifier,
+            cache=_shared_cache(http_cache),
+            redis=redis,
         )
         if settings.pool_warm:
             await _warm(store, upstream)

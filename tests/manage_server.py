@@ -17,6 +17,7 @@ from starlette.routing import Mount
 from proxy.manage import create_management_app
 from shared.config import Settings
 from shared.crypto import load_keyring
+from shared.redis import make_redis, uses_redis
 from shared.store import make_store
 
 
@@ -43,14 +44,18 @@ def host_app(settings: Settings, notifier: RecordingNotifier) -> Starlette:
     store = make_store(settings)
     keyring = load_keyring(settings)
 
+    redis = make_redis(settings) if uses_redis(settings) else None
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open()
         await store.migrate()
         yield
         await store.close()
+        if redis is not None:
+            await redis.aclose()
 
-    management = create_management_app(settings, store, keyring, notifier)
+    management = create_management_app(settings, store, keyring, notifier, redis=redis)
     return Starlette(routes=[Mount("/manage", app=management)], lifespan=lifespan)
 
 

@@ -14,7 +14,10 @@ from dispatcher.entries import Entry
 from shared.config import Settings
 from shared.store import make_store
 from shared.streams import EVENT_FIELD
+from tests.manage_server import ManagementServer
 from tests.pipeline_kit import Owners, seed
+from tests.test_cli import NO_DATABASE
+from tests.test_cli import cli_env as cli_env  # the local/remote fixture
 
 
 def cli(env: dict[str, str], *args: str) -> Any:
@@ -59,8 +62,9 @@ def prepare(env: dict[str, str], events: int) -> Owners:
     return asyncio.run(go())
 
 
-def test_stats_tail_and_dead_letters(db_env: dict[str, str]) -> None:
+def test_stats_tail_and_dead_letters(db_env: dict[str, str], cli_env: dict[str, str]) -> None:
     owners = prepare(db_env, 12)
+    db_env = cli_env  # the same commands, here and through the management API
     stats = ok_json(db_env, "manage", "events", "stats")
     assert stats["events"] == 12 and stats["event_bus"] == "in-memory"
     assert stats["dead_letters"] == {"max_deliveries": 1, "undecodable": 1}
@@ -105,10 +109,13 @@ def test_stats_show_the_stream_with_redis_streams(
             "LLM_PROXY_EVENT_BUS": "redis-streams",
             "REDIS_STREAM_KEY": key,
         }
-        stats = ok_json(env, "manage", "events", "stats")
-        assert stats["stream"]["length"] == 1
-        (group,) = stats["stream"]["groups"]
-        assert group["name"] == "llm-proxy-dispatchers" and group["lag"] == 1
+        with ManagementServer(Settings.from_env({**env, "MANAGEMENT_TOKEN": "t"})) as server:
+            remote = {**NO_DATABASE, "LLM_PROXY_API_URL": server.url, "MANAGEMENT_TOKEN": "t"}
+            for where in (env, remote):  # read here, and by the deployment for a remote CLI
+                stats = ok_json(where, "manage", "events", "stats")
+                assert stats["stream"]["length"] == 1
+                (group,) = stats["stream"]["groups"]
+                assert group["name"] == "llm-proxy-dispatchers" and group["lag"] == 1
     finally:
         client.delete(key)
         client.close()

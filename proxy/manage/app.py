@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 
+import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -43,6 +44,7 @@ def create_management_app(
     notifier: ChangeNotifier | None = None,
     *,
     cache: CachePurger | None = None,
+    redis: aioredis.Redis | None = None,
 ) -> Starlette:
     """The management API over an opened ``store``. Mount it at ``/manage``; the caller owns the
     store's lifecycle (the sub-application has no lifespan of its own)."""
@@ -59,6 +61,9 @@ def create_management_app(
             count_cache_hits=settings.quota_count_cache_hits,
             cache=cache,
             cache_backend=settings.http_cache_backend,
+            event_bus=settings.event_bus,
+            redis=redis,
+            stream_key=settings.redis_stream_key,
         )
 
     routes = [

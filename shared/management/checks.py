@@ -13,6 +13,8 @@ from shared.tokens import mask_token
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_PAGE = 1000
+#: Why an entry became a dead letter (the dispatcher's reasons: dispatcher.deadletter).
+DEAD_LETTER_REASONS = ("undecodable", "rejected", "max_deliveries")
 
 
 def parse_span(text: str) -> timedelta:
@@ -45,7 +47,13 @@ def parse_since(text: str, now: datetime) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        return now - parse_span(text)
+        try:
+            return now - parse_span(text)
+        except UserError:
+            raise UserError(
+                f"invalid time {text!r}: use an ISO 8601 time such as 2025-01-31T12:00:00Z "
+                "or a span back from now (30m, 1h, 7d)"
+            ) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 

@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Generic, Literal, TypeVar
 
+from shared.clock import utcnow
 from shared.errors import UserError
+from shared.management.checks import parse_since
 
 Kind = Literal["string", "integer", "boolean", "date-time", "duration"]
 Where = Literal["path", "query", "body"]
@@ -117,13 +119,7 @@ class Field:
 
     def _text(self, text: str) -> Any:
         if self.kind == "date-time":
-            try:
-                value = datetime.fromisoformat(text)
-            except ValueError:
-                raise UserError(
-                    f"{self.name} must be an ISO 8601 time such as 2025-01-31T12:00:00Z"
-                ) from None
-            return value if value.tzinfo else value.replace(tzinfo=UTC)
+            return parse_since(text, utcnow())
         return text
 
     @property
@@ -136,7 +132,7 @@ class Field:
             words = {
                 "string": "a string",
                 "boolean": "true or false",
-                "date-time": "an ISO 8601 time",
+                "date-time": "an ISO 8601 time or a span back from now (1h)",
                 "duration": 'hours (24) or a duration string ("30m", "7d", "never")',
             }[self.kind]
         return words + (" or null" if self.nullable else "")

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.management.checks import (
+    DEAD_LETTER_REASONS,
     DEFAULT_BASE_URL,
     MAX_PAGE,
     check_api_key,
@@ -28,6 +29,7 @@ _PROJECT_DOC = "The project's id or its name."
 _TOKEN_DOC = "The token's id (not the token itself) or its label."
 _KEY_DOC = "The project's upstream API key. Stored encrypted; never returned."
 _LIMIT_DOC = "How many to list (a page)."
+_WHEN = ": ISO 8601 (UTC unless an offset is given) or a span back from now (1h, 7d)."
 
 
 def _project_ref(*, argument: bool = True) -> Any:
@@ -216,9 +218,45 @@ class AuditQuery:
     outcome: str | None = inp(
         "string", "Only this outcome.", default=None, choices=("success", "failure")
     )
-    since: datetime | None = inp("date-time", "Entries at or after this time (UTC).", default=None)
-    until: datetime | None = inp("date-time", "Entries before this time (UTC).", default=None)
+    since: datetime | None = inp(
+        "date-time",
+        "Entries at or after this time: ISO 8601 (UTC) or back from now (1h).",
+        default=None,
+    )
+    until: datetime | None = inp(
+        "date-time", "Entries before this time: ISO 8601 (UTC) or back from now (1h).", default=None
+    )
     before_id: int | None = inp(
         "integer", "Page: entries older than this id (next_before_id).", default=None, minimum=1
     )
     limit: int = _page(100)
+
+
+# --- the event pipeline ---
+
+
+@dataclass(**_INPUT)
+class TailEvents:
+    limit: int = inp(
+        "integer", "How many of the latest events.", default=20, minimum=1, maximum=10_000
+    )
+    token_id: str | None = inp("string", "Only this token's events (id or label).", default=None)
+    project_id: str | None = inp("string", "Only this project's (id or name).", default=None)
+    after: datetime | None = inp(
+        "date-time",
+        "Only events after this time: ISO 8601 or a span back from now (10m).",
+        default=None,
+        flag="--since",
+    )
+    after_event_id: str | None = inp(
+        "string", "With after: only events after this one at that time.", default=None, cli=False
+    )
+
+
+@dataclass(**_INPUT)
+class DeadLetterQuery:
+    reason: str | None = inp(
+        "string", "Only this reason.", default=None, choices=DEAD_LETTER_REASONS
+    )
+    include_replayed: bool = inp("boolean", "Also those already replayed.", default=False)
+    limit: int = inp("integer", "How many to list.", default=100, minimum=1, maximum=10_000)

@@ -9,6 +9,7 @@ from shared.management.inputs import (
     AuditQuery,
     CreateProject,
     DeactivateProject,
+    DeadLetterQuery,
     GenerateToken,
     ListTokens,
     NoInput,
@@ -16,6 +17,7 @@ from shared.management.inputs import (
     ProjectUsage,
     PurgeCache,
     RotateToken,
+    TailEvents,
     TokenRef,
     TokenUsage,
     UpdateProject,
@@ -229,6 +231,40 @@ LIST_AUDIT = Operation(
     "AuditPage",
 )
 
+# --- the event pipeline ---
+TAIL_EVENTS = Operation(
+    "events tail",
+    "tail_events",
+    TailEvents,
+    "GET",
+    "/events",
+    "tailEvents",
+    "The latest recorded request events, oldest first.",
+    "EventTail",
+)
+EVENT_STATS = Operation(
+    "events stats",
+    "event_stats",
+    NoInput,
+    "GET",
+    "/events/stats",
+    "getEventStats",
+    "Counts of recorded events, dead letters and the stream's backlog.",
+    "EventStats",
+    description="With LLM_PROXY_EVENT_BUS=redis-streams: the stream's length and, per consumer "
+    "group, pending entries, lag and consumers.",
+)
+DEAD_LETTERS = Operation(
+    "events dead-letters",
+    "dead_letters",
+    DeadLetterQuery,
+    "GET",
+    "/events/dead-letters",
+    "listDeadLetters",
+    "Stream entries the dispatchers could not record, oldest first, with the error.",
+    "DeadLetterList",
+)
+
 OPERATIONS: tuple[Operation[Any], ...] = (
     LIST_PROJECTS,
     CREATE_PROJECT,
@@ -249,4 +285,7 @@ OPERATIONS: tuple[Operation[Any], ...] = (
     PURGE_CACHE,
     ROTATE_KEYS,
     LIST_AUDIT,
+    TAIL_EVENTS,
+    EVENT_STATS,
+    DEAD_LETTERS,
 )

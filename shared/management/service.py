@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
+
+import redis.asyncio as aioredis
 
 from shared.clock import new_id, utcnow
 from shared.crypto import Keyring
@@ -26,8 +28,17 @@ from shared.management.checks import (
     shown_id,
 )
 from shared.management.fields import Operation, audit_details, fields_of, refuse_nul, validated
-from shared.management.views import View, audit_view, event_view, project_view, token_view
+from shared.management.views import (
+    View,
+    audit_view,
+    dead_letter_view,
+    event_view,
+    project_view,
+    tail_view,
+    token_view,
+)
 from shared.store import AuditEvent, AuditFilter, Project, SqlStore, Token
+from shared.streams import stream_stats
 from shared.tokens import display_prefix, generate_token, hash_token
 
 I = TypeVar("I")  # noqa: E741
@@ -89,6 +100,11 @@ class Management:
     #: through the notifier
     cache: CachePurger | None = None
     cache_backend: str = "in-memory"
+    #: the event pipeline, for ``event_stats``: LLM_PROXY_EVENT_BUS, and with redis-streams a
+    #: client and the stream's key
+    event_bus: str = "in-memory"
+    redis: aioredis.Redis | None = None
+    stream_key: str = ""
 
     async def call(self, op: Operation[I], inp: I) -> Any:
         """Run one operation of the table with its input."""
@@ -447,6 +463,44 @@ class Management:
             "next_before_id": events[-1].id if more else None,
         }
 
+    # --- the event pipeline ---
+
+    async def tail_events(self, inp: i.TailEvents) -> View:
+        """The latest ``limit`` events (oldest first), or those after a cursor."""
+        inp = validated(inp)
+        token_id = (await self._token(inp.token_id)).id if inp.token_id else None
+        project_id = (await self._project(inp.project_id)).id if inp.project_id else None
+        after = (inp.after, inp.after_event_id or "") if inp.after is not None else None
+        events = await self.store.list_events(
+            limit=inp.limit, token_id=token_id, project_id=project_id, after=after
+        )
+        return {"data": [tail_view(e) for e in events]}
+
+    async def event_stats(self, inp: i.NoInput) -> View:
+        events = await self.store.event_stats()
+        out: View = {
+            "events": int(events.get("events") or 0),
+            "oldest_event": _when(events.get("oldest_ts")),
+            "newest_event": _when(events.get("newest_ts")),
+            "dead_letters": await self.store.dead_letter_counts(),
+            "event_bus": self.event_bus,
+        }
+        if self.event_bus == "redis-streams" and self.redis is not None:
+            stats = await stream_stats(self.redis, self.stream_key)
+            out["stream"] = {
+                "key": self.stream_key,
+                "length": stats.length,
+                "groups": [asdict(g) for g in stats.groups],
+            }
+        return out
+
+    async def dead_letters(self, inp: i.DeadLetterQuery) -> View:
+        inp = validated(inp)
+        letters = await self.store.list_dead_letters(
+            reason=inp.reason, include_replayed=inp.include_replayed, limit=inp.limit
+        )
+        return {"data": [dead_letter_view(x) for x in letters]}
+
     async def _tokens_changed(self, token_ids: list[str]) -> None:
         if self.notifier is not None and token_ids:
             await self.notifier.tokens_changed(token_ids)
@@ -454,6 +508,13 @@ class Management:
     async def _project_changed(self, project_id: str) -> None:
         if self.notifier is not None:
             await self.notifier.project_changed(project_id)
+
+
+def _when(value: Any) -> str | None:
+    """A time the stores give as a datetime (Postgres) or text (SQLite), as ISO 8601."""
+    if value is None or isinstance(value, str):
+        return value
+    return str(value.isoformat()).replace("+00:00", "Z")
 
 
 def vars_of(value: object) -> dict[str, Any]:

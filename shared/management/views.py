@@ -8,7 +8,7 @@ from typing import Any
 from shared.clock import from_epoch, utcnow
 from shared.events import RequestEvent
 from shared.store import AuditEvent, Project, Token
-from shared.store.models import quota_used
+from shared.store.models import DeadLetter, quota_used
 
 View = dict[str, Any]
 
@@ -119,4 +119,38 @@ def event_view(event: RequestEvent) -> View:
         "stream": event.stream,
         "error": event.error,
         "client_ip": event.client_ip,
+    }
+
+
+def tail_view(event: RequestEvent) -> View:
+    """An event as ``events tail`` prints it: the columns that tell requests apart."""
+    return {
+        "ts": _iso(from_epoch(event.ts)),
+        "event_id": event.event_id,
+        "request_id": event.request_id,
+        "project_id": event.project_id,
+        "token_id": event.token_id,
+        "method": event.method,
+        "path": event.path,
+        "status": event.status,
+        "model": event.model,
+        "cache": event.cache_status,
+        "duration_ms": round(event.duration_ms, 3),
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+        "error": event.error,
+    }
+
+
+def dead_letter_view(letter: DeadLetter) -> View:
+    return {
+        "id": letter.id,
+        "created_at": _iso(letter.created_at),
+        "reason": letter.reason,
+        "entry_id": letter.entry_id,
+        "event_id": letter.event_id,
+        "deliveries": letter.deliveries,
+        "error": letter.error,
+        "replayed_at": _iso(letter.replayed_at),
+        "payload": letter.payload.decode("utf-8", "backslashreplace"),
     }
