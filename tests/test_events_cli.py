@@ -135,3 +135,34 @@ def test_pipeline_commands_reject_bad_arguments_in_one_line() -> None:
         errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
         assert len(errors) == 1 and message in errors[0], result.stderr
     assert cli({}, "dispatcher", "--batch-size", "0").exit_code == 2  # Typer's own range check
+
+
+def test_replay_refuses_what_the_dispatcher_refused_as_oversized(db_env: dict[str, str]) -> None:
+    """An entry over the dispatcher's size cap stays a dead letter: replay applies the same
+    rules as the dispatcher, so it cannot sneak in what the pipeline turned away."""
+
+    async def go() -> None:
+        store = make_store(Settings.from_env(db_env))
+        await store.open()
+        await store.migrate()
+        owners = await seed(store)
+        big = owners.event(1)
+        big.model = "m" * (70 * 1024)  # a storable event, but an entry far over the cap
+        letter = dead_letter(
+            Entry("3-0", {EVENT_FIELD: big.to_bytes()}),
+            stream_key="llm-proxy-events",
+            reason="undecodable",
+            error="entry too large",
+            consumer="d1",
+        )
+        await store.record_batch([], [letter])
+        await store.close()
+
+    asyncio.run(go())
+    result = cli(db_env, "manage", "events", "replay-dead-letters", "--json")
+    assert result.exit_code == 1, result.stdout
+    report = json.loads(result.stdout)
+    assert report["inserted"] == 0 and report["replayed"] == 0
+    (error,) = report["failed"].values()
+    assert "more than 65536" in error
+    assert ok_json(db_env, "manage", "events", "stats")["events"] == 0
