@@ -22,12 +22,13 @@ from admin.runner import Render, run
 from shared.errors import LLMProxyError
 from shared.management import OPERATIONS, Field, Operation
 
-_TYPES: dict[str, type] = {
+_TYPES: dict[str, Any] = {
     "string": str,
     "integer": int,
     "boolean": bool,
     "date-time": str,  # read by the field's own parser: an ISO time or a span back (1h)
     "duration": str,
+    "integers": list[int],
 }
 
 

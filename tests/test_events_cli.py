@@ -166,3 +166,34 @@ def test_replay_refuses_what_the_dispatcher_refused_as_oversized(db_env: dict[st
     (error,) = report["failed"].values()
     assert "more than 65536" in error
     assert ok_json(db_env, "manage", "events", "stats")["events"] == 0
+
+
+def test_remote_replay_hands_dead_letters_back_to_the_stream(
+    db_env: dict[str, str], redis_env: dict[str, str], unique_prefix: str
+) -> None:
+    import redis
+
+    prepare(db_env, 0)
+    key = f"{unique_prefix}events"
+    env = {**db_env, **redis_env, "LLM_PROXY_EVENT_BUS": "redis-streams", "REDIS_STREAM_KEY": key}
+    client = redis.Redis.from_url(f"redis://{redis_env['REDIS_ADDR']}")
+    try:
+        with ManagementServer(Settings.from_env({**env, "MANAGEMENT_TOKEN": "t"})) as server:
+            remote = {**NO_DATABASE, "LLM_PROXY_API_URL": server.url, "MANAGEMENT_TOKEN": "t"}
+            report = ok_json(
+                remote, "manage", "events", "replay-dead-letters", "--reason", "max_deliveries"
+            )
+            assert report["requeued"] == 1 and report["stream"] == key
+            ((_, fields),) = client.xrange(key)
+            lost = ok_json(db_env, "manage", "events", "dead-letters", "--include-replayed")[0]
+            assert fields[EVENT_FIELD] == lost["payload"].encode() and lost["replayed_at"]
+            assert ok_json(remote, "manage", "events", "stats")["dead_letters"] == {
+                "undecodable": 1
+            }
+        with ManagementServer(Settings.from_env({**db_env, "MANAGEMENT_TOKEN": "t"})) as plain:
+            remote = {**NO_DATABASE, "LLM_PROXY_API_URL": plain.url, "MANAGEMENT_TOKEN": "t"}
+            result = cli(remote, "manage", "events", "replay-dead-letters")
+            assert result.exit_code == 1 and "no event stream" in result.stderr
+    finally:
+        client.delete(key)
+        client.close()

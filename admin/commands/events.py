@@ -15,6 +15,7 @@ import typer
 from admin.declared import Shown, page_data
 from admin.options import JsonOpt
 from admin.output import emit
+from admin.remote import chosen_target
 from admin.runner import Manager, guarded, open_store, run
 from shared.clock import utcnow
 from shared.config import Settings
@@ -89,6 +90,7 @@ SHOWN = {
 
 @app.command("replay-dead-letters")
 def replay_dead_letters(
+    ctx: typer.Context,
     ids: Annotated[
         list[int] | None, typer.Option("--id", help="Only these dead letters (repeatable).")
     ] = None,
@@ -101,7 +103,13 @@ def replay_dead_letters(
     """Record dead letters again, straight into the database.
 
     Run it after fixing what made them fail. Each is marked replayed; an event already recorded
-    is not counted twice. Entries still not storable are listed with their error and stay."""
+    is not counted twice. Entries still not storable are listed with their error and stay.
+    With --api-url the deployment hands them back to its event stream instead, and its
+    dispatchers record them (or dead-letter them again) with the checks they always apply."""
+    if chosen_target(ctx) is not None:
+        back = inputs.RequeueDeadLetters(ids=ids or None, reason=reason, limit=limit)
+        run(ctx, lambda m: m.call(ops.REQUEUE_DEAD_LETTERS, back), as_json=as_json)
+        return
     from dispatcher.deadletter import replay_dead_letters as replay  # the pipeline loads slowly
 
     async def body(settings: Settings) -> dict[str, Any]:

@@ -240,4 +240,10 @@ SCHEMAS: dict[str, Schema] = {
         "Dead letters, oldest first.",
         data={"type": "array", "items": _object("One dead letter.", **_LETTER_FIELDS)},
     ),
+    "DeadLettersRequeued": _object(
+        "The dead letters handed back to the stream.",
+        requeued=_INT,
+        ids={"type": "array", "items": _INT},
+        stream=_STR,
+    ),
 }

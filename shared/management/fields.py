@@ -19,7 +19,7 @@ from shared.clock import utcnow
 from shared.errors import UserError
 from shared.management.checks import parse_since
 
-Kind = Literal["string", "integer", "boolean", "date-time", "duration"]
+Kind = Literal["string", "integer", "boolean", "date-time", "duration", "integers"]
 Where = Literal["path", "query", "body"]
 REQUIRED: Any = type("Required", (), {"__repr__": lambda self: "REQUIRED"})()
 I = TypeVar("I")  # noqa: E741 - an operation's input class
@@ -81,6 +81,11 @@ class Field:
         elif self.kind == "integer":
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
+        elif self.kind == "integers":
+            if isinstance(value, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            ):
+                return value
         elif self.kind == "duration":
             # Hours as a bare number, as the CLI takes them, or a string like "30m" or "never".
             if isinstance(value, int) and not isinstance(value, bool):
@@ -134,6 +139,7 @@ class Field:
                 "boolean": "true or false",
                 "date-time": "an ISO 8601 time or a span back from now (1h)",
                 "duration": 'hours (24) or a duration string ("30m", "7d", "never")',
+                "integers": "an array of integers",
             }[self.kind]
         return words + (" or null" if self.nullable else "")
 
@@ -144,6 +150,8 @@ class Field:
             out = {"type": ["string", "integer"], "minLength": 1, "minimum": 1}
         elif self.kind == "date-time":
             out = {"type": "string", "format": "date-time"}
+        elif self.kind == "integers":
+            out = {"type": "array", "items": {"type": "integer"}, "maxItems": 10_000}
         else:
             out = {"type": self.kind}
         if self.nullable:

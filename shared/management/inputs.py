@@ -260,3 +260,12 @@ class DeadLetterQuery:
     )
     include_replayed: bool = inp("boolean", "Also those already replayed.", default=False)
     limit: int = inp("integer", "How many to list.", default=100, minimum=1, maximum=10_000)
+
+
+@dataclass(**_INPUT)
+class RequeueDeadLetters:
+    ids: list[int] | None = inp("integers", "Only these dead letters.", default=None)
+    reason: str | None = inp(
+        "string", "Only this reason.", default=None, choices=DEAD_LETTER_REASONS
+    )
+    limit: int = inp("integer", "How many at most.", default=1000, minimum=1, maximum=100_000)

@@ -16,6 +16,7 @@ from shared.management.inputs import (
     ProjectRef,
     ProjectUsage,
     PurgeCache,
+    RequeueDeadLetters,
     RotateToken,
     TailEvents,
     TokenRef,
@@ -264,6 +265,19 @@ DEAD_LETTERS = Operation(
     "Stream entries the dispatchers could not record, oldest first, with the error.",
     "DeadLetterList",
 )
+REQUEUE_DEAD_LETTERS = Operation(
+    "",  # what `events replay-dead-letters` does with --api-url
+    "requeue_dead_letters",
+    RequeueDeadLetters,
+    "POST",
+    "/events/dead-letters/requeue",
+    "requeueDeadLetters",
+    "Hand dead letters back to the event stream, for the dispatchers to record.",
+    "DeadLettersRequeued",
+    description="Each is marked replayed and added to the stream again; the dispatchers apply "
+    "every check they apply to new entries, so one still not storable becomes a dead letter "
+    "again. Needs LLM_PROXY_EVENT_BUS=redis-streams on the deployment.",
+)
 
 OPERATIONS: tuple[Operation[Any], ...] = (
     LIST_PROJECTS,
@@ -288,4 +302,5 @@ OPERATIONS: tuple[Operation[Any], ...] = (
     TAIL_EVENTS,
     EVENT_STATS,
     DEAD_LETTERS,
+    REQUEUE_DEAD_LETTERS,
 )

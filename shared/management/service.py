@@ -38,7 +38,7 @@ from shared.management.views import (
     token_view,
 )
 from shared.store import AuditEvent, AuditFilter, Project, SqlStore, Token
-from shared.streams import stream_stats
+from shared.streams import EVENT_FIELD, stream_stats
 from shared.tokens import display_prefix, generate_token, hash_token
 
 I = TypeVar("I")  # noqa: E741
@@ -500,6 +500,30 @@ class Management:
             reason=inp.reason, include_replayed=inp.include_replayed, limit=inp.limit
         )
         return {"data": [dead_letter_view(x) for x in letters]}
+
+    async def requeue_dead_letters(self, inp: i.RequeueDeadLetters) -> View:
+        """Dead letters back onto the stream, each marked replayed once it is there. A crash in
+        between leaves it unmarked, to be requeued again: the dispatcher's insert is idempotent
+        by event id, so a repeat records nothing twice, and nothing is lost."""
+        async with self._audited("events.requeue", "dead_letters", "", inp) as audit:
+            inp = validated(inp)
+            if self.event_bus != "redis-streams" or self.redis is None:
+                raise UserError(
+                    "this deployment has no event stream (LLM_PROXY_EVENT_BUS is not "
+                    "redis-streams): replay dead letters where the database is reachable"
+                )
+            letters = await self.store.list_dead_letters(
+                ids=inp.ids or (), reason=inp.reason, limit=inp.limit
+            )
+            done: list[int] = []
+            for letter in letters:
+                assert letter.id is not None
+                await self.redis.xadd(self.stream_key, {EVENT_FIELD: letter.payload})
+                async with self.store.transaction() as tx:
+                    await self.store.mark_dead_letter_replayed(tx, letter.id)
+                done.append(letter.id)
+            audit.details["requeued"] = len(done)
+            return {"requeued": len(done), "ids": done, "stream": self.stream_key}
 
     async def _tokens_changed(self, token_ids: list[str]) -> None:
         if self.notifier is not None and token_ids:
