@@ -13,13 +13,13 @@ from admin.output import emit
 from admin.remote import RemoteTarget
 from admin.runner import guarded, open_store
 from shared.config import Settings
+from shared.version import package_version
 
 app = typer.Typer(
     name="llm-proxy",
     help="LLM API gateway: proxy server, event dispatcher and management commands.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,  # tracebacks with local variables could show secrets
-    add_completion=False,
 )
 manage = typer.Typer(
     help="Manage projects, tokens, keys, the audit log, request events and the response cache: "
@@ -45,6 +45,24 @@ app.command("worker")(pipeline.worker)
 
 
 app.command("server")(server.server)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llm-proxy {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """LLM API gateway: proxy server, event dispatcher and management commands."""
 
 
 @manage.callback()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from importlib.metadata import PackageNotFoundError, version
 
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
@@ -31,6 +30,7 @@ from shared.errors import (
 from shared.logging import redact
 from shared.management import CachePurger, ChangeNotifier, Management
 from shared.store import SqlStore
+from shared.version import package_version
 
 log = logging.getLogger("llm_proxy.manage")
 
@@ -66,11 +66,15 @@ def create_management_app(
             stream_key=settings.redis_stream_key,
         )
 
+    # One route per path, so that a 405 (and OPTIONS) names every method the path takes.
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for ep in ENDPOINTS:
+        by_path.setdefault(ep.path, {})[ep.method] = ep
     routes = [
-        Route(ep.path, _endpoint(ep, management), methods=[ep.method], name=ep.operation_id)
-        for ep in ENDPOINTS
+        Route(path, _by_method(eps, management), methods=list(eps), name=path)
+        for path, eps in by_path.items()
     ]
-    schema = openapi_document(_version())
+    schema = openapi_document(package_version())
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(schema)
@@ -90,6 +94,19 @@ def create_management_app(
             HTTPException: _render_http_error,
         },
     )
+
+
+def _by_method(
+    eps: dict[str, Endpoint], management: Callable[[Request], Management]
+) -> Callable[[Request], Awaitable[Response]]:
+    handlers = {method: _endpoint(ep, management) for method, ep in eps.items()}
+    if "GET" in handlers:
+        handlers["HEAD"] = handlers["GET"]
+
+    async def handle(request: Request) -> Response:
+        return await handlers[request.method](request)
+
+    return handle
 
 
 def _endpoint(
@@ -139,14 +156,11 @@ async def _render_error(request: Request, exc: Exception) -> Response:
 async def _render_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return error_response(MethodNotAllowed(headers=dict(exc.headers or {})))
+        headers = dict(exc.headers or {})
+        if request.method == "OPTIONS":  # what the path takes, which is what OPTIONS asks
+            return Response(status_code=204, headers={"Allow": headers["Allow"] + ", OPTIONS"})
+        return error_response(MethodNotAllowed(headers=headers))
     if exc.status_code == 404:
         return error_response(RouteNotFound("Unknown management endpoint."))
     return error_response(UserError(str(exc.detail)))
 
-
-def _version() -> str:
-    try:
-        return version("llm-proxy")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0"
