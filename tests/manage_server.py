@@ -12,11 +12,15 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Mount
 
 from proxy.manage import create_management_app
+from proxy.manage.guard import error_response
 from shared.config import Settings
 from shared.crypto import load_keyring
+from shared.errors import RouteNotFound
 from shared.redis import make_redis, uses_redis
 from shared.store import make_store
 
@@ -56,7 +60,16 @@ def host_app(settings: Settings, notifier: RecordingNotifier) -> Starlette:
             await redis.aclose()
 
     management = create_management_app(settings, store, keyring, notifier, redis=redis)
-    return Starlette(routes=[Mount("/manage", app=management)], lifespan=lifespan)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        # As the proxy answers a path its router cannot place (a newline in an id, say).
+        return error_response(RouteNotFound())
+
+    return Starlette(
+        routes=[Mount("/manage", app=management)],
+        lifespan=lifespan,
+        exception_handlers={404: not_found},
+    )
 
 
 class ManagementServer:

@@ -71,6 +71,10 @@ def test_stats_tail_and_dead_letters(db_env: dict[str, str], cli_env: dict[str, 
     tail = ok_json(db_env, "manage", "events", "tail", "--limit", "5")
     assert {e["request_id"] for e in tail} == {f"req-{i}" for i in range(7, 12)}  # the latest
     assert [e["ts"] for e in tail] == sorted(e["ts"] for e in tail)  # oldest first
+    # a time alone as the cursor: from then on (the events were recorded just now)
+    since = ok_json(db_env, "manage", "events", "tail", "--since", "1h", "--limit", "50")
+    assert [e["request_id"] for e in since] == [f"req-{i}" for i in range(12)]
+    assert ok_json(db_env, "manage", "events", "tail", "--since", "2999-01-01") == []
     mine = ok_json(db_env, "manage", "events", "tail", "--token-id", owners.tokens[0].id)
     assert len(mine) == 4 and {e["token_id"] for e in mine} == {owners.tokens[0].id}
     letters = ok_json(db_env, "manage", "events", "dead-letters")

@@ -163,4 +163,3 @@ async def _render_http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error_response(RouteNotFound("Unknown management endpoint."))
     return error_response(UserError(str(exc.detail)))
-

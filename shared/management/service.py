@@ -470,6 +470,8 @@ class Management:
         inp = validated(inp)
         token_id = (await self._token(inp.token_id)).id if inp.token_id else None
         project_id = (await self._project(inp.project_id)).id if inp.project_id else None
+        if inp.after_event_id and not self.store.valid_id(inp.after_event_id):
+            raise UserError(f"after_event_id is not an event id: {shown_id(inp.after_event_id)}")
         after = (inp.after, inp.after_event_id or "") if inp.after is not None else None
         events = await self.store.list_events(
             limit=inp.limit, token_id=token_id, project_id=project_id, after=after

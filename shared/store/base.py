@@ -622,7 +622,10 @@ class SqlStore(abc.ABC):
                     return []
                 clauses.append(f"{column} = %s")
                 params.append(value)
-        if after is not None:
+        if after is not None and not after[1]:  # a time alone: every event from then on
+            clauses.append("ts >= %s")
+            params.append(after[0])
+        elif after is not None:
             clauses.append("(ts > %s OR (ts = %s AND event_id > %s))")
             params.extend((after[0], after[0], after[1]))
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
