@@ -374,3 +374,23 @@ def test_expired_token_from_the_store(env: Env) -> None:
     assert httpx.get(url, headers=env.auth(tok["token"])).status_code == 200
     time.sleep(1.1)
     assert httpx.get(url, headers=env.auth(tok["token"])).status_code == 401
+
+
+def test_a_rotated_token_works_until_its_grace_ends(env: Env) -> None:
+    m = env.manage()
+    old = m.generate_token(i.GenerateToken(project_id=env.creds.project_id, rpm=0))
+    url = f"{env.url}/v1/models"
+    assert httpx.get(url, headers=env.auth(old["token"])).status_code == 200  # cached now
+    new = m.rotate_token(i.RotateToken(token_id=old["id"], grace="2s"))
+    assert new["replaces"] == old["id"] and new["token"] != old["token"]
+    assert new["rpm"] == 0 and new["project_id"] == env.creds.project_id  # same limits
+    assert httpx.get(url, headers=env.auth(new["token"])).status_code == 200  # at once
+    assert httpx.get(url, headers=env.auth(old["token"])).status_code == 200  # in its grace
+    deadline = time.monotonic() + 30
+    while httpx.get(url, headers=env.auth(old["token"])).status_code != 401:
+        assert time.monotonic() < deadline, "the old token outlived its grace period"
+        time.sleep(0.1)
+    assert httpx.get(url, headers=env.auth(new["token"])).status_code == 200
+    audit = m.audit_page(i.AuditQuery(action="token.rotate"))["data"]
+    assert audit[0]["target_id"] == old["id"] and audit[0]["details"]["new_token_id"] == new["id"]
+    assert new["token"] not in env.proxy.logs()

@@ -39,7 +39,7 @@ def parse_token_duration(text: str) -> timedelta | None:
     try:
         return parse_span(text)
     except UserError as exc:
-        raise UserError(exc.message.replace("(30m, 24h, 7d)", "(30m, 24h, 7d), or never")) from None
+        raise UserError(f"{exc.message}; 'never' for no expiry") from None
 
 
 def parse_since(text: str, now: datetime) -> datetime:

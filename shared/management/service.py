@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
@@ -154,7 +155,9 @@ class Management:
         by_id = await self.store.get_project(ref) if ID_SHAPE.fullmatch(ref) else None
         by_name = await self.store.get_project_by_name(ref.strip()) if ref.strip() else None
         if by_id is not None and by_name is not None and by_id.id != by_name.id:
-            raise Conflict(f"{shown_id(ref)} is one project's id and another's name: use the id")
+            raise Conflict(
+                f"{shown_id(ref)} is one project's id and another's name: rename the latter"
+            )
         project = by_id or by_name
         if project is None:
             raise NotFound(f"no project with id or name {shown_id(ref)}")
@@ -278,12 +281,13 @@ class Management:
                 raise UserError(
                     f"project {shown_id(inp.project_id)} is inactive: activate it first"
                 )
-            created, secret = await self._new_token(project.id, inp.label, _limits(inp), lifetime)
+            expires = utcnow() + lifetime if lifetime else None
+            created, secret = await self._new_token(project.id, inp.label, _limits(inp), expires)
             audit.target_id = created.id
             return {**self._view(created), "token": secret}
 
     async def _new_token(
-        self, project_id: str, label: str, limits: dict[str, Any], lifetime: Any
+        self, project_id: str, label: str, limits: dict[str, Any], expires: datetime | None
     ) -> tuple[Token, str]:
         secret = generate_token()
         now = utcnow()
@@ -296,7 +300,7 @@ class Management:
             is_active=True,
             created_at=now,
             updated_at=now,
-            expires_at=(now + lifetime) if lifetime else None,
+            expires_at=expires,
             **limits,
         )
         return await self.store.create_token(token), secret
@@ -384,10 +388,11 @@ class Management:
                 raise UserError(f"token {shown_id(old.id)} is not active: generate a new one")
             now = utcnow()
             limits = {f.name: getattr(old, f.name) for f in fields_of(i.TokenLimits)}
-            lifetime = (old.expires_at - now) if old.expires_at is not None else None
-            if lifetime is not None and lifetime.total_seconds() <= 0:
+            if old.expires_at is not None and old.expires_at <= now:
                 raise UserError(f"token {shown_id(old.id)} has expired: generate a new one")
-            created, secret = await self._new_token(old.project_id, old.label, limits, lifetime)
+            created, secret = await self._new_token(
+                old.project_id, old.label, limits, old.expires_at
+            )
             ends = now + grace
             if old.expires_at is None or old.expires_at > ends:
                 await self.store.update_token(old.id, {"expires_at": ends})
