@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount
 
 from proxy.manage import create_management_app
@@ -62,8 +62,11 @@ def host_app(settings: Settings, notifier: RecordingNotifier) -> Starlette:
     management = create_management_app(settings, store, keyring, notifier, redis=redis)
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        # As the proxy answers a path its router cannot place (a newline in an id, say).
-        return error_response(RouteNotFound())
+        # Under /manage/, as the proxy answers a path its router cannot place (a newline in an
+        # id, say); elsewhere a plain 404, as from a server that is not llm-proxy at all.
+        if request.url.path.startswith("/manage/"):
+            return error_response(RouteNotFound())
+        return PlainTextResponse("Not Found", status_code=404)
 
     return Starlette(
         routes=[Mount("/manage", app=management)],
