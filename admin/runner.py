@@ -13,6 +13,7 @@ import aiohttp
 import redis.asyncio as aioredis
 import typer
 
+from admin.connect import probe_postgres
 from admin.output import emit, fail
 from admin.remote import TIMEOUT, RemoteManagement, RemoteTarget, chosen_target
 from shared.config import Settings
@@ -22,7 +23,7 @@ from shared.invalidation import Notifier
 from shared.logging import redact, setup_logging
 from shared.management import CachePurger, Management
 from shared.redis import make_redis, uses_redis
-from shared.store import SqlStore, make_store
+from shared.store import SqlStore, make_store, migrations
 
 # Both have the same methods; mypy checks every action against both.
 Manager = Management | RemoteManagement
@@ -41,6 +42,8 @@ def cli_actor() -> str:
 async def open_store(settings: Settings, *, check_schema: bool = True) -> SqlStore:
     """Open the store, migrating it on SQLite (the embedded default needs no set-up step) and
     refusing to work on a Postgres schema that `llm-proxy migrate` has not brought up to date."""
+    if settings.db_driver == "postgres":
+        await probe_postgres(settings.database_url)
     store = make_store(settings)
     await store.open(wait=True)
     try:
@@ -48,8 +51,13 @@ async def open_store(settings: Settings, *, check_schema: bool = True) -> SqlSto
             pass
         elif settings.db_driver == "sqlite":
             await store.migrate()
-        elif await store.schema_version() == 0:
+        elif (version := await store.schema_version()) == 0:
             raise Unavailable("the database has no schema yet: run `llm-proxy migrate` first")
+        elif version < (needed := max(m.version for m in migrations.load("postgres"))):
+            raise Unavailable(
+                f"the database schema is at version {version} and this llm-proxy needs "
+                f"{needed}: run `llm-proxy migrate` first"
+            )
     except BaseException:
         await store.close()
         raise
