@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1.7
-# The llm-proxy image. Stage one builds every wheel (compilers live only there, for dependencies
-# without a wheel for the target platform); the runtime stage installs those wheels offline and
-# carries no compiler, no pip cache and no source tree. One image runs every process:
+# The llm-proxy image. Stage one fetches every dependency at the version requirements.lock pins,
+# each file checked against the lock's hashes, and builds the project's own wheel (compilers live
+# only there); the runtime stage installs those wheels offline, hash-checked again, and carries no
+# compiler, no pip cache and no source tree. One image runs every process:
 #   llm-proxy server | dispatcher | worker | migrate | manage ...
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
@@ -10,12 +11,15 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# Dependencies first, from the lock alone: this layer is rebuilt only when the lock changes.
+COPY requirements.lock ./
+RUN pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY proxy ./proxy
 COPY dispatcher ./dispatcher
 COPY admin ./admin
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="llm-proxy" \
@@ -30,8 +34,12 @@ RUN groupadd --system --gid 10001 llmproxy \
        --create-home --shell /usr/sbin/nologin llmproxy \
     && install -d -o llmproxy -g llmproxy -m 0750 /var/spool/llm-proxy
 # The wheels are bind-mounted from the build stage, so they never become a layer of this image.
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels llm-proxy
+# The locked set goes in hash-checked; the project then with --no-deps, so nothing unlocked can.
+RUN --mount=type=bind,from=build,source=/src/requirements.lock,target=/tmp/requirements.lock \
+    --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    --mount=type=bind,from=build,source=/dist,target=/dist \
+    pip install --no-index --find-links=/wheels --require-hashes -r /tmp/requirements.lock \
+    && pip install --no-index --no-deps /dist/*.whl
 WORKDIR /var/lib/llm-proxy
 USER 10001:10001
 # In a container the server must listen on every interface; PORT is what probes and nginx use.

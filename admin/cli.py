@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from admin.commands import audit, cache, events, keys, pipeline, projects, server, tokens
+from admin.commands import audit, cache, config, events, keys, pipeline, projects, server, tokens
 from admin.declared import add_commands
 from admin.options import JsonOpt
 from admin.output import emit
@@ -40,6 +40,7 @@ add_commands(
 for group, sub in GROUPS.items():
     manage.add_typer(sub, name=group)
 app.add_typer(manage, name="manage")
+app.add_typer(config.app, name="config")
 app.command("dispatcher")(pipeline.dispatcher)
 app.command("worker")(pipeline.worker)
 

@@ -59,6 +59,7 @@ EVENT_COLUMNS = (
     "duration_ms",
     "prompt_tokens",
     "completion_tokens",
+    "usage_source",
     "cache_status",
     "error",
 )

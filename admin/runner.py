@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -18,8 +19,9 @@ from admin.output import emit, fail
 from admin.remote import TIMEOUT, RemoteManagement, RemoteTarget, chosen_target
 from shared.config import Settings
 from shared.crypto import load_keyring
-from shared.errors import LLMProxyError, Unavailable
+from shared.errors import LLMProxyError, Unavailable, UserError
 from shared.invalidation import Notifier
+from shared.invalidation import channel as invalidation_channel
 from shared.logging import redact, setup_logging
 from shared.management import CachePurger, Management
 from shared.redis import make_redis, uses_redis
@@ -41,7 +43,13 @@ def cli_actor() -> str:
 
 async def open_store(settings: Settings, *, check_schema: bool = True) -> SqlStore:
     """Open the store, migrating it on SQLite (the embedded default needs no set-up step) and
-    refusing to work on a Postgres schema that `llm-proxy migrate` has not brought up to date."""
+    refusing to work on a Postgres schema that `llm-proxy migrate` has not brought up to date.
+    A SQLite file that does not exist is never created here, only by `migrate`
+    (``check_schema=False``) or the server: a command run from the wrong directory would
+    otherwise work on a new, empty database and report nothing, or create a token the server
+    never sees."""
+    if check_schema:
+        _refuse_missing_sqlite(settings)
     if settings.db_driver == "postgres":
         await probe_postgres(settings.database_url)
     store = make_store(settings)
@@ -64,11 +72,24 @@ async def open_store(settings: Settings, *, check_schema: bool = True) -> SqlSto
     return store
 
 
+def _refuse_missing_sqlite(settings: Settings) -> None:
+    path = settings.sqlite_path
+    if settings.db_driver != "sqlite" or path == ":memory:" or os.path.exists(path):
+        return
+    raise UserError(
+        f"no database at {os.path.abspath(path)}: run this in the directory where `llm-proxy "
+        "server` runs, point DATABASE_URL at the server's database file, or use --api-url "
+        "(`llm-proxy migrate` creates a new one)"
+    )
+
+
 async def _run_local(settings: Settings, action: Action) -> Any:
+    _refuse_missing_sqlite(settings)  # before the keyring: no key file beside a missing database
     keyring = load_keyring(settings)
     store = await open_store(settings)
     redis = make_redis(settings) if uses_redis(settings) else None
-    notifier = Notifier(store, redis)  # revocations reach every running proxy worker
+    # revocations reach every running proxy worker of this deployment
+    notifier = Notifier(store, redis, channel=invalidation_channel(settings))
     try:
         management = Management(
             store=store,

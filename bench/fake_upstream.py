@@ -109,6 +109,7 @@ class Responses:
             tail.replace(b'"total_tokens":0', b'"total_tokens":%d'),
         )
         vector = [round(((i * 7919) % 2000) / 1000 - 1, 6) for i in range(config.embedding_dims)]
+        self.vector = vector
         self.embeddings_float = self._embeddings(vector)
         packed = struct.pack(f"<{len(vector)}f", *vector)
         self.embeddings_base64 = self._embeddings(base64.b64encode(packed).decode())
@@ -141,18 +142,35 @@ class Responses:
         payload = self.chat_head + b"%d" % prompt + self.chat_tail % (prompt + 7)
         return _response(b"200 OK", payload)
 
-    def _embeddings(self, embedding: object) -> bytes:
+    def _embeddings(self, embedding: object, count: int = 1) -> bytes:
         return _response(
             b"200 OK",
             orjson.dumps(
                 {
                     "object": "list",
-                    "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
+                    "data": [
+                        {"object": "embedding", "index": i, "embedding": embedding}
+                        for i in range(count)
+                    ],
                     "model": "text-embedding-3-small",
-                    "usage": {"prompt_tokens": 8, "total_tokens": 8},
+                    "usage": {"prompt_tokens": 8 * count, "total_tokens": 8 * count},
                 }
             ),
         )
+
+    def embeddings_of(self, body: bytes) -> bytes:
+        """One embedding per input; the precomputed answer when there is one input."""
+        if b'"base64"' in body:
+            return self.embeddings_base64
+        if b"[" not in body:
+            return self.embeddings_float
+        try:
+            inputs = orjson.loads(body).get("input")
+        except (orjson.JSONDecodeError, AttributeError):
+            return self.bad_json
+        if not isinstance(inputs, list) or len(inputs) < 2 or isinstance(inputs[0], int):
+            return self.embeddings_float
+        return self._embeddings(self.vector, len(inputs))
 
     @staticmethod
     def _stream_frames(n: int) -> list[bytes]:
@@ -257,12 +275,7 @@ class Upstream(asyncio.Protocol):
         elif path == b"/v1/models":
             reply = r.models if method == b"GET" else r.not_allowed
         elif path == b"/v1/embeddings":
-            if method != b"POST":
-                reply = r.not_allowed
-            elif b'"base64"' in body:
-                reply = r.embeddings_base64
-            else:
-                reply = r.embeddings_float
+            reply = r.not_allowed if method != b"POST" else r.embeddings_of(body)
         else:
             reply = r.not_found
         transport.write(reply)

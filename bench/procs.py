@@ -43,28 +43,33 @@ class Proc:
 
     def pids(self) -> list[int]:
         """The process and all its descendants (gunicorn workers, forked upstream workers)."""
-        found = [self.popen.pid]
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rpartition(")")[2].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-        i = 0
-        while i < len(found):
-            found += children.get(found[i], [])
-            i += 1
-        return found + self.extra_pids
+        return descendants(self.popen.pid) + self.extra_pids
 
     def tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, read from /proc."""
+    found = [pid]
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    i = 0
+    while i < len(found):
+        found += children.get(found[i], [])
+        i += 1
+    return found
 
 
 def start(

@@ -332,6 +332,72 @@ def start_experimental(ctx: Context) -> Running:
     return Running(port=port, measured=[procs.start("experimental", argv, ctx.logs, env, port)])
 
 
+# ---- a peer: LiteLLM's proxy --------------------------------------------------------------------
+LITELLM_VERSION = "1.108.7"
+LITELLM_VENV = Path(
+    os.environ.get("BENCH_LITELLM_VENV", Path.home() / ".cache" / "llm-proxy-bench" / "litellm")
+)
+LITELLM_KEY = "sk-bench-litellm-master-0123456789abcdef"
+LITELLM_CONFIG = """model_list:
+  - model_name: "*"
+    litellm_params:
+      model: "openai/*"
+      api_base: "http://127.0.0.1:{upstream}/v1"
+      api_key: "sk-fake-upstream"
+litellm_settings:
+  telemetry: false
+"""
+
+
+def litellm_bin() -> Path:
+    """LiteLLM's proxy in a virtual environment of its own, installed on first use."""
+    binary = LITELLM_VENV / "bin" / "litellm"
+    if not binary.exists():
+        print(f"installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV}", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        subprocess.run(
+            [
+                str(LITELLM_VENV / "bin" / "pip"),
+                "install",
+                "-q",
+                f"litellm[proxy]=={LITELLM_VERSION}",
+            ],
+            check=True,
+        )
+    return binary
+
+
+def start_litellm(ctx: Context) -> Running:
+    """LiteLLM's proxy, 2 workers like ours, pointed at the same fake upstream; no database, so
+    no spend tracking or key management: the least it can do, and so its fastest."""
+    cwd = ctx.workdir / "litellm"
+    cwd.mkdir()
+    config = cwd / "config.yaml"
+    config.write_text(LITELLM_CONFIG.format(upstream=ctx.upstream_port))
+    port = procs.free_port()
+    argv = [
+        str(litellm_bin()),
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "2",
+    ]
+    env = {
+        **base_env(),
+        "LITELLM_MASTER_KEY": LITELLM_KEY,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of the price list at start
+        "LITELLM_LOG": "ERROR",
+    }
+    server = procs.start(
+        "litellm", argv, ctx.logs, env=env, port=port, cwd=cwd, inherit=False, timeout=180
+    )
+    return Running(port=port, auth=f"Bearer {LITELLM_KEY}", measured=[server])
+
+
 TARGETS = {
     t.name: t
     for t in (
@@ -359,6 +425,11 @@ TARGETS = {
             "the production target with every rate limit off (what limits cost)",
             lambda ctx: start_production(ctx, limits=False),
             proxy_unavailable,
+        ),
+        Target(
+            "litellm",
+            "LiteLLM's proxy (litellm[proxy], 2 workers, no database), installed on demand",
+            start_litellm,
         ),
         Target(
             "experimental",

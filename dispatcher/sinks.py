@@ -28,7 +28,7 @@ from dramatiq.middleware import AgeLimit, Retries, ShutdownNotifications, TimeLi
 from shared.clock import utcnow
 from shared.config import Settings
 from shared.events import RequestEvent
-from shared.redis import redis_url
+from shared.redis import connection_kwargs
 from shared.store import make_store
 from shared.streams import StreamKeys
 
@@ -41,11 +41,10 @@ _RETENTION_CHUNK = 10_000
 
 
 def make_broker(settings: Settings) -> RedisBroker:
-    """dramatiq's Redis broker on REDIS_ADDR, its keys under the stream's hash tag."""
-    client = redis.Redis.from_url(
-        redis_url(settings),
-        db=settings.redis_db,
-        password=settings.redis_password.get() or None,
+    """dramatiq's Redis broker on the configured Redis (TLS and ACL user included), its keys
+    under the stream's hash tag."""
+    client = redis.Redis(
+        **connection_kwargs(settings.redis),
         socket_timeout=max(settings.redis_timeout, 5.0),
         socket_connect_timeout=settings.redis_timeout,
     )

@@ -25,15 +25,17 @@ from proxy.invalidation import Invalidator
 from proxy.limits import LimitStats, make_limiter
 from proxy.manage import create_management_app
 from proxy.metrics import Metrics, render
+from proxy.redis_client import FastRedis
 from proxy.upstream import Upstream
 from shared.config import Settings
 from shared.crypto import Keyring, load_keyring
 from shared.errors import ConfigError, LLMProxyError, RouteNotFound, Unavailable, error_body
 from shared.events import EventBus
-from shared.fastredis import FastRedis
 from shared.invalidation import Notifier
+from shared.invalidation import channel as invalidation_channel
 from shared.logging import setup_logging
 from shared.redis import make_redis, uses_redis
+from shared.redis import reachable as redis_reachable
 from shared.store import SqlStore, make_store
 
 log = logging.getLogger("llm_proxy.app")
@@ -62,22 +64,29 @@ class ProxyApp:
         self.resources: Resources | None = None
         self.draining = False
         self.manage_app: ASGIApp | None = None
+        errors = {HTTPException: _http_error, LLMProxyError: _proxy_error}
         routes: list[BaseRoute] = [
             Route("/health", self._live),
             Route("/live", self._live),
             Route("/ready", self._ready),
-            Mount("/manage", app=self._manage),
         ]
+        manage = Mount("/manage", app=self._manage)
+        # MANAGEMENT_LISTEN: the management API answers on that listener only, and nothing else
+        # does; the server binds both addresses, and a connection's local port tells them apart.
+        self.management_port = settings.management_port
+        self.management_web: ASGIApp | None = None
+        if self.management_port is None:
+            routes.append(manage)
+        else:
+            self.management_web = Starlette(routes=[manage], exception_handlers=errors)
         if settings.enable_metrics:
             routes.append(Route(settings.metrics_path, self._metrics))
-        self.web = Starlette(
-            routes=routes,
-            lifespan=self._lifespan,
-            exception_handlers={HTTPException: _http_error, LLMProxyError: _proxy_error},
-        )
+        self.web = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers=errors)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if (
+        if self.management_web is not None and _local_port(scope) == self.management_port:
+            await self.management_web(scope, receive, send)
+        elif (
             scope["type"] == "http"
             and self.handler is not None
             and (scope["path"].startswith("/v1/"))
@@ -126,6 +135,7 @@ class ProxyApp:
             token_cache,
             interval=settings.invalidation_poll_interval,
             redis=redis,
+            channel=invalidation_channel(settings),
             responses=_local_cache(http_cache),
         )
         await invalidator.start()
@@ -135,7 +145,7 @@ class ProxyApp:
             bus=bus,
             upstream=upstream,
             invalidator=invalidator,
-            notifier=Notifier(store, redis),
+            notifier=Notifier(store, redis, channel=invalidation_channel(settings)),
             redis=redis,
         )
         self.handler = ProxyHandler(
@@ -199,11 +209,8 @@ class ProxyApp:
             await asyncio.wait_for(res.store.ping(), 2.0)
         except Exception:
             failed.append("database")
-        if res.redis is not None:
-            try:
-                await asyncio.wait_for(res.redis.ping(), 2.0)
-            except Exception:
-                failed.append("redis")
+        if res.redis is not None and not await redis_reachable(res.redis, 2.0):
+            failed.append("redis")
         if failed:
             return JSONResponse({"status": "unavailable", "failed": failed}, status_code=503)
         return JSONResponse({"status": "ready"})
@@ -211,6 +218,13 @@ class ProxyApp:
     async def _metrics(self, request: Request) -> Response:
         body, content_type = render(self.metrics.registry)
         return Response(body, media_type=content_type)
+
+
+def _local_port(scope: dict[str, Any]) -> int | None:
+    """The port the connection came in on (the ASGI ``server`` address is the accepted socket's
+    own address); None for the lifespan, which has no connection."""
+    server = scope.get("server")
+    return server[1] if server else None
 
 
 async def _prepare_schema(settings: Settings, store: SqlStore) -> None:

@@ -17,10 +17,11 @@ class ClientGone(Exception):
 
 
 async def read_body(
-    receive: Any, method: str, content_length: bytes | None, limit: int
+    receive: Any, method: str, content_length: bytes | None, limit: int, *, whole: bool = False
 ) -> bytes | StreamedBody | None:
-    """The request body: ``bytes`` when small, an async iterator when large, ``None`` for a
-    bodiless GET/HEAD/DELETE. Over ``limit`` → 413, before reading past it."""
+    """The request body: ``bytes`` when small (or ``whole``: always, up to ``limit``), an async
+    iterator when large, ``None`` for a bodiless GET/HEAD/DELETE. Over ``limit`` → 413, before
+    reading past it."""
     declared: int | None = None
     if content_length is not None:
         try:
@@ -45,7 +46,7 @@ async def read_body(
             if not chunks and method in ("GET", "HEAD", "DELETE") and not declared:
                 return None
             return b"".join(chunks)
-        if size > BUFFERED_BODY_BYTES:
+        if size > BUFFERED_BODY_BYTES and not whole:
             return StreamedBody(receive, chunks, size, limit, declared)
 
 

@@ -29,6 +29,7 @@ class Exchange:
     status: int = 0
     endpoint: str = "other"
     upstream_ms: float = 0.0
+    proxy_ms: float = 0.0  # Server-Timing's proxy;dur (docs/operations.md "Server-Timing")
     ttfb_ms: float = 0.0
     request_bytes: int = 0
     response_bytes: int = 0

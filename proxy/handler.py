@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 
 from proxy.auth import Authenticator, token_from_headers
+from proxy.batching import ENDPOINT as BATCHED_ENDPOINT
+from proxy.batching import Batcher, plan_merge
 from proxy.body import ClientGone, read_body
 from proxy.cache import HttpCache
 from proxy.exchange import Exchange
@@ -22,7 +24,7 @@ from proxy.metrics import Metrics
 from proxy.relay import Relay, send_served
 from proxy.routing import Router
 from proxy.upstream import Upstream
-from proxy.usage import Usage
+from proxy.usage import Usage, bills_tokens
 from shared.clock import new_id
 from shared.config import Settings
 from shared.errors import LLMProxyError, Overloaded, Unavailable, error_body
@@ -49,6 +51,7 @@ class ProxyHandler:
         self.router = Router(settings.allowed_endpoints, settings.allowed_methods)
         self.auth = auth
         self.relay = Relay(settings, upstream)
+        self.batcher = Batcher(settings, upstream) if settings.batching_enabled else None
         self.bus = bus
         self.metrics = metrics
         self.limiter = limiter
@@ -119,7 +122,15 @@ class ProxyHandler:
             )
             if self.reject_unrecorded and not self.bus.can_record():
                 raise Unavailable("Requests cannot be recorded right now; retry shortly.")
-            ex.body = body = await read_body(receive, method, content_length, self.max_body)
+            # usage endpoints' bodies are read whole: include_usage must be set in them and the
+            # prompt estimated from them (docs/decisions.md, "Usage in every case")
+            ex.body = body = await read_body(
+                receive,
+                method,
+                content_length,
+                self.max_body,
+                whole=bills_tokens(method, route.endpoint, route.rest),
+            )
             cache = self.cache
             plan = served = None
             if cache is not None and (isinstance(body, bytes) or body is None):
@@ -152,8 +163,20 @@ class ProxyHandler:
                 )
             if admission.limit:
                 extra += [(k.lower().encode(), v.encode()) for k, v in admission.headers().items()]
+            merge = None
+            if (
+                self.batcher is not None
+                and route.endpoint == BATCHED_ENDPOINT
+                and (plan is None or not plan.cacheable)
+                and self.batcher.has_room()
+            ):
+                merge = plan_merge(ex)
             if served is not None:
                 await send_served(ex, served, "hit")
+            elif merge is not None:
+                assert self.batcher is not None
+                ex.cache_status = "bypass" if plan is not None else ""
+                await self.batcher.forward(ex, merge)
             elif cache is not None and plan is not None:
                 async with cache.fill(plan) as fill:
                     if fill.served is not None:
@@ -173,6 +196,11 @@ class ProxyHandler:
             ex.error = "client_disconnected"
             ex.status = ex.status or 499
             self.metrics.client_disconnects.inc()
+        except asyncio.CancelledError:
+            # the server cut the request: the shutdown grace ran out while it was in flight
+            ex.error = "interrupted"
+            ex.status = ex.status or 503
+            raise
         finally:
             await admission.release()
             self.in_flight -= 1
@@ -184,7 +212,13 @@ class ProxyHandler:
         duration = time.perf_counter() - ex.started
         metrics = self.metrics
         metrics.observe(
-            ex.endpoint, ex.method, ex.status, duration, ex.upstream_ms / 1000, ex.ttfb_ms / 1000
+            ex.endpoint,
+            ex.method,
+            ex.status,
+            duration,
+            ex.upstream_ms / 1000,
+            ex.ttfb_ms / 1000,
+            ex.proxy_ms / 1000,
         )
         if ex.error == "invalid_api_key":
             metrics.auth_failures.inc()
@@ -214,6 +248,7 @@ class ProxyHandler:
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.total_tokens,
+            usage_source=usage.source,
             cache_status=ex.cache_status,
             stream=ex.stream,
             error=ex.error,

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from proxy.auth import TokenCache
 from proxy.cache import CacheBackend
-from shared.invalidation import CHANNEL, decode, parse_purge_target
+from shared.invalidation import decode, parse_purge_target
 from shared.store import SqlStore
 
 log = logging.getLogger("llm_proxy.invalidation")
@@ -25,6 +25,7 @@ class Invalidator:
         *,
         interval: float,
         redis: aioredis.Redis | None = None,
+        channel: str = "",
         responses: CacheBackend | None = None,
     ) -> None:
         self.store = store
@@ -33,6 +34,9 @@ class Invalidator:
         self.responses = responses
         self.interval = interval
         self.redis = redis
+        self.channel = channel  # this deployment's (shared.invalidation.channel)
+        if redis is not None and not channel:
+            raise ValueError("listening on Redis needs the deployment's channel")
         self._last_id = 0
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -72,7 +76,7 @@ class Invalidator:
         while True:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(self.channel)
                     while True:
                         # get_message waits without tripping the client's socket timeout
                         message = await pubsub.get_message(timeout=1.0)

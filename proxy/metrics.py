@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -15,6 +16,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client import values as prom_values
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from proxy.cache import HttpCache, MemoryBackend
 from shared.events import EventBus
@@ -40,6 +43,22 @@ _LATENCY_BUCKETS = (
     120,
     300,
 )
+# Seconds of proxy overhead per answer: from 50 µs (a cache hit) to where something is wrong.
+_OVERHEAD_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1,
+)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -59,7 +78,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self._counters: dict[tuple[str, str, int], Counter] = {}
-        self._histograms: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
+        self._histograms: dict[str, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
         self.requests = Counter(
             "llm_proxy_requests",
             "Requests answered, by endpoint, method and status.",
@@ -85,6 +104,14 @@ class Metrics:
             "Time from arrival to the first response body byte sent to the client.",
             ["endpoint"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "llm_proxy_overhead_seconds",
+            "Time spent in the proxy up to the response head, upstream waits excluded "
+            "(Server-Timing proxy;dur), for forwarded and cached answers alike.",
+            ["endpoint"],
+            buckets=_OVERHEAD_BUCKETS,
             registry=r,
         )
         self.in_flight = Gauge(
@@ -127,36 +154,42 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self.rate_limited = Counter(
-            "rate_limited",
+            "llm_proxy_rate_limited_requests",
             "Requests refused by a rate limit, quota or concurrency cap, by kind.",
             ["kind"],
             registry=r,
         )
         self.rate_limit_fallbacks = Counter(
-            "rate_limit_fallbacks",
+            "llm_proxy_rate_limit_fallbacks",
             "Requests limited per process because Redis was unreachable.",
             registry=r,
         )
         self.cache_hits = Counter(
-            "cache_hits", "Requests answered from the response cache.", ["backend"], registry=r
+            "llm_proxy_cache_hits",
+            "Requests answered from the response cache.",
+            ["backend"],
+            registry=r,
         )
         self.cache_misses = Counter(
-            "cache_misses", "Cacheable requests that went upstream.", ["backend"], registry=r
+            "llm_proxy_cache_misses",
+            "Cacheable requests that went upstream.",
+            ["backend"],
+            registry=r,
         )
         self.cache_bypasses = Counter(
-            "cache_bypasses",
+            "llm_proxy_cache_bypasses",
             "Requests that skipped the cache (not cacheable, or the cache was unavailable).",
             ["backend"],
             registry=r,
         )
         self.cache_entries = Gauge(
-            "cache_entries",
+            "llm_proxy_cache_entries",
             "Entries in the in-memory response cache.",
             registry=r,
             multiprocess_mode="livesum",
         )
         self.cache_bytes = Gauge(
-            "cache_bytes",
+            "llm_proxy_cache_bytes",
             "Bytes held by the in-memory response cache.",
             registry=r,
             multiprocess_mode="livesum",
@@ -204,6 +237,7 @@ class Metrics:
         duration: float,
         upstream: float,
         ttfb: float,
+        overhead: float,
     ) -> None:
         # label lookups take a lock and build a key each time: keep the children
         key = (endpoint, method, status)
@@ -217,22 +251,53 @@ class Metrics:
                 self.duration.labels(endpoint),
                 self.upstream_duration.labels(endpoint),
                 self.ttfb.labels(endpoint),
+                self.overhead.labels(endpoint),
             )
         histograms[0].observe(duration)
         if upstream:
             histograms[1].observe(upstream)
         if ttfb:
             histograms[2].observe(ttfb)
+        if overhead > 0:  # only answers that carried a Server-Timing figure
+            histograms[3].observe(overhead)
+
+
+# The names the operator guide we follow (seeds/000) documents, kept as copies of ours so
+# existing dashboards and its hit-ratio formula keep working (docs/operations.md "Metrics").
+ALIASES = {"llm_proxy_cache_hits": "cache_hits", "llm_proxy_cache_misses": "cache_misses"}
+
+
+class _WithAliases(Collector):
+    """Everything ``source`` collects, plus each ALIASES family again under its old name."""
+
+    def __init__(self, source: Collector) -> None:
+        self.source = source
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.source.collect():
+            yield family
+            alias = ALIASES.get(family.name)
+            if alias is None:
+                continue
+            copy = Metric(alias, f"{family.documentation} Alias of {family.name}.", family.type)
+            cut = len(family.name)
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue  # one creation time per series is enough
+                copy.add_sample(alias + sample.name[cut:], sample.labels, sample.value)
+            yield copy
 
 
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:
-    """The exposition text: every worker's values in multiprocess mode, else this registry's."""
+    """The exposition text (aliases included): every worker's values in multiprocess mode, else
+    this registry's. Built per scrape, so the request path pays nothing for the aliases."""
     directory = multiprocess_dir()
+    source: Collector = registry
     if directory:
-        merged = CollectorRegistry()
-        prom_multiprocess.MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
-        return generate_latest(merged), CONTENT_TYPE_LATEST
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+        source = prom_multiprocess.MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
+    view = CollectorRegistry(auto_describe=False)
+    view.register(_WithAliases(source))
+    return generate_latest(view), CONTENT_TYPE_LATEST
 
 
 def mark_dead(pid: int) -> None:

@@ -17,12 +17,19 @@ from proxy.exchange import Exchange
 from proxy.headers import response_headers, server_timing, upstream_headers
 from proxy.http1 import Response
 from proxy.upstream import Upstream, read_chunk
-from proxy.usage import SseUsage, inject_include_usage, usage_from_json
+from proxy.usage import (
+    INCLUDE_USAGE_ENDPOINTS,
+    JsonTap,
+    Usage,
+    bills_tokens,
+    estimate,
+    estimate_completion_tokens,
+    inject_include_usage,
+)
+from proxy.usage_stream import SseUsage
 from shared.config import Settings
 from shared.errors import LLMProxyError, error_body
 
-_USAGE_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions"})
-_JSON_CAPTURE = 1 << 20  # bytes of a JSON response kept to read its usage
 _CONDITIONALS = frozenset({"if-none-match", "if-modified-since"})
 
 
@@ -41,7 +48,11 @@ class Relay:
         inject = False
         if isinstance(body, bytes):
             ex.request_bytes = len(body)
-            if self.include_usage and ex.method == "POST" and route.endpoint in _USAGE_ENDPOINTS:
+            if (
+                self.include_usage
+                and ex.method == "POST"
+                and route.endpoint in INCLUDE_USAGE_ENDPOINTS
+            ):
                 changed = inject_include_usage(body)
                 if changed is not None:
                     body, inject = changed, True
@@ -90,12 +101,19 @@ class Relay:
         content_type = response.header(b"content-type") or b""
         is_sse = content_type.startswith(b"text/event-stream")
         ex.stream = is_sse
-        sse = SseUsage(strip=inject) if is_sse else None
-        capture: bytearray | None = bytearray() if not is_sse and b"json" in content_type else None
-        out_headers = response_headers(response.raw_headers, keep_length=not (is_sse and inject))
+        sse = SseUsage(strip=inject, max_write=self.chunk_size) if is_sse else None
+        tap = JsonTap() if not is_sse and b"json" in content_type else None
+        keep_length = not (is_sse and inject)
+        out_headers = response_headers(response.raw_headers, keep_length=keep_length)
+        # A fill is stored before the client can have the whole answer (docs/caching.md): with
+        # a Content-Length that is before the chunk that completes it, else before the end.
+        complete_at = -1
         if fill is not None:
             out_headers.extend(fill.start(response.status, response.raw_headers))
-        proxy_ms = (sent_at - ex.started + time.perf_counter() - headers_at) * 1000
+            length = response.header(b"content-length") if keep_length else None
+            if length is not None and length.isdigit():
+                complete_at = int(length)
+        ex.proxy_ms = proxy_ms = (sent_at - ex.started + time.perf_counter() - headers_at) * 1000
         out_headers.append(
             (b"server-timing", server_timing(proxy_ms, (headers_at - sent_at) * 1000))
         )
@@ -130,33 +148,59 @@ class Relay:
                 if not sent:
                     ex.ttfb_ms = (time.perf_counter() - ex.started) * 1000
                 if sse is not None:
-                    chunk = sse.feed(chunk)
-                elif capture is not None and len(capture) < _JSON_CAPTURE:
-                    capture += chunk
-                if chunk:
+                    for piece in sse.feed(chunk):
+                        sent += len(piece)
+                        if fill is not None:
+                            fill.feed(piece)
+                        await send({"type": "http.response.body", "body": piece, "more_body": True})
+                else:
+                    if tap is not None:
+                        tap.feed(chunk)
                     sent += len(chunk)
                     if fill is not None:
                         fill.feed(chunk)
+                        if sent == complete_at:
+                            await fill.finish()
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if gone.is_set():
                     raise ClientGone()
-            tail = sse.finish() if sse is not None else b""
-            if tail:
-                sent += len(tail)
+            rest = sse.finish() if sse is not None else []
+            last = rest.pop() if rest else b""
+            for piece in (*rest, last):
+                sent += len(piece)
                 if fill is not None:
-                    fill.feed(tail)
-            watcher.cancel()  # before the last send: a finished response is not a disconnect
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
+                    fill.feed(piece)
+            for piece in rest:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
             if fill is not None:
-                await fill.finish()  # only a complete body is stored
+                await fill.finish()  # only a complete body is stored; a no-op if already done
+            watcher.cancel()  # before the last send: a finished response is not a disconnect
+            await send({"type": "http.response.body", "body": last, "more_body": False})
         finally:
             watcher.cancel()
             ex.response_bytes = sent
             ex.upstream_ms = (time.perf_counter() - sent_at) * 1000
-            if sse is not None:
-                ex.usage = sse.usage
-            elif capture is not None and len(capture) < _JSON_CAPTURE:
-                ex.usage = usage_from_json(bytes(capture))
+            ex.usage = _usage(ex, sse, tap)
+
+
+def _usage(ex: Exchange, sse: SseUsage | None, tap: JsonTap | None) -> Usage | None:
+    """What the answer reported; for a usage endpoint's success that reported nothing (cut
+    short, or an upstream that does not count), an estimate flagged as one — never a silent 0."""
+    usage = sse.result() if sse is not None else tap.usage() if tap is not None else None
+    if usage is not None and usage.found:
+        return usage
+    route = ex.route
+    if route is None or not bills_tokens(ex.method, route.endpoint, route.rest):
+        return usage
+    if not 200 <= ex.status < 300:
+        return usage
+    request = ex.body if isinstance(ex.body, bytes) else None
+    if sse is not None:
+        completion = sse.deltas
+    else:
+        whole = tap.whole() if tap is not None else None
+        completion = estimate_completion_tokens(whole) if whole else 0
+    return estimate(usage or Usage(), request, completion)
 
 
 async def send_served(ex: Exchange, served: Served, cache_status: str) -> None:
@@ -165,13 +209,14 @@ async def send_served(ex: Exchange, served: Served, cache_status: str) -> None:
     ex.stream = served.stream
     ex.cache_status = cache_status
     ex.response_bytes = len(served.body)
-    await ex.send(
-        {
-            "type": "http.response.start",
-            "status": served.status,
-            "headers": served.headers + ex.extra,
-        }
-    )
+    # The same meaning as on a forwarded answer: time in the proxy up to the response head,
+    # less the time spent waiting on an upstream (this request's own revalidation, or the
+    # identical request's call that a collapsed one joined).
+    upstream_ms = ex.upstream_ms or served.waited_ms
+    ex.proxy_ms = proxy_ms = (time.perf_counter() - ex.started) * 1000 - upstream_ms
+    headers = served.headers + ex.extra
+    headers.append((b"server-timing", server_timing(proxy_ms, upstream_ms)))
+    await ex.send({"type": "http.response.start", "status": served.status, "headers": headers})
     ex.response_started = True
     ex.ttfb_ms = (time.perf_counter() - ex.started) * 1000
     await ex.send({"type": "http.response.body", "body": served.body, "more_body": False})

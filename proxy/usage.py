@@ -1,15 +1,40 @@
-"""Token usage from JSON bodies and the final SSE usage chunk; include_usage injection."""
+"""Token usage of one answer: read from JSON bodies (whole, or head and tail when large), clamped
+when absurd, estimated when the upstream never said; and include_usage forced on streams."""
 
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-_USAGE_MARKERS = (b'"usage":{', b'"usage": {')
-_MAX_HELD = 1 << 20
+#: Endpoints whose answers carry token usage; their request bodies are read whole (see
+#: docs/decisions.md, "Usage in every case").
+USAGE_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
+#: Streaming endpoints that take ``stream_options.include_usage``.
+INCLUDE_USAGE_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+def bills_tokens(method: str, endpoint: str, rest: str) -> bool:
+    """A request that creates a completion (not a sub-resource such as ``responses/{id}``)."""
+    return method == "POST" and endpoint in USAGE_ENDPOINTS and endpoint[3:] == rest
+
+
+USAGE_MARKERS = (b'"usage":{', b'"usage": {')
+#: No request comes near a billion tokens: a larger figure is a bug or an attack. Clamped to
+#: this, one event can never overflow a BIGINT aggregate (9e18 / 1e9 requests to go).
+MAX_TOKENS = 10**9
+CLAMPED, ESTIMATED = "clamped", "estimated"
+CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text and code
+
+_WHOLE_JSON = 1 << 20  # answers up to this are parsed whole
+_HEAD = 16 * 1024  # past it, the first bytes (the model of chat answers) ...
+_TAIL = 64 * 1024  # ... and the last (usage is the last field of OpenAI bodies; embeddings' model)
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+_PROMPT_KEYS = ("messages", "prompt", "input", "instructions", "system")
 
 
 @dataclass(slots=True)
@@ -18,6 +43,8 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    found: bool = False  # the upstream reported usage
+    source: str = ""  # '' as reported, 'clamped' (absurd figures bounded), 'estimated'
 
     def absorb(self, obj: Any) -> bool:
         """Take model and usage from a decoded response object (chat, completions, embeddings,
@@ -32,15 +59,29 @@ class Usage:
         usage = obj.get("usage")
         if not isinstance(usage, dict):
             return False
-        prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
-        completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
-        total = _int(usage.get("total_tokens")) or prompt + completion
+        clamped: list[bool] = []
+        prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens")), clamped)
+        completion = _count(usage.get("completion_tokens", usage.get("output_tokens")), clamped)
+        total = _count(usage.get("total_tokens"), clamped) or prompt + completion
         self.prompt_tokens, self.completion_tokens, self.total_tokens = prompt, completion, total
+        self.found = True
+        self.source = CLAMPED if clamped else ""
         return True
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+def _count(value: Any, clamped: list[bool]) -> int:
+    """A token count as reported; absent is 0, anything absurd is bounded and noted."""
+    if value is None:
+        return 0
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    if type(value) is not int:
+        clamped.append(True)
+        return 0
+    if value < 0 or value > MAX_TOKENS:
+        clamped.append(True)
+        return 0 if value < 0 else MAX_TOKENS
+    return value
 
 
 def usage_from_json(body: bytes) -> Usage:
@@ -51,10 +92,86 @@ def usage_from_json(body: bytes) -> Usage:
     return usage
 
 
+def usage_from_tail(tail: bytes, usage: Usage) -> None:
+    """Read the last ``"usage": {...}`` object in ``tail`` (the end of a body too large to
+    parse whole) into ``usage``."""
+    at = max(tail.rfind(marker) for marker in USAGE_MARKERS)
+    if at < 0:
+        return
+    start = tail.index(b"{", at)
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, min(len(tail), start + 4096)):  # a usage object is small
+        byte = tail[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte == 0x7B:
+            depth += 1
+        elif byte == 0x7D:
+            depth -= 1
+            if depth == 0:
+                try:
+                    usage.absorb({"usage": orjson.loads(tail[start : i + 1])})
+                except orjson.JSONDecodeError:
+                    return
+                return
+
+
+class JsonTap:
+    """A bounded copy of a JSON answer as it goes by: whole up to 1 MiB, past that its head
+    and its tail, which is where the model and the usage of OpenAI bodies are."""
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self) -> None:
+        self._head = bytearray()
+        self._tail: bytearray | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        tail = self._tail
+        if tail is None:
+            self._head += chunk
+            if len(self._head) > _WHOLE_JSON:
+                self._tail = self._head[-_TAIL:]
+                del self._head[_HEAD:]
+        else:
+            tail += chunk
+            if len(tail) > 4 * _TAIL:
+                del tail[:-_TAIL]
+
+    def whole(self) -> bytes | None:
+        """The answer, if it was small enough to keep whole."""
+        return bytes(self._head) if self._tail is None else None
+
+    def usage(self) -> Usage:
+        if self._tail is None:
+            return usage_from_json(bytes(self._head))
+        usage = Usage()
+        tail = bytes(self._tail)
+        usage_from_tail(tail, usage)
+        match = _MODEL.search(self._head) or _last(_MODEL.finditer(tail))
+        if match is not None:
+            usage.model = match.group(1).decode("utf-8", "replace")
+        return usage
+
+
+def _last(matches: Any) -> Any:
+    found = None
+    for found in matches:  # noqa: B007 - the last one is wanted
+        pass
+    return found
+
+
 def inject_include_usage(body: bytes) -> bytes | None:
-    """For a streaming chat/completions request body that does not ask for usage, the same body
-    asking for it; ``None`` when nothing needs changing (or the body is not a JSON object — the
-    upstream owns validation, so such a body passes through untouched)."""
+    """For a streaming request body that does not ask for usage (or asks not to have it), the
+    same body asking for it; ``None`` when nothing needs changing, or when the body is not a JSON
+    object we can write back (the upstream owns validation: such a body passes untouched)."""
     if b'"stream"' not in body:
         return None
     try:
@@ -66,90 +183,55 @@ def inject_include_usage(body: bytes) -> bytes | None:
     options = obj.get("stream_options")
     if options is None:
         obj["stream_options"] = {"include_usage": True}
-    elif isinstance(options, dict) and "include_usage" not in options:
+    elif isinstance(options, dict) and options.get("include_usage") is not True:
         options["include_usage"] = True
     else:
         return None
-    return orjson.dumps(obj)
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (255): leave it alone
+        return None
 
 
-class SseUsage:
-    """Watches an SSE stream go by, keeping the model and the last usage it reports.
-
-    With ``strip`` (we added include_usage, the client did not ask for it) it also removes the
-    usage-only chunk, so the client sees the stream it asked for. Stripping works on whole
-    events, so partial events are held back until their blank line arrives; without ``strip``
-    bytes pass through exactly as received."""
-
-    def __init__(self, *, strip: bool) -> None:
-        self.usage = Usage()
-        self.strip = strip
-        self._pending = b""
-        self._model_seen = False
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Look at ``chunk``; return the bytes to send to the client now."""
-        data = self._pending + chunk
-        if not self.strip:
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                self._pending = data if len(data) < _MAX_HELD else b""
-                return chunk
-            lines, self._pending = data[:cut], data[cut + 1 :]
-            if not self._model_seen or any(m in lines for m in _USAGE_MARKERS):
-                self._scan(lines)
-            return chunk
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            if len(data) >= _MAX_HELD:  # not SSE as we know it: stop holding bytes back
-                self.strip, self._pending = False, b""
-                return data
-            self._pending = data
-            return b""
-        complete, self._pending = data[: cut + 2], data[cut + 2 :]
-        out = []
-        for event in complete.split(b"\n\n"):
-            if not event or self._is_usage_only(event):
-                continue
-            if not self._model_seen:
-                self._scan(event)
-            out.append(event + b"\n\n")
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        """The stream ended: anything still held back (only in strip mode)."""
-        rest, self._pending = self._pending, b""
-        if not rest:
-            return b""
-        if not self.strip:
-            self._scan(rest)
-            return b""
-        return b"" if self._is_usage_only(rest) else rest
-
-    def _is_usage_only(self, event: bytes) -> bool:
-        if not any(m in event for m in _USAGE_MARKERS):
-            return False
-        for obj in _data_objects(event):
-            self.usage.absorb(obj)
-            if isinstance(obj, dict) and obj.get("choices") == []:
-                return True
-        return False
-
-    def _scan(self, data: bytes) -> None:
-        for obj in _data_objects(data):
-            if isinstance(obj, dict) and isinstance(obj.get("model"), str):
-                self._model_seen = True
-            self.usage.absorb(obj)
+def estimate(usage: Usage, request: bytes | None, completion_tokens: int) -> Usage:
+    """The usage of an answer whose upstream never reported it (cut short, or a server that
+    does not count): prompt from the request's text, completion as given; flagged estimated."""
+    prompt = estimate_prompt_tokens(request) if request else 0
+    completion = min(completion_tokens, MAX_TOKENS)
+    return Usage(usage.model, prompt, completion, prompt + completion, False, ESTIMATED)
 
 
-def _data_objects(data: bytes) -> list[Any]:
-    objs = []
-    for line in data.split(b"\n"):
-        if line.startswith(b"data:"):
-            payload = line[5:].strip()
-            if payload.startswith(b"{"):
-                try:
-                    objs.append(orjson.loads(payload))
-                except orjson.JSONDecodeError:
-                    continue
-    return objs
+def estimate_prompt_tokens(body: bytes) -> int:
+    """About one token per four characters of the prompt's text (messages, prompt, input)."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return math.ceil(len(body) / CHARS_PER_TOKEN)
+    chars = 0
+    if isinstance(obj, dict):
+        for key in _PROMPT_KEYS:
+            if key in obj:
+                chars += _text_chars(obj[key], 0)
+    return min(math.ceil(chars / CHARS_PER_TOKEN), MAX_TOKENS)
+
+
+def estimate_completion_tokens(body: bytes) -> int:
+    """For a whole JSON answer without usage: its choices' text, four characters a token."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 0
+    choices = obj.get("choices") if isinstance(obj, dict) else None
+    return math.ceil(_text_chars(choices, 0) / CHARS_PER_TOKEN) if choices else 0
+
+
+def _text_chars(value: Any, depth: int) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if depth > 32:  # deeper is not text anyone prompts with
+        return 0
+    if isinstance(value, list):
+        return sum(_text_chars(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return sum(_text_chars(v, depth + 1) for v in value.values())
+    return 0

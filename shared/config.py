@@ -12,32 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shared.errors import ConfigError
+from shared.profiles import PROFILE_ENV, profile_names, profiles_table, resolve, seed_table
+from shared.redis_settings import RedisSettings
+from shared.secret import Secret
 
-
-class Secret:
-    """A string that never shows itself in ``repr``/``str`` (logs, tracebacks)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
-
-    __str__ = __repr__
+__all__ = ["ConfigError", "RedisSettings", "Secret", "Settings"]
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -210,6 +189,16 @@ def _listen_addr(text: str) -> str:
     return f"{host or '0.0.0.0'}:{int(port)}"  # noqa: S104 - a metrics port; operators choose
 
 
+def _management_listen(text: str) -> str:
+    value = text.strip()
+    if not value:
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("host:port (such as 127.0.0.1:8081), or empty")
+    return f"{host or '0.0.0.0'}:{int(port)}"  # noqa: S104 - the operator chose every interface
+
+
 def _webhook_url(text: str) -> str:
     value = text.strip()
     if value and not value.startswith(("http://", "https://")):
@@ -235,6 +224,17 @@ DEFAULT_ENDPOINTS = (
 class Settings:
     """Every setting of every llm-proxy process. Build with ``Settings.from_env(environ)``."""
 
+    # --- profile ---
+    profile: tuple[str, ...] = var(
+        PROFILE_ENV,
+        (),
+        "Tuning presets applied before the other variables, which override them: "
+        "`low-latency`, `high-throughput`, `development`, `edge` (the use cases of the tuning "
+        "guide) and `strict` (100 requests a minute overall, 30 per client address); several "
+        "may be named, comma-separated, later ones winning. The presets are listed in "
+        "docs/configuration.md.",
+        profile_names,
+    )
     # --- storage ---
     db_driver: Literal["sqlite", "postgres"] = var(
         "DB_DRIVER",
@@ -271,17 +271,44 @@ class Settings:
     redis_addr: str = var(
         "REDIS_ADDR",
         "localhost:6379",
-        "Redis `host:port` (or a `redis://`/`rediss://` URL), used by every Redis-backed feature.",
+        "Where Redis is, for every Redis-backed feature: `host:port`, or a URL "
+        "`redis://[user:password@]host:port/db` (`rediss://` for TLS). See 'Redis addresses' "
+        "below.",
         _str,
     )
-    redis_db: int = var("REDIS_DB", 0, "Redis database number.", _int(0))
+    redis_db: int | None = var(
+        "REDIS_DB",
+        None,
+        "Redis database number. A database in REDIS_ADDR's path counts the same; giving both "
+        "with different numbers stops the process.",
+        _int(0),
+        shown="`0`",
+    )
+    redis_username: str = var(
+        "REDIS_USERNAME",
+        "",
+        "Redis ACL user (`AUTH user password`); empty: the default user. May be given in "
+        "REDIS_ADDR instead.",
+        _str,
+        shown="(default user)",
+    )
     redis_password: Secret = var(
         "REDIS_PASSWORD",
         Secret(""),
-        "Redis password (AUTH), if the server needs one.",
+        "Redis password (AUTH), if the server needs one. May be given in REDIS_ADDR instead.",
         _secret,
         shown="(none)",
     )
+    redis_tls_ca_file: str = var(
+        "REDIS_TLS_CA_FILE",
+        "",
+        "With a `rediss://` REDIS_ADDR: PEM file of the certificate authorities trusted for "
+        "Redis. Empty: the system's trust store (which honours SSL_CERT_FILE).",
+        _str,
+        shown="(system store)",
+    )
+    #: REDIS_ADDR and its companions above, parsed once; every Redis client is built from it.
+    redis: RedisSettings = field(init=False, repr=False, compare=False, metadata={})
 
     redis_timeout: float = var(
         "REDIS_TIMEOUT",
@@ -295,6 +322,15 @@ class Settings:
     # --- server ---
     host: str = var("HOST", "0.0.0.0", "Address `llm-proxy server` listens on.", _str)  # noqa: S104
     port: int = var("PORT", 8080, "Port `llm-proxy server` listens on.", _int(1))
+    management_listen: str = var(
+        "MANAGEMENT_LISTEN",
+        "",
+        "`host:port` where `llm-proxy server` serves the management API (`/manage/`), on a "
+        "listener of its own: `HOST:PORT` then answers `/v1/`, `/health`, `/ready` and "
+        "`/metrics` only. Empty: `/manage/` is served on `PORT` too.",
+        _management_listen,
+        shown="(empty: on PORT)",
+    )
     workers: int = var(
         "WORKERS",
         0,
@@ -305,8 +341,8 @@ class Settings:
     shutdown_grace_period: float = var(
         "SHUTDOWN_GRACE_PERIOD",
         120.0,
-        "On SIGTERM, how long in-flight requests (open streams included) may take to finish "
-        "before the worker stops.",
+        "On SIGTERM, how long in-flight requests (open streams included) may take to finish; "
+        "then they are cut (recorded as `interrupted`) and the worker stops.",
         _duration(),
         shown="`120s`",
     )
@@ -348,21 +384,51 @@ class Settings:
     max_request_body_bytes: int = var(
         "MAX_REQUEST_BODY_BYTES",
         64 * 1024 * 1024,
-        "Largest request body accepted (chunked bodies included); larger gets 413.",
+        "Largest request body accepted (chunked bodies included); larger gets 413. Bodies of "
+        "chat/completions, completions and responses are held in memory up to this size.",
         _int(1),
     )
     stream_include_usage: bool = var(
         "STREAM_INCLUDE_USAGE",
         True,
-        "Add `stream_options.include_usage` to streaming chat/completions requests that lack it, "
-        "so usage is recorded; the extra usage chunk is removed from what the client sees.",
+        "Set `stream_options.include_usage` on streaming chat/completions requests that lack it "
+        "or turn it off, so usage is recorded; the extra usage chunk is removed from what the "
+        "client sees.",
         _bool,
     )
     stream_response_chunk_size: int = var(
         "STREAM_RESPONSE_CHUNK_SIZE",
         32768,
-        "Largest piece read from the upstream and written to the client at once (bytes).",
+        "Largest piece read from the upstream and written to the client at once (bytes), also "
+        "while the usage chunk is being removed from a stream.",
         _int(1024),
+    )
+    batching_enabled: bool = var(
+        "BATCHING_ENABLED",
+        False,
+        "Merge concurrent embeddings requests with the same project, model and parameters into "
+        'one upstream call and split the answer back (docs/configuration.md, "Request '
+        'batching").',
+        _bool,
+    )
+    batch_window_ms: int = var(
+        "BATCH_WINDOW_MS",
+        50,
+        "How long the first request of a batch waits for others to join it (ms).",
+        _int(1),
+    )
+    batch_max_size: int = var(
+        "BATCH_MAX_SIZE",
+        10,
+        "Most requests merged into one upstream call; a full batch goes at once.",
+        _int(1),
+    )
+    batch_max_queue_size: int = var(
+        "BATCH_MAX_QUEUE_SIZE",
+        1000,
+        "Most requests waiting in open batches per worker; beyond it a request goes upstream "
+        "alone at once.",
+        _int(1),
     )
     upstream_connect_timeout: float = var(
         "UPSTREAM_CONNECT_TIMEOUT",
@@ -481,7 +547,8 @@ class Settings:
         "HTTP_CACHE_DEFAULT_TTL",
         300.0,
         "How long a response is kept when the upstream gives no freshness (Cache-Control "
-        "`s-maxage`/`max-age`, `Expires`); a bare number means seconds.",
+        "`s-maxage`/`max-age`, `Expires`) and it may be stored unasked (`/v1/models`, or an "
+        "upstream `Cache-Control: public`; docs/caching.md); a bare number means seconds.",
         _duration(),
         shown="`300` (5 minutes)",
     )
@@ -695,16 +762,20 @@ class Settings:
     # --- rate limits and quotas ---
     global_rate_limit: int = var(
         "GLOBAL_RATE_LIMIT",
-        100,
+        0,
         "Requests per minute the proxy admits over all clients (sliding window). Counted per "
-        "process, or across every instance with DISTRIBUTED_RATE_LIMIT_ENABLED. `0` disables it.",
+        "process, or across every instance with DISTRIBUTED_RATE_LIMIT_ENABLED. `0` (the "
+        "default) disables it: MAX_IN_FLIGHT_REQUESTS and the upstream pool's queue protect "
+        "capacity without guessing a rate; the `strict` profile sets the operator guide's 100.",
         _int(0),
     )
     ip_rate_limit: int = var(
         "IP_RATE_LIMIT",
-        30,
-        "Requests per minute per client IP (IPv6: per /64). The IP is the socket peer, or taken "
-        "from X-Forwarded-For when the peer is in TRUSTED_PROXIES. `0` disables it.",
+        1200,
+        "Requests per minute per client IP (IPv6: per /64): 20 a second, far above one person, "
+        "enough for one backend (the `strict` profile sets the operator guide's 30). The IP is "
+        "the socket peer, or taken from X-Forwarded-For when the peer is in TRUSTED_PROXIES. "
+        "`0` disables it.",
         _int(0),
     )
     trusted_proxies: tuple[str, ...] = var(
@@ -804,12 +875,25 @@ class Settings:
         "LOG_FORMAT", "json", "`json` (one object per line) or `text`.", _choice("json", "text")
     )
 
+    def __post_init__(self) -> None:
+        redis = RedisSettings.parse(
+            self.redis_addr,
+            db=self.redis_db,
+            username=self.redis_username,
+            password=self.redis_password,
+            ca_file=self.redis_tls_ca_file,
+        )
+        object.__setattr__(self, "redis", redis)  # frozen: derived once, here
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Parse every variable; raise ``ConfigError`` naming the first bad one."""
-        env = os.environ if environ is None else environ
+        return cls._from_raw(resolve(os.environ if environ is None else environ, _KNOWN).values)
+
+    @classmethod
+    def _from_raw(cls, env: Mapping[str, str]) -> Settings:
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
+        for f in declared_fields():
             name = f.metadata["env"]
             raw = env.get(name)
             if raw is None or (raw.strip() == "" and not isinstance(f.default, (str, Secret))):
@@ -844,8 +928,24 @@ class Settings:
                 "DISTRIBUTED_RATE_LIMIT_ENABLED=true, so every instance hashes keys alike"
             )
 
+        if self.management_port == self.port:
+            raise ConfigError(
+                f"MANAGEMENT_LISTEN must use a port other than PORT ({self.port}): the proxy "
+                "tells its two listeners apart by port"
+            )
+
+    @property
+    def management_port(self) -> int | None:
+        """The port of the management listener, or None when `/manage/` shares PORT."""
+        if not self.management_listen:
+            return None
+        return int(self.management_listen.rsplit(":", 1)[1])
+
     def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``, held to the same checks as ``from_env``."""
+        settings = dataclasses.replace(self, **changes)
+        settings._check()
+        return settings
 
     @property
     def usage_stats_buffer(self) -> int:
@@ -870,6 +970,53 @@ class Settings:
         return url
 
 
+def declared_fields() -> list[dataclasses.Field[Any]]:
+    """The settings read from the environment (not the values derived from them)."""
+    return [f for f in dataclasses.fields(Settings) if "env" in f.metadata]
+
+
+_KNOWN = frozenset(f.metadata["env"] for f in declared_fields())
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """One setting as ``llm-proxy config show`` reports it."""
+
+    variable: str
+    value: str
+    source: str  # default, profile:NAME, environment, or environment:GUIDE_NAME
+
+
+def explain(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Settings, list[Effective], list[str]]:
+    """The settings, each one's shown value (secrets masked) and source, and the notices about
+    variables that have no effect here. Raises ``ConfigError`` like ``Settings.from_env``."""
+    resolved = resolve(os.environ if environ is None else environ, _KNOWN)
+    settings = Settings._from_raw(resolved.values)
+    rows = []
+    for f in declared_fields():
+        env = f.metadata["env"]
+        rows.append(
+            Effective(env, _shown(getattr(settings, f.name)), resolved.sources.get(env, "default"))
+        )
+    return settings, rows, resolved.notices
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Secret):
+        return "***" if value else ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _redact_url(url: str) -> str:
     return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
 
@@ -877,7 +1024,7 @@ def _redact_url(url: str) -> str:
 def documented_variables() -> dict[str, tuple[str, str]]:
     """``{ENV_NAME: (default as shown, meaning)}`` for every setting, in declaration order."""
     out: dict[str, tuple[str, str]] = {}
-    for f in dataclasses.fields(Settings):
+    for f in declared_fields():
         meta = f.metadata
         shown = meta["shown"]
         if shown is None:
@@ -902,15 +1049,22 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def generated_blocks() -> dict[str, str]:
+    """docs/configuration.md's generated tables, by the name of their marker comments."""
+    return {"settings": markdown_table(), "profiles": profiles_table(), "seed": seed_table()}
+
+
 def write_docs(path: str) -> None:
-    """Replace the generated table in docs/configuration.md."""
-    begin, end = "<!-- settings:begin -->\n", "<!-- settings:end -->"
+    """Replace the generated tables in docs/configuration.md."""
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
-    head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1]
+    for name, table in generated_blocks().items():
+        begin, end = f"<!-- {name}:begin -->\n", f"<!-- {name}:end -->"
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        text = head + begin + table + "\n" + end + tail
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(head + begin + markdown_table() + "\n" + end + tail)
+        fh.write(text)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ class RequestEvent:
     stream: bool = False
     error: str = ""
     client_ip: str = ""
+    #: where the token counts come from: '' the upstream's report, 'clamped' the upstream's
+    #: report with absurd figures bounded, 'estimated' our estimate (the upstream never said)
+    usage_source: str = ""
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self)

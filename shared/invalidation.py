@@ -7,17 +7,34 @@ reaches workers at once when Redis is in use.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from shared.config import Settings
 from shared.store import SqlStore
 
 log = logging.getLogger("llm_proxy.invalidation")
 
-CHANNEL = "llm-proxy:invalidate"
+
+def channel(settings: Settings) -> str:
+    """This deployment's pub/sub channel. Pub/sub ignores the database number, so the name
+    carries what keeps deployments' keys apart on one Redis (the database, the cache prefix,
+    the limiter prefix, the stream key): deployments sharing a Redis do not hear each other's
+    purges and token drops as long as their keys are apart; replicas of one deployment, set
+    alike, share the name."""
+    namespaces = "\n".join(
+        (
+            str(settings.redis.db),
+            settings.redis_cache_key_prefix,
+            settings.distributed_rate_limit_prefix,
+            settings.redis_stream_key,
+        )
+    )
+    return "llm-proxy:invalidate:" + hashlib.sha256(namespaces.encode()).hexdigest()[:16]
 
 
 def encode(kind: str, target_id: str) -> bytes:
@@ -45,11 +62,17 @@ def parse_purge_target(target: str) -> tuple[str | None, str | None]:
 
 
 class Notifier:
-    """The ``ChangeNotifier`` of shared.management: writes the change log, publishes on Redis."""
+    """The ``ChangeNotifier`` of shared.management: writes the change log, publishes on Redis
+    (on ``channel``, this deployment's: see ``channel()``)."""
 
-    def __init__(self, store: SqlStore, redis: aioredis.Redis | None = None) -> None:
+    def __init__(
+        self, store: SqlStore, redis: aioredis.Redis | None = None, *, channel: str = ""
+    ) -> None:
+        if redis is not None and not channel:
+            raise ValueError("publishing on Redis needs the deployment's channel")
         self.store = store
         self.redis = redis
+        self.channel = channel
 
     async def tokens_changed(self, token_ids: list[str]) -> None:
         await self._changed("token", token_ids)
@@ -67,7 +90,7 @@ class Notifier:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for target_id in ids:
-                    pipe.publish(CHANNEL, encode(kind, target_id))
+                    pipe.publish(self.channel, encode(kind, target_id))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             # the change log still reaches every worker within the poll interval

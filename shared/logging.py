@@ -40,7 +40,11 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+# uvicorn's ``color_message`` repeats the message with terminal colour codes
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,6 +54,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,
             "msg": record.getMessage(),
         }
         for key, value in record.__dict__.items():
@@ -60,17 +65,27 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+def style(handler: logging.Handler, fmt: str = "json") -> logging.Handler:
+    """Give ``handler`` our line format (LOG_FORMAT) and the redacting filter. Every handler
+    writing a process's output goes through here, gunicorn's own included, so one server's
+    output is one format."""
+    if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+        handler.addFilter(RedactingFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
+        )
+    return handler
+
+
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_llm_proxy", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = style(logging.StreamHandler(sys.stderr), fmt)
     handler._llm_proxy = True  # type: ignore[attr-defined]
-    handler.addFilter(RedactingFilter())
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared.config import Settings
+from shared.config import Settings, declared_fields
 from shared.crypto import Keyring, new_key
 from shared.store import SqlStore, make_store
 from tests.manage_server import ManagementServer
@@ -61,6 +61,8 @@ def encryption_key() -> str:
 def db_env(request: pytest.FixtureRequest, tmp_path: Path, encryption_key: str) -> dict[str, str]:
     """Environment for one store: a fresh SQLite file, or the session's Postgres, emptied."""
     if request.param == "sqlite":
+        # an existing (empty) file, as the server leaves it: the CLI never creates one itself
+        (tmp_path / "proxy.db").touch()
         return {"DATABASE_URL": str(tmp_path / "proxy.db"), "ENCRYPTION_KEY": encryption_key}
     url: str = request.getfixturevalue("pg_database")
     truncate(url)
@@ -99,9 +101,8 @@ async def pg_store(pg_database: str) -> AsyncIterator[SqlStore]:
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests never inherit the developer's LLM-proxy settings, and run in a private directory."""
-    for name in list(Settings.__dataclass_fields__):
-        env = Settings.__dataclass_fields__[name].metadata["env"]
-        monkeypatch.delenv(env, raising=False)
+    for declared in declared_fields():
+        monkeypatch.delenv(declared.metadata["env"], raising=False)
     monkeypatch.delenv("UPSTREAM_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)
 

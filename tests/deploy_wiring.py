@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from proxy.app import create_app
-from shared.config import Settings
+from shared.config import Settings, declared_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"
@@ -31,7 +32,7 @@ FOREIGN_VARIABLES = {
 
 
 def settings_variables() -> set[str]:
-    return {f.metadata["env"] for f in Settings.__dataclass_fields__.values()}
+    return {f.metadata["env"] for f in declared_fields()}
 
 
 def cli_variables() -> set[str]:
@@ -56,14 +57,28 @@ def app_paths(metrics_path: str = "/metrics") -> set[str]:
     return {getattr(route, "path", "") for route in app.web.routes}
 
 
-def served_prefixes() -> set[str]:
-    """Path prefixes the proxy serves: the forwarded API and every mounted sub-app."""
-    settings = Settings.from_env({})
+def served_prefixes(env: dict[str, str] | None = None) -> set[str]:
+    """Path prefixes the proxy serves on its public listener (PORT) with settings ``env``: the
+    forwarded API and every sub-app mounted there."""
+    settings = Settings.from_env(env or {})
     app = create_app(settings)
     prefixes = {route.path + "/" for route in app.web.routes if isinstance(route, Mount)}
     if settings.allowed_endpoints and all(e.startswith("/v1/") for e in settings.allowed_endpoints):
         prefixes.add("/v1/")
     return prefixes
+
+
+def management_prefixes(env: dict[str, str]) -> set[str]:
+    """Path prefixes the proxy serves on its management listener (MANAGEMENT_LISTEN)."""
+    app = create_app(Settings.from_env(env))
+    web = app.management_web
+    assert isinstance(web, Starlette), "MANAGEMENT_LISTEN is not set: no management listener"
+    return {route.path + "/" for route in web.routes if isinstance(route, Mount)}
+
+
+def known_settings(env: dict[str, Any]) -> dict[str, str]:
+    """The llm-proxy settings among a container's variables (placeholders apart)."""
+    return {k: str(v) for k, v in env.items() if k in settings_variables() and v is not None}
 
 
 def require_tool(name: str) -> str:

@@ -22,7 +22,7 @@ from shared.management.inputs import CreateProject, GenerateToken
 from shared.store import make_store
 from tests.services import free_port
 
-#: Tests send more than the default 30 requests a minute from one address.
+#: Tests send many requests from one address; no request-rate limit gets in their way.
 UNLIMITED = {"GLOBAL_RATE_LIMIT": "0", "IP_RATE_LIMIT": "0"}
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LOG_LEVEL": "info"}
 

@@ -11,6 +11,8 @@ import uuid
 import psycopg
 import pytest
 
+from tests.tls_files import TlsFiles
+
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", int(os.environ.get("TEST_REDIS_PORT", "6379"))
 
@@ -61,11 +63,24 @@ def free_port() -> int:
 class RedisProcess:
     """A private redis-server on a free port, for tests that stop, pause or flood Redis."""
 
-    def __init__(self, port: int | None = None, *, data_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        data_dir: str | None = None,
+        password: str = "",
+        tls: TlsFiles | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         """With ``data_dir``, Redis keeps an append-only file there (fsync on every write), as
-        production Redis for the event stream must: a restart then loses nothing."""
+        production Redis for the event stream must: a restart then loses nothing. ``password``
+        sets ``requirepass``; with ``tls`` the port speaks only TLS; ``extra`` is passed as is
+        (``--user`` lines, for example)."""
         self.port = port or free_port()
         self.data_dir = data_dir
+        self.password = password
+        self.tls = tls
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -78,11 +93,27 @@ class RedisProcess:
             if self.data_dir
             else ["--appendonly", "no"]
         )
+        auth = ["--requirepass", self.password] if self.password else []
+        listen = ["--port", str(self.port)]
+        if self.tls is not None:
+            listen = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                self.tls.cert,
+                "--tls-key-file",
+                self.tls.key,
+                "--tls-ca-cert-file",
+                self.tls.ca,
+                "--tls-auth-clients",
+                "no",
+            ]
         self.proc = subprocess.Popen(
             [
                 "redis-server",
-                "--port",
-                str(self.port),
+                *listen,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -90,6 +121,8 @@ class RedisProcess:
                 "--protected-mode",
                 "no",
                 *persistence,
+                *auth,
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -12,13 +12,16 @@ from tests.services import free_port
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target. ``stop()`` closes the listener and every open
     connection (clients see resets and refusals, as if the server died); ``start()`` again
-    resumes on the same port."""
+    resumes on the same port. ``freeze()`` silently drops whatever the open connections carry
+    from then on, closing nothing, while new connections work: a peer that vanished without a
+    word (a NAT entry dropped, a failover behind a virtual IP)."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = free_port()
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
+        self._frozen: set[socket.socket] = set()
         self._lock = threading.Lock()
 
     def start(self) -> TcpProxy:
@@ -42,6 +45,10 @@ class TcpProxy:
             with suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+    def freeze(self) -> None:
+        with self._lock:
+            self._frozen |= self._sockets
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -67,7 +74,8 @@ class TcpProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if src not in self._frozen:
+                    dst.sendall(data)
         except OSError:
             pass
         finally:

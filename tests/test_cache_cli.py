@@ -26,6 +26,7 @@ def env(
     tmp_path: Path, encryption_key: str, redis_env: dict[str, str], unique_prefix: str
 ) -> Iterator[dict[str, str]]:
     prefix = f"test:cache:{unique_prefix}"
+    (tmp_path / "proxy.db").touch()  # the server's database; the CLI never creates one
     yield {
         "DATABASE_URL": str(tmp_path / "proxy.db"),
         "ENCRYPTION_KEY": encryption_key,
@@ -48,7 +49,9 @@ async def _pass(env: dict[str, str]) -> list[str]:
     client = make_redis(settings)
     cache = HttpCache(RedisBackend(client, prefix=settings.redis_cache_key_prefix))
     upstream = Upstream()
-    vary = Upstream(headers={"content-type": "application/json", "vary": "Origin"})
+    vary = Upstream(
+        headers={"content-type": "application/json", "vary": "Origin", "cache-control": "public"}
+    )
     opt_in = {"cache-control": "public, max-age=60"}
     out = []
     for project in (P1, P2):

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from proxy.cache import CacheBackend, HttpCache, MemoryBackend, RedisBackend
+from proxy.redis_client import FastRedis
 from shared.config import Settings
-from shared.fastredis import FastRedis
 from shared.redis import make_redis
 from tests.cache_client import Upstream, raw, request
 
@@ -195,15 +195,17 @@ async def test_oversized_stream_is_not_stored(harness: Harness) -> None:
 async def test_lru_evicts_least_recently_used() -> None:
     harness = memory_harness()
     cache, upstream = harness.cache(max_entries=3), Upstream()
-    for path in ("/v1/a", "/v1/b", "/v1/c"):
+    for path in ("/v1/models/a", "/v1/models/b", "/v1/models/c"):
         await request(cache, upstream, path=path)
-    assert (await request(cache, upstream, path="/v1/a")).cache == "hit"  # a is now most recent
-    await request(cache, upstream, path="/v1/d")  # evicts b
+    assert (
+        await request(cache, upstream, path="/v1/models/a")
+    ).cache == "hit"  # a is now most recent
+    await request(cache, upstream, path="/v1/models/d")  # evicts b
     assert upstream.calls == 4
-    assert (await request(cache, upstream, path="/v1/a")).cache == "hit"
-    assert (await request(cache, upstream, path="/v1/c")).cache == "hit"
-    assert (await request(cache, upstream, path="/v1/d")).cache == "hit"
-    assert (await request(cache, upstream, path="/v1/b")).cache == "miss"
+    assert (await request(cache, upstream, path="/v1/models/a")).cache == "hit"
+    assert (await request(cache, upstream, path="/v1/models/c")).cache == "hit"
+    assert (await request(cache, upstream, path="/v1/models/d")).cache == "hit"
+    assert (await request(cache, upstream, path="/v1/models/b")).cache == "miss"
     backend = cache.backend
     assert isinstance(backend, MemoryBackend) and backend.evictions == 2
     assert (await cache.usage()).entries == 3
@@ -213,12 +215,12 @@ async def test_memory_is_bounded_by_bytes() -> None:
     harness = memory_harness()
     cache = harness.cache(max_bytes=3000)
     upstream = Upstream(chunks=[b"x" * 900])
-    for path in ("/v1/a", "/v1/b", "/v1/c", "/v1/d"):
+    for path in ("/v1/models/a", "/v1/models/b", "/v1/models/c", "/v1/models/d"):
         await request(cache, upstream, path=path)
     usage = await cache.usage()
     assert usage.bytes is not None and usage.bytes <= 3000 and usage.entries == 2
-    assert (await request(cache, upstream, path="/v1/d")).cache == "hit"
-    assert (await request(cache, upstream, path="/v1/a")).cache == "miss"
+    assert (await request(cache, upstream, path="/v1/models/d")).cache == "hit"
+    assert (await request(cache, upstream, path="/v1/models/a")).cache == "miss"
 
 
 async def test_projects_never_share_entries(harness: Harness) -> None:
@@ -300,7 +302,9 @@ async def test_vary_keyed_variants(harness: Harness) -> None:
 async def test_purge_by_project_and_path_prefix(harness: Harness) -> None:
     cache, upstream = harness.cache(), Upstream()
     opt_in = {"x-proxy-cache-ttl": "60"}
-    vary = Upstream(headers={"content-type": "application/json", "vary": "Origin"})
+    vary = Upstream(
+        headers={"content-type": "application/json", "vary": "Origin", "cache-control": "public"}
+    )
     post: dict[str, Any] = {"method": "POST", "path": "/v1/embeddings", "body": b"{}"}
     for project in ("p1", "p2"):
         await request(cache, upstream, project=project, path="/v1/models")

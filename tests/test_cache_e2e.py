@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import pytest
 from shared.config import Settings
 from shared.crypto import new_key
 from shared.store import Token, make_store
-from tests.proxy_process import UNLIMITED, Provisioned, ProxyProcess, provision
+from tests.proxy_process import BASE_ENV, UNLIMITED, Provisioned, ProxyProcess, provision
 from tests.services import REDIS_HOST, REDIS_PORT, require
 from tests.test_proxy_forwarding import Target, wait_for_events
 from tests.upstream_fake import FakeUpstream
@@ -272,5 +274,39 @@ def test_redis_cache_with_distributed_limits(tmp_path: Path, fake: FakeUpstream)
         ]
         assert [r.status_code for r in spent] == [200] * 5  # one miss, then free hits
         assert calls(fake, "/v1/models") == 2
+    finally:
+        proxy.stop()
+
+
+def test_a_cli_purge_empties_every_in_memory_worker(tmp_path: Path, fake: FakeUpstream) -> None:
+    """`manage cache purge` run beside a 2-worker proxy (in-memory cache): each worker drops its
+    entries (docs/caching.md "Purging")."""
+    env = {**UNLIMITED, "ENCRYPTION_KEY": new_key()}
+    creds = provision(env, tmp_path, fake.base_url)
+    proxy = ProxyProcess(env=env, cwd=tmp_path, workers=2).start()
+    url = f"{proxy.url}/v1/models?purge=cli"
+    headers = {"Authorization": f"Bearer {creds.token}"}
+
+    def upstream_calls_reach(n: int) -> None:
+        # Fresh connections spread over both workers; each worker misses once, then hits.
+        deadline = time.monotonic() + 60
+        while calls(fake, "/v1/models") < n:
+            assert time.monotonic() < deadline, proxy.logs()
+            with httpx.Client() as client:
+                assert client.get(url, headers=headers).status_code == 200
+
+    try:
+        fake.reset()
+        upstream_calls_reach(2)  # both workers hold the entry now
+        purged = subprocess.run(
+            [sys.executable, "-m", "admin", "manage", "cache", "purge", "--json"],
+            env={**BASE_ENV, **env},
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
+        )
+        assert purged.returncode == 0, purged.stderr.decode()
+        assert json.loads(purged.stdout)["backend"] == "in-memory"
+        upstream_calls_reach(4)  # each worker missed again: both purged
     finally:
         proxy.stop()

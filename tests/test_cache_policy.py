@@ -20,12 +20,17 @@ from proxy.cache.headers import (
 )
 from proxy.cache.policy import (
     BYPASS,
+    DEFAULT,
+    EXPLICIT,
     LOOKUP,
+    NEVER,
+    OPT_IN,
     REVALIDATE,
     cache_key,
     read_request,
     request_rules,
     response_rules,
+    reuse_rule,
     stored_headers,
     variant_id,
 )
@@ -190,7 +195,7 @@ def test_parse_vary() -> None:
 
 def rules_for(method: str, **headers: str) -> tuple[str, str, float | None, float | None]:
     raw = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
-    r = request_rules(method, read_request(raw))
+    r = request_rules(method, "/v1/models", read_request(raw))
     return r.mode, r.reason, r.ttl, r.max_age
 
 
@@ -232,18 +237,24 @@ def test_request_rules(
 
 def test_repeated_cache_control_lines_combine() -> None:
     view = read_request([(b"cache-control", b"public"), (b"cache-control", b"max-age=9")])
-    assert request_rules("POST", view).ttl == 9
+    assert request_rules("POST", "/v1/embeddings", view).ttl == 9
 
 
 # --- response decisions ----------------------------------------------------------------------
 
 
 def store_for(
-    status: int = 200, client_ttl: float | None = None, **headers: str
+    status: int = 200, client_ttl: float | None = None, reuse: str = DEFAULT, **headers: str
 ) -> tuple[float, str]:
     raw = [(k.replace("_", "-").title().encode(), v.encode()) for k, v in headers.items()]
     r = response_rules(
-        status, raw, now=NOW, default_ttl=300, client_ttl=client_ttl, max_object_bytes=1000
+        status,
+        raw,
+        now=NOW,
+        default_ttl=300,
+        client_ttl=client_ttl,
+        max_object_bytes=1000,
+        reuse=reuse,
     )
     return r.ttl, r.reason
 
@@ -300,13 +311,72 @@ def test_response_rules(
     assert store_for(status, client_ttl, **headers) == expected
 
 
+# docs/caching.md "What is cached" is this table.
+@pytest.mark.parametrize(
+    ("method", "path", "rule"),
+    [
+        ("GET", "/v1/models", DEFAULT),
+        ("HEAD", "/v1/models", DEFAULT),
+        ("GET", "/v1/models/gpt-4o", DEFAULT),
+        ("GET", "/v1/models/meta-llama/Llama-3-8B", DEFAULT),
+        ("GET", "/v1/modelsx", EXPLICIT),
+        ("GET", "/v1/files", EXPLICIT),
+        ("GET", "/v1/files/file-abc", EXPLICIT),
+        ("GET", "/v1/files/file-abc/content", EXPLICIT),
+        ("GET", "/v1/batches/batch_1", EXPLICIT),
+        ("GET", "/v1/responses/resp_1", EXPLICIT),
+        ("GET", "/v1/fine_tuning/jobs/ftjob-1", EXPLICIT),
+        ("GET", "/v1/vector_stores/vs_1/files", EXPLICIT),
+        ("GET", "/v1/uploads/upload_1", EXPLICIT),
+        ("GET", "/v1/assistants", EXPLICIT),
+        ("GET", "/v1/threads/thread_1/messages", EXPLICIT),
+        ("GET", "/v1/something-new", EXPLICIT),
+        ("POST", "/v1/chat/completions", OPT_IN),
+        ("POST", "/v1/models", OPT_IN),
+        ("DELETE", "/v1/models/ft-1", NEVER),
+        ("PUT", "/v1/files", NEVER),
+        ("PATCH", "/v1/models", NEVER),
+    ],
+)
+def test_reuse_rule(method: str, path: str, rule: str) -> None:
+    assert reuse_rule(method, path) == rule
+
+
+@pytest.mark.parametrize(
+    ("path", "client_ttl", "headers", "expected"),
+    [
+        ("/v1/models", None, {}, (300, "")),
+        ("/v1/models/gpt-4o", None, {}, (300, "")),
+        ("/v1/files", None, {}, (0, "mutable")),
+        ("/v1/batches/b", None, {"cache_control": "no-cache"}, (0, "no-cache")),
+        ("/v1/batches/b", None, {"cache_control": "must-revalidate"}, (0, "mutable")),
+        ("/v1/batches/b", None, {"etag": '"v1"'}, (0, "mutable")),
+        ("/v1/files/f", None, {"cache_control": "max-age=60"}, (60, "")),
+        ("/v1/files/f", None, {"cache_control": "s-maxage=30"}, (30, "")),
+        ("/v1/files/f", None, {"cache_control": "public"}, (300, "")),
+        ("/v1/files/f", None, {"cache_control": "public, max-age=0"}, (0, "expired")),
+        ("/v1/files/f", None, {"expires": format_http_date(NOW + 45)}, (45, "")),
+        ("/v1/files/f", 20, {}, (20, "")),
+        ("/v1/files/f", 20, {"cache_control": "max-age=5"}, (5, "")),
+        ("/v1/files/f", 20, {"cache_control": "no-store"}, (0, "no-store")),
+        ("/v1/files/f", None, {"cache_control": "private, max-age=60"}, (0, "private")),
+    ],
+)
+def test_only_what_is_safe_to_reuse_is_stored_unasked(
+    path: str, client_ttl: float | None, headers: dict[str, str], expected: tuple[float, str]
+) -> None:
+    assert store_for(200, client_ttl, reuse_rule("GET", path), **headers) == expected
+
+
 def test_response_rules_reads_vary_and_streams() -> None:
     raw = [
         (b"Content-Type", b"text/event-stream; charset=utf-8"),
         (b"Vary", b"Accept-Encoding, Origin"),
         (b"Vary", b"Authorization, X-Tenant"),
     ]
-    r = response_rules(200, raw, now=NOW, default_ttl=60, client_ttl=None, max_object_bytes=10)
+    r = response_rules(
+        200, raw, now=NOW, default_ttl=60, client_ttl=None, max_object_bytes=10, reuse=DEFAULT
+    )
     assert r.stream and r.ttl == 60
     # Accept-Encoding is already in the key; Authorization is replaced by the project's key.
     assert r.vary == (b"origin", b"x-tenant")

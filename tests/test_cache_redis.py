@@ -74,7 +74,9 @@ async def test_every_redis_key_expires(
     client = connect(clients, settings)
     cache = build_cache(settings, client)
     assert cache is not None
-    vary = Upstream(headers={"content-type": "application/json", "vary": "Origin"})
+    vary = Upstream(
+        headers={"content-type": "application/json", "vary": "Origin", "cache-control": "public"}
+    )
     await request(cache, Upstream(), headers={"x-proxy-cache-ttl": "90"})
     await request(cache, vary, path="/v1/files", headers={"origin": "a"})
     keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
@@ -93,7 +95,9 @@ async def test_a_lookup_is_one_get(
     writer, reader = build_cache(settings, client), build_cache(settings, client)
     assert writer is not None and reader is not None
     await request(writer, Upstream())
-    vary = Upstream(headers={"content-type": "application/json", "vary": "Origin"})
+    vary = Upstream(
+        headers={"content-type": "application/json", "vary": "Origin", "cache-control": "public"}
+    )
     await request(writer, vary, path="/v1/files", headers={"origin": "a"})
 
     async def commands_for_a_hit(cache: HttpCache, path: str) -> dict[str, int]:
@@ -169,7 +173,9 @@ async def test_a_worker_that_remembers_an_old_vary_recovers(
     one = build_cache(settings, connect(clients, settings))
     two = build_cache(settings, connect(clients, settings))
     assert one is not None and two is not None
-    upstream = Upstream(headers={"content-type": "application/json", "vary": "Origin"})
+    upstream = Upstream(
+        headers={"content-type": "application/json", "vary": "Origin", "cache-control": "public"}
+    )
     await request(one, upstream, headers={"origin": "a"})
     assert (await request(two, upstream, headers={"origin": "a"})).cache == "hit"
     # The upstream stops varying; instance one refreshes the entry.

@@ -205,3 +205,30 @@ async def test_an_unstorable_answer_frees_the_waiting_requests_at_once(
     assert upstream.calls == 5
     assert all(r.cache == "miss" for r in replies)
     assert {r.cache_status for r in replies} == {"llm-proxy; fwd=miss; detail=no-store"}
+
+
+async def test_polls_of_a_mutable_resource_never_wait_on_each_other(
+    make_cache: Callable[[float], HttpCache], upstream: FakeUpstream
+) -> None:
+    """Their answer is not stored unasked, so waiting for another poll's headers would only
+    double the latency: each identical concurrent poll goes upstream at once."""
+    cache = make_cache(30.0)
+    everyone = asyncio.Event()
+    outcome: dict[int, bool] = {}
+
+    async def batch_status(req: web.Request, call: int) -> web.StreamResponse:
+        if call == 3:
+            everyone.set()
+        try:
+            await asyncio.wait_for(everyone.wait(), 10)
+            outcome[call] = True
+        except TimeoutError:
+            outcome[call] = False
+        return web.json_response({"id": "batch_1", "status": "in_progress"})
+
+    upstream.handler = batch_status
+    polls = [request(cache, upstream, path="/v1/batches/batch_1") for _ in range(3)]
+    replies = await asyncio.gather(*polls)
+    assert outcome == {1: True, 2: True, 3: True}  # all three were upstream together
+    assert {r.cache_status for r in replies} == {"llm-proxy; fwd=miss; detail=mutable"}
+    assert cache.stats.collapsed == 0

@@ -16,7 +16,7 @@ def test_defaults_need_no_environment() -> None:
     assert s.database_max_idle_conns == 5
     assert s.database_conn_max_lifetime == 3600.0
     assert s.redis_addr == "localhost:6379"
-    assert s.redis_db == 0
+    assert s.redis.db == 0
     assert not s.management_token
     assert s.log_level == "info"
 

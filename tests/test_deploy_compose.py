@@ -11,14 +11,16 @@ import pytest
 import yaml
 
 from proxy.server import ProxyServer
-from shared.config import Secret, Settings, parse_duration
+from shared.config import Secret, Settings, declared_fields, parse_duration
 from tests.deploy_wiring import (
     COMPOSE_DIR,
     ROOT,
     app_paths,
     compose_model,
     example_env,
+    known_settings,
     llm_proxy_services,
+    management_prefixes,
     nginx_block,
     nginx_directive,
     nginx_for_loopback,
@@ -142,7 +144,7 @@ def test_the_settings_parse(services: dict[str, dict[str, Any]]) -> None:
     """Each process's environment is accepted by the one settings object (placeholders apart)."""
     for name, svc in llm_proxy_services({"services": services}).items():
         env = {k: v for k, v in svc["environment"].items() if v is not None}
-        known = {f.metadata["env"] for f in Settings.__dataclass_fields__.values()}
+        known = {f.metadata["env"] for f in declared_fields()}
         settings = Settings.from_env({k: v for k, v in env.items() if k in known})
         assert settings.db_driver == "postgres", name
         assert settings.event_bus == "redis-streams", name
@@ -151,9 +153,7 @@ def test_the_settings_parse(services: dict[str, dict[str, Any]]) -> None:
 def test_secrets_come_from_the_env_file_only() -> None:
     raw = yaml.safe_load((COMPOSE_DIR / "docker-compose.yml").read_text())
     secret_names = {
-        f.metadata["env"]
-        for f in Settings.__dataclass_fields__.values()
-        if isinstance(f.default, Secret)
+        f.metadata["env"] for f in declared_fields() if isinstance(f.default, Secret)
     } | {"POSTGRES_PASSWORD"}
 
     def walk(node: Any) -> None:
@@ -185,7 +185,7 @@ def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
 
 def test_ports_agree_from_the_image_to_nginx(services: dict[str, dict[str, Any]]) -> None:
     port = services["proxy"]["environment"]["PORT"]
-    assert services["proxy"]["expose"] == [port]
+    assert services["proxy"]["expose"][0] == port
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(rf"^EXPOSE {port}$", dockerfile, re.M)
     assert nginx_upstream_servers(NGINX_CONF) == [f"proxy:{port}"]
@@ -210,10 +210,32 @@ def test_probe_and_metrics_paths_exist_in_the_app(services: dict[str, dict[str, 
     assert probe and probe.group(1) in paths
 
 
-def test_nginx_forwards_exactly_what_the_app_serves_under_a_prefix() -> None:
+def test_nginx_forwards_exactly_what_the_app_serves_under_a_prefix(
+    services: dict[str, dict[str, Any]],
+) -> None:
     forwarded = set(re.findall(r"location\s+(/\S*)\s*\{\s*proxy_pass", NGINX_CONF))
-    assert forwarded == {"/v1/", "/manage/"}
-    assert forwarded <= served_prefixes()
+    assert forwarded == {"/v1/"}
+    env = known_settings(services["proxy"]["environment"])
+    assert served_prefixes(env) == {"/v1/"}, "the public port serves no management API"
+
+
+def test_the_management_api_has_an_internal_port_of_its_own(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    proxy = services["proxy"]
+    settings = Settings.from_env(known_settings(proxy["environment"]))
+    port = settings.management_port
+    assert port is not None and port != settings.port
+    assert management_prefixes(known_settings(proxy["environment"])) == {"/manage/"}
+    # reachable on the private network, from no host port: only nginx publishes, PORT only
+    assert str(port) in proxy["expose"]
+    assert not proxy.get("ports")
+    assert [p["target"] for p in services["nginx"]["ports"]] == [
+        int(nginx_directive(nginx_block(NGINX_CONF, "server"), "listen"))
+    ]
+    upstream_ports = {s.rsplit(":", 1)[1] for s in nginx_upstream_servers(NGINX_CONF)}
+    assert upstream_ports == {str(settings.port)}, "nginx never connects to the management port"
+    assert not re.search(r"location\s+\S*manage", NGINX_CONF), "nginx has no /manage/ route"
 
 
 def test_nginx_streams_and_trusts_nothing_the_client_forwards(

@@ -172,3 +172,26 @@ def test_the_package_sources_the_build_needs_are_all_copied() -> None:
     build = stages()[0]
     copied = {shlex.split(c.original)[1].rstrip("/") for c in build.all("COPY")}
     assert packages <= copied, packages - copied
+
+
+def test_the_image_installs_the_locked_set_hash_checked() -> None:
+    """Dependencies come from requirements.lock, every file checked against its hashes, in both
+    stages; the project itself is installed with --no-deps, so nothing outside the lock enters."""
+    build, runtime = stages()[0], stages()[-1]
+    build_runs = [" ".join(r.value) for r in build.all("RUN")]
+    fetch = [t for t in build_runs if "pip wheel" in t and "-r requirements.lock" in t]
+    assert fetch and "--require-hashes" in fetch[0], build_runs
+    copies = [shlex.split(c.original)[1:-1] for c in build.all("COPY")]
+    assert ["requirements.lock"] in copies
+    project = [t for t in build_runs if re.search(r"pip wheel .* \.$", t)]
+    assert project and "--no-deps" in project[0], "the project's wheel brings no dependency"
+    installs = [
+        step.strip()
+        for run in runtime.all("RUN")
+        for step in " ".join(run.value).split("&&")
+        if "pip install" in step
+    ]
+    assert len(installs) == 2, installs
+    locked, own = installs
+    assert "--require-hashes" in locked and re.search(r"-r \S*requirements\.lock\b", locked)
+    assert "--no-deps" in own and "--no-index" in own

@@ -13,7 +13,14 @@ import pytest
 import yaml
 
 from shared.config import parse_duration
-from tests.deploy_wiring import CHART_DIR, app_paths, served_prefixes, unknown_variables
+from tests.deploy_wiring import (
+    CHART_DIR,
+    app_paths,
+    known_settings,
+    management_prefixes,
+    served_prefixes,
+    unknown_variables,
+)
 
 SECRETS = {
     "secret": {
@@ -34,6 +41,7 @@ EVERYTHING = {
     "config": {"LOG_LEVEL": "debug", "REDIS_ADDR": "redis.data:6379", "POOL_WARM": True},
     "proxy": {
         "port": 9000,
+        "managementPort": 9001,
         "workers": 4,
         "maxRequestBodyBytes": 10485760,
         "upstreamReadTimeoutSeconds": 120,
@@ -58,12 +66,12 @@ EVERYTHING = {
         ],
     },
     "service": {"port": 8443, "type": "LoadBalancer"},
+    "managementService": {"port": 9443, "annotations": {"team": "platform"}},
     "ingress": {
         "enabled": True,
         "timeoutSeconds": 900,
         "hosts": [{"host": "llm.example.com"}],
         "tls": [{"secretName": "llm-tls", "hosts": ["llm.example.com"]}],
-        "exposeManagementApi": True,
         "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
     },
     "dispatcher": {"replicaCount": 3, "batchSize": 500, "buffer": 5000, "metricsPort": 9200},
@@ -81,7 +89,8 @@ EVERYTHING = {
 
 MINIMAL = {**SECRETS, "dispatcher": {"enabled": False}, "worker": {"enabled": False},
            "migrations": {"enabled": False}, "networkPolicy": {"enabled": False},
-           "proxy": {"podDisruptionBudget": {"enabled": False}}}  # fmt: skip
+           "proxy": {"podDisruptionBudget": {"enabled": False}},
+           "managementService": {"enabled": False}}  # fmt: skip
 
 SCENARIOS = {"defaults": SECRETS, "everything": EVERYTHING, "minimal": MINIMAL}
 KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
@@ -283,6 +292,57 @@ def test_ports_agree_from_container_to_service_to_ingress(
         assert open_ports <= named, policy["metadata"]["name"]
 
 
+def public_settings(env: dict[str, str]) -> dict[str, str]:
+    """The proxy container's listener settings, as the app reads them."""
+    return known_settings({k: env[k] for k in ("PORT", "MANAGEMENT_LISTEN", "METRICS_PATH")})
+
+
+def test_the_management_api_listens_on_an_internal_port_of_its_own(
+    scenario: tuple[dict[str, Any], list[dict[str, Any]]],
+) -> None:
+    values, docs = scenario
+    container = find(docs, "Deployment", "-proxy")["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = public_settings(container_env(container))
+    assert env["MANAGEMENT_LISTEN"] == f"0.0.0.0:{ports['manage']}"
+    assert ports["manage"] != ports["http"]
+    # the app's two listeners, as the real app assembles them from this environment
+    assert served_prefixes(env) == {"/v1/"}
+    assert management_prefixes(env) == {"/manage/"}
+    # the public Service and the Ingress reach only `http`; `manage` only a ClusterIP Service
+    public = find(docs, "Service", "prod-llm-proxy")
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http"]
+    managed = [
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-manage")
+    ]
+    if merged_values(values)["managementService"]["enabled"]:
+        (service,) = managed
+        assert service["spec"]["type"] == "ClusterIP"
+        assert [p["targetPort"] for p in service["spec"]["ports"]] == ["manage"]
+        labels = find(docs, "Deployment", "-proxy")["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= labels.items()
+    else:
+        assert not managed
+    for ingress in (d for d in docs if d["kind"] == "Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["name"] == public["metadata"]["name"]
+    policies = [
+        d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-proxy")
+    ]
+    for policy in policies:
+        (rule,) = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "manage"]
+        assert rule["from"] == merged_values(values)["networkPolicy"]["managementFrom"]
+        assert rule["from"], "the default admits the release's namespace only"
+
+
+def test_the_removed_ingress_route_to_the_management_api_is_refused() -> None:
+    with pytest.raises(helm.HelmRenderError, match="exposeManagementApi was removed"):
+        render({**SECRETS, "ingress": {"enabled": True, "exposeManagementApi": True}})
+    with pytest.raises(helm.HelmRenderError, match=r"must differ from proxy\.port"):
+        render({**SECRETS, "proxy": {"port": 8081, "managementPort": 8081}})
+
+
 def test_the_dispatcher_gets_its_batch_settings_and_metrics_port() -> None:
     docs = render(EVERYTHING)
     deployment = find(docs, "Deployment", "-dispatcher")
@@ -408,8 +468,8 @@ def test_the_ingress_streams(scenario: tuple[dict[str, Any], list[dict[str, Any]
         assert int(notes[f"nginx.ingress.kubernetes.io/{key}"]) >= read_timeout
     assert notes["cert-manager.io/cluster-issuer"] == "letsencrypt"
     paths = {p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]}
-    assert paths == {"/v1/", "/manage/"}
-    assert paths <= served_prefixes()
+    assert paths == {"/v1/"}
+    assert paths <= served_prefixes(public_settings(env))
     with pytest.raises(helm.HelmRenderError, match=r"ingress\.timeoutSeconds"):
         render({**SECRETS, "ingress": {"enabled": True, "timeoutSeconds": 60}})
 

@@ -79,12 +79,17 @@ class Topology:
             parts.append(f"--- {name}\n{self.log(name)[-3000:]}")
         return "\n".join(parts)
 
+    @property
+    def management_url(self) -> str:
+        """One replica's management listener (MANAGEMENT_LISTEN), inside the network."""
+        return "http://" + self.proxies[0].env["MANAGEMENT_LISTEN"]
+
     def remote_cli(self, *args: str, stdin: str = "") -> Any:
-        """`llm-proxy manage ...` as an operator runs it from afar: through nginx to the
-        management API, with no database settings at all."""
+        """`llm-proxy manage ...` as an operator runs it inside the network: to a replica's
+        management listener (nginx does not route it), with no database settings at all."""
         env = {
             **BASE_ENV,
-            "LLM_PROXY_API_URL": self.url,
+            "LLM_PROXY_API_URL": self.management_url,
             "MANAGEMENT_TOKEN": self.env["MANAGEMENT_TOKEN"],
         }
         done = subprocess.run(
@@ -147,7 +152,9 @@ def start_nginx(topo: Topology, model: dict[str, Any]) -> None:
     command[command.index("-p") + 1] = f"{prefix}/"
     command[command.index("-c") + 1] = str(conf_path)
     command[0] = nginx
-    with open(topo.root / "nginx.log", "wb") as log:
+    # append mode: nginx writes its access log through a descriptor of its own (opened with
+    # O_APPEND), its error log through this one, which would otherwise overwrite those lines
+    with open(topo.root / "nginx.log", "ab") as log:
         topo.nginx = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
     while not port_open("127.0.0.1", topo.nginx_port):
@@ -218,6 +225,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
             "TRUSTED_PROXIES": f"{NGINX_ADDRESS}/32",
             "PROMETHEUS_MULTIPROC_DIR": str(root / "metrics"),
             "EVENT_SPOOL_DIR": str(root / "spool"),
+            "MANAGEMENT_LISTEN": "",  # each replica gets a port of its own below
         },
     )
     topo = Topology(root, {**proxy_env, **pools}, database_url, private_redis, fake)
@@ -232,7 +240,11 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         )
         assert migrated.returncode == 0, migrated.stderr.decode()
         for i in range(2):
-            env = {**topo.env, "PROMETHEUS_MULTIPROC_DIR": str(root / f"metrics-{i}")}
+            env = {
+                **topo.env,
+                "PROMETHEUS_MULTIPROC_DIR": str(root / f"metrics-{i}"),
+                "MANAGEMENT_LISTEN": f"127.0.0.1:{free_port()}",
+            }
             topo.proxies.append(ProxyProcess(env=env, cwd=root, workers=2).start())
         dispatcher_env = service_env(
             model, "dispatcher", {**shared, "DISPATCHER_HTTP_ADDR": f"127.0.0.1:{free_port()}"}
@@ -265,7 +277,8 @@ def test_requests_reach_the_upstream_through_nginx_and_both_proxies(topology: To
         assert response.status_code == 200, topology.logs()
         assert response.json() == MODELS
     # One cache in Redis for every replica: nginx alternates replicas, yet only the first request
-    # went upstream.
+    # went upstream. The entry is written before the answer's last byte leaves the proxy
+    # (docs/caching.md "When an answer is stored"), so the repeat right after it is a hit.
     assert [r.headers["x-proxy-cache"] for r in answers] == ["miss", "hit", "hit", "hit"]
     assert len(events_of(topology.fake, "/v1/models")) == asked_before + 1
     with topology.client() as client:
@@ -334,6 +347,16 @@ def test_nginx_answers_its_own_errors_in_the_openai_shape(topology: Topology) ->
     assert unauthenticated.json()["error"]["message"]
     assert metrics.status_code == 404, "metrics stay inside the network"
     assert metrics.json()["error"]["code"] == "not_found"
+    # The management API is not reachable through nginx, with the right token or not...
+    management = {"Authorization": f"Bearer {topology.env['MANAGEMENT_TOKEN']}"}
+    for path in ("/manage/projects", "/manage/openapi.json"):
+        with httpx.Client(base_url=topology.url, timeout=30) as edge:
+            refused = edge.get(path, headers=management)
+        assert refused.status_code == 404, path
+        assert refused.json()["error"]["code"] == "not_found"
+        # ...nor on a replica's public port, only on its management listener
+        assert httpx.get(topology.proxies[0].url + path, headers=management).status_code == 404
+        assert httpx.get(topology.management_url + path, headers=management).status_code == 200
     # ...while each replica serves them to Prometheus directly
     direct = httpx.get(topology.proxies[0].url + topology.env["METRICS_PATH"], timeout=10)
     assert direct.status_code == 200 and "# TYPE" in direct.text

@@ -85,7 +85,7 @@ async def test_entries_that_cannot_be_recorded_become_dead_letters(
         {EVENT_FIELD: b'{"event_id": "x"}'},
         {b"other": b"field"},
         {EVENT_FIELD: owners.event(2, path="/v1/\x00").to_bytes()},
-        {EVENT_FIELD: owners.event(3, prompt_tokens=2**40).to_bytes()},
+        {EVENT_FIELD: owners.event(3, prompt_tokens=2**63).to_bytes()},  # past BIGINT
         {EVENT_FIELD: b"[" * 70_000},
     ]
     if store.uuid_ids:

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
-from shared.config import Settings
-from shared.fastredis import FastRedis
+from proxy.redis_client import FastRedis
+from shared.config import RedisSettings, Settings
 from tests.services import RedisProcess, free_port
 
 
@@ -81,7 +81,7 @@ async def test_password_and_database(tmp_path: object) -> None:
 
 async def test_a_dead_server_fails_fast_and_a_restarted_one_works_again() -> None:
     server = RedisProcess().start()
-    client = FastRedis("127.0.0.1", server.port, timeout=1.0)
+    client = FastRedis(RedisSettings("127.0.0.1", server.port), timeout=1.0)
     assert await client.ping()
     server.stop()
     await asyncio.sleep(0.1)
@@ -97,8 +97,8 @@ async def test_a_dead_server_fails_fast_and_a_restarted_one_works_again() -> Non
 
 async def test_a_stalled_server_times_out_then_recovers() -> None:
     server = RedisProcess().start()
-    admin = FastRedis("127.0.0.1", server.port, timeout=5.0)
-    client = FastRedis("127.0.0.1", server.port, timeout=0.3)
+    admin = FastRedis(RedisSettings("127.0.0.1", server.port), timeout=5.0)
+    client = FastRedis(RedisSettings("127.0.0.1", server.port), timeout=0.3)
     try:
         assert await client.ping()
         await admin.command("CLIENT", "PAUSE", 1000, "ALL")

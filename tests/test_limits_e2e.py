@@ -123,7 +123,7 @@ def test_token_rpm_answers_429_with_headers(tmp_path: Path, fake: FakeUpstream) 
     assert limited.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(limited.headers["retry-after"]) > 0
     assert limited.headers["x-ratelimit-remaining"] == "0"
-    assert 'rate_limited_total{kind="token"} 1.0' in text
+    assert 'llm_proxy_rate_limited_requests_total{kind="token"} 1.0' in text
 
 
 @pytest.mark.parametrize("fallback", ["true", "false"])

@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 
 from proxy.limits import LimitConfig, LimitStats, RedisLimiter, make_limiter, make_limiter_redis
 from proxy.limits.keys import HASH_TAG, KeyLayout
+from proxy.redis_client import FastRedis
 from shared.config import Settings
 from shared.errors import QuotaExceeded, RateLimited, Unavailable
-from shared.fastredis import FastRedis
 from shared.redis import make_redis
 from shared.store import SqlStore, make_store
 from tests.limits_support import (

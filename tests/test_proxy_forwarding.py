@@ -53,7 +53,8 @@ async def _events(env: dict[str, str], cwd: Path, token_id: str) -> list[Request
                 rows = await tx.fetchall(
                     "SELECT event_id, request_id, ts, project_id, token_id, method, path, "
                     "status, model, prompt_tokens, completion_tokens, total_tokens, stream, "
-                    "error, cache_status FROM request_events WHERE token_id = %s ORDER BY ts",
+                    "error, cache_status, usage_source FROM request_events WHERE token_id = %s "
+                    "ORDER BY ts",
                     (token_id,),
                 )
         finally:

@@ -16,7 +16,7 @@ import pytest
 
 from shared.config import Settings
 from shared.crypto import load_keyring, new_key
-from shared.invalidation import Notifier
+from shared.invalidation import Notifier, channel
 from shared.management import Management
 from shared.management.inputs import TokenRef
 from shared.redis import make_redis
@@ -135,7 +135,7 @@ def test_revocation_reaches_two_instances_within_a_second_over_redis(tmp_path: P
                     store=store,
                     keyring=load_keyring(settings),
                     actor="test",
-                    notifier=Notifier(store, redis),
+                    notifier=Notifier(store, redis, channel=channel(settings)),
                 )
                 await mgmt.revoke_token(TokenRef(token_id=creds.token_id))
             finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import tempfile
 from typing import Annotated
@@ -11,8 +12,10 @@ import typer
 
 from admin.output import fail
 from admin.runner import guarded_settings
+from shared.config import explain
 from shared.crypto import load_keyring
 from shared.errors import LLMProxyError
+from shared.logging import setup_logging
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -28,6 +31,8 @@ def server(
 ) -> None:
     """Run the proxy: gunicorn with uvicorn workers, configured from the environment."""
     settings = guarded_settings()
+    setup_logging(settings.log_level, settings.log_format)  # the master's lines, as the workers'
+    _log_notices()
     if port is not None:
         settings = settings.replace(port=port)
     try:
@@ -35,6 +40,8 @@ def server(
     except LLMProxyError as exc:
         fail(exc.message)
     if reload:
+        if settings.management_listen:
+            fail("--reload serves one address: unset MANAGEMENT_LISTEN to develop with it")
         import uvicorn
 
         uvicorn.run(
@@ -50,6 +57,12 @@ def server(
     from proxy.server import ProxyServer  # after the metrics dir is set: workers read it
 
     ProxyServer(settings, workers=workers).run()
+
+
+def _log_notices() -> None:
+    """Say once, at start, which tuning-guide variables have no effect here."""
+    for notice in explain()[2]:
+        logging.getLogger("llm_proxy.config").warning(notice)
 
 
 def _prepare_metrics_dir(directory: str) -> None:

@@ -12,8 +12,8 @@ from proxy.cache.entry import CacheEntry
 from proxy.cache.http_cache import CachePlan, Fill, HttpCache, Served
 from proxy.cache.memory import MemoryBackend
 from proxy.cache.redis import RedisBackend
+from proxy.redis_client import FastRedis
 from shared.config import Settings
-from shared.fastredis import FastRedis
 
 __all__ = [
     "CacheBackend",

@@ -14,8 +14,8 @@ The pipeline's sequence (``tests/cache_client.py`` runs exactly this)::
         if resp.status == 304 and fill.revalidating:
             served = await fill.not_modified(resp.headers); send(served...); return
         send_start(resp.status, resp.headers + fill.start(resp.status, resp.headers))
-        for chunk in resp.body: fill.feed(chunk); send(chunk)
-        await fill.finish()                      # only once the body is complete
+        for chunk in resp.body: fill.feed(chunk); send(chunk)   # but the chunk that completes
+        await fill.finish()     # the body is sent only after finish(): a repeat must find it
     event.cache_status = fill.status             # "miss" or "bypass"
 """
 
@@ -32,6 +32,7 @@ from proxy.cache.flight import Flight, Landing, SingleFlight
 from proxy.cache.headers import RawHeaders, not_modified
 from proxy.cache.policy import (
     BYPASS,
+    EXPLICIT,
     LOOKUP,
     RequestView,
     StoreRules,
@@ -53,6 +54,7 @@ _BYPASS_HEADERS = {
     "bypass": (_BYPASS, (CACHE_STATUS, b"llm-proxy; fwd=bypass")),
     "unavailable": (_BYPASS, (CACHE_STATUS, b"llm-proxy; fwd=bypass; detail=unavailable")),
 }
+_OPTED_IN = b"\nopt-in"  # one separator more than any key_part has: cannot collide
 _COLLAPSED = (_HIT, (CACHE_STATUS, b"llm-proxy; fwd=miss; collapsed"))
 # What a 304 to a client's conditional request carries (RFC 9110 15.4.5).
 _NOT_MODIFIED_KEEP = frozenset(
@@ -83,6 +85,7 @@ class CachePlan:
     view: RequestView
     ttl: float | None  # the client's TTL (X-Proxy-Cache-TTL, POST opt-in)
     max_age: float | None  # the oldest stored answer the client accepts
+    reuse: str  # policy.reuse_rule() of the request
     stale: CacheEntry | None = None  # a stored entry to revalidate upstream
 
     @property
@@ -98,6 +101,7 @@ class Served:
     headers: list[Header]
     body: bytes
     stream: bool  # replay as text/event-stream (the body is the captured SSE bytes)
+    waited_ms: float = 0.0  # a collapsed request: how long it waited on the identical one's call
 
 
 class HttpCache:
@@ -139,10 +143,14 @@ class HttpCache:
         """Decide (no I/O): ``headers`` are the request's ASGI pairs (``request.headers.raw``),
         ``query`` its raw query string, ``body`` the request body (only read for POST)."""
         view = read_request(headers)
-        rules = request_rules(method, view)
+        rules = request_rules(method, path, view)
         key = ""
         if rules.mode != BYPASS:
-            key = cache_key(method, path, query, view.key_part, body if method == "POST" else None)
+            key_part = view.key_part
+            if rules.reuse == EXPLICIT and rules.ttl is not None:
+                # What one client opted in for is not served to readers who did not.
+                key_part += _OPTED_IN
+            key = cache_key(method, path, query, key_part, body if method == "POST" else None)
         return CachePlan(
             project_id,
             method,
@@ -154,6 +162,7 @@ class HttpCache:
             view,
             rules.ttl,
             rules.max_age,
+            rules.reuse,
         )
 
     async def lookup(self, plan: CachePlan) -> Served | None:
@@ -269,11 +278,14 @@ class Fill:
         if plan.mode == BYPASS:
             return self
         flights = cache.flights
-        if flights.wait > 0:
+        # A mutable GET nobody opted in is most likely not stored: waiting for an identical
+        # one's headers would only add its latency to this one's.
+        if flights.wait > 0 and not (plan.reuse == EXPLICIT and plan.ttl is None):
             self._flight = flights.lead(self._flight_key())
             current = flights.current(self._flight_key()) if self._flight is None else None
             # A revalidation wants its own upstream answer; it never waits on another's.
             if current is not None and plan.mode == LOOKUP:
+                began = time.perf_counter()
                 landing = await flights.follow(current)
                 if landing is not None and (
                     not landing.vary or variant_id(landing.vary, plan.headers) == landing.variant
@@ -282,6 +294,7 @@ class Fill:
                     cache.stats.collapsed += 1
                     self.status = "hit"
                     self.served = cache._serve(plan, landing.entry, cache.clock(), _COLLAPSED)
+                    self.served.waited_ms = (time.perf_counter() - began) * 1000
                     return self
         cache.stats.misses += 1
         stale = plan.stale
@@ -318,6 +331,7 @@ class Fill:
             default_ttl=cache.default_ttl,
             client_ttl=plan.ttl,
             max_object_bytes=cache.max_object_bytes,
+            reuse=plan.reuse,
         )
         if rules.ttl <= 0:
             cache.stats.not_stored += 1
@@ -384,6 +398,7 @@ class Fill:
             default_ttl=cache.default_ttl,
             client_ttl=plan.ttl,
             max_object_bytes=cache.max_object_bytes,
+            reuse=plan.reuse,
         )
         now = cache.clock()
         entry = CacheEntry(stale.status, merged, stale.body, now, now + rules.ttl, stale.stream)

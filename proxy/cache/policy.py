@@ -21,6 +21,17 @@ from proxy.headers import HOP_BY_HOP
 
 LOOKUP, REVALIDATE, BYPASS = "lookup", "revalidate", "bypass"
 
+# How a request's answer may be reused, before either side says anything (docs/caching.md's table).
+DEFAULT = "default"  # stored for HTTP_CACHE_DEFAULT_TTL unless the upstream forbids it
+EXPLICIT = "explicit"  # stored only when the upstream marks it cacheable or the client opts in
+OPT_IN = "opt-in"  # stored only when the client opts in
+NEVER = "never"
+
+# Answers that stay the same for every reader of a project until its operator changes the
+# deployment. Every other GET (files, batches, responses/{id}, fine-tuning jobs, vector stores,
+# uploads, assistants, threads, whatever the allowlist adds) can change between two reads.
+_REUSABLE = ("/v1/models",)
+
 # Request headers that change the upstream's answer, so they are part of every key (docs/caching.md
 # lists them for operators). Authorization is not: the proxy replaces it with the project's key,
 # and the project is part of every key.
@@ -130,24 +141,40 @@ def read_request(headers: RawHeaders) -> RequestView:
     return view
 
 
+def reuse_rule(method: str, path: str) -> str:
+    """The one rule for what may be stored without anyone asking: DEFAULT, EXPLICIT, OPT_IN or
+    NEVER for ``method`` on ``path`` (the request path, ``/v1/...``)."""
+    if method == "GET" or method == "HEAD":
+        for prefix in _REUSABLE:
+            if path == prefix or path.startswith(prefix + "/"):
+                return DEFAULT
+        return EXPLICIT
+    if method == "POST":
+        return OPT_IN
+    return NEVER
+
+
 @dataclass(slots=True, frozen=True)
 class RequestRules:
     mode: str  # LOOKUP, REVALIDATE or BYPASS
     reason: str  # why: Cache-Status ``fwd`` for REVALIDATE/BYPASS ("request", "method", "bypass")
     ttl: float | None = None  # the TTL the client asked for (X-Proxy-Cache-TTL, POST opt-in)
     max_age: float | None = None  # the oldest stored answer the client accepts
+    reuse: str = NEVER  # reuse_rule() of the request
 
 
-def request_rules(method: str, view: RequestView) -> RequestRules:
-    """Whether to look up, revalidate or bypass, from the method and the client's directives."""
-    if method not in ("GET", "HEAD", "POST"):
+def request_rules(method: str, path: str, view: RequestView) -> RequestRules:
+    """Whether to look up, revalidate or bypass, from the method, the path and the client's
+    directives."""
+    reuse = reuse_rule(method, path)
+    if reuse == NEVER:
         return RequestRules(BYPASS, "method")
     cc = parse_cache_control(view.cache_control) if view.cache_control else {}
     if "no-store" in cc:
-        return RequestRules(BYPASS, "bypass")
+        return RequestRules(BYPASS, "bypass", reuse=reuse)
     ttl = parse_ttl(view.ttl)
     max_age: float | None = delta_seconds(cc.get("max-age")) if "max-age" in cc else None
-    if method == "POST":
+    if reuse == OPT_IN:
         # POST answers are cached only on the client's explicit request, with its TTL.
         if ttl is None:
             shared = delta_seconds(cc.get("s-maxage")) if "s-maxage" in cc else None
@@ -156,15 +183,15 @@ def request_rules(method: str, view: RequestView) -> RequestRules:
             elif "public" in cc and max_age is not None:
                 ttl = max_age
         if not ttl:
-            return RequestRules(BYPASS, "method")
+            return RequestRules(BYPASS, "method", reuse=reuse)
     if ttl is not None:
         max_age = ttl if max_age is None else min(max_age, ttl)
     # Pragma: no-cache counts only without Cache-Control (RFC 9111 5.4).
     pragma = view.pragma is not None and not cc and "no-cache" in view.pragma
     no_cache = "no-cache" in cc or pragma
     if no_cache or max_age == 0:
-        return RequestRules(REVALIDATE, "request", ttl, max_age)
-    return RequestRules(LOOKUP, "miss", ttl, max_age)
+        return RequestRules(REVALIDATE, "request", ttl, max_age, reuse)
+    return RequestRules(LOOKUP, "miss", ttl, max_age, reuse)
 
 
 @dataclass(slots=True, frozen=True)
@@ -188,8 +215,11 @@ def response_rules(
     default_ttl: float,
     client_ttl: float | None,
     max_object_bytes: int,
+    reuse: str,
 ) -> StoreRules:
-    """Whether (and how long) to store a response, from its status and headers (RFC 9111 3, 4.2)."""
+    """Whether (and how long) to store a response, from its status and headers (RFC 9111 3, 4.2)
+    and the request's ``reuse_rule()``: without a lifetime from the upstream or the client, only a
+    DEFAULT request (or a ``public`` answer) gets ``default_ttl``."""
     cc_parts: list[str] = []
     vary: list[str] = []
     expires = date = age = length = None
@@ -236,7 +266,12 @@ def response_rules(
     if freshness is not None:
         freshness -= delta_seconds(age) or 0
     if freshness is None:
-        ttl = client_ttl if client_ttl is not None else default_ttl
+        if client_ttl is not None:
+            ttl = client_ttl
+        elif reuse == DEFAULT or "public" in cc:
+            ttl = default_ttl
+        else:
+            return _no("mutable")
     else:
         ttl = freshness if client_ttl is None else min(freshness, client_ttl)
     if ttl <= 0:

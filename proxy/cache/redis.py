@@ -23,7 +23,7 @@ from proxy.cache.backend import CacheUnavailable, Usage
 from proxy.cache.entry import CacheEntry, decode, decode_marker, encode, encode_marker
 from proxy.cache.headers import RawHeaders
 from proxy.cache.policy import variant_id
-from shared.fastredis import FastRedis
+from proxy.redis_client import FastRedis
 
 # Bookkeeping for one store, run inside MULTI right after the entry's SET: the index member (and
 # the Vary marker with its member), expired members trimmed, and the index kept alive as long as

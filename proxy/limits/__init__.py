@@ -21,8 +21,8 @@ from proxy.limits.clientip import TrustedProxies, client_ip, scope_client_ip
 from proxy.limits.distributed import RedisLimiter
 from proxy.limits.keys import KeyLayout, key_secret
 from proxy.limits.local import LocalLimiter
+from proxy.redis_client import FastRedis
 from shared.config import Settings
-from shared.fastredis import FastRedis
 from shared.store import SqlStore
 
 __all__ = [

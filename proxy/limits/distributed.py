@@ -27,8 +27,8 @@ from proxy.limits.admission import (
 from proxy.limits.keys import KeyLayout
 from proxy.limits.local import Clock, LocalLimiter
 from proxy.limits.scripts import ADMIT, RENEW, Script
+from proxy.redis_client import FastRedis
 from shared.errors import LLMProxyError, Unavailable
-from shared.fastredis import FastRedis
 from shared.store import SqlStore
 
 log = logging.getLogger("llm_proxy.limits")

@@ -86,6 +86,11 @@ _EVENT_FIELDS: dict[str, Schema] = {
     "stream": _BOOL,
     "error": _STR,
     "client_ip": _STR,
+    "usage_source": {
+        "enum": ["", "clamped", "estimated"],
+        "description": "Where the token counts come from: the upstream ('', or 'clamped' when "
+        "absurd figures were bounded) or the proxy's estimate ('estimated').",
+    },
 }
 _NEXT_EVENT: Schema = {
     "type": ["string", "null"],
@@ -106,6 +111,7 @@ _TAIL_FIELDS: dict[str, Schema] = {
     "duration_ms": _NUM,
     "prompt_tokens": _INT,
     "completion_tokens": _INT,
+    "usage_source": _STR,
     "error": _STR,
 }
 _LETTER_FIELDS: dict[str, Schema] = {

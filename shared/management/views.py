@@ -119,6 +119,7 @@ def event_view(event: RequestEvent) -> View:
         "stream": event.stream,
         "error": event.error,
         "client_ip": event.client_ip,
+        "usage_source": event.usage_source,
     }
 
 
@@ -138,6 +139,7 @@ def tail_view(event: RequestEvent) -> View:
         "duration_ms": round(event.duration_ms, 3),
         "prompt_tokens": event.prompt_tokens,
         "completion_tokens": event.completion_tokens,
+        "usage_source": event.usage_source,
         "error": event.error,
     }
 

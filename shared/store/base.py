@@ -41,7 +41,7 @@ TOKEN_COLUMNS = (
 EVENT_COLUMNS = (
     "event_id, request_id, ts, project_id, token_id, method, path, status, model, duration_ms, "
     "upstream_ms, ttfb_ms, request_bytes, response_bytes, prompt_tokens, completion_tokens, "
-    "total_tokens, cache_status, stream, error, client_ip"
+    "total_tokens, cache_status, stream, error, client_ip, usage_source"
 )
 DEAD_LETTER_COLUMNS = (
     "id, stream_key, entry_id, event_id, reason, error, deliveries, consumer, payload, "
@@ -112,6 +112,7 @@ def event_params(event: RequestEvent) -> tuple[Any, ...]:
         event.stream,
         event.error,
         event.client_ip,
+        event.usage_source,
     )
 
 
