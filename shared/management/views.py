@@ -123,25 +123,17 @@ def event_view(event: RequestEvent) -> View:
     }
 
 
+_TAIL = "ts event_id request_id project_id token_id method path status model cache_status"
+_TAIL += " duration_ms prompt_tokens completion_tokens usage_source error"
+
+
 def tail_view(event: RequestEvent) -> View:
     """An event as ``events tail`` prints it: the columns that tell requests apart."""
-    return {
-        "ts": _iso(from_epoch(event.ts)),
-        "event_id": event.event_id,
-        "request_id": event.request_id,
-        "project_id": event.project_id,
-        "token_id": event.token_id,
-        "method": event.method,
-        "path": event.path,
-        "status": event.status,
-        "model": event.model,
-        "cache": event.cache_status,
-        "duration_ms": round(event.duration_ms, 3),
-        "prompt_tokens": event.prompt_tokens,
-        "completion_tokens": event.completion_tokens,
-        "usage_source": event.usage_source,
-        "error": event.error,
-    }
+    full = event_view(event)
+    out = {("cache" if k == "cache_status" else k): full[k] for k in _TAIL.split()}
+    out["project_id"], out["token_id"] = event.project_id, event.token_id
+    out["duration_ms"] = round(event.duration_ms, 3)
+    return out
 
 
 def dead_letter_view(letter: DeadLetter) -> View:
