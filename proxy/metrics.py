@@ -92,6 +92,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.phase_duration = Histogram(
+            "llm_proxy_phase_duration_seconds",
+            "With PROFILING_ENABLED: time spent in each phase of a request.",
+            ["phase"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.upstream_duration = Histogram(
             "llm_proxy_upstream_duration_seconds",
             "Time from sending upstream to the last upstream byte.",
@@ -135,6 +142,17 @@ class Metrics:
         self.event_drops = Counter(
             "llm_proxy_event_bus_dropped_events",
             "Request events the bus could not keep (buffer and spool full).",
+            registry=r,
+        )
+        self.events_unrecordable = Counter(
+            "llm_proxy_event_bus_unrecordable_events",
+            "Request events dropped because they could not be serialised or stored "
+            "(one bad event; the others are recorded).",
+            registry=r,
+        )
+        self.bus_restarts = Counter(
+            "llm_proxy_event_bus_sender_restarts",
+            "Times the event bus's sender task failed unexpectedly and was restarted.",
             registry=r,
         )
         self.events_published = Counter(
@@ -202,11 +220,17 @@ class Metrics:
 
     async def follow_bus(self, bus: EventBus, interval: float = 2.0) -> None:
         """Copy the bus's counters into Prometheus now and then (off the request path)."""
-        seen = (0, 0, 0)
+        seen = (0, 0, 0, 0, 0)
         while True:
-            now = (bus.published, bus.spooled, bus.dropped)
+            now = (bus.published, bus.spooled, bus.dropped, bus.unrecordable, bus.restarts)
             for counter, new, old in zip(
-                (self.events_published, self.events_spooled, self.event_drops),
+                (
+                    self.events_published,
+                    self.events_spooled,
+                    self.event_drops,
+                    self.events_unrecordable,
+                    self.bus_restarts,
+                ),
                 now,
                 seen,
                 strict=True,

@@ -20,9 +20,11 @@ _ERRORS = {
 }
 
 
-def _error_responses(endpoint: Endpoint) -> dict[str, Any]:
+def _error_responses(endpoint: Endpoint | None) -> dict[str, Any]:
     ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     codes = ["400", "401", "503"]
+    if endpoint is None:
+        return {code: {"description": _ERRORS[code], **ref} for code in codes}
     # Every reference to a project or token may name none (and a name may be ambiguous).
     if any(f.name in ("project_id", "token_id") for f in endpoint.fields):
         codes += ["404", "409"]
@@ -90,6 +92,39 @@ def openapi_document(version: str) -> dict[str, Any]:
             "summary": "This document.",
             "tags": ["meta"],
             "responses": {"200": {"description": "The OpenAPI document."}},
+        }
+    }
+    paths[MOUNT + "/profiling"] = {
+        "get": {
+            "operationId": "getProfiling",
+            "summary": "The slowest recent requests' phase timings (with PROFILING on).",
+            "tags": ["meta"],
+            "parameters": [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20},
+                }
+            ],
+            "responses": {
+                "200": {
+                    "description": "The profiled requests.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "enabled": {"type": "boolean"},
+                                    "requests": {"type": "array"},
+                                },
+                                "required": ["enabled", "requests"],
+                            }
+                        }
+                    },
+                },
+                **_error_responses(None),
+            },
         }
     }
     return {

@@ -11,7 +11,10 @@ from shared.store.dead_letters import DeadLetters
 from shared.store.migrations import load
 from shared.store.projects import Projects
 from shared.store.request_events import RequestEvents
-from shared.store.rows import (  # re-exported: the dialects and tools import them from here
+from shared.store.rows import (
+    COMPLETE_EVENT_SQL as COMPLETE_EVENT_SQL,
+)
+from shared.store.rows import (
     DEAD_LETTER_COLUMNS as DEAD_LETTER_COLUMNS,
 )
 from shared.store.rows import (
@@ -27,6 +30,9 @@ from shared.store.rows import (
     TOKEN_COLUMNS as TOKEN_COLUMNS,
 )
 from shared.store.rows import (
+    Inserted as Inserted,
+)
+from shared.store.rows import (
     Row as Row,
 )
 from shared.store.rows import (
@@ -35,11 +41,17 @@ from shared.store.rows import (
 from shared.store.rows import (
     Tx as Tx,
 )
+from shared.store.rows import (  # re-exported: the dialects and tools import them from here
+    complete_params as complete_params,
+)
 from shared.store.rows import (
     event_from_row as event_from_row,
 )
 from shared.store.rows import (
     event_params as event_params,
+)
+from shared.store.rows import (
+    one_per_request as one_per_request,
 )
 from shared.store.rows import (
     project_from_row as project_from_row,
@@ -98,6 +110,14 @@ class SqlStore(Projects, Tokens, Audit, Changes, RequestEvents, DeadLetters):
 
     @abc.abstractmethod
     async def schema_version(self) -> int: ...
+
+    def lost_connection(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a pooled connection was dead (worth one retry on another)."""
+        return False
+
+    async def drop_broken_connections(self) -> None:
+        """Test the idle pooled connections and replace the dead ones (no-op without a pool)."""
+        return None
 
     async def ping(self) -> None:
         async with self.transaction(readonly=True) as tx:

@@ -6,16 +6,20 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from shared.events import RequestEvent
+from shared.events import FINAL, RequestEvent
 from shared.store.models import DeadLetter
 from shared.store.rows import (
+    COMPLETE_EVENT_SQL,
     EVENT_COLUMNS,
     INSERT_EVENT_SQL,
+    Inserted,
     Row,
     Tables,
     Tx,
+    complete_params,
     event_from_row,
     event_params,
+    one_per_request,
     usage_updates,
 )
 
@@ -43,10 +47,17 @@ class RequestEvents(Tables):
         return inserted
 
     async def insert_events(self, tx: Tx, events: Sequence[RequestEvent]) -> list[RequestEvent]:
-        inserted = []
-        for event in events:
+        """Insert new rows; a final whose accepted row is there replaces it. Returns
+        ``Inserted``: what changed, for the aggregates."""
+        inserted = Inserted()
+        for event in one_per_request(events):
             if await tx.execute(INSERT_EVENT_SQL, event_params(event)):
                 inserted.append(event)
+            elif event.phase == FINAL and await tx.execute(
+                COMPLETE_EVENT_SQL, complete_params(event)
+            ):
+                inserted.append(event)
+                inserted.completed.add(event.event_id)
         return inserted
 
     async def apply_usage(self, tx: Tx, inserted: Sequence[RequestEvent]) -> None:
