@@ -65,3 +65,9 @@ def test_a_nul_character_is_bad_input_not_a_crash(
     message = api.error(method, path, 400, "invalid_request", **kw)  # type: ignore[arg-type]
     assert "NUL" in message
     assert api.ok("GET", "/audit")["data"][0]["action"] == "project.create"  # nothing audited
+
+
+def test_an_id_past_64_bits_is_bad_input(api: Api) -> None:  # noqa: F811
+    message = api.error("GET", "/audit", 400, "invalid_request", params={"before_id": 2**64})
+    assert "before_id must be an integer >= 1 and <=" in message
+    api.error("POST", "/events/dead-letters/requeue", 400, "invalid_request", json={"ids": [2**64]})

@@ -83,7 +83,7 @@ class Field:
                 return value
         elif self.kind == "integers":
             if isinstance(value, list) and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**63 for v in value
             ):
                 return value
         elif self.kind == "duration":
@@ -139,7 +139,7 @@ class Field:
                 "boolean": "true or false",
                 "date-time": "an ISO 8601 time or a span back from now (1h)",
                 "duration": 'hours (24) or a duration string ("30m", "7d", "never")',
-                "integers": "an array of integers",
+                "integers": "an array of positive 64-bit integers",
             }[self.kind]
         return words + (" or null" if self.nullable else "")
 
@@ -151,7 +151,8 @@ class Field:
         elif self.kind == "date-time":
             out = {"type": "string", "format": "date-time"}
         elif self.kind == "integers":
-            out = {"type": "array", "items": {"type": "integer"}, "maxItems": 10_000}
+            item = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+            out = {"type": "array", "items": item, "maxItems": 10_000}
         else:
             out = {"type": self.kind}
         if self.nullable:

@@ -23,6 +23,7 @@ from shared.management.checks import (
 )
 from shared.management.fields import inp
 
+MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (and SQLite INTEGER) holds
 _INPUT = {"frozen": True, "slots": True, "kw_only": True}
 
 _PROJECT_DOC = "The project's id or its name."
@@ -227,7 +228,11 @@ class AuditQuery:
         "date-time", "Entries before this time: ISO 8601 (UTC) or back from now (1h).", default=None
     )
     before_id: int | None = inp(
-        "integer", "Page: entries older than this id (next_before_id).", default=None, minimum=1
+        "integer",
+        "Page: entries older than this id (next_before_id).",
+        default=None,
+        minimum=1,
+        maximum=MAX_ROW_ID,
     )
     limit: int = _page(100)
 
