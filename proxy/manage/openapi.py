@@ -15,7 +15,8 @@ _ERRORS = {
     "400": "Bad input: malformed JSON, an unknown or missing field, a value out of range.",
     "401": "Missing or wrong management token.",
     "404": "No such project or token.",
-    "409": "A project with that name exists.",
+    "409": "A project with that name exists, or a reference names two projects or tokens.",
+    "413": "The request body is over 64 KiB.",
     "503": "The management API is disabled (MANAGEMENT_TOKEN is unset).",
 }
 
@@ -30,6 +31,8 @@ def _error_responses(endpoint: Endpoint | None) -> dict[str, Any]:
         codes += ["404", "409"]
     elif endpoint.operation_id == "createProject":
         codes.append("409")
+    if endpoint.takes_body:
+        codes.append("413")
     return {code: {"description": _ERRORS[code], **ref} for code in sorted(codes)}
 
 
