@@ -189,6 +189,7 @@ class ProxyApp:
             keyring,
             self.resources.notifier,
             cache=_shared_cache(http_cache),
+            redis=redis,
             profiler=profiler,
         )
         if settings.console_on:

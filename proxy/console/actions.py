@@ -7,12 +7,13 @@ service (shared/management/) changes this module only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from proxy.profiling import Profiler
 from shared.crypto import Keyring
-from shared.manage import CachePurger, ChangeNotifier, Management, View
+from shared.management import CachePurger, ChangeNotifier, Management, View
+from shared.management import inputs as i
 from shared.store import AuditEvent, AuditFilter, SqlStore
 
 
@@ -58,48 +59,58 @@ class Actions:
     # --- projects ---
 
     async def list_projects(self) -> list[View]:
-        return await self._service.list_projects()
+        listed: list[View] = (await self._service.list_projects(i.NoInput()))["data"]
+        return listed
 
     async def show_project(self, project_id: str) -> View:
-        return await self._service.show_project(project_id)
+        return await self._service.show_project(i.ProjectRef(project_id=project_id))
 
     async def create_project(self, name: str, base_url: str | None, api_key: str) -> View:
-        return await self._service.create_project(name, base_url, api_key)
+        if base_url is None:
+            return await self._service.create_project(i.CreateProject(name=name, api_key=api_key))
+        return await self._service.create_project(
+            i.CreateProject(name=name, base_url=base_url, api_key=api_key)
+        )
 
     async def update_project(
         self, project_id: str, *, name: str | None, base_url: str | None, api_key: str | None
     ) -> View:
         return await self._service.update_project(
-            project_id, name=name, base_url=base_url, api_key=api_key
+            i.UpdateProject(project_id=project_id, name=name, base_url=base_url, api_key=api_key)
         )
 
     async def set_project_active(self, project_id: str, active: bool) -> View:
-        return await self._service.set_project_active(project_id, active)
+        if active:
+            return await self._service.activate_project(i.ProjectRef(project_id=project_id))
+        return await self._service.deactivate_project(i.DeactivateProject(project_id=project_id))
 
     # --- tokens ---
 
     async def list_tokens(self, project_id: str | None = None) -> list[View]:
-        return await self._service.list_tokens(project_id)
+        listed: list[View] = (await self._service.list_tokens(i.ListTokens(project_id=project_id)))[
+            "data"
+        ]
+        return listed
 
     async def generate_token(self, project_id: str, **limits: Any) -> View:
-        return await self._service.generate_token(project_id, **limits)
+        return await self._service.generate_token(i.GenerateToken(project_id=project_id, **limits))
 
     async def update_token(self, token_id: str, **changes: Any) -> View:
-        return await self._service.update_token(token_id, **changes)
+        return await self._service.update_token(i.UpdateToken(token_id=token_id, **changes))
 
     async def revoke_token(self, token_id: str) -> View:
-        return await self._service.revoke_token(token_id)
+        return await self._service.revoke_token(i.TokenRef(token_id=token_id))
 
     async def reactivate_token(self, token_id: str) -> View:
-        return await self._service.update_token(token_id, activate=True)
+        return await self.update_token(token_id, activate=True)
 
     # --- usage ---
 
     async def token_usage(self, token_id: str, limit: int = 20) -> View:
-        return await self._service.token_usage(token_id, limit=limit)
+        return await self._service.token_usage(i.TokenUsage(token_id=token_id, limit=limit))
 
     async def project_usage(self, project_id: str, limit: int = 20) -> View:
-        return await self._service.project_usage(project_id, limit=limit)
+        return await self._service.project_usage(i.ProjectUsage(project_id=project_id, limit=limit))
 
     async def dead_letters(self) -> int:
         return sum((await self._backend.store.dead_letter_counts()).values())
@@ -107,7 +118,7 @@ class Actions:
     # --- audit ---
 
     async def audit_page(self, flt: AuditFilter) -> View:
-        return await self._service.audit_page(flt)
+        return await self._service.audit_page(i.AuditQuery(**asdict(flt)))
 
     async def audit_sign_in(self, action: str, outcome: str, reason: str = "") -> None:
         """Sign-ins and sign-outs are security events: recorded with the management actions."""
