@@ -179,7 +179,9 @@ def cli(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, object]:
 
 
 def issue_token(ctx: Context, env: dict[str, str], cwd: Path) -> str:
-    """A project whose base URL is the fake upstream, and a one-hour token for it."""
+    """A project whose base URL is the fake upstream, and a one-hour token for it (in a database
+    `llm-proxy migrate` made: the CLI creates none by itself)."""
+    cli(PROXY_MIGRATE, env, cwd)
     project = cli(
         [
             LLM_PROXY,

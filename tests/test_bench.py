@@ -66,7 +66,8 @@ def test_fake_upstream_streams_chunks_then_usage_then_done(upstream: str) -> Non
 
 
 def test_bench_run_quick_streams_end_to_end(tmp_path: Path) -> None:
-    targets = "direct,nginx" if shutil.which("nginx") else "direct"
+    # embedded too: the benchmark provisions its proxy through the CLI as an operator would
+    targets = "direct,nginx,embedded" if shutil.which("nginx") else "direct,embedded"
     done = subprocess.run(
         [
             sys.executable, "-m", "bench.harness", "--quick", "--duration", "1",
