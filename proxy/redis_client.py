@@ -166,7 +166,7 @@ class FastRedis:
             loop.call_soon(self._flush, protocol)
         timer = loop.call_later(self.timeout, self._expire, future, protocol)
         try:
-            outcomes: list[Any] = await asyncio.gather(ask, future, return_exceptions=True)
+            outcomes: tuple[Any, Any] = await asyncio.gather(ask, future, return_exceptions=True)
         finally:
             timer.cancel()
         for outcome in outcomes:
