@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import psycopg
-
 from dispatcher import deadletter
 from dispatcher.entries import Entry
-from shared.events import RequestEvent
+from shared.events import ACCEPTED, RequestEvent
 from shared.store import SqlStore
 from shared.store.models import DeadLetter
-
-# Errors that belong to one row and will recur on every retry. Everything else (connection
-# lost, pool timeout, deadlock, missing table) is the database's state: wait and retry.
-_ROW_ERRORS: tuple[type[BaseException], ...] = (
-    psycopg.DataError,
-    psycopg.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.IntegrityError,
-    OverflowError,
-)
-
+from shared.store.row_errors import is_row_error
 
 Decoded = tuple[Entry, RequestEvent]
-
-
-def is_row_error(exc: BaseException) -> bool:
-    return isinstance(exc, _ROW_ERRORS)
 
 
 @dataclass(slots=True)
@@ -99,8 +82,8 @@ class BatchWriter:
         inserted_ids = {e.event_id for e in outcome.inserted}
         seen: set[str] = set()
         for entry, event in good:
-            if event.event_id in seen:
-                continue
+            if event.event_id in seen or event.phase == ACCEPTED:
+                continue  # sinks get a request once it is over (its final event)
             seen.add(event.event_id)
             if event.event_id in inserted_ids or retried or entry.deliveries > 1:
                 outcome.export.append(event)

@@ -38,3 +38,4 @@ class Exchange:
     cache_status: str = ""
     usage: Usage | None = None
     response_started: bool = field(default=False)
+    event_id: str = ""  # set when the accepted record is published; the final reuses it

@@ -28,7 +28,7 @@ from proxy.usage import Usage, bills_tokens
 from shared.clock import new_id
 from shared.config import Settings
 from shared.errors import LLMProxyError, Overloaded, Unavailable, error_body
-from shared.events import EventBus, RequestEvent
+from shared.events import ACCEPTED, EventBus, RequestEvent
 
 log = logging.getLogger("llm_proxy.proxy")
 
@@ -120,8 +120,10 @@ class ProxyHandler:
             ex.cred = cred = await self.auth.authenticate(
                 token_from_headers(authorization, api_key)
             )
-            if self.reject_unrecorded and not self.bus.can_record():
-                raise Unavailable("Requests cannot be recorded right now; retry shortly.")
+            if self.reject_unrecorded:  # room for this request's events, before any spend
+                ex.event_id = new_id()
+                if not self.bus.reserve(ex.event_id):
+                    raise Unavailable("Requests cannot be recorded right now; retry shortly.")
             # usage endpoints' bodies are read whole: include_usage must be set in them and the
             # prompt estimated from them (docs/decisions.md, "Usage in every case")
             ex.body = body = await read_body(
@@ -173,7 +175,9 @@ class ProxyHandler:
                 merge = plan_merge(ex)
             if served is not None:
                 await send_served(ex, served, "hit")
-            elif merge is not None:
+                return
+            await self._accept(ex, arrived, client_ip)
+            if merge is not None:
                 assert self.batcher is not None
                 ex.cache_status = "bypass" if plan is not None else ""
                 await self.batcher.forward(ex, merge)
@@ -207,6 +211,28 @@ class ProxyHandler:
             self.metrics.in_flight.dec()
             self._finish(ex, arrived, client_ip)
 
+    async def _accept(self, ex: Exchange, arrived: float, client_ip: str) -> None:
+        """The request's accepted record, in the bus's destination or its spool before the
+        upstream is called, so a worker killed in flight still leaves a (flagged) row. Reject
+        mode forwards nothing whose acceptance could not be kept."""
+        cred = ex.cred
+        assert cred is not None
+        ex.event_id = ex.event_id or new_id()
+        accepted = RequestEvent(
+            event_id=ex.event_id,
+            request_id=ex.request_id,
+            ts=arrived,
+            project_id=cred.project_id,
+            token_id=cred.token_id,
+            method=ex.method,
+            path=ex.scope["path"][:512],
+            status=0,
+            client_ip=client_ip,
+            phase=ACCEPTED,
+        )
+        if not await self.bus.accept(accepted) and self.reject_unrecorded:
+            raise Unavailable("Requests cannot be recorded right now; retry shortly.")
+
     def _finish(self, ex: Exchange, arrived: float, client_ip: str) -> None:
         """Metrics and the request's event; never raises."""
         duration = time.perf_counter() - ex.started
@@ -231,7 +257,7 @@ class ProxyHandler:
             return
         usage = ex.usage or _NO_USAGE
         event = RequestEvent(
-            event_id=new_id(),
+            event_id=ex.event_id or new_id(),
             request_id=ex.request_id,
             ts=arrived,
             project_id=cred.project_id,

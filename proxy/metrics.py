@@ -137,6 +137,17 @@ class Metrics:
             "Request events the bus could not keep (buffer and spool full).",
             registry=r,
         )
+        self.events_unrecordable = Counter(
+            "llm_proxy_event_bus_unrecordable_events",
+            "Request events dropped because they could not be serialised or stored "
+            "(one bad event; the others are recorded).",
+            registry=r,
+        )
+        self.bus_restarts = Counter(
+            "llm_proxy_event_bus_sender_restarts",
+            "Times the event bus's sender task failed unexpectedly and was restarted.",
+            registry=r,
+        )
         self.events_published = Counter(
             "llm_proxy_event_bus_published_events",
             "Request events handed on (written to the database, or appended to the stream).",
@@ -202,11 +213,17 @@ class Metrics:
 
     async def follow_bus(self, bus: EventBus, interval: float = 2.0) -> None:
         """Copy the bus's counters into Prometheus now and then (off the request path)."""
-        seen = (0, 0, 0)
+        seen = (0, 0, 0, 0, 0)
         while True:
-            now = (bus.published, bus.spooled, bus.dropped)
+            now = (bus.published, bus.spooled, bus.dropped, bus.unrecordable, bus.restarts)
             for counter, new, old in zip(
-                (self.events_published, self.events_spooled, self.event_drops),
+                (
+                    self.events_published,
+                    self.events_spooled,
+                    self.event_drops,
+                    self.events_unrecordable,
+                    self.bus_restarts,
+                ),
                 now,
                 seen,
                 strict=True,

@@ -621,17 +621,20 @@ class Settings:
     event_bus_failure_mode: str = var(
         "EVENT_BUS_FAILURE_MODE",
         "spool",
-        "What the proxy does when no event could be recorded (Redis down and the spool full): "
-        "`spool` serves the request anyway and counts the lost event; `reject` answers 503 "
-        "before calling the upstream, so no spend goes unrecorded.",
+        "What the proxy does when a request's events could not be kept (Redis, or for the "
+        "in-memory bus the database, unavailable and the spool full): `spool` serves the "
+        "request anyway and counts the lost event; `reject` answers 503 before calling the "
+        "upstream, so no spend goes unrecorded.",
         _choice("spool", "reject"),
     )
     event_spool_dir: str = var(
         "EVENT_SPOOL_DIR",
         "",
-        "Directory for the redis-streams bus's local spool (events kept on disk while Redis is "
-        "unreachable, replayed in order when it returns). Each worker writes its own files; "
-        "files left by a dead worker are replayed by a live one. Use a persistent local disk.",
+        "Directory for the event bus's local spool (events kept on disk while Redis, or with the "
+        "in-memory bus the database, cannot take them; replayed in order when it can). Each "
+        "worker writes its own files; files left by a dead worker are replayed by a live one. "
+        "Use a persistent local disk. The in-memory bus on SQLite defaults to `<database "
+        "file>-spool`.",
         _str,
         shown="`$TMPDIR/llm-proxy-spool`",
     )
@@ -985,6 +988,14 @@ class Settings:
         if self.event_spool_dir:
             return self.event_spool_dir
         return os.path.join(tempfile.gettempdir(), "llm-proxy-spool")
+
+    @property
+    def embedded_spool_dir(self) -> str:
+        """The in-memory bus's spool: EVENT_SPOOL_DIR, else next to the SQLite file its events
+        are for (so two embedded deployments on one host never replay each other's)."""
+        if self.event_spool_dir or self.db_driver != "sqlite":
+            return self.spool_dir
+        return self.sqlite_path + "-spool"
 
     @property
     def sqlite_path(self) -> str:

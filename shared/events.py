@@ -10,6 +10,13 @@ import orjson
 
 CACHE_STATUSES = ("", "hit", "miss", "bypass")
 
+#: ``phase`` of an event: ``ACCEPTED`` is published before the upstream is called (status 0,
+#: no usage yet), ``FINAL`` when the request ends; both carry the request's one event_id and the
+#: final replaces the accepted row. Requests that never reach the upstream (refusals, cache
+#: hits) have only a final event.
+ACCEPTED, FINAL = "accepted", "final"
+PHASES = (ACCEPTED, FINAL)
+
 #: ``error`` codes of requests the proxy itself turned away before any upstream call. Their
 #: events are stored, but they do not count in a token's or project's ``request_count``, which
 #: counts admitted requests (so a client hammering a spent quota does not inflate it).
@@ -45,8 +52,11 @@ class RequestEvent:
     #: where the token counts come from: '' the upstream's report, 'clamped' the upstream's
     #: report with absurd figures bounded, 'estimated' our estimate (the upstream never said)
     usage_source: str = ""
+    phase: str = FINAL
 
     def to_bytes(self) -> bytes:
+        if self.phase == ACCEPTED:  # no usage or timings yet: the defaults need not travel
+            return orjson.dumps({name: getattr(self, name) for name in _ACCEPTED_FIELDS})
         return orjson.dumps(self)
 
     @classmethod
@@ -77,6 +87,8 @@ class RequestEvent:
             kwargs[name] = value
         if not kwargs["event_id"]:
             raise ValueError("event_id is empty")
+        if kwargs.get("phase", FINAL) not in PHASES:
+            raise ValueError("event phase is unknown")
         return cls(**kwargs)
 
 
@@ -86,6 +98,9 @@ _TYPES: dict[str, type] = {
     f.name: {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)] for f in _FIELDS
 }
 _SPEC = tuple((f.name, _TYPES[f.name], f.default is dataclasses.MISSING) for f in _FIELDS)
+_ACCEPTED_FIELDS = tuple(
+    f.name for f in _FIELDS if f.default is dataclasses.MISSING or f.name in ("client_ip", "phase")
+)
 
 
 class EventBus(Protocol):
@@ -93,7 +108,8 @@ class EventBus(Protocol):
 
     The counters are for the proxy's metrics: ``published`` events handed on (written, or
     appended to the stream), ``spooled`` events written to the local spool, ``dropped`` events
-    lost because nothing could take them."""
+    lost because nothing could take them, ``unrecordable`` events dropped because they could not
+    be serialised or stored, ``restarts`` times the sender task failed and was restarted."""
 
     @property
     def published(self) -> int: ...
@@ -104,9 +120,27 @@ class EventBus(Protocol):
     @property
     def dropped(self) -> int: ...
 
+    @property
+    def unrecordable(self) -> int: ...
+
+    @property
+    def restarts(self) -> int: ...
+
     async def start(self) -> None: ...
 
     def publish(self, event: RequestEvent) -> None: ...
+
+    async def accept(self, event: RequestEvent) -> bool:
+        """Publish and wait until the event is in the bus's destination or its spool (True), or
+        known to be held in memory only or lost (False). Reserves room for the request's final
+        event. Used for the ``accepted`` record, before the upstream is called."""
+        ...
+
+    def reserve(self, event_id: str) -> bool:
+        """Keep room for the events of request ``event_id`` (its accepted record and its final)
+        until its final is published; False when there is none (reject mode then answers 503
+        before anything is spent)."""
+        ...
 
     def can_record(self) -> bool:
         """False when an event published now would be dropped (used by the reject mode)."""

@@ -136,6 +136,7 @@ async def _hammer(
     redis = None
     limiter: LocalLimiter | RedisLimiter
     if mode == "redis":
+        config = LimitConfig(global_limit=1_000_000)  # so every admission goes through Redis too
         redis = make_limiter_redis(settings)
         limiter = RedisLimiter(config, store, redis, KeyLayout(prefix, SECRET))
     else:

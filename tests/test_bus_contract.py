@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.bus import MemoryBus, RedisStreamsBus, Spool
+from proxy.bus import MemoryBus, RedisStreamsBus, Spool, SpoolingBus
 from shared.events import EventBus
 from shared.store import SqlStore
 from tests.pipeline_kit import Owners, Running, options, pending, seed, wait_for
@@ -34,7 +34,7 @@ async def kit(
 ) -> AsyncIterator[Kit]:
     owners = await seed(store)
     if request.param == "memory":
-        bus: EventBus = MemoryBus(store, capacity=500)
+        bus: EventBus = MemoryBus(store, Spool(str(tmp_path / "spool"), 1 << 20), capacity=500)
 
         async def settle_memory(n: int) -> None:
             await wait_for(lambda: _count_is(store, n), what=f"{n} rows")
@@ -136,3 +136,45 @@ async def test_can_record_turns_false_before_anything_is_dropped(kit: Kit) -> No
     assert kit.bus.dropped <= 100
     await kit.settle(published + 100 - kit.bus.dropped)
     assert sum((await kit.owners.counts(kit.store)).values()) == published + 100 - kit.bus.dropped
+
+
+async def test_an_event_that_cannot_be_recorded_is_dropped_and_the_rest_flow(kit: Kit) -> None:
+    """Usage numbers no column (nor JSON encoder) takes: that one event is dropped, counted and
+    logged; the sender keeps going and every good event after it is recorded."""
+    poison = kit.owners.event(0)
+    poison.prompt_tokens = 2**64
+    kit.owners.expected[poison.token_id] -= 1
+    good = [kit.owners.event(i) for i in range(1, 53)]
+    kit.bus.publish(poison)
+    for event in good:
+        kit.bus.publish(event)
+    await kit.settle(len(good))
+    assert await kit.owners.counts(kit.store) == kit.owners.expected
+    assert kit.bus.unrecordable == 1
+    for event in (kit.owners.event(100), kit.owners.event(101)):  # still alive afterwards
+        kit.bus.publish(event)
+    await kit.settle(len(good) + 2)
+
+
+async def test_reject_mode_keeps_the_room_it_reserved(kit: Kit) -> None:
+    """Strict (reject mode): requests that reserved room get their events kept however full the
+    spool gets meanwhile; an unreserved event that would take that room is dropped instead."""
+    bus = kit.bus
+    assert isinstance(bus, SpoolingBus)
+    bus.strict = True
+    reserved = [kit.owners.event(i) for i in range(10)]
+    assert all(bus.reserve(e.event_id) for e in reserved)
+    published = 0
+    while bus.can_record() and published < 20_000:  # no yield: the sender cannot drain
+        bus.publish(kit.owners.event(100 + published))
+        published += 1
+    late = kit.owners.event(99_999)
+    kit.owners.expected[late.token_id] -= 1
+    bus.publish(late)
+    assert bus.dropped == 1 and not bus.reserve("another")
+    for event in reserved:
+        bus.publish(event)
+    await bus.close()
+    assert bus.dropped == 1
+    await kit.settle(published + len(reserved))
+    assert await kit.owners.counts(kit.store) == kit.owners.expected

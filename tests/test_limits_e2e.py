@@ -22,6 +22,7 @@ from tests.services import (
     drop_database,
     require,
 )
+from tests.tcp_proxy import TcpProxy
 from tests.upstream_fake import FakeUpstream
 
 
@@ -158,3 +159,50 @@ def test_redis_stopped_mid_run(tmp_path: Path, fake: FakeUpstream, fallback: str
     else:
         assert [r.status_code for r in during] == [503, 503, 503]
         assert during[0].headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize(("instances", "quota"), [(1, 20), (2, 30)])
+def test_quota_is_exact_through_a_redis_outage(
+    tmp_path: Path, fake: FakeUpstream, pg_url: str, instances: int, quota: int
+) -> None:
+    """Distributed limits with the fallback on: requests before, during and after a cut to
+    Redis (which keeps its data), spread over every worker of every instance, admit exactly the
+    quota. Events go to a stream no dispatcher reads, so the event aggregates know nothing."""
+    redis = RedisProcess().start()
+    cut = TcpProxy("127.0.0.1", redis.port).start()
+    env = {
+        **UNLIMITED,
+        "DB_DRIVER": "postgres",
+        "DATABASE_URL": pg_url,
+        "ENCRYPTION_KEY": new_key(),
+        "HTTP_CACHE_ENABLED": "false",
+        "DISTRIBUTED_RATE_LIMIT_ENABLED": "true",
+        "DISTRIBUTED_RATE_LIMIT_FALLBACK": "true",
+        "REDIS_ADDR": f"127.0.0.1:{cut.port}",
+        "REDIS_TIMEOUT": "500ms",
+        "LLM_PROXY_EVENT_BUS": "redis-streams",
+        "EVENT_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    creds = provision(env, tmp_path, fake.base_url, max_requests=quota, rpm=0)
+    proxies = [ProxyProcess(env=env, cwd=tmp_path, workers=2) for _ in range(instances)]
+    outcomes: Counter[str] = Counter()
+    try:
+        for proxy in proxies:
+            proxy.start()
+        urls = [p.url for p in proxies]
+        fake.reset()
+        outcomes += asyncio.run(hammer(urls, creds.token, quota * 4 // 10, 4))
+        cut.stop()
+        outcomes += asyncio.run(hammer(urls, creds.token, quota * 3 // 10, 4))
+        cut.start()
+        for _ in range(3):  # past the one-second probe interval of every worker
+            outcomes += asyncio.run(hammer(urls, creds.token, quota // 2, 4))
+            time.sleep(0.5)
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        cut.stop()
+        redis.stop()
+    assert outcomes["200"] == quota, outcomes
+    assert set(outcomes) <= {"200", "429 quota_exceeded"}, outcomes
+    assert len(fake.requests) == quota

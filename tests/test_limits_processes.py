@@ -54,11 +54,12 @@ async def quota_used(db: str, token_id: str) -> int | None:
         await store.close()
 
 
-def test_redis_quota_is_exact_across_processes_from_a_cold_counter(
+def test_redis_quota_is_exact_across_processes(
     tmp_path: Path, redis_env: dict[str, str], unique_prefix: str
 ) -> None:
-    """50 callers in 5 processes start together on a cold counter (all of them seed it at
-    once): 250 allowed, 50 already used per the database, so exactly 200 get through."""
+    """50 callers in 5 processes start together, a Redis window and the database quota both
+    applying: 250 allowed, 50 already used per the database, so exactly 200 get through, and
+    the refused requests left no entry in the window."""
     db = str(tmp_path / "quota.db")
     token_id = asyncio.run(prepared_token(db, max_requests=250, used_before=50))
     env = {**redis_env, "DATABASE_URL": db}
@@ -67,12 +68,13 @@ def test_redis_quota_is_exact_across_processes_from_a_cold_counter(
     finally:
         client = sync_redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
         keys = list(client.scan_iter(match=f"{unique_prefix}*"))
-        values = [client.get(k) for k in keys]
+        values = [client.zcard(k) for k in keys]
         if keys:
             client.delete(*keys)
         client.close()
     assert sum(counts) == 200, counts
-    assert values == [b"250"]  # the one quota counter
+    assert values == [200]  # the global window: admitted requests only
+    assert asyncio.run(quota_used(db, token_id)) == 250
 
 
 def test_database_quota_is_exact_across_processes(tmp_path: Path) -> None:

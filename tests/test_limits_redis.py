@@ -1,4 +1,4 @@
-"""The Redis limiter: seeding from the database, key hashing, NOSCRIPT, outages, leases."""
+"""The Redis limiter: the quota in the database, key hashing, NOSCRIPT, outages, leases."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ async def admitted(limiter: RedisLimiter, token: Any, n: int, **kwargs: Any) -> 
     return n
 
 
-async def test_cold_counter_is_seeded_from_the_database(
+async def test_the_quota_starts_from_what_the_database_knows(
     sqlite_store: SqlStore, redis: FastRedis, unique_prefix: str
 ) -> None:
     """Used = request_count - cache_hit_count (hits do not count): 150 - 30 = 120 of 125."""
@@ -92,11 +92,11 @@ async def test_cold_counter_is_seeded_from_the_database(
     assert await admitted(limiter, counting, 10) == 0
 
 
-async def test_a_changed_token_gets_a_fresh_counter(
+async def test_a_changed_token_counts_from_the_database(
     sqlite_store: SqlStore, redis: FastRedis, unique_prefix: str
 ) -> None:
-    """While a token is unlimited Redis does not count it; limiting it again must not trust the
-    old counter, so any management change re-seeds from the database."""
+    """While a token is unlimited its quota is not counted; limiting it again counts from the
+    larger of the database's counter and the event aggregates."""
     token = await make_token(sqlite_store, max_requests=5)
     limiter = limiter_for(sqlite_store, redis, unique_prefix)
     assert await admitted(limiter, token, 3) == 3
@@ -117,7 +117,7 @@ async def test_no_token_id_or_address_in_any_key(
     limiter = limiter_for(sqlite_store, redis, unique_prefix, config=config)
     admission = await limiter.admit(token, "198.51.100.77")
     keys = [k.decode() async for k in inspect.scan_iter(match=f"{unique_prefix}*")]
-    assert len(keys) == 5, keys  # global, ip, token window, quota, leases
+    assert len(keys) == 4, keys  # global, ip, token window, leases (the quota is in the db)
     compact_id = token.id.replace("-", "")
     for key in keys:
         assert key.startswith(unique_prefix + HASH_TAG + ":")
@@ -160,7 +160,7 @@ async def test_redis_stopped_mid_run_falls_back_to_local_limits(
 ) -> None:
     client = make_limiter_redis(Settings.from_env({"REDIS_ADDR": private_redis.addr}))
     stats = LimitStats()
-    token = await make_token(sqlite_store, rpm=3, max_requests=8)
+    token = await make_token(sqlite_store, rpm=3, max_requests=7)
     limiter = limiter_for(sqlite_store, client, unique_prefix, stats=stats, retry_after_failure=0.0)
     await limiter.admit(token, "")
     await limiter.admit(token, "")
@@ -177,17 +177,16 @@ async def test_redis_stopped_mid_run_falls_back_to_local_limits(
     warnings = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
     assert len(warnings) == 1  # once per outage, not once per request
 
-    # The quota stayed exact through the database: floor 2 (last Redis count) + 3 admitted.
+    # The quota stayed exact: the database counted all of them, 2 before the outage + 3.
     assert await sqlite_store.get_quota_used(token.id, count_cache_hits=False) == 5
 
-    private_redis.start()  # same port, empty: the counter is seeded from the database again
+    private_redis.start()  # same port, empty: nothing of the quota was in it
     with caplog.at_level(logging.WARNING, logger="llm_proxy.limits"):
         await limiter.admit(token, "")
     assert stats.fallbacks == 4
     assert any("reachable again" in r.getMessage() for r in caplog.records)
     await limiter.admit(token, "")
-    await limiter.admit(token, "")
-    with pytest.raises(QuotaExceeded):  # 5 + 3 = 8
+    with pytest.raises(QuotaExceeded):  # 5 + 2 = 7 (the window still has room)
         await limiter.admit(token, "")
     await limiter.close()
     await client.aclose()
@@ -209,14 +208,14 @@ async def test_redis_stopped_with_fallback_off_fails_closed(
     await client.aclose()
 
 
-async def test_admissions_during_an_outage_are_added_back_to_a_warm_counter(
+async def test_the_quota_is_exact_when_redis_returns_with_its_data(
     sqlite_store: SqlStore, private_redis: RedisProcess, unique_prefix: str
 ) -> None:
-    """Redis unreachable but not restarted: its counter survives, and what the database admitted
-    meanwhile is added to it once Redis answers, so the total is still exactly max_requests."""
+    """Redis unreachable but not restarted: the database counted the quota before, during and
+    after, so the total is exactly max_requests; Redis holds no count that could lag."""
     proxy = await TcpProxy(private_redis.port).start()
     client = make_limiter_redis(Settings.from_env({"REDIS_ADDR": f"127.0.0.1:{proxy.port}"}))
-    token = await make_token(sqlite_store, max_requests=10)
+    token = await make_token(sqlite_store, max_requests=10, rpm=100)
     limiter = limiter_for(sqlite_store, client, unique_prefix, retry_after_failure=0.0)
     assert await admitted(limiter, token, 3) == 3
     await proxy.cut()

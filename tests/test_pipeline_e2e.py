@@ -4,6 +4,9 @@ Postgres; exactly N rows whatever stops in between."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -157,7 +160,8 @@ def test_redis_stopped_mid_run_proxies_spool_then_catch_up(pipeline: Pipeline) -
 def test_reject_mode_never_calls_upstream_unrecorded(pipeline: Pipeline) -> None:
     """Redis down and the spool filling up: requests are served while their events can still
     be kept, then refused with 503 before any upstream call; every upstream call is a row."""
-    proxy = pipeline.proxy(EVENT_BUS_FAILURE_MODE="reject", EVENT_SPOOL_MAX_BYTES="20000")
+    # room for the 20 concurrent requests' accepted and final events while Redis is up
+    proxy = pipeline.proxy(EVENT_BUS_FAILURE_MODE="reject", EVENT_SPOOL_MAX_BYTES="40000")
     proxy.workers = 1
     proxy.start()
     dispatcher = pipeline.dispatcher("d1").start()
@@ -217,3 +221,90 @@ def test_postgres_cut_mid_run_lag_grows_then_drains(pipeline: Pipeline) -> None:
         cut.stop()
     assert sum(ok.values()) == 150
     assert rows == 150 and {t: counts[t] for t in ok} == dict(ok)
+
+
+def worker_pids(proxy: ProxyProcess) -> list[int]:
+    assert proxy.proc is not None
+    master = proxy.proc.pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def db_phases(db_url: str) -> Counter[tuple[str, int]]:
+    with psycopg.connect(db_url) as conn:
+        found = conn.execute("SELECT phase, status FROM request_events").fetchall()
+    return Counter((phase, status) for phase, status in found)
+
+
+def test_a_killed_worker_leaves_a_flagged_row_per_request_in_flight(pipeline: Pipeline) -> None:
+    """Streams already billed upstream when their worker is SIGKILLed: each leaves its accepted
+    row (phase 'accepted', status 0), counted once in the token's counters; nothing is lost."""
+    proxy = pipeline.proxy()
+    proxy.workers = 1
+    proxy.start()
+    dispatcher = pipeline.dispatcher("d1").start()
+    cred = pipeline.creds[0]
+    errors: list[BaseException] = []
+
+    def hold_stream(i: int) -> None:
+        try:
+            with httpx.stream(
+                "POST",
+                f"{proxy.url}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {cred.token}", "X-Request-ID": f"held-{i}"},
+                json={"model": "hold", "messages": [], "stream": True},
+                timeout=30,
+            ) as resp:
+                for _ in resp.iter_lines():
+                    pass
+        except httpx.HTTPError as exc:
+            errors.append(exc)
+
+    try:
+        ok = send([proxy.url], [cred], 10, "done")
+        threads = [threading.Thread(target=hold_stream, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while sum(1 for r in pipeline.fake.requests if r.path == "/v1/chat/completions") < 13:
+            assert time.monotonic() < deadline, "the streams never reached the upstream"
+            time.sleep(0.05)
+        (worker,) = worker_pids(proxy)
+        os.kill(worker, signal.SIGKILL)
+        for thread in threads:
+            thread.join(timeout=30)
+        pipeline.fake.release.set()
+        rows, _per_token, counts = wait_rows(pipeline.db_url, 13)
+        phases = db_phases(pipeline.db_url)
+    finally:
+        pipeline.fake.release.set()
+        proxy.stop()
+        dispatcher.stop()
+    assert sum(ok.values()) == 10 and len(errors) == 3
+    assert rows == 13
+    assert phases == Counter({("final", 200): 10, ("accepted", 0): 3})
+    assert counts[cred.token_id] == 13
+
+
+def test_reject_mode_refuses_the_first_request_after_redis_dies(pipeline: Pipeline) -> None:
+    """No usable spool: the first request after Redis dies cannot have its acceptance
+    recorded, so it is refused before the upstream is called (it used to be forwarded)."""
+    not_a_dir = pipeline.cwd / "spool-is-a-file"
+    not_a_dir.write_text("")
+    proxy = pipeline.proxy(EVENT_BUS_FAILURE_MODE="reject", EVENT_SPOOL_DIR=str(not_a_dir))
+    proxy.workers = 1
+    proxy.start()
+    try:
+        assert sum(send([proxy.url], pipeline.creds, 5, "up").values()) == 5
+        calls = len(pipeline.fake.requests)
+        pipeline.redis.stop()
+        resp = httpx.post(
+            f"{proxy.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {pipeline.creds[0].token}"},
+            json={"model": "gpt-fake", "messages": []},
+            timeout=30,
+        )
+    finally:
+        proxy.stop()
+    assert resp.status_code == 503, resp.text
+    assert len(pipeline.fake.requests) == calls

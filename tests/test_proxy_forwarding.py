@@ -16,7 +16,7 @@ import pytest
 
 from shared.config import Settings
 from shared.crypto import new_key
-from shared.events import RequestEvent
+from shared.events import FINAL, RequestEvent
 from shared.store import make_store
 from tests.proxy_process import UNLIMITED, Provisioned, ProxyProcess, provision, run_async
 from tests.services import create_database, drop_database, require
@@ -53,7 +53,8 @@ async def _events(env: dict[str, str], cwd: Path, token_id: str) -> list[Request
                 rows = await tx.fetchall(
                     "SELECT event_id, request_id, ts, project_id, token_id, method, path, "
                     "status, model, prompt_tokens, completion_tokens, total_tokens, stream, "
-                    "error, cache_status, usage_source FROM request_events WHERE token_id = %s "
+                    "error, cache_status, usage_source, phase FROM request_events "
+                    "WHERE token_id = %s "
                     "ORDER BY ts",
                     (token_id,),
                 )
@@ -101,10 +102,10 @@ def target(
 
 
 def wait_for_events(target: Target, *request_ids: str, timeout: float = 10.0) -> list[RequestEvent]:
-    """The events of these requests, in the order given, once all are recorded."""
+    """The final events of these requests, in the order given, once all are recorded."""
     deadline = time.monotonic() + timeout
     while True:
-        by_id = {e.request_id: e for e in target.events()}
+        by_id = {e.request_id: e for e in target.events() if e.phase == FINAL}
         if all(r in by_id for r in request_ids):
             return [by_id[r] for r in request_ids]
         assert time.monotonic() < deadline, f"events not recorded: {request_ids}"

@@ -199,3 +199,39 @@ async def _rows(store: SqlStore, n: int) -> bool:
 
 async def _no_pending(redis: aioredis.Redis) -> bool:
     return await pending(redis, KEY, "llm-proxy-dispatchers") == 0
+
+
+async def test_a_failing_sender_is_restarted_logged_and_counted(
+    private_redis: RedisProcess,
+    tmp_path: Path,
+    store: SqlStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A spool file turned into a directory under the worker makes every replay raise: the
+    sender restarts (logged with its traceback, counted) instead of dying silently; once the
+    cause is gone the rest flows again, the unreadable file's events counted as dropped."""
+    owners = await seed(store)
+    bus = bus_for(private_redis, tmp_path)
+    await bus.start()
+    redis = client(private_redis)
+    private_redis.stop()
+    lost = await publish(bus, owners, 30)
+    await wait_for(lambda: _true(bus.spooled >= 30), what="spooled")
+    (segment,) = tmp_path.glob("*.jsonl")
+    segment.unlink()
+    segment.mkdir()  # reads now fail with IsADirectoryError, which nothing expects
+    with caplog.at_level("ERROR", logger="llm_proxy.bus"):
+        private_redis.start()
+        await wait_for(lambda: _true(bus.restarts >= 1), what="a restart")
+    assert any("restarting it" in r.getMessage() and r.exc_info for r in caplog.records)
+    # Published meanwhile: spooled into the file the worker still had open (unlinked above),
+    # so they go with it.
+    meanwhile = await publish(bus, owners, 20, start=30)
+    segment.rmdir()  # the operator cleans up: that file's events are counted as dropped
+    await wait_for(lambda: _true(bus.pending() == 0), what="the file skipped", timeout=60)
+    fresh = await publish(bus, owners, 20, start=50)
+    await wait_for(lambda: _true(bus.pending() == 0), what="the rest sent", timeout=60)
+    await bus.close()
+    assert await stream_ids(redis) == fresh
+    assert bus.dropped == len(lost) + len(meanwhile)
+    await redis.aclose()

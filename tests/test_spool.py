@@ -146,3 +146,23 @@ def test_a_line_longer_than_the_read_window_comes_back_whole(tmp_path: Path) -> 
     spool.append([b"{}", big, b"{}"])
     assert drain(spool, max_lines=1) == [b"{}", big, b"{}"]
     spool.close()
+
+
+def test_a_segment_deleted_from_under_the_spool_is_skipped_and_counted(tmp_path: Path) -> None:
+    """A cleaner removing a spool file must not stop the replay of everything after it: its
+    events are reported lost and the rest come back."""
+    spool = Spool(str(tmp_path), 1 << 20, segment_bytes=500)
+    spool.open()
+    spool.append(lines(30))
+    spool.append(lines(20, 30))
+    first = sorted(tmp_path.glob("*.jsonl"))[0]
+    first.unlink()
+    out: list[bytes] = []
+    lost = 0
+    while (chunk := spool.read_chunk(7)) is not None:
+        out.extend(chunk.lines)
+        lost += chunk.lost
+        spool.consume(chunk)
+    assert out == lines(20, 30) and lost == 30
+    assert not spool.has_backlog() and spool.bytes == 0
+    spool.close()

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shared.clock import new_id, utcnow
 from shared.config import Settings
-from shared.events import RequestEvent
+from shared.events import ACCEPTED, FINAL, RequestEvent
 from shared.store import AuditEvent, AuditFilter, Project, SqlStore, Token, make_store
 from tests.services import create_database, drop_database, require
 
@@ -161,6 +163,57 @@ async def test_record_events_is_exactly_once_with_aggregates(store: SqlStore) ->
     proj = await store.get_project(p.id)
     assert proj is not None and proj.request_count == 5 and proj.cache_hit_count == 1
     assert await store.count_events(t.id) == 5
+
+
+@pytest.mark.parametrize("path", ["record_events", "record_batch"])
+async def test_a_final_replaces_its_accepted_row_and_counts_once(
+    store: SqlStore, path: str
+) -> None:
+    """Accepted then final, final then accepted (across batches), both in one batch, repeats,
+    and an accepted record whose final never comes: one row per request, each request
+    counted once, the usage of its final counted once, a lone accepted row left flagged."""
+    p = await store.create_project(project())
+    t = await store.create_token(token(p.id))
+
+    async def write(*events: RequestEvent) -> None:
+        if path == "record_events":
+            await store.record_events(list(events))
+        else:
+            await store.record_batch(list(events))
+
+    def pair(**usage: Any) -> tuple[RequestEvent, RequestEvent]:
+        final = event(t, **usage)
+        accepted = dataclasses.replace(
+            final, status=0, prompt_tokens=0, completion_tokens=0, phase=ACCEPTED
+        )
+        return accepted, final
+
+    a1, f1 = pair(prompt_tokens=3, completion_tokens=5)
+    await write(a1)
+    await write(a1)  # redelivered accepted
+    await write(f1)
+    await write(f1, a1)  # redelivered, in any order
+    a2, f2 = pair(prompt_tokens=7, completion_tokens=11)
+    await write(f2)  # the final overtook its accepted record
+    await write(a2)
+    a3, f3 = pair(prompt_tokens=13, completion_tokens=17)
+    await write(a3, f3)  # both in one batch
+    a4, _ = pair(prompt_tokens=19)
+    await write(a4)  # its worker died: no final
+    got = await store.get_token(t.id)
+    proj = await store.get_project(p.id)
+    assert got is not None and proj is not None
+    assert got.request_count == proj.request_count == 4
+    assert (got.prompt_tokens, got.completion_tokens) == (3 + 7 + 13, 5 + 11 + 17)
+    assert await store.count_events(t.id) == 4
+    rows = {e.event_id: e for e in await store.list_request_events(token_id=t.id)}
+    assert {i: (rows[i].phase, rows[i].status) for i in rows} == {
+        a1.event_id: (FINAL, 200),
+        a2.event_id: (FINAL, 200),
+        a3.event_id: (FINAL, 200),
+        a4.event_id: (ACCEPTED, 0),
+    }
+    assert rows[a1.event_id].prompt_tokens == 3
 
 
 async def test_request_events_page_newest_first_per_token_and_project(store: SqlStore) -> None:

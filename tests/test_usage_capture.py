@@ -57,11 +57,11 @@ class Target:
         return run_async(_rows(self.env, self.cwd, self.creds.token_id))
 
     def row(self, request_id: str, timeout: float = 20.0) -> dict[str, Any]:
-        """The request_events row of this request, once recorded."""
+        """The request_events row of this request, once its final record is in."""
         deadline = time.monotonic() + timeout
         while True:
             for row in self.rows():
-                if row["request_id"] == request_id:
+                if row["request_id"] == request_id and row["phase"] == "final":
                     return row
             assert time.monotonic() < deadline, f"no event for {request_id}"
             time.sleep(0.05)
@@ -462,12 +462,13 @@ def test_sse_starlette_upstream_through_the_proxy_to_the_openai_sdk(
         assert [u.usage.total_tokens for u in usage_chunks if u.usage] == [168]
     else:
         assert usage_chunks == []
-    rows = run_async(_rows(target.env, target.cwd, creds.token_id))
     deadline = time.monotonic() + 20
-    while not rows:
-        assert time.monotonic() < deadline, "no event recorded"
-        time.sleep(0.05)
+    while True:
         rows = run_async(_rows(target.env, target.cwd, creds.token_id))
+        if rows and rows[0]["phase"] == "final":
+            break
+        assert time.monotonic() < deadline, "no final event recorded"
+        time.sleep(0.05)
     (row,) = rows
     assert (row["request_id"], row["prompt_tokens"], row["completion_tokens"]) == (rid, 123, 45)
     assert (row["model"], row["usage_source"], row["status"]) == ("sse-model", "", 200)

@@ -8,16 +8,18 @@ from redis.backoff import NoBackoff
 from proxy.bus.memory import MemoryBus
 from proxy.bus.redis_streams import RedisStreamsBus
 from proxy.bus.spool import Spool
+from proxy.bus.spooling import SpoolingBus
 from shared.config import Settings
 from shared.events import EventBus
 from shared.redis import make_redis
 from shared.store import SqlStore
 
-__all__ = ["MemoryBus", "RedisStreamsBus", "Spool", "make_bus"]
+__all__ = ["MemoryBus", "RedisStreamsBus", "Spool", "SpoolingBus", "make_bus"]
 
 
 def make_bus(settings: Settings, store: SqlStore) -> EventBus:
     """The bus LLM_PROXY_EVENT_BUS asks for (not yet started; ``await bus.start()``)."""
+    strict = settings.event_bus_failure_mode == "reject"
     if settings.event_bus == "redis-streams":
         # No retries inside the client: a failed XADD goes to the spool at once.
         redis = make_redis(settings, retry=Retry(NoBackoff(), 0))
@@ -29,5 +31,7 @@ def make_bus(settings: Settings, store: SqlStore) -> EventBus:
             capacity=settings.observability_buffer_size,
             send_timeout=settings.redis_timeout,
             owns_redis=True,
+            strict=strict,
         )
-    return MemoryBus(store, capacity=settings.observability_buffer_size)
+    spool = Spool(settings.embedded_spool_dir, settings.event_spool_max_bytes)
+    return MemoryBus(store, spool, capacity=settings.observability_buffer_size, strict=strict)

@@ -1,98 +1,98 @@
-"""The embedded bus: a bounded in-process queue drained by a task that writes to the store."""
+"""The embedded bus: events buffered in the process and written to the store in batches,
+spilling to a local spool while the database cannot take them (see ``SpoolingBus``)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections import deque
 
+from proxy.bus.spool import Spool
+from proxy.bus.spooling import SpoolingBus
 from shared.events import RequestEvent
 from shared.store import SqlStore
+from shared.store.row_errors import is_row_error
 
 log = logging.getLogger("llm_proxy.bus")
 
 
-class MemoryBus:
-    """Events wait in a bounded deque; one task writes them in batches with ``record_events``
-    (insert plus aggregates in one transaction). A failed write keeps the batch and retries."""
+class StoreSink:
+    """``record_events`` (insert plus aggregates in one transaction). A row the database
+    refuses is found by halving the batch, dropped and logged; the rest are written. Any other
+    failure (a locked SQLite file, a lost connection) raises, and the bus spools."""
+
+    name = "the database"
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+
+    async def send(self, events: list[RequestEvent], lines: list[bytes]) -> int:
+        return await self._write(events)
+
+    async def replay(self, lines: list[bytes]) -> int:
+        events, refused = [], 0
+        for line in lines:
+            try:
+                events.append(RequestEvent.from_bytes(line))
+            except ValueError as exc:
+                refused += 1
+                log.error("a spooled request event cannot be read (%s): dropped", exc)
+        return refused + await self._write(events)
+
+    async def _write(self, batch: list[RequestEvent]) -> int:
+        """Write ``batch``; returns how many events the database refused (dropped)."""
+        if not batch:
+            return 0
+        try:
+            await self.store.record_events(batch)
+        except Exception as exc:
+            if not is_row_error(exc):
+                raise
+            if len(batch) > 1:
+                half = len(batch) // 2
+                return await self._write(batch[:half]) + await self._write(batch[half:])
+            log.error(
+                "request event %s cannot be recorded (%s): dropped",
+                batch[0].event_id,
+                type(exc).__name__,
+            )
+            return 1
+        return 0
+
+    async def close(self) -> None:
+        pass
+
+
+class MemoryBus(SpoolingBus):
+    """The spooling bus in front of this process's own store: no dispatcher. While the
+    database cannot be written (a long transaction or a backup holding a SQLite lock), events
+    go to the spool and are written, in order, once it can; nothing is dropped below the
+    spool's cap."""
 
     def __init__(
         self,
         store: SqlStore,
+        spool: Spool,
         *,
         capacity: int = 1000,
         batch_size: int = 100,
-        flush_interval: float = 0.05,
+        linger: float = 0.05,
+        send_timeout: float = 2.0,
+        close_timeout: float = 10.0,
+        adopt_interval: float = 30.0,
+        strict: bool = False,
     ) -> None:
+        super().__init__(
+            StoreSink(store),
+            spool,
+            capacity=capacity,
+            batch_size=batch_size,
+            linger=linger,
+            send_timeout=send_timeout,
+            close_timeout=close_timeout,
+            adopt_interval=adopt_interval,
+            strict=strict,
+        )
         self.store = store
-        self.capacity = capacity
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self.dropped = 0
-        self.written = 0
-        self.spooled = 0  # this bus has no spool; the counter exists for the metrics
-        self._queue: deque[RequestEvent] = deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="memory-bus")
-
-    def can_record(self) -> bool:
-        return len(self._queue) < self.capacity and not self._closing
-
-    def publish(self, event: RequestEvent) -> None:
-        if len(self._queue) >= self.capacity:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error("event buffer full: %d events dropped so far", self.dropped)
-            return
-        self._queue.append(event)
-        if len(self._queue) >= self.batch_size:
-            self._wake.set()
 
     @property
-    def published(self) -> int:
-        return self.written
-
-    def buffered(self) -> int:
-        return len(self._queue)
-
-    def pending(self) -> int:
-        return len(self._queue)
-
-    async def _run(self) -> None:
-        backoff = 0.1
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
-                continue
-            batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
-            try:
-                await self.store.record_events(batch)
-            except Exception:
-                if self._closing and backoff > 5:
-                    log.exception("giving up writing %d events at shutdown", len(self._queue))
-                    return
-                log.exception("writing events failed; retrying in %.1fs", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            backoff = 0.1
-            for _ in batch:
-                self._queue.popleft()
-            self.written += len(batch)
-
-    async def close(self) -> None:
-        """Write everything still queued, then stop."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+    def written(self) -> int:
+        return self.published

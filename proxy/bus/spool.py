@@ -77,6 +77,7 @@ class Chunk:
     lines: list[bytes]
     end: int
     torn: bool = False  # the segment ends in an incomplete line (its writer died mid-write)
+    lost: int = 0  # events of a segment that vanished from disk (skipped, never replayed)
 
 
 class Spool:
@@ -229,6 +230,17 @@ class Spool:
         return None
 
     def _read(self, segment: Segment, max_lines: int) -> Chunk:
+        try:
+            return self._read_lines(segment, max_lines)
+        except FileNotFoundError:
+            # Removed by someone else (a tmp cleaner, an operator): skip it rather than stop
+            # every later replay; what it held is reported lost.
+            log.error(
+                "spool file %s vanished: %d events in it are lost", segment.path, segment.events
+            )
+            return Chunk(segment, [], segment.size, lost=segment.events)
+
+    def _read_lines(self, segment: Segment, max_lines: int) -> Chunk:
         remaining = segment.size - segment.offset
         with segment.path.open("rb") as fh:
             fh.seek(segment.offset)
@@ -250,7 +262,7 @@ class Spool:
         """The chunk reached Redis: move past it, deleting segments that are done."""
         segment = chunk.segment
         segment.offset = chunk.end
-        segment.events = max(0, segment.events - len(chunk.lines))
+        segment.events = max(0, segment.events - len(chunk.lines) - chunk.lost)
         if chunk.torn:
             log.warning("discarding an incomplete last line in %s", segment.path.name)
         if segment.offset < segment.size:

@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from proxy.limits.admission import (
     KINDS,
     NO_LIMITS,
+    QUOTA,
     Admission,
     LimitConfig,
     LimitedToken,
@@ -26,9 +27,9 @@ from proxy.limits.admission import (
 )
 from proxy.limits.keys import KeyLayout
 from proxy.limits.local import Clock, LocalLimiter
-from proxy.limits.scripts import ADMIT, RENEW, Script
+from proxy.limits.scripts import ADMIT, RENEW, UNDO, Script
 from proxy.redis_client import FastRedis
-from shared.errors import LLMProxyError, Unavailable
+from shared.errors import Unavailable
 from shared.store import SqlStore
 
 log = logging.getLogger("llm_proxy.limits")
@@ -36,14 +37,13 @@ log = logging.getLogger("llm_proxy.limits")
 #: Errors that mean "Redis cannot answer now" (as opposed to a bug in what we sent).
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError, TimeoutError)
 
-NEED_SEED = 2
-DAY = 86400.0
-
 
 class RedisLimiter:
-    """Global, per-IP and per-token windows, the token quota and concurrency leases, all in one
-    EVALSHA. When Redis cannot be reached: per-process limits (``fallback=True``; the quota
-    stays exact through the database) or 503 ``Unavailable``."""
+    """Global, per-IP and per-token windows and concurrency leases, all in one EVALSHA; the
+    token quota in the database, whose conditional UPDATE is its one arbiter whether Redis is
+    up or not (so a quota is exact through any Redis outage, restart or flush, on any number of
+    workers and instances). When Redis cannot be reached: per-process windows and leases
+    (``fallback=True``) or 503 ``Unavailable``."""
 
     def __init__(
         self,
@@ -58,7 +58,6 @@ class RedisLimiter:
         lease_ttl: float = 30.0,
         renew_every: float = 10.0,
         retry_after_failure: float = 1.0,
-        quota_ttl: float = 7 * DAY,
     ) -> None:
         self.config = config
         self.store = store
@@ -72,14 +71,11 @@ class RedisLimiter:
         self.lease_ttl = lease_ttl
         self.renew_every = renew_every
         self.retry_after_failure = retry_after_failure
-        self._quota_ttl_ms = int(quota_ttl * 1000)
         self._lease_ttl_ms = int(lease_ttl * 1000)
         self._member_prefix = secrets.token_hex(6) + ":"
         self._counter = itertools.count()
         self._down_until = 0.0  # monotonic time before which Redis is not tried again
         self._down = False
-        self._seen: dict[str, int] = {}  # token id -> quota used, last heard from Redis
-        self._pending: dict[str, int] = {}  # token id -> admissions counted by the DB meanwhile
         self._leases: dict[str, str] = {}  # lease id -> its key, for renewal
         self._renewer: asyncio.Task[None] | None = None
 
@@ -89,10 +85,13 @@ class RedisLimiter:
         cfg = self.config
         token_limit, token_window = cfg.token_window(token)
         ip = client_ip if cfg.ip_limit else ""
-        quota = (token.max_requests or 0) if token is not None else 0
+        quota = token is not None and token.max_requests is not None
         cap = (token.max_concurrency or 0) if token is not None else 0
-        if not (cfg.global_limit or ip or token_limit or quota or cap):
-            return NO_LIMITS
+        if not (cfg.global_limit or ip or token_limit or cap):
+            if not quota:
+                return NO_LIMITS
+            # Only the quota applies: the database decides alone, Redis is not involved.
+            return await self.local.admit(token, client_ip, cache_hit=cache_hit)
         if self._down_until:
             now = time.monotonic()
             if now < self._down_until:
@@ -104,12 +103,10 @@ class RedisLimiter:
         layout = self.keys
         if token is not None:
             t_key, _, c_key = layout.token_keys(token.id)
-            q_key = layout.quota_key(token) if quota else t_key
         else:  # unused keys still name the same slot
-            t_key = q_key = c_key = layout.global_key
-        keys = (layout.global_key, layout.ip_key(ip) if ip else t_key, t_key, q_key, c_key)
+            t_key = c_key = layout.global_key
+        keys = (layout.global_key, layout.ip_key(ip) if ip else t_key, t_key, c_key)
         member = f"{self._member_prefix}{next(self._counter)}"
-        pending = self._pending.get(token.id, 0) if quota and token is not None else 0
         args: list[Any] = [
             int(self._clock() * 1000) if self._clock else 0,
             member,
@@ -119,22 +116,11 @@ class RedisLimiter:
             60000,
             token_limit,
             int(token_window * 1000),
-            quota,
-            1 if quota and cfg.counts(cache_hit) else 0,
-            -1,
-            pending,
-            self._quota_ttl_ms,
             cap,
             self._lease_ttl_ms,
         ]
         try:
             reply = await self._eval(ADMIT, keys, args)
-            if reply[0] == NEED_SEED:
-                assert token is not None
-                args[10] = await self._seed(token)
-                if self._clock:
-                    args[0] = int(self._clock() * 1000)
-                reply = await self._eval(ADMIT, keys, args)
         except REDIS_DOWN as exc:
             self._went_down(exc)
             return await self._fall_back(token, client_ip, cache_hit)
@@ -143,16 +129,23 @@ class RedisLimiter:
             log.warning("Redis is reachable again: rate limits are shared across instances again")
         self._down_until = 0.0
 
-        status, kind, limit, left, ms, used = (int(v) for v in reply)
-        if quota and token is not None:
-            self._seen[token.id] = used
-            if pending:
-                self._settle(token.id, pending)
+        status, kind, limit, left, ms = (int(v) for v in reply)
         if status == 0:
             name = KINDS[kind - 1]
             self.stats.count_limited(name)
             window = token_window if kind == 3 else 60.0
             raise rejection(name, limit, ms / 1000, window)
+        if quota:
+            assert token is not None
+            try:
+                ok = await self.local.take_quota(token, cache_hit)
+            except BaseException:
+                await self._undo(keys, member)
+                raise
+            if not ok:
+                await self._undo(keys, member)
+                self.stats.count_limited(QUOTA)
+                raise rejection(QUOTA, token.max_requests or 0, 0.0)
         release = None
         if cap:
             self._leases[member] = c_key
@@ -171,27 +164,9 @@ class RedisLimiter:
             reply = await self.redis.evalsha(script.sha, len(keys), *keys, *args)
         return cast(list[Any], reply)
 
-    async def _seed(self, token: LimitedToken) -> int:
-        """What the database says the token has used. Any number of workers may seed at once:
-        the script sets the counter only if it is still missing, so every later admission
-        increments the one counter and none is admitted twice."""
-        try:
-            used = await self.store.get_quota_used(
-                token.id, count_cache_hits=self.config.count_cache_hits
-            )
-        except LLMProxyError:
-            raise
-        except Exception as exc:
-            log.error("reading the quota from the database failed: %s", type(exc).__name__)
-            raise Unavailable("The quota store is unavailable; retry shortly.") from exc
-        return max(used or 0, self._seen.get(token.id, 0))
-
-    def _settle(self, token_id: str, applied: int) -> None:
-        left = self._pending.get(token_id, 0) - applied
-        if left > 0:
-            self._pending[token_id] = left
-        else:
-            self._pending.pop(token_id, None)
+    async def _undo(self, keys: tuple[str, ...], member: str) -> None:
+        with contextlib.suppress(*REDIS_DOWN):  # if Redis is away, the entries age out
+            await self._eval(UNDO, keys, [member])
 
     def _went_down(self, exc: BaseException) -> None:
         self._down_until = time.monotonic() + self.retry_after_failure
@@ -209,12 +184,7 @@ class RedisLimiter:
                 "Rate limiting is unavailable; retry shortly.", headers={"Retry-After": "1"}
             )
         self.stats.count_fallback()
-        floor = self._seen.get(token.id, 0) if token is not None else 0
-        admission = await self.local.admit(token, client_ip, cache_hit=cache_hit, quota_floor=floor)
-        if token is not None and token.max_requests is not None and self.config.counts(cache_hit):
-            # Counted in the database; added to the Redis counter when Redis answers again.
-            self._pending[token.id] = self._pending.get(token.id, 0) + 1
-        return admission
+        return await self.local.admit(token, client_ip, cache_hit=cache_hit)
 
     async def _release(self, key: str, member: str) -> None:
         self._leases.pop(member, None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from proxy.limits.admission import LimitedToken
 from proxy.limits.clientip import limit_key
 from shared.config import Settings
 
@@ -38,7 +37,6 @@ class KeyLayout:
         self.global_key = self.base + "g"
         self._secret = secret
         self._tokens: dict[str, tuple[str, str, str]] = {}
-        self._quota: dict[str, tuple[float, str]] = {}
         self._ips: dict[str, str] = {}
 
     def digest(self, value: str) -> str:
@@ -46,7 +44,7 @@ class KeyLayout:
         return hmac.new(self._secret, value.encode(), hashlib.sha256).hexdigest()[:32]
 
     def token_keys(self, token_id: str) -> tuple[str, str, str]:
-        """(rate log, quota counter stem, concurrency leases) of one token."""
+        """(rate log, unused since quotas live in the database, concurrency leases) of one token."""
         keys = self._tokens.get(token_id)
         if keys is None:
             if len(self._tokens) >= _CACHE_BOUND:
@@ -58,20 +56,6 @@ class KeyLayout:
                 f"{self.base}c:{d}",
             )
         return keys
-
-    def quota_key(self, token: LimitedToken) -> str:
-        """The quota counter for this version of the token. Any management change to the token
-        (a new limit, --unlimited and back, reactivation) moves it to a fresh key, seeded again
-        from the database, so a counter that stopped counting is never trusted again."""
-        version = token.updated_at.timestamp()
-        cached = self._quota.get(token.id)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        if len(self._quota) >= _CACHE_BOUND:
-            self._quota.clear()
-        key = f"{self.token_keys(token.id)[1]}:{int(version * 1000)}"
-        self._quota[token.id] = (version, key)
-        return key
 
     def ip_key(self, ip: str) -> str:
         key = self._ips.get(ip)

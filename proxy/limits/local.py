@@ -86,9 +86,7 @@ class LocalLimiter:
         client_ip: str,
         *,
         cache_hit: bool = False,
-        quota_floor: int = 0,
     ) -> Admission:
-        """``quota_floor``: usage known from elsewhere (see ``SqlStore.take_quota``)."""
         cfg = self.config
         token_limit, token_window = cfg.token_window(token)
         ip = client_ip if cfg.ip_limit else ""
@@ -138,7 +136,7 @@ class LocalLimiter:
         if quota:
             assert token is not None
             try:
-                ok = await self._quota(token, cache_hit, quota_floor)
+                ok = await self.take_quota(token, cache_hit)
             except BaseException:
                 self._undo(logs, now, token if cap else None)
                 raise
@@ -155,12 +153,14 @@ class LocalLimiter:
             return Admission(release=release) if release else NO_LIMITS
         return Admission(tight_limit, tight_left, tight.times[0] + tight.window - now, release)
 
-    async def _quota(self, token: LimitedToken, cache_hit: bool, floor: int) -> bool:
+    async def take_quota(self, token: LimitedToken, cache_hit: bool) -> bool:
+        """Whether the token's quota admits this request, counting it if it counts: one
+        conditional UPDATE in the database, exact across processes and instances."""
         hits = self.config.count_cache_hits
         try:
             if self.config.counts(cache_hit):
-                return await self.store.take_quota(token.id, count_cache_hits=hits, floor=floor)
-            return await self.store.has_quota(token.id, count_cache_hits=hits, floor=floor)
+                return await self.store.take_quota(token.id, count_cache_hits=hits)
+            return await self.store.has_quota(token.id, count_cache_hits=hits)
         except LLMProxyError:
             raise
         except Exception as exc:

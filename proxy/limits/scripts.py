@@ -15,39 +15,21 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())  # noqa: S324
 
 
-#: Every check for one request, atomically: nothing is counted unless everything passes.
+#: Every window and lease check for one request, atomically: nothing is counted unless
+#: everything passes. The token quota is not here: the database counts it (see RedisLimiter).
 #:
-#: KEYS: 1 global log, 2 IP log, 3 token log, 4 quota counter, 5 concurrency leases
+#: KEYS: 1 global log, 2 IP log, 3 token log, 4 concurrency leases
 #: ARGV: 1 now in ms (0: the server's clock), 2 a member id unique to this request,
 #:       3/4 global limit/window ms, 5/6 IP limit/window ms, 7/8 token limit/window ms
-#:       (limit 0: skip), 9 quota max (0: none), 10 "1" if the request counts against it,
-#:       11 seed (-1: none yet), 12 admissions to add (made in the database while Redis was
-#:       away), 13 quota key TTL ms, 14 concurrency cap (0: none), 15 lease TTL ms
-#: Returns {status, kind, limit, remaining, ms, used}: status 1 admitted (kind/limit/remaining/
-#: ms: the tightest window and when its oldest entry leaves), 0 refused (kind/limit, ms to wait),
-#: 2 the quota counter is cold and needs a seed from the database (nothing was counted).
+#:       (limit 0: skip), 9 concurrency cap (0: none), 10 lease TTL ms
+#: Returns {status, kind, limit, remaining, ms}: status 1 admitted (kind/limit/remaining/ms:
+#: the tightest window and when its oldest entry leaves), 0 refused (kind/limit, ms to wait).
 ADMIT = Script(
     """
 local now = tonumber(ARGV[1])
 if now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local used = 0
-local qmax = tonumber(ARGV[9])
-if qmax > 0 then
-  local v = redis.call('GET', KEYS[4])
-  if v then
-    used = tonumber(v)
-    local add = tonumber(ARGV[12])
-    if add > 0 then used = redis.call('INCRBY', KEYS[4], add) end
-  else
-    used = tonumber(ARGV[11])
-    if used < 0 then return {2, 0, 0, 0, 0, 0} end
-    -- the seed already holds what the database counted while Redis was away: ARGV[12] is not added
-    redis.call('SET', KEYS[4], used, 'PX', ARGV[13])
-  end
-  if used >= qmax then return {0, 4, qmax, 0, 0, used} end
 end
 local kind, limit, wait = 0, 0, -1
 local tight, tight_limit, tight_left = 0, 0, 0
@@ -66,32 +48,37 @@ for i = 1, 3 do
     end
   end
 end
-local cap = tonumber(ARGV[14])
+local cap = tonumber(ARGV[9])
 if cap > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-  if redis.call('ZCARD', KEYS[5]) >= cap and wait < 1000 then kind, limit, wait = 5, cap, 1000 end
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  if redis.call('ZCARD', KEYS[4]) >= cap and wait < 1000 then kind, limit, wait = 5, cap, 1000 end
 end
-if kind > 0 then return {0, kind, limit, 0, wait, used} end
+if kind > 0 then return {0, kind, limit, 0, wait} end
 for i = 1, 3 do
   if tonumber(ARGV[2 * i + 1]) > 0 then
     redis.call('ZADD', KEYS[i], now, ARGV[2])
     redis.call('PEXPIRE', KEYS[i], ARGV[2 * i + 2])
   end
 end
-if qmax > 0 then
-  if ARGV[10] == '1' then used = redis.call('INCR', KEYS[4]) end
-  redis.call('PEXPIRE', KEYS[4], ARGV[13])
-end
 if cap > 0 then
-  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[15]), ARGV[2])
-  redis.call('PEXPIRE', KEYS[5], ARGV[15])
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[10]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[4], ARGV[10])
 end
 local reset = 0
 if tight > 0 then
   local entry = redis.call('ZRANGE', KEYS[tight], 0, 0, 'WITHSCORES')
   reset = tonumber(entry[2]) + tonumber(ARGV[2 * tight + 2]) - now
 end
-return {1, tight, tight_limit, tight_left, reset, used}
+return {1, tight, tight_limit, tight_left, reset}
+"""
+)
+
+#: Take back what ADMIT counted for a request the quota then refused, so a refusal costs no
+#: window slot or lease. KEYS: the same four; ARGV: 1 the request's member id.
+UNDO = Script(
+    """
+for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return #KEYS
 """
 )
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from shared.clock import from_epoch, utcnow
 from shared.errors import REJECTION_CODES
-from shared.events import RequestEvent
+from shared.events import ACCEPTED, FINAL, RequestEvent
 from shared.store.migrations import load
 from shared.store.models import AuditEvent, AuditFilter, DeadLetter, Project, Token
 
@@ -41,7 +41,7 @@ TOKEN_COLUMNS = (
 EVENT_COLUMNS = (
     "event_id, request_id, ts, project_id, token_id, method, path, status, model, duration_ms, "
     "upstream_ms, ttfb_ms, request_bytes, response_bytes, prompt_tokens, completion_tokens, "
-    "total_tokens, cache_status, stream, error, client_ip, usage_source"
+    "total_tokens, cache_status, stream, error, client_ip, usage_source, phase"
 )
 DEAD_LETTER_COLUMNS = (
     "id, stream_key, entry_id, event_id, reason, error, deliveries, consumer, payload, "
@@ -69,11 +69,12 @@ class _Usage:
     completion_tokens: int = 0
     last_used: datetime | None = None
 
-    def add(self, event: RequestEvent, ts: datetime) -> None:
+    def add(self, event: RequestEvent, ts: datetime, counted: bool = False) -> None:
         # request_count counts admitted requests; the proxy's own rejections are stored as rows
-        # (and mark the token as used) but are not requests it served.
+        # (and mark the token as used) but are not requests it served. ``counted``: the
+        # request's accepted row already counted it; this final only adds its usage.
         admitted = event.error not in REJECTION_CODES
-        self.requests += admitted
+        self.requests += admitted and not counted
         self.cache_hits += admitted and event.cache_status == "hit"
         self.prompt_tokens += event.prompt_tokens
         self.completion_tokens += event.completion_tokens
@@ -113,6 +114,7 @@ def event_params(event: RequestEvent) -> tuple[Any, ...]:
         event.error,
         event.client_ip,
         event.usage_source,
+        event.phase,
     )
 
 
@@ -133,13 +135,50 @@ def usage_by_owner(
     requests: the aggregates count admitted requests, as token quotas do."""
     tokens: dict[str, _Usage] = {}
     projects: dict[str, _Usage] = {}
+    completed = events.completed if isinstance(events, Inserted) else frozenset()
     for event in events:
         ts = from_epoch(event.ts)
+        counted = event.event_id in completed
         if event.token_id:
-            tokens.setdefault(event.token_id, _Usage()).add(event, ts)
+            tokens.setdefault(event.token_id, _Usage()).add(event, ts, counted)
         if event.project_id:
-            projects.setdefault(event.project_id, _Usage()).add(event, ts)
+            projects.setdefault(event.project_id, _Usage()).add(event, ts, counted)
     return tokens, projects
+
+
+class Inserted(list[RequestEvent]):
+    """The events a batch wrote: new rows, plus finals that replaced their accepted row (their
+    ids in ``completed``: the accepted row already counted the request)."""
+
+    def __init__(self, events: Sequence[RequestEvent] = (), completed: set[str] | None = None):
+        super().__init__(events)
+        self.completed: set[str] = completed if completed is not None else set()
+
+
+def one_per_request(events: Sequence[RequestEvent]) -> list[RequestEvent]:
+    """A batch with one event per event_id, in order: a final wins over its accepted record
+    (both may arrive in one batch), a repeat is dropped."""
+    chosen: dict[str, RequestEvent] = {}
+    for event in events:
+        held = chosen.get(event.event_id)
+        if held is None or (held.phase == ACCEPTED and event.phase == FINAL):
+            chosen[event.event_id] = event
+    if len(chosen) == len(events):
+        return list(events)
+    return list(chosen.values())
+
+
+#: A final replacing its accepted row; nothing else is ever updated.
+COMPLETE_EVENT_SQL = (
+    "UPDATE request_events SET "
+    + ", ".join(f"{c.strip()} = %s" for c in EVENT_COLUMNS.split(",")[1:])
+    + " WHERE event_id = %s AND phase = 'accepted'"
+)
+
+
+def complete_params(event: RequestEvent) -> tuple[Any, ...]:
+    params = event_params(event)
+    return (*params[1:], params[0])
 
 
 INSERT_EVENT_SQL = (
@@ -553,10 +592,17 @@ class SqlStore(abc.ABC):
         return inserted
 
     async def insert_events(self, tx: Tx, events: Sequence[RequestEvent]) -> list[RequestEvent]:
-        inserted = []
-        for event in events:
+        """Insert new rows; a final whose accepted row is there replaces it. Returns
+        ``Inserted``: what changed, for the aggregates."""
+        inserted = Inserted()
+        for event in one_per_request(events):
             if await tx.execute(INSERT_EVENT_SQL, event_params(event)):
                 inserted.append(event)
+            elif event.phase == FINAL and await tx.execute(
+                COMPLETE_EVENT_SQL, complete_params(event)
+            ):
+                inserted.append(event)
+                inserted.completed.add(event.event_id)
         return inserted
 
     async def apply_usage(self, tx: Tx, inserted: Sequence[RequestEvent]) -> None:

@@ -16,7 +16,15 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from shared.errors import Unavailable
 from shared.events import RequestEvent
-from shared.store.base import EVENT_COLUMNS, Row, SqlStore, Tx, usage_by_owner
+from shared.store.base import (
+    EVENT_COLUMNS,
+    Inserted,
+    Row,
+    SqlStore,
+    Tx,
+    one_per_request,
+    usage_by_owner,
+)
 
 # Any fixed 64-bit number: the advisory lock that serialises concurrent `llm-proxy migrate` runs.
 MIGRATION_LOCK_KEY = 0x6C6C6D70726F7879  # "llmproxy"
@@ -48,13 +56,18 @@ _INSERT_EVENTS = (
     "SELECT event_id, request_id, to_timestamp(ts), NULLIF(project_id, '')::uuid, "
     "NULLIF(token_id, '')::uuid, method, path, status, model, duration_ms, upstream_ms, "
     "ttfb_ms, request_bytes, response_bytes, prompt_tokens, completion_tokens, total_tokens, "
-    "cache_status, stream, error, client_ip, usage_source "
+    "cache_status, stream, error, client_ip, usage_source, phase "
     "FROM json_to_recordset(%s::json) AS x(event_id uuid, request_id text, ts float8, "
     "project_id text, token_id text, method text, path text, status int4, model text, "
     "duration_ms float8, upstream_ms float8, ttfb_ms float8, request_bytes int8, "
     "response_bytes int8, prompt_tokens int8, completion_tokens int8, total_tokens int8, "
-    "cache_status text, stream bool, error text, client_ip text, usage_source text) "
-    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    "cache_status text, stream bool, error text, client_ip text, usage_source text, phase text) "
+    # A final replaces its accepted row (and nothing else: a repeat changes nothing).
+    "ON CONFLICT (event_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in (c.strip() for c in EVENT_COLUMNS.split(",")[1:]))
+    + " WHERE request_events.phase = 'accepted' AND EXCLUDED.phase = 'final' "
+    # xmax is 0 on a row this statement inserted, set on one it updated
+    "RETURNING event_id, (xmax = 0) AS fresh"
 )
 
 _APPLY_USAGE = (
@@ -137,14 +150,18 @@ class PostgresStore(SqlStore):
         conn = tx.conn if isinstance(tx, _PgTx) else None
         if conn is None or not events:
             return await super().insert_events(tx, events)
+        # One row per event_id in the statement: ON CONFLICT DO UPDATE may not touch a row twice.
+        events = one_per_request(events)
         cur = await conn.execute(_INSERT_EVENTS, (orjson.dumps(events).decode(),))
         # Ids come back in Postgres's canonical text form; writers normalise ids to it first.
-        inserted = {row["event_id"] for row in await cur.fetchall()}
-        out = []
-        for event in events:  # a batch may carry one event twice; count it once
-            if event.event_id in inserted:
-                inserted.discard(event.event_id)
+        written = {str(row["event_id"]): row["fresh"] for row in await cur.fetchall()}
+        out = Inserted()
+        for event in events:
+            fresh = written.get(event.event_id)
+            if fresh is not None:
                 out.append(event)
+                if not fresh:
+                    out.completed.add(event.event_id)
         return out
 
     async def apply_usage(self, tx: Tx, inserted: Sequence[RequestEvent]) -> None:

@@ -11,8 +11,18 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from shared.events import RequestEvent
-from shared.store.base import INSERT_EVENT_SQL, Row, SqlStore, Tx, event_params, usage_updates
+from shared.events import ACCEPTED, FINAL, RequestEvent
+from shared.store.base import (
+    COMPLETE_EVENT_SQL,
+    INSERT_EVENT_SQL,
+    Inserted,
+    Row,
+    SqlStore,
+    Tx,
+    event_params,
+    one_per_request,
+    usage_updates,
+)
 
 T = TypeVar("T")
 _BOOL_COLUMNS = frozenset({"is_active", "stream"})
@@ -155,27 +165,35 @@ class SqliteStore(SqlStore):
     async def record_events(self, events: Sequence[RequestEvent]) -> int:
         if not events:
             return 0
+        events = one_per_request(events)
         rows = [tuple(_param(p) for p in event_params(e)) for e in events]
         insert = _qmark(INSERT_EVENT_SQL)
+        complete = _qmark(COMPLETE_EVENT_SQL)
 
         def write(conn: sqlite3.Connection) -> int:
             # Redelivered events are rare: find them with one indexed lookup, then insert the
             # rest in one executemany (per-row executes dominated the embedded proxy's CPU).
             marks = ",".join("?" * len(events))
-            known = {
-                r[0]
-                for r in conn.execute(
-                    f"SELECT event_id FROM request_events WHERE event_id IN ({marks})",
+            known = dict(
+                conn.execute(
+                    f"SELECT event_id, phase FROM request_events WHERE event_id IN ({marks})",
                     [e.event_id for e in events],
-                )
-            }
-            fresh = []
+                ).fetchall()
+            )
+            inserted = Inserted()
+            fresh, finishing = [], []
             for e, row in zip(events, rows, strict=True):
-                if e.event_id not in known:
-                    known.add(e.event_id)  # a batch may carry the same event twice
-                    fresh.append((e, row))
-            conn.executemany(insert, [row for _, row in fresh])
-            inserted = [e for e, _ in fresh]
+                phase = known.get(e.event_id)
+                if phase is None:
+                    fresh.append(row)
+                    inserted.append(e)
+                elif phase == ACCEPTED and e.phase == FINAL:  # replaces its accepted row
+                    finishing.append((*row[1:], row[0]))
+                    inserted.append(e)
+                    inserted.completed.add(e.event_id)
+            conn.executemany(insert, fresh)
+            if finishing:
+                conn.executemany(complete, finishing)
             for sql, params in usage_updates(inserted, self.latest_sql):
                 conn.execute(_qmark(sql), tuple(_param(p) for p in params))
             return len(inserted)
