@@ -215,16 +215,15 @@ def issue_token(ctx: Context, env: dict[str, str], cwd: Path) -> str:
     return f"Bearer {token['token']}"
 
 
-def start_embedded(ctx: Context) -> Running:
-    """`llm-proxy server` with nothing configured: SQLite in its working dir, in-memory the rest."""
-    cwd = ctx.workdir / "embedded"
+def start_embedded(ctx: Context, *, name: str = "embedded", **extra: str) -> Running:
+    """`llm-proxy server` with nothing configured: SQLite in its working dir, in-memory the rest
+    (``extra``: variables to add, for a variant such as profiling on)."""
+    cwd = ctx.workdir / name
     cwd.mkdir()
     port = procs.free_port()
-    env = {**base_env(), **fill(EMBEDDED_ENV, {"port": str(port)})}
+    env = {**base_env(), **fill(EMBEDDED_ENV, {"port": str(port)}), **extra}
     auth = issue_token(ctx, env, cwd)
-    server = procs.start(
-        "embedded", PROXY_SERVER, ctx.logs, env=env, port=port, cwd=cwd, inherit=False
-    )
+    server = procs.start(name, PROXY_SERVER, ctx.logs, env=env, port=port, cwd=cwd, inherit=False)
     return Running(port=port, auth=auth, measured=[server])
 
 
@@ -412,6 +411,12 @@ TARGETS = {
             "embedded",
             "llm-proxy server, no configuration (SQLite, in-memory)",
             start_embedded,
+            proxy_unavailable,
+        ),
+        Target(
+            "embedded-profiling",
+            "the embedded target with PROFILING_ENABLED=true (what profiling costs)",
+            lambda ctx: start_embedded(ctx, name="embedded-profiling", PROFILING_ENABLED="true"),
             proxy_unavailable,
         ),
         Target(

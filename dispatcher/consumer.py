@@ -6,8 +6,15 @@ consumers (XAUTOCLAIM), then new ones (XREADGROUP ``>``). The writer takes batch
 buffer and, for each: one database transaction, export jobs, XACK; in that order, so an entry
 is acknowledged only once its row is committed. Entries held while the database is down are
 re-claimed by this consumer every few seconds (XCLAIM JUSTID, which does not count as a
-delivery), so live dispatchers neither lose them to peers nor push them towards
+delivery), so a short outage neither loses them to peers nor pushes them towards
 --max-deliveries.
+
+Every batch write has a deadline (``write_timeout``): a connection that went silent (a NAT or
+load balancer dropped the flow) is a counted, logged failure, not a writer stalled forever.
+While writes fail the reader takes nothing new. Once they have failed for ``release_after``
+the dispatcher releases what it holds (stops re-claiming it, drops it from memory) so a peer
+that can write claims it after ``claim_idle``; it reads again, its own pending list first, once
+the database answers.
 """
 
 from __future__ import annotations
@@ -38,6 +45,28 @@ T = TypeVar("T")
 
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _BACKOFF_CAP = 10.0
+
+
+#: what _write returns once it has released its entries
+_RELEASED = object()
+
+
+async def _within(work: Awaitable[T], seconds: float) -> T:
+    """``work`` or TimeoutError after ``seconds``, without waiting for a cancelled database
+    call to unwind: on a silent connection that can take as long as the call itself. The pool
+    discards the connection once the abandoned call ends."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        task.add_done_callback(_consume)
+        raise TimeoutError(f"no answer within {seconds:g}s")
+    return task.result()
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: an abandoned call's error is not news
 
 
 def _id(value: bytes | str) -> str:
@@ -96,6 +125,8 @@ class Dispatcher:
         self._has_entries = asyncio.Event()
         self._has_room = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._writable = asyncio.Event()  # cleared while database writes fail: read nothing
+        self._writable.set()
         self._history_from: str | None = "0"  # read our own pending entries first
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
@@ -149,6 +180,9 @@ class Dispatcher:
     async def _read_loop(self) -> None:
         backoff = Backoff()
         while not self._stopping.is_set():
+            if not self._writable.is_set():
+                await self._sleep(0.2)  # entries read now would only wait, or be released
+                continue
             room = self.options.buffer - len(self._queue)
             if room <= 0:
                 self._has_room.clear()
@@ -288,16 +322,12 @@ class Dispatcher:
 
     async def _handle(self, batch: list[Entry]) -> bool:
         started = time.monotonic()
-        attempts = 0
-
-        async def write() -> Outcome:
-            nonlocal attempts
-            attempts += 1
-            return await self.writer.write(batch, retried=attempts > 1)
-
-        outcome = await self._retrying(write, "database")
+        outcome = await self._write(batch)
         if outcome is None:
             return False
+        if outcome is _RELEASED:
+            return True
+        assert isinstance(outcome, Outcome)
         self._record(outcome, len(batch), time.monotonic() - started)
         if self.jobs is not None and outcome.export:
             jobs, events = self.jobs, outcome.export
@@ -313,6 +343,60 @@ class Dispatcher:
         for entry in batch:
             self._held.pop(entry.entry_id, None)
         return True
+
+    async def _write(self, batch: list[Entry]) -> Outcome | object | None:
+        """The batch's outcome once committed; ``_RELEASED`` if the database failed for
+        ``release_after`` (the entries are now a peer's to claim); None once stopping."""
+        backoff = Backoff()
+        attempts = 0
+        failing_since: float | None = None
+        while True:
+            attempts += 1
+            try:
+                outcome = await _within(
+                    self.writer.write(batch, retried=attempts > 1), self.options.write_timeout
+                )
+            except Exception as exc:
+                self.metrics.write_failures.inc()
+                self._writable.clear()
+                self._failed("database", exc)
+                now = time.monotonic()
+                failing_since = failing_since if failing_since is not None else now
+                if self._stopping.is_set():
+                    return None
+                if now - failing_since >= self.options.release_after:
+                    await self._release()  # the batch's entries are among those held
+                    return _RELEASED
+                await self._sleep(backoff.next())
+                continue
+            self._recovered("database")
+            self._writable.set()
+            return outcome
+
+    async def _release(self) -> None:
+        """Let go of every entry held, then wait until the database answers again."""
+        held = len(self._held)
+        self._queue.clear()
+        self._held.clear()
+        self.metrics.released.inc(held)
+        log.error(
+            "database writes failing for over %.0fs: released %d entries for a peer to claim; "
+            "reading nothing until the database answers",
+            self.options.release_after,
+            held,
+        )
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            try:
+                await _within(self.store.ping(), self.options.write_timeout)
+            except Exception as exc:
+                self._failed("database", exc)
+                await self._sleep(backoff.next())
+                continue
+            self._recovered("database")
+            self._history_from = "0"  # take back whatever no peer has claimed
+            self._writable.set()
+            return
 
     def _record(self, outcome: Outcome, size: int, seconds: float) -> None:
         m = self.metrics

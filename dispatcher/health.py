@@ -79,9 +79,10 @@ class HealthServer:
             return 200, "application/json", b'{"status":"ok"}'
         if path == "/ready":
             if self.probe is not None:
-                # an idle dispatcher has nothing to fail on: ask the database and Redis now
+                # An idle dispatcher has nothing to fail on: ask the database and Redis now.
+                # The probe bounds each check itself; this bound is the backstop.
                 with contextlib.suppress(Exception):
-                    await self.probe()
+                    await asyncio.wait_for(self.probe(), 10)
             checks = {
                 "database": "up" if self.metrics.database_ok else "down",
                 "redis": "up" if self.metrics.redis_ok else "down",

@@ -45,6 +45,11 @@ class DispatcherMetrics:
             "Entries claimed from other consumers after --claim-idle (XAUTOCLAIM).",
             registry=r,
         )
+        self.released = Counter(
+            "llm_proxy_dispatcher_released",
+            "Entries let go for a peer to claim after writes failed for DISPATCHER_RELEASE_AFTER.",
+            registry=r,
+        )
         self.acked = Counter(
             "llm_proxy_dispatcher_acked", "Entries acknowledged after commit.", registry=r
         )

@@ -26,6 +26,8 @@ class Options:
     claim_idle: float = 30.0
     max_deliveries: int = 5
     trim_interval: float = 10.0
+    write_timeout: float = 30.0
+    release_after: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **flags: Any) -> Options:
@@ -39,6 +41,8 @@ class Options:
             block_ms=settings.dispatcher_block_ms,
             claim_idle=settings.dispatcher_claim_idle,
             max_deliveries=settings.dispatcher_max_deliveries,
+            write_timeout=settings.dispatcher_write_timeout,
+            release_after=settings.dispatcher_release_after,
         )
         options = replace(options, **{k: v for k, v in flags.items() if v is not None})
         if options.buffer < options.batch_size:

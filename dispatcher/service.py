@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -27,7 +28,7 @@ async def run_dispatcher(settings: Settings, options: Options) -> None:
     signal stops at once (the entries not yet acknowledged stay pending for a peer)."""
     # Outages are logged once by the dispatcher itself, not on every pool reconnect attempt.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-    store = make_store(settings)
+    store = make_store(settings, statement_timeout=settings.dispatcher_write_timeout)
     # Servers start before their database is up; writes back off until it answers.
     await store.open(wait=False)
     if settings.db_driver == "sqlite":
@@ -59,7 +60,7 @@ async def run_dispatcher(settings: Settings, options: Options) -> None:
         health = HealthServer(
             metrics,
             refresh=dispatcher.refresh_stats,
-            probe=lambda: _probe(store, redis, metrics),
+            probe=lambda: probe_dependencies(store, redis, metrics),
             host=host,
             port=int(port),
         )
@@ -105,12 +106,24 @@ async def run_dispatcher(settings: Settings, options: Options) -> None:
     log.info("dispatcher %s stopped", options.consumer)
 
 
-async def _probe(store: SqlStore, redis: aioredis.Redis, metrics: DispatcherMetrics) -> None:
-    """Readiness of an idle dispatcher: can it reach the database and Redis right now?"""
-    for check, mark in ((store.ping, metrics.set_database), (redis.ping, metrics.set_redis)):
-        try:
-            await asyncio.wait_for(check(), 1.5)
-        except Exception:
+async def probe_dependencies(
+    store: SqlStore, redis: aioredis.Redis, metrics: DispatcherMetrics, seconds: float = 1.5
+) -> None:
+    """Readiness of an idle dispatcher: can it reach the database and Redis right now? Each
+    check is bounded without waiting for a cancelled call to unwind (a silent connection can
+    take long to), so /ready always answers."""
+    checks = ((store.ping, metrics.set_database), (redis.ping, metrics.set_redis))
+    for check, mark in checks:
+        task = asyncio.ensure_future(check())
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+        if not done:
+            task.cancel()
+            task.add_done_callback(_consume)
             mark(False)
         else:
-            mark(True)
+            mark(task.exception() is None)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,14 +18,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.auth import Authenticator, TokenCache
+from proxy.auth import Authenticator, StoreHealth, TokenCache
 from proxy.bus import make_bus
 from proxy.cache import CacheBackend, HttpCache, build_cache
 from proxy.handler import ProxyHandler
 from proxy.invalidation import Invalidator
 from proxy.limits import LimitStats, make_limiter
 from proxy.manage import create_management_app
-from proxy.metrics import Metrics, render
+from proxy.metrics import Metrics, multiprocess_dir, render
+from proxy.profiling import Profiler
 from proxy.redis_client import FastRedis
 from proxy.upstream import Upstream
 from shared.config import Settings
@@ -129,7 +131,12 @@ class ProxyApp:
         http_cache = build_cache(settings, redis, fast=fast)
         upstream = Upstream(settings)
         await upstream.start()
-        token_cache = TokenCache(settings.apikey_cache_size, settings.apikey_cache_ttl_ms / 1000)
+        token_cache = TokenCache(
+            settings.apikey_cache_size,
+            settings.apikey_cache_ttl_ms / 1000,
+            settings.apikey_cache_outage_ttl_ms / 1000,
+        )
+        store_health = StoreHealth()
         invalidator = Invalidator(
             store,
             token_cache,
@@ -137,6 +144,7 @@ class ProxyApp:
             redis=redis,
             channel=invalidation_channel(settings),
             responses=_local_cache(http_cache),
+            health=store_health,
         )
         await invalidator.start()
         self.resources = Resources(
@@ -148,17 +156,29 @@ class ProxyApp:
             notifier=Notifier(store, redis, channel=invalidation_channel(settings)),
             redis=redis,
         )
+        profiler = None
+        if settings.profiling_enabled:
+            profiler = Profiler(
+                settings.profiling_keep, multiprocess_dir(), self.metrics.phase_duration
+            )
+            await profiler.start()
         self.handler = ProxyHandler(
             settings,
-            auth=Authenticator(store, keyring, token_cache),
+            auth=Authenticator(store, keyring, token_cache, store_health),
             upstream=upstream,
             bus=bus,
             metrics=self.metrics,
             limiter=limiter,
             cache=http_cache,
+            profiler=profiler,
         )
         self.manage_app = create_management_app(
-            settings, store, keyring, self.resources.notifier, cache=_shared_cache(http_cache)
+            settings,
+            store,
+            keyring,
+            self.resources.notifier,
+            cache=_shared_cache(http_cache),
+            profiler=profiler,
         )
         if settings.pool_warm:
             await _warm(store, upstream)
@@ -171,6 +191,8 @@ class ProxyApp:
             self.handler = None
             self.manage_app = None
             await invalidator.close()
+            if profiler is not None:
+                await profiler.close()
             bus_metrics.cancel()
             await bus.close()  # flush events of every request served
             await upstream.close()
@@ -194,6 +216,9 @@ class ProxyApp:
         return JSONResponse({"status": "ok"})
 
     async def _ready(self, request: Request) -> Response:
+        """Ready while this worker can serve. The database being unreachable alone does not
+        make it unready as long as cached credentials may still be used (docs/operations.md):
+        a database blip must not pull every proxy out of the load balancer at once."""
         if self.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
         res = self.resources
@@ -202,10 +227,13 @@ class ProxyApp:
         failed = []
         try:
             await asyncio.wait_for(res.store.ping(), 2.0)
-        except Exception:
+        except Exception as exc:
+            res.invalidator.health.failed(time.time(), exc)
             failed.append("database")
         if res.redis is not None and not await redis_reachable(res.redis, 2.0):
             failed.append("redis")
+        if failed == ["database"] and res.invalidator.cache.can_serve_in_outage(time.time()):
+            return JSONResponse({"status": "degraded", "failed": failed})
         if failed:
             return JSONResponse({"status": "unavailable", "failed": failed}, status_code=503)
         return JSONResponse({"status": "ready"})

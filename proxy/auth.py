@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from proxy.limits import TokenLimits
 from shared.crypto import Keyring
-from shared.errors import AuthError, Unavailable
+from shared.errors import AuthError, Unavailable, UserError
 from shared.store import SqlStore, TokenAuth
 from shared.tokens import hash_token, looks_like_token, mask_token
 
@@ -57,12 +57,23 @@ class Credential:
         return None
 
 
-def token_from_headers(authorization: bytes | None, api_key: bytes | None) -> str | None:
-    """``Authorization: Bearer <token>``, else the ``api-key``/``x-api-key`` header."""
+def token_from_headers(
+    authorization: bytes | None, api_key: bytes | None, repeated: bool = False
+) -> str | None:
+    """``Authorization: Bearer <token>``, else the ``api-key``/``x-api-key`` header.
+
+    ``repeated``: the request carried Authorization twice, or two different api-key headers.
+    That, or an api-key naming another token than Authorization, is refused (400, as nginx
+    refuses a duplicate Authorization): which credential counts must never depend on order."""
+    if repeated:
+        raise UserError("Send one credential: more than one credential header was given.")
     if authorization:
         scheme, _, value = authorization.partition(b" ")
-        if scheme.lower() == b"bearer" and value.strip():
-            return value.strip().decode("latin-1")
+        token = value.strip()
+        if api_key is not None and api_key.strip() != token:
+            raise UserError("Send one credential: Authorization and api-key name different tokens.")
+        if scheme.lower() == b"bearer" and token:
+            return token.decode("latin-1")
         return None
     if api_key:
         return api_key.strip().decode("latin-1")
@@ -71,28 +82,50 @@ def token_from_headers(authorization: bytes | None, api_key: bytes | None) -> st
 
 class TokenCache:
     """Token hash → credential (or None for an unknown token), LRU-bounded, each entry trusted
-    for ``ttl`` seconds. Unknown tokens are cached too, so garbage cannot hammer the database."""
+    for ``ttl`` seconds. Unknown tokens are cached too, so garbage cannot hammer the database.
 
-    def __init__(self, size: int, ttl: float) -> None:
+    A credential is kept up to ``outage_ttl`` seconds after the database confirmed it, for use
+    while the database cannot be reached (``usable_in_outage``); the normal path never sees an
+    entry older than ``ttl``."""
+
+    def __init__(self, size: int, ttl: float, outage_ttl: float = 0.0) -> None:
         self.size = size
         self.ttl = ttl
+        self.outage_ttl = max(ttl, outage_ttl)
+        #: when the database last confirmed a credential (any token): /ready's "can serve"
+        self.confirmed_at: float | None = None
         self._entries: OrderedDict[str, tuple[Credential | None, float]] = OrderedDict()
 
     def get(self, key: str, now: float) -> tuple[bool, Credential | None]:
         entry = self._entries.get(key)
         if entry is None:
             return False, None
-        if now - entry[1] > self.ttl:
-            del self._entries[key]
+        age = now - entry[1]
+        if age > self.ttl:
+            if age > self.outage_ttl or entry[0] is None:
+                del self._entries[key]
             return False, None
         self._entries.move_to_end(key)
         return True, entry[0]
+
+    def usable_in_outage(self, key: str, now: float) -> Credential | None:
+        """The cached credential, if the database confirmed it within ``outage_ttl``."""
+        entry = self._entries.get(key)
+        if entry is None or now - entry[1] > self.outage_ttl:
+            return None
+        return entry[0]
+
+    def can_serve_in_outage(self, now: float) -> bool:
+        """Whether some cached credential is still young enough to serve without the database."""
+        return self.confirmed_at is not None and now - self.confirmed_at <= self.outage_ttl
 
     def put(self, key: str, value: Credential | None, now: float) -> None:
         if self.size <= 0:
             return
         self._entries[key] = (value, now)
         self._entries.move_to_end(key)
+        if value is not None:
+            self.confirmed_at = now
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
@@ -115,11 +148,44 @@ class TokenCache:
         return len(self._entries)
 
 
+class StoreHealth:
+    """Whether the token store answered its last query. Token lookups, the change-log poll and
+    /ready report to it; while it is down, lookups use cached credentials at once instead of
+    queueing for a pool that cannot connect."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def failed(self, now: float, exc: BaseException) -> None:
+        if self.down_since is None:
+            self.down_since = now
+            log.error(
+                "token store unreachable (%s); serving cached credentials while they last",
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+
+    def answered(self, now: float) -> None:
+        if self.down_since is not None:
+            log.info("token store reachable again after %.1fs", now - self.down_since)
+            self.down_since = None
+
+
 class Authenticator:
-    def __init__(self, store: SqlStore, keyring: Keyring, cache: TokenCache) -> None:
+    def __init__(
+        self,
+        store: SqlStore,
+        keyring: Keyring,
+        cache: TokenCache,
+        health: StoreHealth | None = None,
+    ) -> None:
         self.store = store
         self.keyring = keyring
         self.cache = cache
+        self.health = health or StoreHealth()
         self.failures = 0
         self._inflight: dict[str, asyncio.Future[Credential | None]] = {}
 
@@ -146,20 +212,31 @@ class Authenticator:
         return AuthError()
 
     async def _load(self, key: str, now: float) -> Credential | None:
-        """One database lookup per token hash at a time, however many requests wait for it."""
+        """One database lookup per token hash at a time, however many requests wait for it.
+        While the store is unreachable, a credential it confirmed within the outage TTL is
+        used as it was (see docs/operations.md, "Database outage")."""
         waiting = self._inflight.get(key)
         if waiting is not None:
             return await asyncio.shield(waiting)
+        kept = self.cache.usable_in_outage(key, now)
+        if kept is not None and self.health.down:
+            return kept  # no lookup: it would only wait out the pool timeout
         future: asyncio.Future[Credential | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             try:
-                row = await self.store.find_token(key)
+                row = await self._find(key, retry=kept is None)
             except Exception as exc:
-                log.error("token lookup failed: %s", exc)
-                raise Unavailable("The token store is unavailable.") from None
-            cred = Credential.from_row(row, self.keyring) if row else None
-            self.cache.put(key, cred, now)
+                self.health.failed(time.time(), exc)
+                if kept is not None:
+                    cred: Credential | None = kept
+                else:
+                    log.error("token lookup failed: %s", exc)
+                    raise Unavailable("The token store is unavailable.") from None
+            else:
+                self.health.answered(time.time())
+                cred = Credential.from_row(row, self.keyring) if row else None
+                self.cache.put(key, cred, now)
             future.set_result(cred)
             return cred
         except BaseException as exc:
@@ -168,3 +245,18 @@ class Authenticator:
             raise
         finally:
             del self._inflight[key]
+
+    async def _find(self, key: str, *, retry: bool) -> TokenAuth | None:
+        """The lookup, retried once when it met a pooled connection the server had closed
+        (a restarted or killed backend): the pool is checked first, so the retry gets a live
+        connection rather than the next dead one. Without ``retry`` (a cached credential can
+        answer instead) the error is raised at once: if the server is really down, a retry
+        would wait out the pool timeout first."""
+        try:
+            return await self.store.find_token(key)
+        except Exception as exc:
+            if not retry or not self.store.lost_connection(exc):
+                raise
+            log.warning("token lookup met a broken database connection; retrying once")
+        await self.store.drop_broken_connections()
+        return await self.store.find_token(key)

@@ -167,6 +167,8 @@ class Batcher:
             self._flush(batch)
         ex.request_bytes = len(ex.body) if isinstance(ex.body, bytes) else 0
         outcome = await asyncio.shield(member.answer)
+        if ex.marks is not None:  # the wait for the batch counts as upstream time here
+            ex.marks.append(("upstream_first_byte", time.perf_counter()))
         ex.status = outcome.status
         ex.usage = outcome.usage
         ex.upstream_ms = outcome.upstream_ms
@@ -187,6 +189,8 @@ class Batcher:
         ex.response_started = True
         ex.ttfb_ms = (time.perf_counter() - ex.started) * 1000
         await ex.send({"type": "http.response.body", "body": outcome.body, "more_body": False})
+        if ex.marks is not None:
+            ex.marks.append(("stream", time.perf_counter()))
 
     def _flush(self, batch: _Batch) -> None:
         if self.open.get(batch.key) is batch:

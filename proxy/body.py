@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -63,6 +64,7 @@ class StreamedBody:
         self.size = size
         self.limit = limit
         self.error: Exception | None = None
+        self.finished = asyncio.Event()  # read to its end: a disconnect watch may begin
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for chunk in self.head:
@@ -81,4 +83,5 @@ class StreamedBody:
             if chunk:
                 yield chunk
             if not message.get("more_body", False):
+                self.finished.set()
                 return

@@ -39,3 +39,4 @@ class Exchange:
     usage: Usage | None = None
     response_started: bool = field(default=False)
     event_id: str = ""  # set when the accepted record is published; the final reuses it
+    marks: list[tuple[str, float]] | None = None  # phase ends, with PROFILING_ENABLED

@@ -21,6 +21,7 @@ from proxy.exchange import Exchange
 from proxy.headers import Cors, request_id_from
 from proxy.limits import NO_LIMITS, Limiter, TrustedProxies, scope_client_ip
 from proxy.metrics import Metrics
+from proxy.profiling import Profiler, record_of
 from proxy.relay import Relay, send_served
 from proxy.routing import Router
 from proxy.upstream import Upstream
@@ -46,8 +47,10 @@ class ProxyHandler:
         metrics: Metrics,
         limiter: Limiter,
         cache: HttpCache | None = None,
+        profiler: Profiler | None = None,
     ) -> None:
         self.settings = settings
+        self.profiler = profiler
         self.router = Router(settings.allowed_endpoints, settings.allowed_methods)
         self.auth = auth
         self.relay = Relay(settings, upstream)
@@ -80,11 +83,13 @@ class ProxyHandler:
         arrived = time.time()
         method: str = scope["method"]
         authorization = api_key = request_id_raw = origin = content_length = None
-        preflight = False
+        preflight = repeated = False
         for name, value in scope["headers"]:
             if name == b"authorization":
+                repeated = repeated or authorization is not None
                 authorization = value
             elif name == b"api-key" or name == b"x-api-key":
+                repeated = repeated or (api_key is not None and api_key != value)
                 api_key = value
             elif name == b"x-request-id":
                 request_id_raw = value
@@ -106,6 +111,7 @@ class ProxyHandler:
             extra.append((b"connection", b"close"))
 
         ex = Exchange(scope, receive, send, method, request_id, started, extra)
+        marks = ex.marks = [] if self.profiler is not None else None
         admission = NO_LIMITS
         client_ip = scope_client_ip(scope, self.trusted)
         self.in_flight += 1
@@ -115,11 +121,15 @@ class ProxyHandler:
                 method, scope.get("raw_path") or b"", scope["query_string"]
             )
             ex.endpoint = route.endpoint
+            if marks is not None:
+                marks.append(("route", time.perf_counter()))
             if self.max_in_flight and self.in_flight > self.max_in_flight:
                 raise Overloaded(headers={"retry-after": "1"})
             ex.cred = cred = await self.auth.authenticate(
-                token_from_headers(authorization, api_key)
+                token_from_headers(authorization, api_key, repeated)
             )
+            if marks is not None:
+                marks.append(("auth", time.perf_counter()))
             if self.reject_unrecorded:  # room for this request's events, before any spend
                 ex.event_id = new_id()
                 if not self.bus.reserve(ex.event_id):
@@ -133,6 +143,8 @@ class ProxyHandler:
                 self.max_body,
                 whole=bills_tokens(method, route.endpoint, route.rest),
             )
+            if marks is not None:
+                marks.append(("body", time.perf_counter()))
             cache = self.cache
             plan = served = None
             if cache is not None and (isinstance(body, bytes) or body is None):
@@ -160,9 +172,13 @@ class ProxyHandler:
                 if plan is not None:
                     assert cache is not None
                     served = await cache.lookup(plan)
+                    if marks is not None:
+                        marks.append(("cache", time.perf_counter()))
                 admission = await self.limiter.admit(
                     cred.limits, client_ip, cache_hit=served is not None
                 )
+            if marks is not None:
+                marks.append(("limits", time.perf_counter()))
             if admission.limit:
                 extra += [(k.lower().encode(), v.encode()) for k, v in admission.headers().items()]
             merge = None
@@ -177,6 +193,8 @@ class ProxyHandler:
                 await send_served(ex, served, "hit")
                 return
             await self._accept(ex, arrived, client_ip)
+            if marks is not None:
+                marks.append(("accept", time.perf_counter()))
             if merge is not None:
                 assert self.batcher is not None
                 ex.cache_status = "bypass" if plan is not None else ""
@@ -284,6 +302,13 @@ class ProxyHandler:
             self.bus.publish(event)
         except Exception:  # recording must never fail the request
             log.exception("publishing a request event failed")
+        if ex.marks is not None and self.profiler is not None:
+            ex.marks.append(("record", time.perf_counter()))
+            self.profiler.finish(
+                ex.started,
+                ex.marks,
+                record_of(ex.request_id, ex.method, event.path, ex.status),
+            )
 
     async def _send_error(
         self, send: Any, exc: LLMProxyError, extra: list[tuple[bytes, bytes]]

@@ -78,7 +78,8 @@ def upstream_headers(
 
 def response_headers(upstream: Iterable[tuple[bytes, bytes]], *, keep_length: bool) -> Headers:
     """The upstream's response headers minus hop-by-hop ones, cookies and those named in its
-    Connection header; Content-Length only when the body passes through unchanged."""
+    Connection header; Content-Length only when the body passes through unchanged. The
+    upstream's X-Request-ID is kept as X-Upstream-Request-ID: the client gets one id, ours."""
     pairs = list(upstream)
     named: set[bytes] = set()
     for name, value in pairs:
@@ -91,6 +92,8 @@ def response_headers(upstream: Iterable[tuple[bytes, bytes]], *, keep_length: bo
             continue
         if lname == b"content-length" and not keep_length:
             continue
+        if lname == b"x-request-id":
+            lname = b"x-upstream-request-id"
         out.append((lname, value))
     return out
 
@@ -103,8 +106,8 @@ class Cors:
     """CORS for browser clients of ``/v1``; preflights are answered without auth."""
 
     EXPOSED = (
-        b"x-request-id, server-timing, x-proxy-cache, cache-status, retry-after, "
-        b"x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset"
+        b"x-request-id, x-upstream-request-id, server-timing, x-proxy-cache, cache-status, "
+        b"retry-after, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset"
     )
     ALLOWED_HEADERS = (
         b"authorization, content-type, api-key, x-api-key, openai-beta, "

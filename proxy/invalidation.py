@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from proxy.auth import TokenCache
+from proxy.auth import StoreHealth, TokenCache
 from proxy.cache import CacheBackend
 from shared.invalidation import decode, parse_purge_target
 from shared.store import SqlStore
@@ -27,9 +28,11 @@ class Invalidator:
         redis: aioredis.Redis | None = None,
         channel: str = "",
         responses: CacheBackend | None = None,
+        health: StoreHealth | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
+        self.health = health or StoreHealth()
         # this worker's own response cache (in-memory backend): purges reach it through here
         self.responses = responses
         self.interval = interval
@@ -67,9 +70,13 @@ class Invalidator:
             try:
                 await self.poll_once()
             except Exception as exc:
-                # Cached entries could now be stale for longer than one interval: be safe.
-                self.cache.clear()
-                log.warning("polling the change log failed: %s", exc)
+                # The cache is kept: the next poll that succeeds applies every change missed
+                # meanwhile (it reads from the last id seen), pub/sub still delivers at once,
+                # and each entry's own outage TTL bounds how long it may be used unconfirmed.
+                self.health.failed(time.time(), exc)
+                log.debug("polling the change log failed: %s", exc)
+            else:
+                self.health.answered(time.time())
 
     async def _listen(self) -> None:
         assert self.redis is not None

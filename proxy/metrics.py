@@ -92,6 +92,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.phase_duration = Histogram(
+            "llm_proxy_phase_duration_seconds",
+            "With PROFILING_ENABLED: time spent in each phase of a request.",
+            ["phase"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.upstream_duration = Histogram(
             "llm_proxy_upstream_duration_seconds",
             "Time from sending upstream to the last upstream byte.",

@@ -29,6 +29,7 @@ PHASES = (
     "body",
     "cache",
     "limits",
+    "accept",
     "upstream_connect",
     "upstream_first_byte",
     "stream",
@@ -92,9 +93,12 @@ class Profiler:
             child = self._children.get(phase)
             if child is not None:
                 child.observe(ms / 1000)
-        duration_ms = record["duration_ms"]
+        # from arrival to the last mark: the event's duration plus handing the event over
+        duration_ms = (marks[-1][1] - started) * 1000 if marks else 0.0
         if duration_ms > self.slowest.threshold():
-            self.slowest.offer(duration_ms, {**record, "phases_ms": spent})
+            self.slowest.offer(
+                duration_ms, {**record, "duration_ms": round(duration_ms, 3), "phases_ms": spent}
+            )
 
     async def start(self) -> None:
         if self.directory is not None:
@@ -142,14 +146,11 @@ class Profiler:
         return merged[:limit]
 
 
-def record_of(
-    request_id: str, method: str, path: str, status: int, duration_ms: float
-) -> dict[str, Any]:
+def record_of(request_id: str, method: str, path: str, status: int) -> dict[str, Any]:
     return {
         "request_id": request_id,
         "method": method,
         "path": path[:200],
         "status": status,
-        "duration_ms": round(duration_ms, 3),
         "at": time.time(),
     }

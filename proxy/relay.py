@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import orjson
 
@@ -15,8 +16,7 @@ from proxy.body import ClientGone, StreamedBody
 from proxy.cache import Fill, Served
 from proxy.exchange import Exchange
 from proxy.headers import response_headers, server_timing, upstream_headers
-from proxy.http1 import Response
-from proxy.upstream import Upstream, read_chunk
+from proxy.upstream import Response, Upstream, read_chunk
 from proxy.usage import (
     INCLUDE_USAGE_ENDPOINTS,
     JsonTap,
@@ -65,28 +65,44 @@ class Relay:
             for name_b, value_b in fill.conditional_headers:
                 headers[name_b.decode("latin-1")] = value_b.decode("latin-1")
         sent_at = time.perf_counter()
+        watch = _Watch()
+        watcher = asyncio.create_task(_watch_disconnect(ex.receive, watch, body))
         try:
-            response = await self.upstream.request(
-                ex.method,
-                cred.base_url,
-                target,
-                headers,
-                body,
-                body.length if isinstance(body, StreamedBody) else None,
-            )
-        except LLMProxyError:
-            if isinstance(body, StreamedBody) and body.error is not None:
-                raise body.error from None  # our side failed, not the upstream
+            try:
+                response = await self.upstream.request(
+                    ex.method,
+                    cred.base_url,
+                    target,
+                    headers,
+                    body,
+                    body.length if isinstance(body, StreamedBody) else None,
+                    ex.marks,
+                )
+            except LLMProxyError:
+                if isinstance(body, StreamedBody) and body.error is not None:
+                    raise body.error from None  # our side failed, not the upstream
+                raise
+            finally:
+                watch.task = None  # from here a disconnect closes the response instead
+            watch.response = response
+            if ex.marks is not None:
+                ex.marks.append(("upstream_first_byte", time.perf_counter()))
+            try:
+                if fill is not None and response.status == 304 and fill.revalidating:
+                    served = await fill.not_modified(response.raw_headers)
+                    ex.upstream_ms = (time.perf_counter() - sent_at) * 1000
+                    await send_served(ex, served, fill.status)
+                    return
+                await self._relay(ex, response, sent_at, inject, fill, watch, watcher)
+            finally:
+                response.release()
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if watch.gone and current is not None and current.uncancel() == 0:
+                raise ClientGone() from None  # our own cancel: the client left mid-request
             raise
-        try:
-            if fill is not None and response.status == 304 and fill.revalidating:
-                served = await fill.not_modified(response.raw_headers)
-                ex.upstream_ms = (time.perf_counter() - sent_at) * 1000
-                await send_served(ex, served, fill.status)
-                return
-            await self._relay(ex, response, sent_at, inject, fill)
         finally:
-            response.release()
+            watcher.cancel()
 
     async def _relay(
         self,
@@ -95,6 +111,8 @@ class Relay:
         sent_at: float,
         inject: bool,
         fill: Fill | None,
+        watch: _Watch,
+        watcher: asyncio.Task[None],
     ) -> None:
         headers_at = time.perf_counter()
         ex.status = response.status
@@ -123,16 +141,13 @@ class Relay:
             {"type": "http.response.start", "status": response.status, "headers": out_headers}
         )
         ex.response_started = True
-
-        gone = asyncio.Event()
-        watcher = asyncio.create_task(_watch_disconnect(ex.receive, gone, response))
         sent = 0
         try:
             while True:
                 try:
                     chunk = await read_chunk(response, self.chunk_size)
                 except LLMProxyError as exc:
-                    if gone.is_set():
+                    if watch.gone:
                         raise ClientGone() from None
                     ex.error = exc.code
                     if sse is not None:  # tell an SSE client in its own framing
@@ -162,7 +177,7 @@ class Relay:
                         if sent == complete_at:
                             await fill.finish()
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if gone.is_set():
+                if watch.gone:
                     raise ClientGone()
             rest = sse.finish() if sse is not None else []
             last = rest.pop() if rest else b""
@@ -177,8 +192,9 @@ class Relay:
             watcher.cancel()  # before the last send: a finished response is not a disconnect
             await send({"type": "http.response.body", "body": last, "more_body": False})
         finally:
-            watcher.cancel()
             ex.response_bytes = sent
+            if ex.marks is not None:
+                ex.marks.append(("stream", time.perf_counter()))
             ex.upstream_ms = (time.perf_counter() - sent_at) * 1000
             ex.usage = _usage(ex, sse, tap)
 
@@ -220,14 +236,34 @@ async def send_served(ex: Exchange, served: Served, cache_status: str) -> None:
     ex.response_started = True
     ex.ttfb_ms = (time.perf_counter() - ex.started) * 1000
     await ex.send({"type": "http.response.body", "body": served.body, "more_body": False})
+    if ex.marks is not None:
+        ex.marks.append(("stream", time.perf_counter()))
 
 
-async def _watch_disconnect(receive: object, gone: asyncio.Event, response: Response) -> None:
-    """Wait for the client to go away; then close the upstream response at once, so a
-    streaming upstream stops generating (and billing) for nobody."""
+class _Watch:
+    """What a disconnect must stop: the request task while it waits for the upstream's
+    headers, then the response being relayed."""
+
+    __slots__ = ("gone", "response", "task")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.task: asyncio.Task[Any] | None = asyncio.current_task()
+        self.response: Response | None = None
+
+
+async def _watch_disconnect(receive: Any, watch: _Watch, body: object) -> None:
+    """Wait for the client to go away, from the moment its body has been read; then stop the
+    upstream exchange at once (its connection is closed, the pool slot freed), so the upstream
+    stops generating (and billing) for nobody."""
+    if isinstance(body, StreamedBody):
+        await body.finished.wait()  # until then the body's own reads see a disconnect
     while True:
-        message = await receive()  # type: ignore[operator]
+        message = await receive()
         if message["type"] == "http.disconnect":
-            gone.set()
-            response.close()
+            watch.gone = True
+            if watch.response is not None:
+                watch.response.close()
+            elif watch.task is not None:
+                watch.task.cancel()
             return

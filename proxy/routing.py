@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass
 
-from shared.errors import MethodNotAllowed, RouteNotFound
+from shared.errors import MethodNotAllowed, RouteNotFound, UserError
 
 # Characters a path segment may hold (RFC 3986 pchar, minus '%' which is checked separately).
 _PATH_CHARS = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
@@ -13,6 +14,22 @@ _PATH_CHARS = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
 # '.', '/', '\', NUL and other control characters.
 _BAD_ESCAPE = re.compile(rb"%(?:2[eEfF]|5[cC]|[01][0-9a-fA-F]|7[fF])")
 _QUERY_CHARS = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%\[\]|^`{}\"<>]*")
+
+#: Query parameters that carry a credential in one API or another. A client token sent this
+#: way would reach the upstream (and every access log on the way): refused, never forwarded.
+CREDENTIAL_PARAMS = frozenset(
+    {
+        "api_key",
+        "api-key",
+        "apikey",
+        "x-api-key",
+        "key",
+        "access_token",
+        "token",
+        "auth",
+        "authorization",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +50,15 @@ class Router:
         path = safe_path(raw_path)
         if path is None:
             raise RouteNotFound()
-        if query and not _QUERY_CHARS.fullmatch(query):
-            raise RouteNotFound("Malformed query string.")
+        if query:
+            if not _QUERY_CHARS.fullmatch(query):
+                raise RouteNotFound("Malformed query string.")
+            name = query_credential(query)
+            if name is not None:
+                raise UserError(
+                    f"Credentials go in the Authorization header, not the query string "
+                    f"({name!r}); this request was not forwarded."
+                )
         for endpoint in self.endpoints:
             if path == endpoint or path.startswith(endpoint + "/"):
                 break
@@ -60,3 +84,17 @@ def safe_path(raw_path: bytes) -> str | None:
     if segments[-1] in (b".", b".."):
         return None
     return raw_path.decode("ascii")
+
+
+def query_credential(query: bytes) -> str | None:
+    """The first credential parameter named in a raw query string (compared as urllib decodes
+    names: percent-escapes and ``+``, any case), or None."""
+    for part in query.split(b"&"):
+        raw = part.partition(b"=")[0]
+        if b"%" in raw or b"+" in raw:
+            name = urllib.parse.unquote_plus(raw.decode("latin-1")).lower()
+        else:
+            name = raw.decode("latin-1").lower()
+        if name in CREDENTIAL_PARAMS:
+            return name
+    return None

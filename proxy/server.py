@@ -14,6 +14,7 @@ from gunicorn.glogging import Logger
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from proxy.listener import protocol_class
 from shared.config import Settings
 from shared.logging import style
 
@@ -59,6 +60,8 @@ class ProxyWorker(UvicornWorker):  # type: ignore[misc]
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
+        # our protocol: request-head limits and timeout, JSON errors (proxy/listener.py)
+        self.config.http = protocol_class(self.app.settings)
         server = _DrainingServer(self.config, self.wsgi)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)

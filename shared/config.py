@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
+from urllib.parse import unquote, urlsplit
 
 from shared.errors import ConfigError
 from shared.profiles import PROFILE_ENV, profile_names, profiles_table, resolve, seed_table
@@ -128,6 +129,16 @@ def _size(text: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
+def _size_at_least(minimum: int) -> Parser:
+    def parse(text: str) -> int:
+        value = _size(text)
+        if value < minimum:
+            raise ValueError(f"a size of at least {minimum} bytes, such as 64KiB")
+        return value
+
+    return parse
+
+
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -206,6 +217,38 @@ def _webhook_url(text: str) -> str:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class ProxyUrl:
+    """An egress proxy (HTTP_PROXY, HTTPS_PROXY), parsed once; the password never shows."""
+
+    host: str
+    port: int
+    username: str = ""
+    password: Secret = Secret("")
+
+    @classmethod
+    def parse(cls, text: str) -> ProxyUrl:
+        """``http://[user:password@]host[:port]`` (the scheme may be left out; port 80)."""
+        value = text.strip()
+        try:
+            parts = urlsplit(value if "://" in value else "http://" + value)
+            port = parts.port or 80
+        except ValueError:
+            raise ValueError("an http://host:port proxy URL") from None
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("an http://host:port proxy URL")
+        return cls(
+            parts.hostname,
+            port,
+            unquote(parts.username or ""),
+            Secret(unquote(parts.password or "")),
+        )
+
+
+def _proxy_url(text: str) -> ProxyUrl | None:
+    return ProxyUrl.parse(text) if text.strip() else None
+
+
 def var(env: str, default: Any, doc: str, parse: Parser, *, shown: str | None = None) -> Any:
     """Declare a setting: its variable name, default, operator-facing meaning and parser."""
     meta = {"env": env, "doc": doc, "parse": parse, "shown": shown}
@@ -265,6 +308,24 @@ class Settings:
         "Postgres: a connection older than this is replaced (`30m`, `1h`, ...).",
         _duration(),
         shown="`1h`",
+    )
+
+    database_connect_timeout: float = var(
+        "DATABASE_CONNECT_TIMEOUT",
+        10.0,
+        "Postgres: give up opening a connection after this long (a server that accepts but "
+        "never answers).",
+        _duration(),
+        shown="`10s`",
+    )
+    database_tcp_user_timeout: float = var(
+        "DATABASE_TCP_USER_TIMEOUT",
+        30.0,
+        "Postgres: the kernel drops a connection whose sent data stays unacknowledged this long "
+        "(TCP_USER_TIMEOUT; TCP keepalives probe idle connections every 10s after 30s). Finds "
+        "flows a NAT or load balancer dropped silently. 0 leaves the OS default.",
+        _duration(),
+        shown="`30s`",
     )
 
     # --- redis ---
@@ -403,6 +464,27 @@ class Settings:
         "chat/completions, completions and responses are held in memory up to this size.",
         _int(1),
     )
+    max_request_header_bytes: int = var(
+        "MAX_REQUEST_HEADER_BYTES",
+        32768,
+        "Largest request head (request line and headers) the proxy port reads; larger gets 431 "
+        "and the connection is closed.",
+        _int(1024),
+    )
+    max_request_headers: int = var(
+        "MAX_REQUEST_HEADERS",
+        100,
+        "Most request headers accepted; more gets 431.",
+        _int(1),
+    )
+    request_header_timeout: float = var(
+        "REQUEST_HEADER_TIMEOUT",
+        10.0,
+        "A connection must deliver a complete request head within this time of connecting (or "
+        "of starting the request); else it gets 408 and is closed (slowloris). 0 disables.",
+        _duration(),
+        shown="`10s`",
+    )
     stream_include_usage: bool = var(
         "STREAM_INCLUDE_USAGE",
         True,
@@ -443,6 +525,19 @@ class Settings:
         1000,
         "Most requests waiting in open batches per worker; beyond it a request goes upstream "
         "alone at once.",
+        _int(1),
+    )
+    profiling_enabled: bool = var(
+        "PROFILING_ENABLED",
+        False,
+        "Time each phase of every request (histograms by phase) and keep the slowest requests "
+        'with their phases for `GET /manage/profiling` (docs/operations.md, "Profiling").',
+        _bool,
+    )
+    profiling_keep: int = var(
+        "PROFILING_KEEP",
+        100,
+        "With PROFILING_ENABLED: how many of the slowest requests each worker keeps.",
         _int(1),
     )
     upstream_connect_timeout: float = var(
@@ -507,6 +602,65 @@ class Settings:
         "Open a new upstream connection for every request (debugging only).",
         _bool,
     )
+    upstream_max_header_bytes: int = var(
+        "UPSTREAM_MAX_HEADER_BYTES",
+        65536,
+        "Largest upstream response head (status line and headers) accepted; a larger one is "
+        "answered 502 and its connection closed.",
+        _size_at_least(1024),
+        shown="`64KiB`",
+    )
+    upstream_max_headers: int = var(
+        "UPSTREAM_MAX_HEADERS",
+        100,
+        "Most headers accepted in one upstream response; more is answered 502 and its "
+        "connection closed.",
+        _int(1),
+    )
+    upstream_connection_max_age: float = var(
+        "UPSTREAM_CONNECTION_MAX_AGE",
+        300.0,
+        "An upstream connection older than this is not reused, so a new one resolves the "
+        "upstream's DNS name again (a moved endpoint is followed). 0 means no limit.",
+        _duration(),
+        shown="`300s`",
+    )
+    upstream_client_cert_file: str = var(
+        "UPSTREAM_CLIENT_CERT_FILE",
+        "",
+        "PEM client certificate (chain) presented to https upstreams that require mutual TLS; "
+        "it may hold the private key too. Empty: none.",
+        _str,
+    )
+    upstream_client_key_file: str = var(
+        "UPSTREAM_CLIENT_KEY_FILE",
+        "",
+        "PEM private key of UPSTREAM_CLIENT_CERT_FILE, when it is kept in its own file.",
+        _str,
+    )
+    http_proxy: ProxyUrl | None = var(
+        "HTTP_PROXY",
+        None,
+        "Egress proxy (`http://[user:password@]host:port`) for http:// upstreams, sent requests "
+        "in absolute form. Only the upper-case name is read (docs/operations.md).",
+        _proxy_url,
+        shown="(empty)",
+    )
+    https_proxy: ProxyUrl | None = var(
+        "HTTPS_PROXY",
+        None,
+        "Egress proxy (`http://[user:password@]host:port`) for https:// upstreams, reached "
+        "through a CONNECT tunnel; TLS is end to end with the upstream.",
+        _proxy_url,
+        shown="(empty)",
+    )
+    no_proxy: str = var(
+        "NO_PROXY",
+        "",
+        "Upstream hosts that bypass the egress proxy: comma-separated names (subdomains match), "
+        "IPs, CIDRs, optional `:port`, or `*`. Nothing else bypasses it, not even loopback.",
+        _str,
+    )
 
     # --- auth ---
     apikey_cache_size: int = var(
@@ -520,6 +674,16 @@ class Settings:
         300000,
         "How long a cached token lookup is trusted (ms). Revocation reaches every worker within "
         "about a second regardless; this is only the backstop.",
+        _int(0),
+    )
+    apikey_cache_outage_ttl_ms: int = var(
+        "APIKEY_CACHE_OUTAGE_TTL_MS",
+        900000,
+        "While the database cannot be reached, a cached token lookup keeps being used until it "
+        "is this old (ms, counted from when the database last confirmed it); then requests "
+        "with that token get 503. Revocations still arrive over Redis pub/sub meanwhile. "
+        "A value below APIKEY_CACHE_TTL_MS means APIKEY_CACHE_TTL_MS (fail closed at once). "
+        "See docs/operations.md.",
         _int(0),
     )
     invalidation_poll_interval: float = var(
@@ -708,6 +872,23 @@ class Settings:
         "An entry delivered more often than this without being acknowledged goes to the "
         "dead-letter table (`--max-deliveries`).",
         _int(1),
+    )
+    dispatcher_write_timeout: float = var(
+        "DISPATCHER_WRITE_TIMEOUT",
+        30.0,
+        "Deadline of one batch write (its whole transaction), also set as the dispatcher's "
+        "`statement_timeout`. A write past it counts as a failure and is retried.",
+        _duration(),
+        shown="`30s`",
+    )
+    dispatcher_release_after: float = var(
+        "DISPATCHER_RELEASE_AFTER",
+        60.0,
+        "A dispatcher that could not write for this long releases the entries it holds, so a "
+        "healthy peer claims them (after DISPATCHER_CLAIM_IDLE), and reads nothing more until "
+        "the database answers again.",
+        _duration(),
+        shown="`60s`",
     )
     dispatcher_http_addr: str = var(
         "DISPATCHER_HTTP_ADDR",
@@ -930,7 +1111,7 @@ class Settings:
             try:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
-                shown = "(hidden)" if isinstance(f.default, Secret) else repr(raw)
+                shown = "(hidden)" if isinstance(f.default, Secret) else repr(_redact_url(raw))
                 raise ConfigError(f"{name} must be {exc}, got {shown}") from None
         settings = cls(**values)
         settings._check()

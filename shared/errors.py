@@ -4,7 +4,8 @@
     ├── ConfigError                     a setting is missing or malformed (start-up only)
     ├── UserError                       (400, invalid_request) bad input to a management action
     │   ├── NotFound                    (404, not_found)
-    │   └── Conflict                    (409, conflict)
+    │   ├── Conflict                    (409, conflict)
+    │   └── InvalidHeader               (400, invalid_header) a header that cannot be forwarded
     ├── AuthError                       (401, invalid_api_key) never says which check failed
     ├── ManagementAuthError             (401, invalid_management_token)
     ├── ManagementDisabled              (503, management_disabled)
@@ -12,6 +13,9 @@
     ├── RouteNotFound                   (404, not_found)
     ├── MethodNotAllowed                (405, method_not_allowed)
     ├── BodyTooLarge                    (413, request_too_large)
+    ├── MalformedRequest                (400, invalid_request) HTTP the server cannot parse
+    ├── HeadTimeout                     (408, request_timeout) request head not sent in time
+    ├── HeadersTooLarge                 (431, request_headers_too_large)
     ├── RateLimited                     (429, rate_limit_exceeded) with Retry-After
     │   └── QuotaExceeded               (429, quota_exceeded)
     ├── Overloaded                      (503, overloaded) with Retry-After
@@ -65,6 +69,14 @@ class Conflict(UserError):
     default_message = "Conflict."
 
 
+class InvalidHeader(UserError):
+    """A request header that cannot be forwarded (a name that is not a token, a value holding
+    CR, LF or NUL): refused before anything is sent upstream."""
+
+    code = "invalid_header"
+    default_message = "A request header cannot be forwarded."
+
+
 class AuthError(LLMProxyError):
     status = 401
     code = "invalid_api_key"
@@ -112,6 +124,27 @@ class BodyTooLarge(LLMProxyError):
     code = "request_too_large"
     type = "invalid_request_error"
     default_message = "Request body too large."
+
+
+class MalformedRequest(LLMProxyError):
+    status = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+    default_message = "Malformed HTTP request."
+
+
+class HeadTimeout(LLMProxyError):
+    status = 408
+    code = "request_timeout"
+    type = "invalid_request_error"
+    default_message = "The request headers were not received in time."
+
+
+class HeadersTooLarge(LLMProxyError):
+    status = 431
+    code = "request_headers_too_large"
+    type = "invalid_request_error"
+    default_message = "Request headers too large or too many."
 
 
 class RateLimited(LLMProxyError):
@@ -168,6 +201,7 @@ REJECTION_CODES = frozenset(
     cls.code
     for cls in (
         UserError,
+        InvalidHeader,
         AuthError,
         PermissionDenied,
         RouteNotFound,

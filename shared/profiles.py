@@ -2,9 +2,9 @@
 
 ``resolve(environ)`` turns the process environment into the raw values ``Settings`` parses: a
 profile (``LLM_PROXY_PROFILE``) supplies presets, explicit variables override them, and the Bun
-guide's names that differ from ours are mapped onto our settings, accepted with a notice when they
-have no effect here, or refused when they ask for a feature that is not available. Nothing the
-guide names is silently ignored. docs/configuration.md has the tables.
+guide's names that differ from ours are mapped onto our settings, or accepted with a notice
+logged at start when they have no effect here. Nothing the guide names is silently ignored.
+docs/configuration.md has the tables.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ PROFILES: dict[str, dict[str, str]] = {
         "WORKERS": "1",
         "LOG_LEVEL": "debug",
         "LOG_FORMAT": "text",
+        "PROFILING_ENABLED": "true",
     },
     "edge": {
         "POOL_MIN_CONNECTIONS": "1",
@@ -101,9 +102,8 @@ class SeedVariable:
     """A variable of the Bun guide that is not one of our settings, and what we do with it.
 
     ``maps_to``: our setting that honours it (``convert`` turns its text into that setting's
-    text). Without ``maps_to`` it has no effect here, and with ``refuse_enabled`` (a switch) turning
-    it on asks for something we do not do, which stops the process. ``why`` is the one line an
-    operator reads.
+    text). Without ``maps_to`` it has no effect here, which is logged at start. ``why`` is the one
+    line an operator reads.
     """
 
     name: str
@@ -111,7 +111,6 @@ class SeedVariable:
     maps_to: str = ""
     convert: Callable[[str], str] = field(default=str.strip)
     check: Callable[[str], object] = field(default=str.strip)
-    refuse_enabled: bool = False
 
 
 def _ms(text: str) -> str:
@@ -143,13 +142,6 @@ SEED_VARIABLES: tuple[SeedVariable, ...] = (
         maps_to="ENABLE_METRICS",
         convert=_bool_text,
         check=_flag,
-    ),
-    SeedVariable(
-        "PROFILING_ENABLED",
-        "per-request profiling is not available in this release; unset it or set it to false "
-        "(Server-Timing on every answer gives the proxy's own time)",
-        check=_flag,
-        refuse_enabled=True,
     ),
     SeedVariable(
         "METRICS_RETENTION_MS",
@@ -229,8 +221,6 @@ def resolve(environ: Mapping[str, str], known: frozenset[str]) -> Resolved:
             seed.check(raw)
         except ValueError as exc:
             raise ConfigError(f"{seed.name} must be {exc}, got {raw!r}") from None
-        if seed.refuse_enabled and _flag(raw):
-            raise ConfigError(f"{seed.name}={raw.strip()} cannot be honoured: {seed.why}")
         if not seed.maps_to:
             notices.append(f"{seed.name} has no effect here: {seed.why}")
             continue
@@ -259,6 +249,7 @@ SEED_SAME_NAME = (
     "BATCH_WINDOW_MS",
     "BATCH_MAX_SIZE",
     "BATCH_MAX_QUEUE_SIZE",
+    "PROFILING_ENABLED",
 )
 
 
@@ -285,10 +276,6 @@ def seed_table() -> str:
             lines.append(
                 f"| `{seed.name}` | `{seed.maps_to}` | honoured: {seed.why} (setting both is "
                 "refused) |"
-            )
-        elif seed.refuse_enabled:
-            lines.append(
-                f"| `{seed.name}` | — | refused when enabled (the process stops): {seed.why} |"
             )
         else:
             lines.append(

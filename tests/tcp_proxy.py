@@ -14,14 +14,18 @@ class TcpProxy:
     connection (clients see resets and refusals, as if the server died); ``start()`` again
     resumes on the same port. ``freeze()`` silently drops whatever the open connections carry
     from then on, closing nothing, while new connections work: a peer that vanished without a
-    word (a NAT entry dropped, a failover behind a virtual IP)."""
+    word (a NAT entry dropped, a failover behind a virtual IP). ``blackhole()`` drops everything
+    silently, as a NAT or load balancer that lost its flows does: open connections stay open and
+    swallow what is sent, new ones are accepted and never answered; ``heal()`` forwards new
+    connections again (the swallowed ones stay dead, as dropped flows do)."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = free_port()
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
-        self._frozen: set[socket.socket] = set()
+        self._dead: set[socket.socket] = set()  # frozen or black-holed: read and discarded
+        self._swallow_new = False
         self._lock = threading.Lock()
 
     def start(self) -> TcpProxy:
@@ -37,6 +41,7 @@ class TcpProxy:
         with self._lock:
             listener, self._listener = self._listener, None
             sockets, self._sockets = self._sockets, set()
+            self._dead = set()
         if listener is not None:
             with suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
@@ -48,7 +53,16 @@ class TcpProxy:
 
     def freeze(self) -> None:
         with self._lock:
-            self._frozen |= self._sockets
+            self._dead |= self._sockets
+
+    def blackhole(self) -> None:
+        with self._lock:
+            self._swallow_new = True
+            self._dead |= self._sockets
+
+    def heal(self) -> None:
+        with self._lock:
+            self._swallow_new = False
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -56,6 +70,14 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            with self._lock:
+                swallow = self._swallow_new
+                if swallow:
+                    self._sockets.add(client)
+                    self._dead.add(client)
+            if swallow:
+                threading.Thread(target=self._pipe, args=(client, client), daemon=True).start()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -74,8 +96,9 @@ class TcpProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                if src not in self._frozen:
-                    dst.sendall(data)
+                if src in self._dead or dst in self._dead:
+                    continue  # frozen or black-holed: nothing gets through, nothing answered
+                dst.sendall(data)
         except OSError:
             pass
         finally:

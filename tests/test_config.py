@@ -38,6 +38,10 @@ def test_defaults_need_no_environment() -> None:
             "DATABASE_URL must be a postgres:// URL when DB_DRIVER=postgres",
         ),
         ({"DATABASE_URL": "postgres://h/db"}, "DB_DRIVER must be postgres"),
+        ({"UPSTREAM_MAX_HEADER_BYTES": "10"}, "UPSTREAM_MAX_HEADER_BYTES must be a size of at"),
+        ({"UPSTREAM_MAX_HEADERS": "0"}, "UPSTREAM_MAX_HEADERS must be an integer >= 1"),
+        ({"HTTPS_PROXY": "socks5://p:1080"}, "HTTPS_PROXY must be an http://host:port proxy URL"),
+        ({"HTTP_PROXY": "http://p:notaport"}, "HTTP_PROXY must be an http://host:port proxy URL"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -78,3 +82,11 @@ def test_sqlite_url_forms() -> None:
     assert Settings.from_env({"DATABASE_URL": "sqlite:///var/x.db"}).sqlite_path == "var/x.db"
     assert Settings.from_env({"DATABASE_URL": "sqlite:////abs/x.db"}).sqlite_path == "/abs/x.db"
     assert Settings.from_env({"DATABASE_URL": "data/x.db"}).sqlite_path == "data/x.db"
+
+
+def test_egress_proxy_credentials_never_show() -> None:
+    s = Settings.from_env({"HTTPS_PROXY": "http://egress:pa55word@proxy.internal:3128"})
+    assert "pa55word" not in repr(s)
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"HTTP_PROXY": "ftp://egress:pa55word@proxy.internal"})
+    assert "pa55word" not in str(info.value)

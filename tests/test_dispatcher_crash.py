@@ -28,6 +28,9 @@ from tests.pipeline_kit import Owners, pending, seed, wait_for
 from tests.services import RedisProcess, free_port
 from tests.tcp_proxy import TcpProxy
 
+# part of the fault suite (docs/operations.md, "Fault matrix")
+pytestmark = pytest.mark.fault
+
 GROUP = "llm-proxy-dispatchers"
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -298,7 +298,7 @@ def test_distributed_settings() -> None:
         }
     )
     config = LimitConfig.from_settings(settings)
-    assert (config.global_limit, config.ip_limit) == (100, 30)
+    assert (config.global_limit, config.ip_limit) == (0, 1200)
     assert (config.token_default, config.token_default_window) == (20, 30.0)
     local = LimitConfig.from_settings(Settings.from_env({}))
     assert local.token_default == 0  # DISTRIBUTED_RATE_LIMIT_MAX belongs to distributed mode

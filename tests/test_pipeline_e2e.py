@@ -30,6 +30,9 @@ from tests.services import RedisProcess, create_database, drop_database, pg_url_
 from tests.tcp_proxy import TcpProxy
 from tests.upstream_fake import FakeUpstream
 
+# part of the fault suite (docs/operations.md, "Fault matrix")
+pytestmark = pytest.mark.fault
+
 
 @dataclass
 class Pipeline:

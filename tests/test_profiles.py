@@ -75,8 +75,10 @@ def test_guide_names_map_onto_our_settings() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"PROFILING_ENABLED": "true"}, "PROFILING_ENABLED=true cannot be honoured"),
-        ({"PROFILING_ENABLED": "sure"}, "PROFILING_ENABLED must be true or false, got 'sure'"),
+        (
+            {"STREAM_BUFFER_POOL_ENABLED": "sure"},
+            "STREAM_BUFFER_POOL_ENABLED must be true or false, got 'sure'",
+        ),
         (
             {"METRICS_RETENTION_MS": "soon"},
             "METRICS_RETENTION_MS must be an integer >= 0, got 'soon'",
@@ -97,14 +99,13 @@ def test_guide_variables_we_cannot_honour_stop_the_process(
 
 
 def test_guide_variables_without_effect_are_named_not_ignored() -> None:
-    env = {"PROFILING_ENABLED": "0", "RATE_LIMIT_BATCH_INTERVAL_MS": "1000"}
+    env = {"STREAM_BUFFER_POOL_ENABLED": "1", "RATE_LIMIT_BATCH_INTERVAL_MS": "1000"}
     _, _, notices = explain(env)
     assert notices == [
-        "PROFILING_ENABLED has no effect here: per-request profiling is not available in this "
-        "release; unset it or set it to false (Server-Timing on every answer gives the proxy's "
-        "own time)",
         "RATE_LIMIT_BATCH_INTERVAL_MS has no effect here: limits and quotas are counted "
         "exactly, one atomic check per request; nothing is batched",
+        "STREAM_BUFFER_POOL_ENABLED has no effect here: Python's byte strings are not pooled; "
+        "there is no buffer pool to switch",
     ]
 
 
@@ -167,10 +168,15 @@ def test_config_check_validates_without_starting_anything(tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
-def test_server_refuses_a_guide_feature_it_lacks_in_one_line(tmp_path: Path) -> None:
+def test_server_refuses_conflicting_names_in_one_line(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "admin", "server"],
-        env={"PATH": os.environ["PATH"], "PROFILING_ENABLED": "true", "PORT": "0"},
+        env={
+            "PATH": os.environ["PATH"],
+            "CACHE_ENABLED": "1",
+            "HTTP_CACHE_ENABLED": "false",
+            "PORT": "0",
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -178,9 +184,7 @@ def test_server_refuses_a_guide_feature_it_lacks_in_one_line(tmp_path: Path) -> 
     )
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        "error: PROFILING_ENABLED=true cannot be honoured: per-request profiling is not "
-        "available in this release; unset it or set it to false (Server-Timing on every answer "
-        "gives the proxy's own time)"
+        "error: CACHE_ENABLED and HTTP_CACHE_ENABLED are both set; set only HTTP_CACHE_ENABLED"
     )
 
 

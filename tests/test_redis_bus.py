@@ -17,6 +17,9 @@ from shared.streams import EVENT_FIELD
 from tests.pipeline_kit import Owners, Running, options, pending, seed, wait_for
 from tests.services import RedisProcess
 
+# part of the fault suite (docs/operations.md, "Fault matrix")
+pytestmark = pytest.mark.fault
+
 KEY = "llm-proxy-events"
 
 

@@ -37,7 +37,9 @@ def test_limits_cache_and_events_over_tls_as_an_acl_user(tmp_path: Path) -> None
         "DISTRIBUTED_RATE_LIMIT_FALLBACK": "false",  # without Redis: 503, never a local count
     }
     creds = provision(env, tmp_path, fake.base_url, name="reader", rpm=0)
-    quota = provision(env, tmp_path, fake.base_url, name="quota", max_requests=1, rpm=0)
+    # a window as well as the quota: the window is what lives in Redis (the quota is decided
+    # by the database, docs/rate-limits.md)
+    quota = provision(env, tmp_path, fake.base_url, name="quota", max_requests=1, rpm=60)
     check = {
         db: redis.Redis(
             host="127.0.0.1",

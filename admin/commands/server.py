@@ -44,6 +44,8 @@ def server(
             fail("--reload serves one address: unset MANAGEMENT_LISTEN to develop with it")
         import uvicorn
 
+        from proxy.listener import protocol_class
+
         uvicorn.run(
             "proxy.app:create_app",
             factory=True,
@@ -51,6 +53,7 @@ def server(
             port=settings.port,
             reload=True,
             server_header=False,
+            http=protocol_class(settings),
         )
         return
     _prepare_metrics_dir(settings.prometheus_multiproc_dir)

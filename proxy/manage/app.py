@@ -18,6 +18,7 @@ from proxy.manage.fields import parse_body, parse_query
 from proxy.manage.guard import REQUEST_ID_KEY, ManagementGuard, client_ip, error_response
 from proxy.manage.openapi import OPENAPI_PATH, openapi_document
 from proxy.manage.routes import ENDPOINTS, Call, Endpoint
+from proxy.profiling import Profiler
 from shared.config import Settings
 from shared.crypto import Keyring
 from shared.errors import (
@@ -43,6 +44,7 @@ def create_management_app(
     notifier: ChangeNotifier | None = None,
     *,
     cache: CachePurger | None = None,
+    profiler: Profiler | None = None,
 ) -> Starlette:
     """The management API over an opened ``store``. Mount it at ``/manage``; the caller owns the
     store's lifecycle (the sub-application has no lifespan of its own)."""
@@ -71,6 +73,16 @@ def create_management_app(
         return JSONResponse(schema)
 
     routes.append(Route(OPENAPI_PATH, openapi, methods=["GET"], name="openapi"))
+
+    async def profiling(request: Request) -> Response:
+        raw = request.query_params.get("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise UserError("limit must be an integer from 1 to 1000.")
+        if profiler is None:
+            return JSONResponse({"enabled": False, "requests": []})
+        return JSONResponse({"enabled": True, "requests": profiler.report(int(raw))})
+
+    routes.append(Route("/profiling", profiling, methods=["GET"], name="profiling"))
     return Starlette(
         routes=routes,
         middleware=[

@@ -9,8 +9,9 @@ from shared.store.models import AuditEvent, AuditFilter, Project, Token
 __all__ = ["AuditEvent", "AuditFilter", "Project", "SqlStore", "Token", "TokenAuth", "make_store"]
 
 
-def make_store(settings: Settings) -> SqlStore:
-    """The store the settings ask for (not yet opened)."""
+def make_store(settings: Settings, *, statement_timeout: float | None = None) -> SqlStore:
+    """The store the settings ask for (not yet opened). ``statement_timeout`` (seconds) is set
+    on every Postgres connection when given (the dispatcher's writes)."""
     if settings.db_driver == "postgres":
         from shared.store.postgres import PostgresStore
 
@@ -19,6 +20,9 @@ def make_store(settings: Settings) -> SqlStore:
             pool_size=settings.database_pool_size,
             min_idle=settings.database_max_idle_conns,
             max_lifetime=settings.database_conn_max_lifetime,
+            connect_timeout=settings.database_connect_timeout,
+            tcp_user_timeout=settings.database_tcp_user_timeout,
+            statement_timeout=statement_timeout,
         )
     from shared.store.sqlite import SqliteStore
 

@@ -270,6 +270,14 @@ class SqlStore(abc.ABC):
         """Whether ``value`` can be an id at all (Postgres rejects non-UUIDs in uuid columns)."""
         return bool(value)
 
+    def lost_connection(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a pooled connection was dead (worth one retry on another)."""
+        return False
+
+    async def drop_broken_connections(self) -> None:
+        """Test the idle pooled connections and replace the dead ones (no-op without a pool)."""
+        return None
+
     async def ping(self) -> None:
         async with self.transaction(readonly=True) as tx:
             await tx.fetchone("SELECT 1 AS ok")

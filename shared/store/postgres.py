@@ -88,6 +88,26 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.commit()
 
 
+def connection_options(
+    connect_timeout: float, tcp_user_timeout: float, statement_timeout: float | None
+) -> dict[str, Any]:
+    """libpq options that bound how long a dead or silent server can hold a connection: the
+    connect, the kernel's wait for acknowledgements, keepalive probes of idle connections (the
+    OS default would wait two hours), and optionally each statement on the server."""
+    options: dict[str, Any] = {
+        "connect_timeout": max(1, round(connect_timeout)),  # libpq: whole seconds, 1 minimum
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    if tcp_user_timeout > 0:
+        options["tcp_user_timeout"] = int(tcp_user_timeout * 1000)
+    if statement_timeout:
+        options["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+    return options
+
+
 class PostgresStore(SqlStore):
     latest_sql = "GREATEST"
     dialect = "postgres"
@@ -105,6 +125,9 @@ class PostgresStore(SqlStore):
         min_idle: int = 5,
         max_lifetime: float = 3600.0,
         timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        tcp_user_timeout: float = 30.0,
+        statement_timeout: float | None = None,
     ) -> None:
         self.url = url
         self.timeout = timeout
@@ -116,7 +139,10 @@ class PostgresStore(SqlStore):
             timeout=timeout,
             open=False,
             configure=_configure,
-            kwargs={"row_factory": dict_row},
+            kwargs={
+                "row_factory": dict_row,
+                **connection_options(connect_timeout, tcp_user_timeout, statement_timeout),
+            },
             name="llm-proxy",
         )
 
@@ -140,6 +166,13 @@ class PostgresStore(SqlStore):
 
     async def close(self) -> None:
         await self.pool.close()
+
+    def lost_connection(self, exc: BaseException) -> bool:
+        # PoolTimeout is an OperationalError too, but means no connection at all: no retry
+        return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, PoolTimeout)
+
+    async def drop_broken_connections(self) -> None:
+        await self.pool.check()
 
     @asynccontextmanager
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:

@@ -1,4 +1,8 @@
-"""Keep-alive connection pools, one per upstream origin, and sending one request through them."""
+"""Keep-alive connection pools, one per upstream origin, and sending one request through them.
+
+The only importer of ``connection``. A connection is reused only after a clean exchange and
+while younger than the maximum age (so a long-lived pool re-resolves the upstream's DNS name).
+"""
 
 from __future__ import annotations
 
@@ -7,46 +11,72 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from proxy.http1 import Connection, Response
-from shared.errors import LLMProxyError, Overloaded, UpstreamError, UpstreamTimeout
+from proxy.upstream import wire
+from proxy.upstream.connection import Connection, Response
+from proxy.upstream.egress import ProxyServer, open_tunnel
+from shared.errors import Overloaded, UpstreamError, UpstreamTimeout
+
+__all__ = ["Limits", "Pool", "Response", "send"]
 
 log = logging.getLogger("llm_proxy.upstream")
 
-Body = bytes | AsyncIterable[bytes]
 IDLE_TIMEOUT = 60.0  # an idle connection older than this is closed rather than reused
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-pool bounds, from the settings."""
+
+    connections: int
+    acquire_timeout: float
+    connect_timeout: float
+    read_timeout: float
+    max_header_bytes: int
+    max_headers: int
+    max_age: float  # seconds; 0: no limit
+    reuse: bool = True
 
 
 class Pool:
     """Connections to one ``scheme://host:port``: at most ``limit`` open, idle ones reused
-    newest first, requests beyond the limit queued for ``acquire_timeout``."""
+    newest first, requests beyond the limit queued for ``acquire_timeout``. With an egress
+    ``proxy``, http goes to the proxy in absolute form and https through a CONNECT tunnel."""
 
     def __init__(
         self,
         scheme: str,
         host: str,
         port: int,
-        *,
-        limit: int,
-        acquire_timeout: float,
-        connect_timeout: float,
-        read_timeout: float,
+        limits: Limits,
         ssl_context: ssl.SSLContext | None,
-        reuse: bool = True,
+        proxy: ProxyServer | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.host_header = (host if port in (80, 443) else f"{host}:{port}").encode("idna")
         self.ssl = ssl_context if scheme == "https" else None
-        self.limit = limit
-        self.acquire_timeout = acquire_timeout
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout or 1e9
-        self.reuse = reuse
+        self.proxy = proxy
+        # http via a proxy: the request line names the origin; the proxy credentials ride along
+        forward = proxy is not None and self.ssl is None
+        self.target_prefix = b"http://" + self.host_header if forward else b""
+        self.head_extra = proxy.authorization if forward and proxy is not None else b""
+        self.limit = limits.connections
+        self.acquire_timeout = limits.acquire_timeout
+        self.connect_timeout = limits.connect_timeout
+        self.read_timeout = limits.read_timeout or 1e9
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_headers = limits.max_headers
+        self.max_age = limits.max_age or 1e18
+        self.reuse = limits.reuse
         self.idle: deque[Connection] = deque()
         self.open = 0
         self.waiters: deque[asyncio.Future[Connection | None]] = deque()
         self._members: set[Connection] = set()
+
+    def _young(self, conn: Connection) -> bool:
+        return not conn.closed and conn.loop.time() - conn.born < self.max_age
 
     async def acquire(self) -> tuple[Connection, bool]:
         """A connection, and whether it was used before (then a failure before any answer may
@@ -54,7 +84,7 @@ class Pool:
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_TIMEOUT:
+            if now - conn.idle_since < IDLE_TIMEOUT and self._young(conn):
                 return conn, True
             conn.close()
         if self.open < self.limit:
@@ -92,18 +122,8 @@ class Pool:
 
     async def _connect_reserved(self) -> Connection:
         """Open a connection in a slot already counted in ``open``."""
-        loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: Connection(self),
-                    self.host,
-                    self.port,
-                    ssl=self.ssl,
-                    server_hostname=self.host if self.ssl else None,
-                ),
-                self.connect_timeout,
-            )
+            conn = await asyncio.wait_for(self._open(), self.connect_timeout)
         except TimeoutError:
             self._slot_freed()
             raise UpstreamTimeout("Connecting to the upstream timed out.") from None
@@ -117,8 +137,33 @@ class Pool:
         self._members.add(conn)
         return conn
 
+    async def _open(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        hostname = self.host if self.ssl else None
+        proxy = self.proxy
+        if proxy is None:
+            _, conn = await loop.create_connection(
+                lambda: Connection(self),
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                server_hostname=hostname,
+            )
+        elif self.ssl is None:
+            _, conn = await loop.create_connection(lambda: Connection(self), proxy.host, proxy.port)
+        else:
+            sock = await open_tunnel(proxy, self.host, self.port)
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: Connection(self), sock=sock, ssl=self.ssl, server_hostname=hostname
+                )
+            except BaseException:
+                sock.close()
+                raise
+        return conn
+
     def put_back(self, conn: Connection) -> None:
-        if not self.reuse or conn.closed:
+        if not self.reuse or not self._young(conn):
             conn.close()
             return
         while self.waiters:
@@ -168,19 +213,33 @@ async def send(
     method: str,
     target: bytes,
     headers: Mapping[str, str],
-    body: Body | None,
+    body: wire.Body | None,
     content_length: int | None,
+    marks: list[tuple[str, float]] | None = None,
 ) -> Response:
-    """Send one request and return once the response headers are in. A request that fails on a
+    """Send one request and return once the response headers are in (``marks``: profiling's
+    phase marks, which get the moment a connection was in hand). A request that fails on a
     reused connection before any byte of an answer is sent again once on a new connection, if
-    its body can be sent again."""
-    head = _head(method, target, pool.host_header, headers, body, content_length, pool.reuse)
+    its body can be sent again. A header that cannot be sent raises ``InvalidHeader`` before
+    any connection is taken."""
+    frame = wire.framing(body, content_length)
+    head = wire.head(
+        method,
+        pool.target_prefix + target,
+        pool.host_header,
+        headers,
+        frame,
+        close=not pool.reuse,
+        extra=pool.head_extra,
+    )
     replayable = body is None or isinstance(body, bytes)
     conn, reused = await pool.acquire()
+    if marks is not None:
+        marks.append(("upstream_connect", time.perf_counter()))
     while True:
         _response, ready = conn.begin(head_only=method == "HEAD")
         try:
-            await _write(conn, head, body)
+            await _write(conn, head, body, frame)
             return await _await_headers(conn, ready)
         except UpstreamError:
             conn.close()
@@ -193,7 +252,7 @@ async def send(
 
 
 async def _await_headers(conn: Connection, ready: asyncio.Future[Response]) -> Response:
-    timer = conn.loop.call_later(conn.pool.read_timeout, _timeout_headers, ready)
+    timer = conn.loop.call_later(conn.owner.read_timeout, _timeout_headers, ready)
     try:
         return await ready
     finally:
@@ -205,48 +264,11 @@ def _timeout_headers(ready: asyncio.Future[Response]) -> None:
         ready.set_exception(UpstreamTimeout())
 
 
-async def _write(conn: Connection, head: bytes, body: Body | None) -> None:
+async def _write(conn: Connection, head: bytes, body: wire.Body | None, frame: int) -> None:
     if conn.closed:
         raise UpstreamError("The upstream closed the connection.")
     if body is None or isinstance(body, bytes):
         conn.write(head + body if body else head)
         return
     conn.write(head)
-    chunked = b"transfer-encoding: chunked" in head
-    async for chunk in body:
-        if not chunk:
-            continue
-        conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-        await conn.drain()
-        if conn.closed:
-            raise UpstreamError("The upstream closed the connection while receiving the body.")
-    if chunked:
-        conn.write(b"0\r\n\r\n")
-
-
-def _head(
-    method: str,
-    target: bytes,
-    host: bytes,
-    headers: Mapping[str, str],
-    body: Body | None,
-    content_length: int | None,
-    reuse: bool,
-) -> bytes:
-    parts = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
-    for name, value in headers.items():
-        parts += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
-    if isinstance(body, bytes):
-        parts.append(b"content-length: %d\r\n" % len(body))
-    elif body is not None:
-        if content_length is not None:
-            parts.append(b"content-length: %d\r\n" % content_length)
-        else:
-            parts.append(b"transfer-encoding: chunked\r\n")
-    if not reuse:
-        parts.append(b"connection: close\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
-
-
-__all__ = ["Body", "LLMProxyError", "Pool", "send"]
+    await wire.write_body(conn, body, frame)

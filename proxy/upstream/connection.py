@@ -1,25 +1,46 @@
-"""A minimal HTTP/1.1 client connection: one asyncio Protocol per keep-alive connection, the
-httptools parser, flow control both ways, and idle-gap timeouts armed only while waiting.
+"""One HTTP/1.1 client connection: an asyncio Protocol per keep-alive connection, the
+httptools parser, bounded response heads, flow control both ways, and idle-gap timeouts armed
+only while waiting.
 
-Errors: ``UpstreamError`` (the connection failed or broke), ``UpstreamTimeout`` (silence longer
-than the read timeout). Nothing here knows about pools; see ``proxy.pool``.
+Errors: ``UpstreamError`` (the connection failed or broke, or the answer was malformed or too
+large), ``UpstreamTimeout`` (silence longer than the read timeout). Nothing here knows about
+pools: a connection reports to its ``Owner``. A connection that saw any error is never reused.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
 from shared.errors import UpstreamError, UpstreamTimeout
 
-if TYPE_CHECKING:
-    from proxy.pool import Pool
-
 # Body bytes buffered for a slow reader before the socket stops being read.
 HIGH_WATER = 256 * 1024
+
+
+class Owner(Protocol):
+    """What a connection needs from whoever keeps it (the pool)."""
+
+    read_timeout: float
+    max_header_bytes: int
+    max_headers: int
+
+    def put_back(self, conn: Connection) -> None:
+        """A finished exchange left the connection reusable."""
+
+    def forget(self, conn: Connection) -> None:
+        """The connection closed."""
+
+
+class _HeadTooLarge(Exception):
+    """Raised inside a parser callback: the response head is over its caps."""
+
+
+class _Unsolicited(Exception):
+    """Raised inside a parser callback: bytes after the answer, in the same packet."""
 
 
 class Response:
@@ -118,7 +139,7 @@ class Response:
         if conn is None:
             return
         if self._done and not conn.closed and conn.keep_alive:
-            conn.pool.put_back(conn)
+            conn.owner.put_back(conn)
         else:
             conn.close()
 
@@ -135,9 +156,10 @@ class Response:
 class Connection(asyncio.Protocol):
     """One keep-alive connection, one request at a time."""
 
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
+    def __init__(self, owner: Owner) -> None:
+        self.owner = owner
         self.loop = asyncio.get_running_loop()
+        self.born = self.loop.time()
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpResponseParser | None = None
         self.response: Response | None = None
@@ -146,6 +168,9 @@ class Connection(asyncio.Protocol):
         self.paused = False  # reading paused for a slow consumer
         self.keep_alive = True
         self.received = False  # any byte of the current response arrived
+        self.head_bytes = 0  # of the current response head, against the owner's caps
+        self.head_count = 0
+        self.head_raw = 0  # bytes fed while the head is incomplete
         self.idle_since = 0.0
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
@@ -157,7 +182,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.pool.forget(self)
+        self.owner.forget(self)
         response = self.response
         if response is not None and not response._done:
             if response.until_close and exc is None and self.headers_ready is None:
@@ -174,11 +199,22 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self.received = True
+        in_head = self.headers_ready is not None
         try:
             parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._fail(UpstreamError("The upstream sent a malformed response."))
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._fail(UpstreamError("The upstream sent too large a response head."))
+            else:
+                self._fail(UpstreamError("The upstream sent a malformed response."))
             self.close()
+            return
+        if in_head and self.headers_ready is not None:
+            # httptools keeps a partial header line to itself: bound the head as it arrives
+            self.head_raw += len(data)
+            if self.head_raw > self.owner.max_header_bytes:
+                self._fail(UpstreamError("The upstream sent too large a response head."))
+                self.close()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -190,8 +226,18 @@ class Connection(asyncio.Protocol):
 
     # --- httptools callbacks ---
 
+    def on_message_begin(self) -> None:
+        response = self.response
+        if response is not None and response._done:  # a second answer to one request
+            raise _Unsolicited()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
+        self.head_count += 1
+        self.head_bytes += len(name) + len(value) + 4
+        owner = self.owner
+        if self.head_count > owner.max_headers or self.head_bytes > owner.max_header_bytes:
+            raise _HeadTooLarge()
         self.response.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -200,15 +246,21 @@ class Connection(asyncio.Protocol):
         status = parser.get_status_code()
         if 100 <= status < 200:  # informational: the real response follows
             response.headers.clear()
+            self.head_bytes = self.head_count = self.head_raw = 0
             return
         response.status = status
         self.keep_alive = self.keep_alive and parser.should_keep_alive()
+        # RFC 9112 6.3: chunked counts only as the final coding; any other Transfer-Encoding
+        # means the body runs to the close (httptools reads it so), and the connection ends.
         has_length = chunked = False
         for name, value in response.headers:
             if name == b"content-length":
                 has_length = True
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
+            elif name == b"transfer-encoding":
+                chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
+                if not chunked:
+                    has_length = False
+                    break
         if not (has_length or chunked or response.head_only or status in (204, 304)):
             response.until_close = True
             self.keep_alive = False
@@ -248,6 +300,7 @@ class Connection(asyncio.Protocol):
         response.wake()
 
     def _fail(self, exc: BaseException) -> None:
+        self.keep_alive = False  # whatever went wrong, this connection is not reused
         ready, self.headers_ready = self.headers_ready, None
         if ready is not None and not ready.done():
             ready.set_exception(exc)
@@ -264,7 +317,7 @@ class Connection(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
-        self.pool.forget(self)
+        self.owner.forget(self)
 
     def begin(self, head_only: bool) -> tuple[Response, asyncio.Future[Response]]:
         """Start a new exchange: a fresh parser (so a HEAD answer never confuses the next one)."""
@@ -272,6 +325,7 @@ class Connection(asyncio.Protocol):
         self.response = response = Response(self, head_only)
         self.headers_ready = ready = self.loop.create_future()
         self.received = False
+        self.head_bytes = self.head_count = self.head_raw = 0
         return response, ready
 
     def write(self, data: bytes) -> None:
@@ -287,7 +341,7 @@ class Connection(asyncio.Protocol):
     async def wait(self, response: Response) -> None:
         """Wait for more of ``response``'s body, at most the read timeout."""
         waiter = response._waiter = self.loop.create_future()
-        timer = self.loop.call_later(self.pool.read_timeout, _expire, waiter)
+        timer = self.loop.call_later(self.owner.read_timeout, _expire, waiter)
         try:
             await waiter
         finally:

@@ -1,5 +1,6 @@
 """The upstream client: keep-alive pools per origin (our own HTTP/1.1 client, chosen by
-measurement over aiohttp and httpx; see docs/decisions.md), errors mapped to 502/503/504."""
+measurement over aiohttp and httpx; see docs/decisions.md), errors mapped to 502/503/504,
+egress through HTTP_PROXY / HTTPS_PROXY, an optional client certificate."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import time
 import urllib.parse
 from collections.abc import Mapping
 
-from proxy.http1 import Response
-from proxy.pool import Body, Pool, send
+from proxy.upstream.egress import Egress
+from proxy.upstream.pool import Limits, Pool, Response, send
+from proxy.upstream.wire import Body
 from shared.config import Settings
+from shared.errors import ConfigError
 
 log = logging.getLogger("llm_proxy.upstream")
 
@@ -27,10 +30,33 @@ class Upstream:
         self._origins: dict[str, tuple[Pool, bytes]] = {}  # base URL → pool, path prefix
         self._ssl: ssl.SSLContext | None = None
         self._maintainer: asyncio.Task[None] | None = None
+        s = settings
+        self.egress = Egress(s.http_proxy, s.https_proxy, s.no_proxy)
+        self.limits = Limits(
+            connections=s.pool_max_connections,
+            acquire_timeout=s.pool_acquire_timeout,
+            connect_timeout=s.upstream_connect_timeout,
+            read_timeout=s.upstream_read_timeout,
+            max_header_bytes=s.upstream_max_header_bytes,
+            max_headers=s.upstream_max_headers,
+            max_age=s.upstream_connection_max_age,
+            reuse=not s.disable_connection_pool,
+        )
 
     async def start(self) -> None:
-        self._ssl = ssl.create_default_context(cafile=self.settings.upstream_ca_file or None)
+        s = self.settings
+        self._ssl = ssl.create_default_context(cafile=s.upstream_ca_file or None)
         self._ssl.set_alpn_protocols(["http/1.1"])
+        if s.upstream_client_cert_file:
+            try:
+                self._ssl.load_cert_chain(
+                    s.upstream_client_cert_file, s.upstream_client_key_file or None
+                )
+            except (OSError, ssl.SSLError) as exc:  # a missing file, a key that does not match
+                raise ConfigError(
+                    f"UPSTREAM_CLIENT_CERT_FILE / UPSTREAM_CLIENT_KEY_FILE could not be loaded: "
+                    f"{exc.strerror or exc}"
+                ) from None
         if self.settings.pool_min_connections and not self.settings.disable_connection_pool:
             self._maintainer = asyncio.create_task(self._maintain(), name="upstream-pools")
 
@@ -46,18 +72,8 @@ class Upstream:
         key = (scheme, host, port)
         pool = self.pools.get(key)
         if pool is None:
-            s = self.settings
-            pool = self.pools[key] = Pool(
-                scheme,
-                host,
-                port,
-                limit=s.pool_max_connections,
-                acquire_timeout=s.pool_acquire_timeout,
-                connect_timeout=s.upstream_connect_timeout,
-                read_timeout=s.upstream_read_timeout,
-                ssl_context=self._ssl,
-                reuse=not s.disable_connection_pool,
-            )
+            proxy = self.egress.proxy_for(scheme, host, port)
+            pool = self.pools[key] = Pool(scheme, host, port, self.limits, self._ssl, proxy)
         found = self._origins[base_url] = (pool, parts.path.rstrip("/").encode())
         return found
 
@@ -69,11 +85,12 @@ class Upstream:
         headers: Mapping[str, str],
         body: Body | None,
         content_length: int | None = None,
+        marks: list[tuple[str, float]] | None = None,
     ) -> Response:
         """``target`` is the path (and query) below the base URL, already validated."""
         pool, prefix = self.route(base_url)
         started = time.monotonic()
-        response = await send(pool, method, prefix + target, headers, body, content_length)
+        response = await send(pool, method, prefix + target, headers, body, content_length, marks)
         total = self.settings.upstream_timeout
         if total:
             response.set_deadline(max(total - (time.monotonic() - started), 0.001))

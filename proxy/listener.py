@@ -1,0 +1,153 @@
+"""The proxy port's HTTP/1.1 protocol: uvicorn's httptools protocol with request-head limits,
+a head timeout, and the JSON error envelope for what the server itself refuses."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from shared.config import Settings
+from shared.errors import (
+    HeadersTooLarge,
+    HeadTimeout,
+    LLMProxyError,
+    MalformedRequest,
+    error_body,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    max_bytes: int
+    max_count: int
+    timeout: float  # seconds; 0 disables
+
+    @classmethod
+    def of(cls, settings: Settings) -> HeadLimits:
+        return cls(
+            settings.max_request_header_bytes,
+            settings.max_request_headers,
+            settings.request_header_timeout,
+        )
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; the refusal is on the protocol."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """What it adds to uvicorn, and why it is cheap:
+
+    - Head size: bytes received while a head is unfinished are counted per ``data_received``
+      (one addition per read, not per header); past ``max_bytes`` the request gets 431. So a
+      client can make a worker buffer at most ``max_bytes`` plus one socket read.
+    - Header count: checked once, in ``on_headers_complete`` (``len`` of the list uvicorn
+      built anyway).
+    - Head timeout: one timer per connection, re-armed only when it fires; a request start
+      costs a clock read. A connection that has not completed its head ``timeout`` after it
+      connected (or after its request began) gets 408 (or, if it sent nothing, is just closed).
+      Idle keep-alive between requests stays uvicorn's ``timeout_keep_alive``.
+    - Errors uvicorn answers itself in text/plain (malformed HTTP) get our envelope instead.
+    """
+
+    limits: ClassVar[HeadLimits]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reading_head = True
+        self._head_bytes = 0
+        self._head_since = 0.0
+        self._head_watch: asyncio.TimerHandle | None = None
+        self._refusal: LLMProxyError | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_since = self.loop.time()
+        if self.limits.timeout > 0:
+            self._head_watch = self.loop.call_later(self.limits.timeout, self._check_head)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_watch is not None:
+            self._head_watch.cancel()
+            self._head_watch = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if (
+            self._reading_head
+            and self._head_bytes > self.limits.max_bytes
+            and not self.transport.is_closing()
+        ):
+            self._refuse(HeadersTooLarge())
+
+    def on_message_begin(self) -> None:
+        if not self._reading_head:  # a later request on this connection: its own deadline
+            self._reading_head = True
+            self._head_bytes = 0
+            self._head_since = self.loop.time()
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        limits = self.limits
+        # the exact size is worked out only when the reads could have exceeded it
+        if len(self.headers) > limits.max_count or (
+            self._head_bytes > limits.max_bytes
+            and _head_size(self.url, self.headers) > limits.max_bytes
+        ):
+            self._refusal = HeadersTooLarge()
+            raise _Refused
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's reply to anything its parser refused (our callbacks' refusals included)."""
+        cycle = self.cycle
+        if not self._reading_head and cycle is not None and cycle.response_started:
+            self.transport.close()  # a body broke mid-response: nothing can be slipped in
+            return
+        self._refuse(self._refusal or MalformedRequest())
+
+    def _check_head(self) -> None:
+        self._head_watch = None
+        if self.transport.is_closing():
+            return
+        timeout = self.limits.timeout
+        waited = self.loop.time() - self._head_since
+        if self._reading_head and waited >= timeout:
+            if self._head_bytes:
+                self._refuse(HeadTimeout())
+            else:
+                self.transport.close()  # nothing sent (a preconnect, or a slowloris): no reply
+            return
+        delay = timeout - waited if self._reading_head else timeout
+        self._head_watch = self.loop.call_later(delay, self._check_head)
+
+    def _refuse(self, error: LLMProxyError) -> None:
+        body = orjson.dumps(error_body(error))
+        head = [STATUS_LINE[error.status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(
+            b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            % len(body)
+        )
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+
+def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+def protocol_class(settings: Settings) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class uvicorn should build connections with, carrying these limits."""
+    return type(
+        "ProxyHttpProtocol", (GuardedHttpToolsProtocol,), {"limits": HeadLimits.of(settings)}
+    )
