@@ -114,6 +114,14 @@ def is_cluster(redis: aioredis.Redis) -> bool:
     return isinstance(redis, RedisCluster)
 
 
+async def prepare_pubsub(redis: aioredis.Redis) -> None:
+    """Before ``redis.pubsub()``: a Cluster client must hold its slot map (redis-py's cluster
+    pub/sub picks the channel's node from it and does not read it itself). Plain PUBLISH is
+    relayed to every node of a Cluster, so subscribers anywhere hear it."""
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()
+
+
 def uses_redis(settings: Settings) -> bool:
     """Whether any enabled feature keeps state in Redis (then token revocations are also
     pushed to every worker over Redis pub/sub)."""
