@@ -10,7 +10,9 @@ from typing import Any, cast
 import redis as redis_sync
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode as SyncClusterNode
 from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.sentinel import Sentinel as SyncSentinel
@@ -63,6 +65,11 @@ def make_redis(
     if redis.mode == "cluster":
         for name in ("host", "port", "db", "health_check_interval"):
             options.pop(name)
+        if "retry" in options:
+            # A caller that wants no retries still gets one here: redis-py's Cluster client
+            # re-reads the slot map only on a retry, so with none it keeps calling a dead
+            # master forever. One immediate retry after a failover costs one more attempt.
+            options["retry"] = Retry(NoBackoff(), 1)
         return cast(
             aioredis.Redis,
             RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in redis.nodes], **options),

@@ -124,7 +124,12 @@ def send(
                     headers={"Authorization": f"Bearer {cred.token}", "X-Request-ID": f"{tag}-{i}"},
                     json={"model": "gpt-fake", "messages": []},
                 )
-                code = resp.json()["error"]["code"] if resp.status_code != 200 else ""
+                code = ""
+                if resp.status_code != 200:
+                    try:
+                        code = resp.json()["error"]["code"]
+                    except ValueError:
+                        code = resp.text[:200]
                 seen[f"{resp.status_code} {code}".strip()] += 1
 
             start = 0
