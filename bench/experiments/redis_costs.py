@@ -85,10 +85,12 @@ def main() -> None:
                 auth = {"Authorization": f"Bearer {cred.token}"}
                 with httpx.Client(timeout=30) as http:
 
-                    def chat(http: httpx.Client = http, auth: dict[str, str] = auth) -> None:
+                    def chat(
+                        http: httpx.Client = http, auth: dict[str, str] = auth, url: str = proxy.url
+                    ) -> None:
                         for i in range(N):
                             http.post(
-                                f"{proxy.url}/v1/chat/completions",
+                                f"{url}/v1/chat/completions",
                                 headers={**auth, "X-Request-ID": f"{uuid.uuid4()}-{i}"},
                                 json={"model": "gpt-fake", "messages": []},
                             )
@@ -97,9 +99,13 @@ def main() -> None:
                     if "cache" in name:
                         http.get(f"{proxy.url}/v1/models?warm=1", headers=auth)
 
-                        def hits(http: httpx.Client = http, auth: dict[str, str] = auth) -> None:
+                        def hits(
+                            http: httpx.Client = http,
+                            auth: dict[str, str] = auth,
+                            url: str = proxy.url,
+                        ) -> None:
                             for _ in range(N):
-                                http.get(f"{proxy.url}/v1/models?warm=1", headers=auth)
+                                http.get(f"{url}/v1/models?warm=1", headers=auth)
 
                         results[f"GET hit: {name}"] = phase(client, hits)
             finally:
