@@ -169,6 +169,10 @@ class Cluster:
         master.proc.kill()
         master.proc.wait(timeout=10)
         master.proc = None
+        return self.wait_promoted(replica)
+
+    def wait_promoted(self, replica: RedisProcess) -> RedisProcess:
+        """Until ``replica`` is a master and every live node sees every slot served."""
         wait_until(lambda: self.role(replica) == "master", "the replica to be promoted")
         wait_until(self._healthy_without_dead, "the cluster to serve every slot again")
         return replica
