@@ -148,14 +148,24 @@ async def _stream_stats(settings: Settings) -> dict[str, Any]:
     # Imported here: the pipeline's modules (redis.asyncio, dramatiq) slow every CLI start.
     from dispatcher.maintenance import StreamKeeper
     from shared.redis import make_redis
+    from shared.streams import shard_keys
 
+    keys = shard_keys(settings.redis_stream_key, settings.redis_stream_shards)
     redis = make_redis(settings)
     try:
-        stats = await StreamKeeper(redis, settings.redis_stream_key).stats()
+        every = [await StreamKeeper(redis, key).stats() for key in keys]
     finally:
         await redis.aclose()
+    out = _one_stream(settings.redis_stream_key, every[0])
+    if len(keys) > 1:  # REDIS_STREAM_SHARDS: shard 0 as before, then each shard and the total
+        out["shards"] = [_one_stream(k, stats) for k, stats in zip(keys, every, strict=True)]
+        out["total_length"] = sum(stats.length for stats in every)
+    return out
+
+
+def _one_stream(key: str, stats: Any) -> dict[str, Any]:
     return {
-        "key": settings.redis_stream_key,
+        "key": key,
         "length": stats.length,
         "groups": [
             {
