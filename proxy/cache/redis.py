@@ -204,7 +204,8 @@ class RedisBackend:
     async def _unlink(self, base: bytes, index: bytes, members: list[bytes]) -> int:
         pipe = self.redis.pipeline(transaction=False)
         for member in members:
-            pipe.unlink(base + member[1:].partition(b" ")[0])
+            # by name: a Cluster pipeline's unlink() is a coroutine of its own, never queued
+            pipe.execute_command("UNLINK", base + member[1:].partition(b" ")[0])
         pipe.zrem(index, *members)
         results = await pipe.execute()
         return sum(int(n) for m, n in zip(members, results, strict=False) if m[:1] == b"e")
