@@ -202,10 +202,16 @@ class SentinelSet:
         return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
 
     def start(self) -> SentinelSet:
-        master = RedisProcess().start()
+        # each server its own --dir: a full resync writes an RDB file there, not in the cwd
+        dirs = [Path(self.dir, f"server-{i}") for i in range(3)]
+        for d in dirs:
+            d.mkdir()
+        master = RedisProcess(extra=("--dir", str(dirs[0]))).start()
         self.servers.append(master)
-        for _ in range(2):
-            replica = RedisProcess(extra=("--replicaof", "127.0.0.1", str(master.port)))
+        for d in dirs[1:]:
+            replica = RedisProcess(
+                extra=("--dir", str(d), "--replicaof", "127.0.0.1", str(master.port))
+            )
             self.servers.append(replica.start())
         for i in range(3):
             port = free_port()
