@@ -102,6 +102,7 @@ async def _run_local(settings: Settings, action: Action) -> Any:
             event_bus=settings.event_bus,
             redis=redis,
             stream_key=settings.redis_stream_key,
+            stream_shards=settings.redis_stream_shards,
         )
         return await action(management)
     finally:

@@ -11,10 +11,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from dispatcher.consumer import Dispatcher
 from dispatcher.health import HealthServer
 from dispatcher.metrics import DispatcherMetrics
 from dispatcher.options import Options
+from dispatcher.shards import make_dispatcher
 from dispatcher.sinks import Jobs, make_broker
 from shared.config import Settings
 from shared.redis import make_redis
@@ -60,10 +60,11 @@ async def run_dispatcher(settings: Settings, options: Options) -> None:
     jobs = Jobs(make_broker(settings), settings) if wants_jobs else None
     metrics = DispatcherMetrics()
     tracing = _tracing(settings)
-    dispatcher = Dispatcher(
+    dispatcher = make_dispatcher(
         redis,
         store,
         options,
+        shards=settings.redis_stream_shards,
         metrics=metrics,
         jobs=jobs,
         retention_days=settings.request_event_retention_days,

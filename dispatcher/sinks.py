@@ -21,14 +21,13 @@ from datetime import timedelta
 from typing import Any
 
 import dramatiq
-import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AgeLimit, Retries, ShutdownNotifications, TimeLimit
 
 from shared.clock import utcnow
 from shared.config import Settings
 from shared.events import RequestEvent
-from shared.redis import connection_kwargs
+from shared.redis import make_sync_redis
 from shared.store import make_store
 from shared.streams import StreamKeys
 
@@ -43,8 +42,8 @@ _RETENTION_CHUNK = 10_000
 def make_broker(settings: Settings) -> RedisBroker:
     """dramatiq's Redis broker on the configured Redis (TLS and ACL user included), its keys
     under the stream's hash tag."""
-    client = redis.Redis(
-        **connection_kwargs(settings.redis),
+    client = make_sync_redis(
+        settings,
         socket_timeout=max(settings.redis_timeout, 5.0),
         socket_connect_timeout=settings.redis_timeout,
     )

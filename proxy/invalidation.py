@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from proxy.auth import StoreHealth, TokenCache
 from proxy.cache import CacheBackend
 from shared.invalidation import decode, parse_purge_target
+from shared.redis import prepare_pubsub
 from shared.store import SqlStore
 
 log = logging.getLogger("llm_proxy.invalidation")
@@ -82,6 +83,7 @@ class Invalidator:
         assert self.redis is not None
         while True:
             try:
+                await prepare_pubsub(self.redis)
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
                     while True:

@@ -124,7 +124,18 @@ class FastRedis:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FastRedis:
-        return cls(settings.redis, timeout=settings.redis_timeout)
+        """The client for the deployment's shape: this one for a single server; with
+        REDIS_MODE=cluster or sentinel, the subclass that finds the right server first."""
+        redis = settings.redis
+        if redis.mode == "cluster":
+            from proxy.redis_cluster import ClusterFastRedis
+
+            return ClusterFastRedis(redis, timeout=settings.redis_timeout)
+        if redis.mode == "sentinel":
+            from proxy.redis_sentinel import SentinelFastRedis
+
+            return SentinelFastRedis(redis, timeout=settings.redis_timeout)
+        return cls(redis, timeout=settings.redis_timeout)
 
     async def command(self, *args: Arg) -> Any:
         protocol = self._protocol or await self._connect()
@@ -140,6 +151,28 @@ class FastRedis:
             return await future
         finally:
             timer.cancel()
+
+    async def asking(self, *args: Arg) -> Any:
+        """``ASKING`` then ``args``, adjacent on the connection (a Cluster ASK redirect: the
+        target node serves the one next command for a slot it is importing)."""
+        protocol = self._protocol or await self._connect()
+        loop = asyncio.get_running_loop()
+        ask: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
+        protocol.pending.extend((ask, future))
+        protocol.out.append(encode(("ASKING",)) + encode(args))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush, protocol)
+        timer = loop.call_later(self.timeout, self._expire, future, protocol)
+        try:
+            outcomes: tuple[Any, Any] = await asyncio.gather(ask, future, return_exceptions=True)
+        finally:
+            timer.cancel()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes[1]
 
     def _flush(self, protocol: _Protocol) -> None:
         self._flush_scheduled = False
@@ -191,13 +224,14 @@ class FastRedis:
         redis = self.redis
         loop = asyncio.get_running_loop()
         context = redis.ssl_context()
+        host, port = await self._where()
         try:
             _, protocol = await loop.create_connection(
                 lambda: _Protocol(self),
-                redis.host,
-                redis.port,
+                host,
+                port,
                 ssl=context,
-                server_hostname=redis.host if context is not None else None,
+                server_hostname=host if context is not None else None,
             )
         except OSError as exc:  # ssl.SSLError included
             raise ConnectionError(f"cannot connect to Redis at {redis.describe()}: {exc}") from None
@@ -221,6 +255,10 @@ class FastRedis:
             protocol.fail(ConnectionError("Redis connection set-up failed"))
             raise
         return protocol
+
+    async def _where(self) -> tuple[str, int]:
+        """The server to connect to (asked once per connection, not per command)."""
+        return self.redis.host, self.redis.port
 
     # --- the commands the hot path uses, named as in redis-py ---
 

@@ -9,13 +9,13 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
 from shared.errors import ConfigError
 from shared.parsing import boolean, integer
 from shared.profiles import PROFILE_ENV, profile_names, profiles_table, resolve, seed_table
-from shared.redis_settings import RedisSettings
+from shared.redis_settings import Mode, RedisSettings
 from shared.secret import Secret
 
 __all__ = ["ConfigError", "RedisSettings", "Secret", "Settings"]
@@ -360,6 +360,21 @@ class Settings:
         "Redis. Empty: the system's trust store (which honours SSL_CERT_FILE).",
         _str,
         shown="(system store)",
+    )
+    redis_mode: str = var(
+        "REDIS_MODE",
+        "standalone",
+        "`standalone` (one server), `cluster` (Redis Cluster: REDIS_ADDR lists seed nodes "
+        "`host:port,host:port`) or `sentinel` (REDIS_ADDR lists the sentinels, "
+        "REDIS_SENTINEL_MASTER names the master). See 'Redis addresses' below.",
+        _choice("standalone", "cluster", "sentinel"),
+    )
+    redis_sentinel_master: str = var(
+        "REDIS_SENTINEL_MASTER",
+        "",
+        "With REDIS_MODE=sentinel: the name the sentinels monitor the master under.",
+        _str,
+        shown="(none)",
     )
     #: REDIS_ADDR and its companions above, parsed once; every Redis client is built from it.
     redis: RedisSettings = field(init=False, repr=False, compare=False, metadata={})
@@ -810,6 +825,15 @@ class Settings:
         "named `{<key>}:...` so they share its Redis Cluster hash slot.",
         _name,
     )
+    redis_stream_shards: int = var(
+        "REDIS_STREAM_SHARDS",
+        1,
+        "Streams the events are spread over (by event id), so the event load spreads over "
+        "Redis Cluster shards. 1: the one stream REDIS_STREAM_KEY; N: that key and `{<key>:1}` "
+        "... `{<key>:N-1}` (each its own hash slot), every dispatcher reading all of them. "
+        "Only raise it (see docs/scaling.md).",
+        _int(1),
+    )
     redis_consumer_group: str = var(
         "REDIS_CONSUMER_GROUP",
         "llm-proxy-dispatchers",
@@ -1140,6 +1164,8 @@ class Settings:
             username=self.redis_username,
             password=self.redis_password,
             ca_file=self.redis_tls_ca_file,
+            mode=cast(Mode, self.redis_mode),
+            sentinel_master=self.redis_sentinel_master,
         )
         object.__setattr__(self, "redis", redis)  # frozen: derived once, here
 

@@ -5,6 +5,8 @@ built from one ``RedisSettings``; none reads the address text again. Accepted ad
 
 - ``host``, ``host:port``, ``[::1]:port``
 - ``redis://[[user]:password@]host[:port][/db]`` and ``rediss://...`` (TLS)
+- with REDIS_MODE=cluster or sentinel, several nodes: ``h1:p1,h2:p2`` or
+  ``rediss://user@h1:p1,h2:p2`` (the Cluster's seed nodes, or the sentinels)
 
 A part given both in the URL and in its own variable (REDIS_DB, REDIS_USERNAME, REDIS_PASSWORD)
 must agree: two different databases for one deployment is a mistake that used to split the cache
@@ -15,8 +17,8 @@ from __future__ import annotations
 
 import re
 import ssl
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from shared.errors import ConfigError
@@ -26,14 +28,17 @@ DEFAULT_PORT = 6379
 T = TypeVar("T")
 _NO_PASSWORD = Secret("")
 _EXPECTED = "host:port or a redis:// or rediss:// URL"
+Mode = Literal["standalone", "cluster", "sentinel"]
+MODES: tuple[Mode, ...] = ("standalone", "cluster", "sentinel")
 
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
-    """One Redis server and the credentials, database and TLS to use on it.
+    """One Redis deployment and the credentials, database and TLS to use on it.
 
-    Room to grow: Sentinel or Cluster would add a mode and a tuple of seed nodes beside
-    ``host``/``port``; every client already takes the whole value, not an address string.
+    ``mode`` says what ``nodes`` are: the one server (standalone), the Cluster's seed nodes
+    (cluster: any reachable one yields the slot map), or the sentinels (sentinel: they name
+    the current master of ``sentinel_master``). ``host``/``port`` are the first node.
     """
 
     host: str = "localhost"
@@ -43,6 +48,13 @@ class RedisSettings:
     password: Secret = field(default=_NO_PASSWORD)
     tls: bool = False
     ca_file: str = ""  # with tls: the CAs to trust; empty means the system store
+    mode: Mode = "standalone"
+    nodes: tuple[tuple[str, int], ...] = ()  # empty: ((host, port),)
+    sentinel_master: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            object.__setattr__(self, "nodes", ((self.host, self.port),))
 
     @classmethod
     def parse(
@@ -53,13 +65,16 @@ class RedisSettings:
         username: str = "",
         password: Secret = _NO_PASSWORD,
         ca_file: str = "",
+        mode: Mode = "standalone",
+        sentinel_master: str = "",
     ) -> RedisSettings:
-        """From REDIS_ADDR and REDIS_DB / REDIS_USERNAME / REDIS_PASSWORD / REDIS_TLS_CA_FILE;
-        raise ``ConfigError`` naming the variable on anything unusable."""
-        tls, host, port, url_user, url_password, url_db = _split(addr)
+        """From REDIS_ADDR and REDIS_DB / REDIS_USERNAME / REDIS_PASSWORD / REDIS_TLS_CA_FILE /
+        REDIS_MODE / REDIS_SENTINEL_MASTER; raise ``ConfigError`` naming the variable on
+        anything unusable."""
+        tls, nodes, url_user, url_password, url_db = _split_nodes(addr, mode)
         settings = cls(
-            host=host,
-            port=port,
+            host=nodes[0][0],
+            port=nodes[0][1],
             db=_agree("REDIS_DB", url_db, db, 0),
             username=_agree("REDIS_USERNAME", url_user or None, username or None, ""),
             password=Secret(
@@ -67,7 +82,19 @@ class RedisSettings:
             ),
             tls=tls,
             ca_file=ca_file,
+            mode=mode,
+            nodes=nodes,
+            sentinel_master=sentinel_master,
         )
+        if mode == "cluster" and settings.db:
+            raise ConfigError(
+                f"REDIS_MODE=cluster has only database 0, got database {settings.db} "
+                "(REDIS_DB or REDIS_ADDR's /db)"
+            )
+        if mode == "sentinel" and not sentinel_master:
+            raise ConfigError("REDIS_MODE=sentinel needs REDIS_SENTINEL_MASTER (the master's name)")
+        if sentinel_master and mode != "sentinel":
+            raise ConfigError("REDIS_SENTINEL_MASTER is set but REDIS_MODE is not sentinel")
         if ca_file and not tls:
             raise ConfigError("REDIS_TLS_CA_FILE is set but REDIS_ADDR is not a rediss:// URL")
         if tls:
@@ -89,18 +116,57 @@ class RedisSettings:
     def describe(self) -> str:
         """The address for logs and errors: no password."""
         user = f"{self.username}@" if self.username else ""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'rediss' if self.tls else 'redis'}://{user}{host}:{self.port}/{self.db}"
+        hosts = ",".join(_hostport(host, port) for host, port in self.nodes)
+        scheme = "rediss" if self.tls else "redis"
+        shown = f"{scheme}://{user}{hosts}/{self.db}"
+        if self.mode == "sentinel":
+            return f"{shown} (sentinels of {self.sentinel_master})"
+        return shown if self.mode == "standalone" else f"{shown} (cluster)"
+
+    def with_node(self, host: str, port: int) -> RedisSettings:
+        """The same credentials and TLS on one given server (a Cluster node, the master a
+        sentinel named): what a client needs to open a connection there."""
+        return replace(self, host=host, port=port, mode="standalone", nodes=((host, port),))
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _split_nodes(
+    addr: str, mode: Mode
+) -> tuple[bool, tuple[tuple[str, int], ...], str, str, int | None]:
+    """(tls, nodes, username, password, db or None) from REDIS_ADDR: one node, or with a
+    Cluster or Sentinel mode a comma-separated list sharing one scheme, user and /db."""
+    text = addr.strip()
+    if "," not in text:
+        tls, host, port, user, password, db = _split(text)
+        return tls, ((host, port),), user, password, db
+    if mode == "standalone":
+        raise ConfigError(
+            f"REDIS_ADDR must be one {_EXPECTED}; several nodes need REDIS_MODE=cluster or "
+            f"sentinel, got {_shown(text)!r}"
+        )
+    prefix, sep, rest = text.rpartition("://")
+    scheme = prefix + sep
+    userinfo, at, hosts = rest.rpartition("@")
+    hosts, slash, path = hosts.partition("/")
+    nodes: list[tuple[str, int]] = []
+    first: tuple[bool, str, int, str, str, int | None] | None = None
+    for item in hosts.split(","):
+        if not item.strip():
+            raise ConfigError(f"REDIS_ADDR has an empty node in {_shown(text)!r}")
+        one = _split(f"{scheme}{userinfo}{at}{item.strip()}{slash}{path}")
+        first = first or one
+        nodes.append((one[1], one[2]))
+    assert first is not None
+    tls, _, _, user, password, db = first
+    return tls, tuple(nodes), user, password, db
 
 
 def _split(addr: str) -> tuple[bool, str, int, str, str, int | None]:
     """(tls, host, port, username, password, db or None) from REDIS_ADDR."""
     text = addr.strip()
-    if "," in text:
-        raise ConfigError(
-            f"REDIS_ADDR must be one {_EXPECTED} (several seed nodes need a Cluster or Sentinel "
-            f"mode, not supported yet), got {_shown(text)!r}"
-        )
     scheme, sep, _ = text.partition("://")
     if sep:
         if scheme.lower() not in ("redis", "rediss"):

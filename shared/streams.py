@@ -3,6 +3,7 @@ the stream holds."""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,28 @@ def hash_tag(key: str) -> str:
         if end > start + 1:
             return key[start + 1 : end]
     return key
+
+
+def shard_keys(stream: str, shards: int) -> tuple[str, ...]:
+    """The streams events are spread over: shard 0 is ``stream`` itself (so 1 shard is today's
+    one key and raising the count keeps its entries), shard i its own hash slot,
+    ``{stream:i}`` (or ``{tag:i}rest`` when ``stream`` carries a tag)."""
+    tag = hash_tag(stream)
+    keys = [stream]
+    for i in range(1, shards):
+        if tag == stream:
+            keys.append(f"{{{stream}:{i}}}")
+        else:
+            keys.append(stream.replace(f"{{{tag}}}", f"{{{tag}:{i}}}", 1))
+    return tuple(keys)
+
+
+def shard_of(event_id: str, shards: int) -> int:
+    """Which shard an event goes to: a stable hash of its id (CRC32, not Python's salted
+    ``hash``), so a replayed or retried event lands on the same stream as before."""
+    if shards == 1:
+        return 0
+    return zlib.crc32(event_id.encode()) % shards
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from shared.config import Settings, declared_fields
 from shared.crypto import Keyring, new_key
 from shared.store import SqlStore, make_store
 from tests.manage_server import ManagementServer
+from tests.redis_topologies import Cluster, require_redis_binaries
 from tests.services import (
     REDIS_HOST,
     REDIS_PORT,
@@ -126,6 +127,21 @@ def private_redis() -> Iterator[RedisProcess]:
     server = RedisProcess().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Cluster]:
+    """One Redis Cluster (three masters, a replica each) shared by tests that do not disturb
+    it; keys kept apart with ``unique_prefix``. Tests that fail a node over start their own."""
+    require_redis_binaries()
+    cluster = Cluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_env(redis_cluster: Cluster) -> dict[str, str]:
+    return {"REDIS_MODE": "cluster", "REDIS_ADDR": redis_cluster.addr}
 
 
 @pytest.fixture

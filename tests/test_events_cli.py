@@ -125,6 +125,36 @@ def test_stats_show_the_stream_with_redis_streams(
         client.close()
 
 
+def test_stats_cover_every_stream_shard(
+    db_env: dict[str, str], redis_env: dict[str, str], unique_prefix: str
+) -> None:
+    import redis
+
+    from shared.streams import shard_keys
+
+    keys = shard_keys(f"{unique_prefix}events", 3)
+    client = redis.Redis.from_url(f"redis://{redis_env['REDIS_ADDR']}")
+    for n, key in enumerate(keys):
+        for _ in range(n + 1):
+            client.xadd(key, {EVENT_FIELD: b"x"})
+    try:
+        env = {
+            **db_env,
+            **redis_env,
+            "LLM_PROXY_EVENT_BUS": "redis-streams",
+            "REDIS_STREAM_KEY": keys[0],
+            "REDIS_STREAM_SHARDS": "3",
+        }
+        stream = ok_json(env, "manage", "events", "stats")["stream"]
+        assert (stream["key"], stream["length"], stream["total_length"]) == (keys[0], 1, 6)
+        assert [(s["key"], s["length"]) for s in stream["shards"]] == list(
+            zip(keys, [1, 2, 3], strict=True)
+        )
+    finally:
+        client.delete(*keys)
+        client.close()
+
+
 def test_pipeline_commands_reject_bad_arguments_in_one_line() -> None:
     cases = [
         (("dispatcher", "--claim-idle", "soon"), {}, "--claim-idle must be a duration"),

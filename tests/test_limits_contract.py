@@ -43,7 +43,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", "redis", pytest.param("cluster", marks=pytest.mark.cluster)])
 async def build(
     request: pytest.FixtureRequest, sqlite_store: SqlStore, clock: FakeClock
 ) -> AsyncIterator[Build]:
@@ -51,8 +51,9 @@ async def build(
     made: list[Limiter] = []
     clients: list[Any] = []
     prefix = ""
-    if request.param == "redis":
-        env = request.getfixturevalue("redis_env")
+    if request.param != "local":
+        # "cluster": each token's keys in its own slot, checked in two parts (spread.py)
+        env = request.getfixturevalue("redis_env" if request.param == "redis" else "cluster_env")
         prefix = request.getfixturevalue("unique_prefix")
         redis = make_limiter_redis(Settings.from_env(env))
         clients.append(redis)
@@ -62,7 +63,7 @@ async def build(
         if request.param == "local":
             limiter = LocalLimiter(config, sqlite_store, clock=clock)
         else:
-            keys = KeyLayout(prefix, b"contract-secret")
+            keys = KeyLayout(prefix, b"contract-secret", spread=request.param == "cluster")
             limiter = RedisLimiter(config, sqlite_store, redis, keys, clock=clock, **kwargs)
         made.append(limiter)
         return limiter
@@ -72,8 +73,8 @@ async def build(
         await limiter.close()
     for client in clients:
         await client.aclose()
-    if request.param == "redis":
-        cleaner = make_redis(Settings.from_env(request.getfixturevalue("redis_env")))
+    if request.param != "local":
+        cleaner = make_redis(Settings.from_env(env))
         async for key in cleaner.scan_iter(match=f"{prefix}*"):
             await cleaner.delete(key)
         await cleaner.aclose()

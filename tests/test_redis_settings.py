@@ -64,7 +64,14 @@ def test_address_forms(env: dict[str, str], expected: tuple[object, ...]) -> Non
         ({"REDIS_ADDR": "h:99999"}, "REDIS_ADDR has a bad port"),
         ({"REDIS_ADDR": "redis://h/zero"}, "REDIS_ADDR's path must be a database number"),
         ({"REDIS_ADDR": "redis://h?db=3"}, "REDIS_ADDR must not carry ?options"),
-        ({"REDIS_ADDR": "a:1,b:2"}, "several seed nodes"),
+        ({"REDIS_ADDR": "a:1,b:2"}, "several nodes need REDIS_MODE=cluster or sentinel"),
+        ({"REDIS_MODE": "cluster", "REDIS_ADDR": "a:1,,b:2"}, "REDIS_ADDR has an empty node"),
+        ({"REDIS_MODE": "cluster", "REDIS_ADDR": "a:1,b:x"}, "REDIS_ADDR has a bad port"),
+        ({"REDIS_MODE": "cluster", "REDIS_ADDR": "redis://a,b/2"}, "has only database 0"),
+        ({"REDIS_MODE": "cluster", "REDIS_DB": "1"}, "has only database 0"),
+        ({"REDIS_MODE": "sentinel", "REDIS_ADDR": "a,b"}, "needs REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINEL_MASTER": "m"}, "REDIS_MODE is not sentinel"),
+        ({"REDIS_MODE": "ring"}, "REDIS_MODE must be one of standalone, cluster, sentinel"),
         ({"REDIS_ADDR": "user:pw@h"}, "credentials and a database need the URL form"),
         ({"REDIS_ADDR": "redis://"}, "REDIS_ADDR must be host:port"),
         ({"REDIS_ADDR": "h", "REDIS_TLS_CA_FILE": "/ca.pem"}, "not a rediss:// URL"),
@@ -81,6 +88,67 @@ def test_a_bad_address_is_one_clear_line(env: dict[str, str], message: str) -> N
     text = str(caught.value)
     assert message in text
     assert "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("env", "nodes", "auth", "db", "tls"),
+    [
+        ({"REDIS_MODE": "cluster", "REDIS_ADDR": "a:7000"}, [("a", 7000)], ("", ""), 0, False),
+        (
+            {"REDIS_MODE": "cluster", "REDIS_ADDR": " a:7000, b ,[::1]:7002 "},
+            [("a", 7000), ("b", 6379), ("::1", 7002)],
+            ("", ""),
+            0,
+            False,
+        ),
+        (
+            {"REDIS_MODE": "cluster", "REDIS_ADDR": "rediss://app:p%40w@a:1,b:2"},
+            [("a", 1), ("b", 2)],
+            ("app", "p@w"),
+            0,
+            True,
+        ),
+        (
+            {
+                "REDIS_MODE": "sentinel",
+                "REDIS_ADDR": "redis://s1:26379,s2:26380/3",
+                "REDIS_SENTINEL_MASTER": "main",
+                "REDIS_PASSWORD": "pw",
+            },
+            [("s1", 26379), ("s2", 26380)],
+            ("", "pw"),
+            3,
+            False,
+        ),
+    ],
+)
+def test_node_lists(
+    env: dict[str, str],
+    nodes: list[tuple[str, int]],
+    auth: tuple[str, str],
+    db: int,
+    tls: bool,
+) -> None:
+    """Cluster seed nodes and sentinels: one scheme, user and database for the whole list,
+    each node's port its own."""
+    redis = parsed(**env)
+    assert list(redis.nodes) == nodes
+    assert (redis.host, redis.port) == nodes[0]
+    assert (redis.username, redis.password.get(), redis.db, redis.tls) == (*auth, db, tls)
+    assert redis.mode == env["REDIS_MODE"]
+    assert "p@w" not in redis.describe() and "pw" not in redis.describe()
+    one = redis.with_node("10.0.0.9", 7005)
+    assert (one.mode, one.nodes, one.username, one.db) == (
+        "standalone",
+        (("10.0.0.9", 7005),),
+        redis.username,
+        redis.db,
+    )
+
+
+def test_standalone_is_one_node() -> None:
+    redis = parsed(REDIS_ADDR="h:1")
+    assert (redis.mode, redis.nodes, redis.sentinel_master) == ("standalone", (("h", 1),), "")
 
 
 def test_a_password_never_shows(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ def make_bus(settings: Settings, store: SqlStore) -> EventBus:
             send_timeout=settings.redis_timeout,
             owns_redis=True,
             strict=strict,
+            shards=settings.redis_stream_shards,
         )
     spool = Spool(settings.embedded_spool_dir, settings.event_spool_max_bytes)
     return MemoryBus(store, spool, capacity=settings.observability_buffer_size, strict=strict)

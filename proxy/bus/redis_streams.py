@@ -8,29 +8,55 @@ import redis.asyncio as aioredis
 from proxy.bus.spool import Spool
 from proxy.bus.spooling import SpoolingBus
 from shared.events import RequestEvent
-from shared.streams import EVENT_FIELD
+from shared.streams import EVENT_FIELD, shard_keys, shard_of
+
+
+def _event_id(line: bytes) -> str:
+    """The event id of a spooled line; an unreadable line goes to shard 0 (the dispatcher
+    dead-letters it there)."""
+    try:
+        return RequestEvent.from_bytes(line).event_id
+    except ValueError:
+        return ""
 
 
 class StreamSink:
-    """XADD each line to the stream, all in one pipeline (no MAXLEN: trimming is the
-    dispatcher's job, below what every group acknowledged)."""
+    """XADD each line to its stream, all in one pipeline (no MAXLEN: trimming is the
+    dispatcher's job, below what every group acknowledged). With several shards
+    (REDIS_STREAM_SHARDS) an event's stream is picked by its event id, so its accepted and
+    final records, and any retry of either, land on the same stream in order."""
 
     name = "the Redis stream"
 
-    def __init__(self, redis: aioredis.Redis, stream_key: str, *, owns_redis: bool) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, stream_key: str, *, owns_redis: bool, shards: int = 1
+    ) -> None:
         self.redis = redis
         self.stream_key = stream_key
+        self.streams = shard_keys(stream_key, shards)
         self.owns_redis = owns_redis
 
     async def send(self, events: list[RequestEvent], lines: list[bytes]) -> int:
-        return await self.replay(lines)
+        if len(self.streams) == 1:
+            return await self.replay(lines)
+        await self._xadd(
+            [self.streams[shard_of(e.event_id, len(self.streams))] for e in events], lines
+        )
+        return 0
 
     async def replay(self, lines: list[bytes]) -> int:
-        pipe = self.redis.pipeline(transaction=False)
-        for line in lines:
-            pipe.xadd(self.stream_key, {EVENT_FIELD: line})
-        await pipe.execute()
+        if len(self.streams) == 1:
+            await self._xadd([self.stream_key] * len(lines), lines)
+            return 0
+        n = len(self.streams)
+        await self._xadd([self.streams[shard_of(_event_id(line), n)] for line in lines], lines)
         return 0
+
+    async def _xadd(self, streams: list[str], lines: list[bytes]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, line in zip(streams, lines, strict=True):
+            pipe.xadd(stream, {EVENT_FIELD: line})
+        await pipe.execute()
 
     async def close(self) -> None:
         if self.owns_redis:
@@ -54,9 +80,10 @@ class RedisStreamsBus(SpoolingBus):
         adopt_interval: float = 30.0,
         owns_redis: bool = False,
         strict: bool = False,
+        shards: int = 1,
     ) -> None:
         super().__init__(
-            StreamSink(redis, stream_key, owns_redis=owns_redis),
+            StreamSink(redis, stream_key, owns_redis=owns_redis, shards=shards),
             spool,
             capacity=capacity,
             batch_size=batch_size,

@@ -72,7 +72,7 @@ class RedisBackend:
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("the cache key prefix must not contain { or }")
-        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+        if redis.get_connection_kwargs().get("decode_responses"):  # type: ignore[no-untyped-call]
             raise ValueError("the cache needs a Redis client that returns bytes")
         self.redis = redis
         # lookups, one per request, go through the lean client when there is one
@@ -166,7 +166,8 @@ class RedisBackend:
     ) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(name, blob, px=ttl_ms)
-        pipe.evalsha(_INDEX_SHA, len(keys), *keys, *args)
+        # by name, not pipe.evalsha(): a Cluster pipeline refuses the helper, not the command
+        pipe.execute_command("EVALSHA", _INDEX_SHA, len(keys), *keys, *args)
         await pipe.execute()
 
     async def purge(self, project_id: str | None = None, path_prefix: str | None = None) -> int:
@@ -203,7 +204,8 @@ class RedisBackend:
     async def _unlink(self, base: bytes, index: bytes, members: list[bytes]) -> int:
         pipe = self.redis.pipeline(transaction=False)
         for member in members:
-            pipe.unlink(base + member[1:].partition(b" ")[0])
+            # by name: a Cluster pipeline's unlink() is a coroutine of its own, never queued
+            pipe.execute_command("UNLINK", base + member[1:].partition(b" ")[0])
         pipe.zrem(index, *members)
         results = await pipe.execute()
         return sum(int(n) for m, n in zip(members, results, strict=False) if m[:1] == b"e")

@@ -67,7 +67,11 @@ def make_limiter(
         return LocalLimiter(config, store, stats=stats)
     if redis is None:
         raise ValueError("distributed rate limits need a Redis client")
-    keys = KeyLayout(settings.distributed_rate_limit_prefix, key_secret(settings))
+    keys = KeyLayout(
+        settings.distributed_rate_limit_prefix,
+        key_secret(settings),
+        spread=settings.redis.mode == "cluster",
+    )
     return RedisLimiter(
         config,
         store,

@@ -28,6 +28,7 @@ from proxy.limits.admission import (
 from proxy.limits.keys import KeyLayout
 from proxy.limits.local import Clock, LocalLimiter
 from proxy.limits.scripts import ADMIT, RENEW, UNDO, Script
+from proxy.limits.spread import merge, slot_groups, split_admit
 from proxy.redis_client import FastRedis
 from shared.errors import Unavailable
 from shared.store import SqlStore
@@ -120,7 +121,11 @@ class RedisLimiter:
             self._lease_ttl_ms,
         ]
         try:
-            reply = await self._eval(ADMIT, keys, args)
+            reply = (
+                await self._admit(keys, args)
+                if layout.spread
+                else await self._eval(ADMIT, keys, args)
+            )
         except REDIS_DOWN as exc:
             self._went_down(exc)
             return await self._fall_back(token, client_ip, cache_hit)
@@ -164,9 +169,30 @@ class RedisLimiter:
             reply = await self.redis.evalsha(script.sha, len(keys), *keys, *args)
         return cast(list[Any], reply)
 
+    async def _admit(self, keys: tuple[str, ...], args: list[Any]) -> list[int]:
+        """Redis Cluster: the edge and token parts in their own slots, sent together."""
+        calls = split_admit(keys, args)
+        replies = await asyncio.gather(
+            *(self._eval(ADMIT, k, a) for k, a in calls), return_exceptions=True
+        )
+        failure = next((r for r in replies if isinstance(r, BaseException)), None)
+        done = [i for i, r in enumerate(replies) if not isinstance(r, BaseException)]
+        if failure is not None:  # take back what the part that answered counted, if anything
+            await asyncio.gather(*(self._undo(calls[i][0], args[1]) for i in done))
+            raise failure
+        reply, undo = merge(cast(list[list[Any]], replies))
+        await asyncio.gather(*(self._undo(calls[i][0], args[1]) for i in undo))
+        return reply
+
     async def _undo(self, keys: tuple[str, ...], member: str) -> None:
         with contextlib.suppress(*REDIS_DOWN):  # if Redis is away, the entries age out
-            await self._eval(UNDO, keys, [member])
+            if not self.keys.spread:
+                await self._eval(UNDO, keys, [member])
+                return
+            groups = slot_groups(keys)
+            await asyncio.gather(
+                *(self._eval(UNDO, tuple(keys[i] for i in g), [member]) for g in groups.values())
+            )
 
     def _went_down(self, exc: BaseException) -> None:
         self._down_until = time.monotonic() + self.retry_after_failure
@@ -198,7 +224,15 @@ class RedisLimiter:
         members = list(self._leases)
         keys = tuple(self._leases[m] for m in members)
         now = int(self._clock() * 1000) if self._clock else 0
-        await self._eval(RENEW, keys, [now, self._lease_ttl_ms, *members])
+        if not self.keys.spread:
+            await self._eval(RENEW, keys, [now, self._lease_ttl_ms, *members])
+            return
+        for group in slot_groups(keys).values():  # one call per token's slot on a Cluster
+            await self._eval(
+                RENEW,
+                tuple(keys[i] for i in group),
+                [now, self._lease_ttl_ms, *(members[i] for i in group)],
+            )
 
     async def _renew_forever(self) -> None:
         while True:

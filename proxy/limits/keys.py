@@ -1,4 +1,5 @@
-"""The limiter's Redis key layout: one hash tag, token ids and IPs HMAC-hashed."""
+"""The limiter's Redis key layout: token ids and IPs HMAC-hashed; one hash tag on one server,
+each token's keys under its own tag on a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -28,11 +29,18 @@ def key_secret(settings: Settings) -> bytes:
 
 class KeyLayout:
     """``<prefix>{llm-proxy-limits}:<kind>[:<digest>]``. A Redis dump shows which kind of limit
-    a key is, never a token id or client address: those appear only as HMAC-SHA256 digests."""
+    a key is, never a token id or client address: those appear only as HMAC-SHA256 digests.
 
-    def __init__(self, prefix: str, secret: bytes) -> None:
+    With ``spread`` (Redis Cluster) a token's keys are ``<prefix>{llm-proxy-limits:<digest>}:t``
+    and ``...:c``: each token in its own slot, so token load spreads over the shards, while
+    the global and per-IP windows stay under the common tag (see proxy/limits/spread.py). One
+    server keeps the single-tag names, so upgrading in place keeps every window."""
+
+    def __init__(self, prefix: str, secret: bytes, *, spread: bool = False) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain braces (it would move the hash tag)")
+        self.prefix = prefix
+        self.spread = spread
         self.base = f"{prefix}{HASH_TAG}:"
         self.global_key = self.base + "g"
         self._secret = secret
@@ -50,6 +58,10 @@ class KeyLayout:
             if len(self._tokens) >= _CACHE_BOUND:
                 self._tokens.clear()
             d = self.digest("token:" + token_id)
+            if self.spread:
+                own = f"{self.prefix}{{{HASH_TAG[1:-1]}:{d}}}:"
+                keys = self._tokens[token_id] = (own + "t", own + "q", own + "c")
+                return keys
             keys = self._tokens[token_id] = (
                 f"{self.base}t:{d}",
                 f"{self.base}q:{d}",

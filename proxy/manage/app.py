@@ -66,6 +66,7 @@ def create_management_app(
             event_bus=settings.event_bus,
             redis=redis,
             stream_key=settings.redis_stream_key,
+            stream_shards=settings.redis_stream_shards,
         )
 
     # One route per path, so that a 405 (and OPTIONS) names every method the path takes.

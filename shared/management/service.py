@@ -39,7 +39,7 @@ from shared.management.views import (
     token_view,
 )
 from shared.store import AuditEvent, AuditFilter, Project, SqlStore, Token
-from shared.streams import EVENT_FIELD, stream_stats
+from shared.streams import EVENT_FIELD, shard_keys, shard_of, stream_stats
 from shared.tokens import display_prefix, generate_token, hash_token
 
 I = TypeVar("I")  # noqa: E741
@@ -106,6 +106,7 @@ class Management:
     event_bus: str = "in-memory"
     redis: aioredis.Redis | None = None
     stream_key: str = ""
+    stream_shards: int = 1  # REDIS_STREAM_SHARDS: shard 0 is ``stream_key`` itself
 
     async def call(self, op: Operation[I], inp: I) -> Any:
         """Run one operation of the table with its input."""
@@ -493,12 +494,24 @@ class Management:
             "event_bus": self.event_bus,
         }
         if self.event_bus == "redis-streams" and self.redis is not None:
-            stats = await stream_stats(self.redis, self.stream_key)
-            out["stream"] = {
-                "key": self.stream_key,
-                "length": stats.length,
-                "groups": [asdict(g) for g in stats.groups],
-            }
+            keys = shard_keys(self.stream_key, self.stream_shards)
+            every: list[View] = []
+            for key in keys:
+                stats = await stream_stats(self.redis, key)
+                every.append(
+                    {
+                        "key": key,
+                        "length": stats.length,
+                        "groups": [asdict(g) for g in stats.groups],
+                    }
+                )
+            out["stream"] = every[0]
+            if len(every) > 1:  # shard 0 as before, then each shard and the total
+                out["stream"] = {
+                    **every[0],
+                    "shards": every,
+                    "total_length": sum(int(e["length"]) for e in every),
+                }
         return out
 
     async def dead_letters(self, inp: i.DeadLetterQuery) -> View:
@@ -523,9 +536,11 @@ class Management:
                 ids=inp.ids or (), reason=inp.reason, limit=inp.limit
             )
             done: list[int] = []
+            keys = shard_keys(self.stream_key, self.stream_shards)
             for letter in letters:
                 assert letter.id is not None
-                await self.redis.xadd(self.stream_key, {EVENT_FIELD: letter.payload})
+                key = keys[shard_of(letter.event_id or "", self.stream_shards)]
+                await self.redis.xadd(key, {EVENT_FIELD: letter.payload})
                 async with self.store.transaction() as tx:
                     await self.store.mark_dead_letter_replayed(tx, letter.id)
                 done.append(letter.id)
