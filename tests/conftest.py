@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from shared.config import Settings, declared_fields
 from shared.crypto import Keyring, new_key
@@ -24,6 +26,13 @@ from tests.services import (
     drop_database,
     require,
 )
+
+# Property tests judge what a parser returns, never how fast: no per-example deadline (a loaded
+# machine stretches any one example) and no health check on slow data generation.
+hypothesis_settings.register_profile(
+    "llm-proxy", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("llm-proxy")
 
 TABLES = ("request_events", "audit_events", "dead_letters", "tokens", "projects", "changes")
 
