@@ -9,6 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from proxy.limits import TokenLimits
+from proxy.upstream.providers import Provider, provider_of
 from shared.crypto import Keyring
 from shared.errors import AuthError, Unavailable, UserError
 from shared.store import SqlStore, TokenAuth
@@ -30,6 +31,7 @@ class Credential:
     token_active: bool
     project_active: bool
     limits: TokenLimits
+    provider: Provider
 
     @classmethod
     def from_row(cls, row: TokenAuth, keyring: Keyring) -> Credential:
@@ -44,6 +46,7 @@ class Credential:
             token_active=token.is_active and token.revoked_at is None,
             project_active=project.is_active,
             limits=TokenLimits.of(token),
+            provider=provider_of(project.kind),
         )
 
     def refusal(self, now: float) -> str | None:

@@ -25,10 +25,11 @@ from proxy.profiling import Profiler, record_of
 from proxy.relay import Relay, send_served
 from proxy.routing import Router
 from proxy.upstream import Upstream
+from proxy.upstream.providers import error_body_for
 from proxy.usage import Usage, bills_tokens
 from shared.clock import new_id
 from shared.config import Settings
-from shared.errors import LLMProxyError, Overloaded, Unavailable, error_body
+from shared.errors import LLMProxyError, Overloaded, RouteNotFound, Unavailable
 from shared.events import ACCEPTED, EventBus, RequestEvent
 
 log = logging.getLogger("llm_proxy.proxy")
@@ -128,6 +129,10 @@ class ProxyHandler:
             ex.cred = cred = await self.auth.authenticate(
                 token_from_headers(authorization, api_key, repeated)
             )
+            if not cred.provider.serves(route.endpoint) or (
+                route.deployment and not cred.provider.maps_paths
+            ):
+                raise RouteNotFound(f"Unknown endpoint {scope['path']} for this project.")
             if marks is not None:
                 marks.append(("auth", time.perf_counter()))
             if self.reject_unrecorded:  # room for this request's events, before any spend
@@ -212,7 +217,9 @@ class ProxyHandler:
         except LLMProxyError as exc:
             ex.status = exc.status
             ex.error = exc.code
-            if not ex.response_started and not await self._send_error(send, exc, extra):
+            if not ex.response_started and not await self._send_error(
+                send, exc, extra, scope["path"]
+            ):
                 ex.error = "client_disconnected"
         except ClientGone:
             ex.error = "client_disconnected"
@@ -293,6 +300,10 @@ class ProxyHandler:
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.total_tokens,
             usage_source=usage.source,
+            cache_creation_tokens=usage.cache_creation_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            upstream=ex.upstream,
+            attempts=ex.attempts,
             cache_status=ex.cache_status,
             stream=ex.stream,
             error=ex.error,
@@ -311,10 +322,11 @@ class ProxyHandler:
             )
 
     async def _send_error(
-        self, send: Any, exc: LLMProxyError, extra: list[tuple[bytes, bytes]]
+        self, send: Any, exc: LLMProxyError, extra: list[tuple[bytes, bytes]], path: str
     ) -> bool:
-        """Answer with the error envelope; False if the client is already gone."""
-        body = orjson.dumps(error_body(exc))
+        """Answer with the error envelope of the API the client speaks; False if the client
+        is already gone."""
+        body = orjson.dumps(error_body_for(path, exc))
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

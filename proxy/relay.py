@@ -17,6 +17,7 @@ from proxy.cache import Fill, Served
 from proxy.exchange import Exchange
 from proxy.headers import response_headers, server_timing, upstream_headers
 from proxy.upstream import Response, Upstream, read_chunk
+from proxy.upstream.providers import ANTHROPIC, anthropic_error_body, azure_target
 from proxy.usage import (
     INCLUDE_USAGE_ENDPOINTS,
     JsonTap,
@@ -26,6 +27,7 @@ from proxy.usage import (
     estimate_completion_tokens,
     inject_include_usage,
 )
+from proxy.usage_anthropic import AnthropicSseUsage
 from proxy.usage_stream import SseUsage
 from shared.config import Settings
 from shared.errors import LLMProxyError, error_body
@@ -39,12 +41,17 @@ class Relay:
         self.chunk_size = settings.stream_response_chunk_size
         self.include_usage = settings.stream_include_usage
         self.forward_org = settings.forward_openai_org_headers
+        self.azure_api_version = settings.azure_openai_api_version
 
     async def forward(self, ex: Exchange, fill: Fill | None) -> None:
         route, cred, body = ex.route, ex.cred, ex.body
         assert route is not None and cred is not None
         query: bytes = ex.scope["query_string"]
-        target = route.rest.encode() + b"?" + query if query else route.rest.encode()
+        provider = cred.provider
+        if provider.maps_paths:
+            target = azure_target(route.rest, route.deployment, query, body, self.azure_api_version)
+        else:
+            target = route.rest.encode() + b"?" + query if query else route.rest.encode()
         inject = False
         if isinstance(body, bytes):
             ex.request_bytes = len(body)
@@ -57,7 +64,7 @@ class Relay:
                 if changed is not None:
                     body, inject = changed, True
         headers = upstream_headers(
-            ex.scope["headers"], cred.api_key, ex.request_id, forward_org=self.forward_org
+            ex.scope["headers"], provider, cred.api_key, ex.request_id, forward_org=self.forward_org
         )
         if fill is not None and fill.conditional_headers:
             for name in _CONDITIONALS:
@@ -67,6 +74,7 @@ class Relay:
         sent_at = time.perf_counter()
         watch = _Watch()
         watcher = asyncio.create_task(_watch_disconnect(ex.receive, watch, body))
+        ex.attempts = 1
         try:
             try:
                 response = await self.upstream.request(
@@ -119,7 +127,14 @@ class Relay:
         content_type = response.header(b"content-type") or b""
         is_sse = content_type.startswith(b"text/event-stream")
         ex.stream = is_sse
-        sse = SseUsage(strip=inject, max_write=self.chunk_size) if is_sse else None
+        sse: SseUsage | AnthropicSseUsage | None = None
+        if is_sse:
+            anthropic = ex.cred is not None and ex.cred.provider.kind == ANTHROPIC
+            sse = (
+                AnthropicSseUsage()
+                if anthropic
+                else SseUsage(strip=inject, max_write=self.chunk_size)
+            )
         tap = JsonTap() if not is_sse and b"json" in content_type else None
         keep_length = not (is_sse and inject)
         out_headers = response_headers(response.raw_headers, keep_length=keep_length)
@@ -150,7 +165,13 @@ class Relay:
                     if watch.gone:
                         raise ClientGone() from None
                     ex.error = exc.code
-                    if sse is not None:  # tell an SSE client in its own framing
+                    if isinstance(sse, AnthropicSseUsage):  # tell an SSE client in its framing
+                        chunk = b"event: error\ndata: " + orjson.dumps(anthropic_error_body(exc))
+                        chunk += b"\n\n"
+                        await send(
+                            {"type": "http.response.body", "body": chunk, "more_body": False}
+                        )
+                    elif sse is not None:
                         chunk = b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
                         await send(
                             {"type": "http.response.body", "body": chunk, "more_body": False}
@@ -199,7 +220,9 @@ class Relay:
             ex.usage = _usage(ex, sse, tap)
 
 
-def _usage(ex: Exchange, sse: SseUsage | None, tap: JsonTap | None) -> Usage | None:
+def _usage(
+    ex: Exchange, sse: SseUsage | AnthropicSseUsage | None, tap: JsonTap | None
+) -> Usage | None:
     """What the answer reported; for a usage endpoint's success that reported nothing (cut
     short, or an upstream that does not count), an estimate flagged as one — never a silent 0."""
     usage = sse.result() if sse is not None else tap.usage() if tap is not None else None

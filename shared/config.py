@@ -259,7 +259,7 @@ def var(env: str, default: Any, doc: str, parse: Parser, *, shown: str | None = 
 
 DEFAULT_ENDPOINTS = (
     "/v1/chat/completions,/v1/completions,/v1/embeddings,/v1/models,/v1/responses,"
-    "/v1/moderations,/v1/images,/v1/audio,/v1/files,/v1/batches"
+    "/v1/moderations,/v1/images,/v1/audio,/v1/files,/v1/batches,/v1/messages"
 )
 
 
@@ -427,6 +427,13 @@ class Settings:
         "Comma-separated HTTP methods forwarded; anything else is 405 (CORS preflight `OPTIONS` "
         "is answered by the proxy itself when CORS_ALLOWED_ORIGINS is set).",
         _methods,
+    )
+    azure_openai_api_version: str = var(
+        "AZURE_OPENAI_API_VERSION",
+        "2024-10-21",
+        "The `api-version` sent to `azure-openai` projects when the client names none "
+        "(docs/providers.md).",
+        str,
     )
     forward_openai_org_headers: bool = var(
         "FORWARD_OPENAI_ORG_HEADERS",

@@ -53,6 +53,11 @@ class RequestEvent:
     #: report with absurd figures bounded, 'estimated' our estimate (the upstream never said)
     usage_source: str = ""
     phase: str = FINAL
+    #: Anthropic's prompt-cache counts, both already part of prompt_tokens
+    cache_creation_tokens: int = 0
+    cache_read_tokens: int = 0
+    upstream: str = ""  # the upstream that served: its id, or '' for the project's own
+    attempts: int = 0  # upstream calls made for this request (0: none, e.g. a cache hit)
 
     def to_bytes(self) -> bytes:
         if self.phase == ACCEPTED:  # no usage or timings yet: the defaults need not travel

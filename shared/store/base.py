@@ -31,7 +31,7 @@ class Tx(Protocol):
 
 PROJECT_COLUMNS = (
     "id, name, base_url, api_key_enc, is_active, created_at, updated_at, request_count, "
-    "cache_hit_count, prompt_tokens, completion_tokens, last_used_at"
+    "cache_hit_count, prompt_tokens, completion_tokens, last_used_at, kind"
 )
 TOKEN_COLUMNS = (
     "id, token_hash, display_prefix, project_id, label, is_active, created_at, updated_at, "
@@ -41,13 +41,14 @@ TOKEN_COLUMNS = (
 EVENT_COLUMNS = (
     "event_id, request_id, ts, project_id, token_id, method, path, status, model, duration_ms, "
     "upstream_ms, ttfb_ms, request_bytes, response_bytes, prompt_tokens, completion_tokens, "
-    "total_tokens, cache_status, stream, error, client_ip, usage_source, phase"
+    "total_tokens, cache_status, stream, error, client_ip, usage_source, phase, "
+    "cache_creation_tokens, cache_read_tokens, upstream, attempts"
 )
 DEAD_LETTER_COLUMNS = (
     "id, stream_key, entry_id, event_id, reason, error, deliveries, consumer, payload, "
     "created_at, replayed_at"
 )
-PROJECT_UPDATABLE = frozenset({"name", "base_url", "api_key_enc", "is_active"})
+PROJECT_UPDATABLE = frozenset({"name", "base_url", "api_key_enc", "is_active", "kind"})
 TOKEN_UPDATABLE = frozenset(
     {"label", "is_active", "expires_at", "max_requests", "revoked_at", "rpm", "max_concurrency"}
 )
@@ -115,6 +116,10 @@ def event_params(event: RequestEvent) -> tuple[Any, ...]:
         event.client_ip,
         event.usage_source,
         event.phase,
+        event.cache_creation_tokens,
+        event.cache_read_tokens,
+        event.upstream,
+        event.attempts,
     )
 
 
@@ -288,7 +293,8 @@ class SqlStore(abc.ABC):
         async with self.transaction() as tx:
             row = await tx.fetchone(
                 f"INSERT INTO projects (id, name, base_url, api_key_enc, is_active, created_at, "
-                f"updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {PROJECT_COLUMNS}",
+                f"updated_at, kind) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                f"RETURNING {PROJECT_COLUMNS}",
                 (
                     project.id,
                     project.name,
@@ -297,6 +303,7 @@ class SqlStore(abc.ABC):
                     project.is_active,
                     project.created_at,
                     project.updated_at,
+                    project.kind,
                 ),
             )
         assert row is not None

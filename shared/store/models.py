@@ -21,6 +21,7 @@ class Project:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     last_used_at: datetime | None = None
+    kind: str = "openai"  # the provider kind (proxy/upstream/providers.py)
 
 
 @dataclass(frozen=True, slots=True)
