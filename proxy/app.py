@@ -91,7 +91,8 @@ class ProxyApp:
         elif (
             scope["type"] == "http"
             and self.handler is not None
-            and (scope["path"].startswith("/v1/"))
+            # the Azure-shaped path of AzureOpenAI clients goes the same way (proxy/routing.py)
+            and (scope["path"].startswith(("/v1/", "/openai/deployments/")))
         ):
             await self.handler(scope, receive, send)
         else:
