@@ -18,6 +18,7 @@ from proxy.batching import Batcher, plan_merge
 from proxy.body import ClientGone, read_body
 from proxy.cache import HttpCache
 from proxy.exchange import Exchange
+from proxy.failover import Failover
 from proxy.headers import Cors, request_id_from
 from proxy.limits import NO_LIMITS, Limiter, TrustedProxies, scope_client_ip
 from proxy.metrics import Metrics
@@ -25,6 +26,7 @@ from proxy.profiling import Profiler, record_of
 from proxy.relay import Relay, send_served
 from proxy.routing import Router
 from proxy.upstream import Upstream
+from proxy.upstream.breaker import Breakers, MemoryBreakers, breaker_policy
 from proxy.upstream.providers import error_body_for
 from proxy.usage import Usage, bills_tokens
 from shared.clock import new_id
@@ -49,12 +51,20 @@ class ProxyHandler:
         limiter: Limiter,
         cache: HttpCache | None = None,
         profiler: Profiler | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.settings = settings
         self.profiler = profiler
         self.router = Router(settings.allowed_endpoints, settings.allowed_methods)
         self.auth = auth
-        self.relay = Relay(settings, upstream)
+        failover = Failover(
+            upstream,
+            breakers or MemoryBreakers(breaker_policy(settings)),
+            metrics,
+            attempts=settings.upstream_attempts,
+            budget=settings.upstream_retry_budget,
+        )
+        self.relay = Relay(settings, upstream, failover)
         self.batcher = Batcher(settings, upstream) if settings.batching_enabled else None
         self.bus = bus
         self.metrics = metrics

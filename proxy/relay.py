@@ -15,9 +15,12 @@ import orjson
 from proxy.body import ClientGone, StreamedBody
 from proxy.cache import Fill, Served
 from proxy.exchange import Exchange
+from proxy.failover import AFFINITY_HEADER, Failover
 from proxy.headers import response_headers, server_timing, upstream_headers
+from proxy.routing import Route
 from proxy.upstream import Response, Upstream, read_chunk
-from proxy.upstream.providers import ANTHROPIC, anthropic_error_body, azure_target
+from proxy.upstream.failover import Target
+from proxy.upstream.providers import ANTHROPIC, Provider, anthropic_error_body, azure_target
 from proxy.usage import (
     INCLUDE_USAGE_ENDPOINTS,
     JsonTap,
@@ -36,8 +39,12 @@ _CONDITIONALS = frozenset({"if-none-match", "if-modified-since"})
 
 
 class Relay:
-    def __init__(self, settings: Settings, upstream: Upstream) -> None:
+    def __init__(
+        self, settings: Settings, upstream: Upstream, failover: Failover | None = None
+    ) -> None:
         self.upstream = upstream
+        self.failover = failover
+        self.affinity = settings.upstream_affinity
         self.chunk_size = settings.stream_response_chunk_size
         self.include_usage = settings.stream_include_usage
         self.forward_org = settings.forward_openai_org_headers
@@ -47,11 +54,6 @@ class Relay:
         route, cred, body = ex.route, ex.cred, ex.body
         assert route is not None and cred is not None
         query: bytes = ex.scope["query_string"]
-        provider = cred.provider
-        if provider.maps_paths:
-            target = azure_target(route.rest, route.deployment, query, body, self.azure_api_version)
-        else:
-            target = route.rest.encode() + b"?" + query if query else route.rest.encode()
         inject = False
         if isinstance(body, bytes):
             ex.request_bytes = len(body)
@@ -63,29 +65,42 @@ class Relay:
                 changed = inject_include_usage(body)
                 if changed is not None:
                     body, inject = changed, True
-        headers = upstream_headers(
-            ex.scope["headers"], provider, cred.api_key, ex.request_id, forward_org=self.forward_org
-        )
-        if fill is not None and fill.conditional_headers:
-            for name in _CONDITIONALS:
-                headers.pop(name, None)
-            for name_b, value_b in fill.conditional_headers:
-                headers[name_b.decode("latin-1")] = value_b.decode("latin-1")
+        conditional = fill.conditional_headers if fill is not None else None
+        upstreams = cred.upstreams
+        serving: Target | None = None
+        if not upstreams:  # the one-upstream path: the project's own base URL and key
+            provider = cred.provider
+            target = self._target(provider, route, query, body)
+            headers = self._headers(ex, provider, cred.api_key, conditional)
         sent_at = time.perf_counter()
         watch = _Watch()
         watcher = asyncio.create_task(_watch_disconnect(ex.receive, watch, body))
-        ex.attempts = 1
         try:
             try:
-                response = await self.upstream.request(
-                    ex.method,
-                    cred.base_url,
-                    target,
-                    headers,
-                    body,
-                    body.length if isinstance(body, StreamedBody) else None,
-                    ex.marks,
-                )
+                if not upstreams:
+                    ex.attempts = 1
+                    response = await self.upstream.request(
+                        ex.method,
+                        cred.base_url,
+                        target,
+                        headers,
+                        body,
+                        body.length if isinstance(body, StreamedBody) else None,
+                        ex.marks,
+                    )
+                else:
+                    assert self.failover is not None
+
+                    def call(t: Target) -> tuple[bytes, dict[str, str]]:
+                        return (
+                            self._target(t.provider, route, query, body),
+                            self._headers(ex, t.provider, t.api_key, conditional),
+                        )
+
+                    response, serving = await self.failover.request(
+                        ex, upstreams, self._affinity_key(ex), call, body
+                    )
+                    provider = serving.provider
             except LLMProxyError:
                 if isinstance(body, StreamedBody) and body.error is not None:
                     raise body.error from None  # our side failed, not the upstream
@@ -101,7 +116,9 @@ class Relay:
                     ex.upstream_ms = (time.perf_counter() - sent_at) * 1000
                     await send_served(ex, served, fill.status)
                     return
-                await self._relay(ex, response, sent_at, inject, fill, watch, watcher)
+                await self._relay(
+                    ex, response, sent_at, inject, fill, watch, watcher, provider, serving
+                )
             finally:
                 response.release()
         except asyncio.CancelledError:
@@ -112,6 +129,40 @@ class Relay:
         finally:
             watcher.cancel()
 
+    def _target(self, provider: Provider, route: Route, query: bytes, body: object) -> bytes:
+        """The path and query below the upstream's base URL."""
+        if provider.maps_paths:
+            return azure_target(route.rest, route.deployment, query, body, self.azure_api_version)
+        return route.rest.encode() + b"?" + query if query else route.rest.encode()
+
+    def _headers(
+        self,
+        ex: Exchange,
+        provider: Provider,
+        api_key: str,
+        conditional: tuple[tuple[bytes, bytes], ...] | None,
+    ) -> dict[str, str]:
+        headers = upstream_headers(
+            ex.scope["headers"], provider, api_key, ex.request_id, forward_org=self.forward_org
+        )
+        if conditional:
+            for name in _CONDITIONALS:
+                headers.pop(name, None)
+            for name_b, value_b in conditional:
+                headers[name_b.decode("latin-1")] = value_b.decode("latin-1")
+        return headers
+
+    def _affinity_key(self, ex: Exchange) -> str | None:
+        """What keeps one conversation on one upstream (UPSTREAM_AFFINITY), or None."""
+        if self.affinity == "token":
+            return ex.cred.token_id if ex.cred is not None else None
+        if self.affinity == "header":
+            for name, value in ex.scope["headers"]:
+                if name == AFFINITY_HEADER:
+                    key: bytes = value
+                    return key.decode("latin-1")
+        return None
+
     async def _relay(
         self,
         ex: Exchange,
@@ -121,6 +172,8 @@ class Relay:
         fill: Fill | None,
         watch: _Watch,
         watcher: asyncio.Task[None],
+        provider: Provider,
+        serving: Target | None,
     ) -> None:
         headers_at = time.perf_counter()
         ex.status = response.status
@@ -129,7 +182,7 @@ class Relay:
         ex.stream = is_sse
         sse: SseUsage | AnthropicSseUsage | None = None
         if is_sse:
-            anthropic = ex.cred is not None and ex.cred.provider.kind == ANTHROPIC
+            anthropic = provider.kind == ANTHROPIC
             sse = (
                 AnthropicSseUsage()
                 if anthropic
@@ -165,6 +218,8 @@ class Relay:
                     if watch.gone:
                         raise ClientGone() from None
                     ex.error = exc.code
+                    if serving is not None and self.failover is not None:
+                        await self.failover.failed_mid_stream(serving)
                     if isinstance(sse, AnthropicSseUsage):  # tell an SSE client in its framing
                         chunk = b"event: error\ndata: " + orjson.dumps(anthropic_error_body(exc))
                         chunk += b"\n\n"

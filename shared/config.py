@@ -554,6 +554,51 @@ class Settings:
         _duration(),
         shown="`900s`",
     )
+    upstream_attempts: int = var(
+        "UPSTREAM_ATTEMPTS",
+        3,
+        "Most upstream calls for one request of a project with several upstreams, retries and "
+        "fallbacks included; only made while nothing has reached the client "
+        "(docs/providers.md).",
+        _int(1),
+    )
+    upstream_retry_budget: float = var(
+        "UPSTREAM_RETRY_BUDGET",
+        30.0,
+        "No further upstream is tried once a request has spent this long on failed attempts.",
+        _duration(),
+        shown="`30s`",
+    )
+    breaker_failures: int = var(
+        "BREAKER_FAILURES",
+        5,
+        "Failures (connect errors, timeouts, 429/5xx) within BREAKER_WINDOW that open an "
+        "upstream's circuit breaker.",
+        _int(1),
+    )
+    breaker_window: float = var(
+        "BREAKER_WINDOW",
+        30.0,
+        "The window BREAKER_FAILURES are counted in.",
+        _duration(),
+        shown="`30s`",
+    )
+    breaker_cooldown: float = var(
+        "BREAKER_COOLDOWN",
+        30.0,
+        "How long an open breaker keeps its upstream out before one probe request (half-open); "
+        "a longer Retry-After from the upstream wins.",
+        _duration(),
+        shown="`30s`",
+    )
+    upstream_affinity: str = var(
+        "UPSTREAM_AFFINITY",
+        "off",
+        "Which upstream of a project serves a request: `off` (by weight, at random), `token` "
+        "(the same client token keeps the same upstream) or `header` (the same "
+        "`X-Affinity-Key` value does), so one conversation keeps an upstream's prompt cache.",
+        _choice("off", "token", "header"),
+    )
     pool_min_connections: int = var(
         "POOL_MIN_CONNECTIONS",
         2,

@@ -15,6 +15,7 @@ from shared.errors import REJECTION_CODES
 from shared.events import ACCEPTED, FINAL, RequestEvent
 from shared.store.migrations import load
 from shared.store.models import AuditEvent, AuditFilter, DeadLetter, Project, Token
+from shared.store.upstreams import UpstreamRow, of_project
 
 Row = dict[str, Any]
 
@@ -60,6 +61,7 @@ class TokenAuth:
 
     token: Token
     project: Project
+    upstreams: tuple[UpstreamRow, ...] = ()  # none: the project's own base URL and key
 
 
 @dataclass(slots=True)
@@ -407,11 +409,12 @@ class SqlStore(abc.ABC):
                 "WHERE t.token_hash = %s",
                 (token_hash,),
             )
-        if row is None:
-            return None
+            if row is None:
+                return None
+            upstreams = await of_project(tx, row["p_id"])
         token = token_from_row({k[2:]: v for k, v in row.items() if k.startswith("t_")})
         project = project_from_row({k[2:]: v for k, v in row.items() if k.startswith("p_")})
-        return TokenAuth(token, project)
+        return TokenAuth(token, project, upstreams)
 
     async def list_tokens(self, project_id: str | None = None) -> list[Token]:
         if project_id is not None and not self.valid_id(project_id):
