@@ -3,6 +3,7 @@ answer in each provider's own shapes (Anthropic's SSE event types, Azure's deplo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -14,7 +15,7 @@ import uvicorn
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.services import free_port
@@ -235,3 +236,66 @@ class AzureFake(Served):
                 Route("/{rest:path}", self.other, methods=["GET", "POST"]),
             ]
         )
+
+
+CHAT_REPLY = {
+    "id": "chatcmpl-x",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "gpt-fake",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+}
+
+
+@dataclass
+class FailingUpstream(Served):
+    """An OpenAI-style upstream that fails the way ``mode`` says: ``ok``, ``429`` (with
+    Retry-After), ``500`` (before any body byte), ``midstream`` (a 200 stream cut after its
+    first event), ``hang`` (never answers), ``drip`` (a 200 stream sent slowly, whole)."""
+
+    name: str = ""
+    mode: str = "ok"
+    retry_after: str = "120"
+    release: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def base_url(self) -> str:
+        return self.origin + "/v1"
+
+    async def chat(self, request: Request) -> Response:
+        seen = await self.record(request)
+        mode = self.mode
+        if mode == "429":
+            return JSONResponse(
+                {"error": {"message": "slow down", "type": "rate_limit", "code": "x"}},
+                status_code=429,
+                headers={"retry-after": self.retry_after},
+            )
+        if mode == "500":
+            return JSONResponse({"error": {"message": "boom", "type": "x", "code": "x"}}, 500)
+        if mode == "hang":
+            while not self.release.is_set():
+                await asyncio.sleep(0.05)
+            return JSONResponse(CHAT_REPLY)
+        if mode in ("midstream", "drip"):
+            stream = json.loads(seen.body).get("stream")
+            assert stream, "stream modes answer streaming requests"
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for i in range(4):
+                    chunk = {**CHAT_REPLY, "object": "chat.completion.chunk", "usage": None}
+                    chunk["choices"] = [{"index": 0, "delta": {"content": f"w{i}"}}]
+                    yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                    if mode == "midstream":
+                        raise RuntimeError("the upstream died mid-stream")
+                    await asyncio.sleep(0.3)
+                yield b"data: [DONE]\n\n"
+
+            return StreamingResponse(chunks(), media_type="text/event-stream")
+        return JSONResponse({**CHAT_REPLY, "model": self.name})
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])

@@ -7,8 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared.clock import new_id, utcnow
 from shared.config import Settings
+from shared.crypto import load_keyring
 from shared.store import make_store
+from shared.store.upstreams import UpstreamRow, create_upstream
 from tests.proxy_process import Provisioned, provision, run_async
 
 
@@ -72,3 +75,48 @@ def event_count(env: dict[str, str], cwd: Path, project_id: str) -> int:
         )
     )
     return len(rows)
+
+
+def add_upstream(
+    env: dict[str, str],
+    cwd: Path,
+    project_id: str,
+    base_url: str,
+    *,
+    api_key: str,
+    priority: int = 0,
+    weight: int = 1,
+    kind: str = "openai",
+) -> str:
+    """An upstream row for ``project_id`` (its key encrypted as the management layer does);
+    its id."""
+
+    async def go() -> str:
+        here = os.getcwd()
+        os.chdir(cwd)
+        try:
+            settings = Settings.from_env(env)
+            store = make_store(settings)
+            await store.open()
+            try:
+                now = utcnow()
+                row = UpstreamRow(
+                    new_id(),
+                    project_id,
+                    kind,
+                    base_url,
+                    load_keyring(settings).encrypt(api_key),
+                    weight,
+                    priority,
+                    True,
+                    now,
+                    now,
+                )
+                return (await create_upstream(store, row)).id
+            finally:
+                await store.close()
+        finally:
+            os.chdir(here)
+
+    result: str = run_async(go())
+    return result
