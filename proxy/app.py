@@ -29,6 +29,8 @@ from proxy.metrics import Metrics, multiprocess_dir, render
 from proxy.profiling import Profiler
 from proxy.redis_client import FastRedis
 from proxy.upstream import Upstream
+from proxy.upstream.breaker import breaker_policy
+from proxy.upstream.breaker_redis import RedisBreakers
 from shared.config import Settings
 from shared.crypto import Keyring, load_keyring
 from shared.errors import ConfigError, LLMProxyError, RouteNotFound, Unavailable, error_body
@@ -172,6 +174,11 @@ class ProxyApp:
             limiter=limiter,
             cache=http_cache,
             profiler=profiler,
+            breakers=(
+                RedisBreakers(redis, breaker_policy(settings), prefix=settings.breaker_key_prefix)
+                if redis is not None
+                else None
+            ),
         )
         self.manage_app = create_management_app(
             settings,

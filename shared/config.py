@@ -591,6 +591,13 @@ class Settings:
         _duration(),
         shown="`30s`",
     )
+    breaker_key_prefix: str = var(
+        "BREAKER_KEY_PREFIX",
+        "llm-proxy:breaker:",
+        "Prefix of the Redis keys holding upstream circuit-breaker state (shared by every worker "
+        "and instance when Redis is in use; without Redis each worker keeps its own).",
+        _key_prefix,
+    )
     upstream_affinity: str = var(
         "UPSTREAM_AFFINITY",
         "off",
