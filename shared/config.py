@@ -13,6 +13,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from shared.errors import ConfigError
+from shared.parsing import boolean, integer
 from shared.profiles import PROFILE_ENV, profile_names, profiles_table, resolve, seed_table
 from shared.redis_settings import RedisSettings
 from shared.secret import Secret
@@ -53,26 +54,8 @@ def parse_duration(text: str, *, bare_unit: str = "s") -> float:
 Parser = Callable[[str], Any]
 
 
-def _int(minimum: int = 0) -> Parser:
-    def parse(text: str) -> int:
-        try:
-            value = int(text.strip())
-        except ValueError:
-            raise ValueError(f"an integer >= {minimum}") from None
-        if value < minimum:
-            raise ValueError(f"an integer >= {minimum}")
-        return value
-
-    return parse
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("true or false")
+_int = integer
+_bool = boolean
 
 
 def _str(text: str) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from shared.errors import ConfigError
+from shared.parsing import boolean, integer
 
 PROFILE_ENV = "LLM_PROXY_PROFILE"
 
@@ -78,23 +79,8 @@ PROFILES: dict[str, dict[str, str]] = {
 }
 
 
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("true or false")
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError("an integer >= 0") from None
-    if value < 0:
-        raise ValueError("an integer >= 0")
-    return value
+_flag = boolean
+_count = integer(0)
 
 
 @dataclass(frozen=True, slots=True)
