@@ -186,6 +186,7 @@ class ProxyApp:
             keyring,
             self.resources.notifier,
             cache=_shared_cache(http_cache),
+            redis=redis,
             profiler=profiler,
         )
         if settings.pool_warm:

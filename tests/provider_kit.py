@@ -11,7 +11,7 @@ from shared.clock import new_id, utcnow
 from shared.config import Settings
 from shared.crypto import load_keyring
 from shared.store import make_store
-from shared.store.upstreams import UpstreamRow, create_upstream
+from shared.store.models import UpstreamRow
 from tests.proxy_process import Provisioned, provision, run_async
 
 
@@ -112,7 +112,7 @@ def add_upstream(
                     now,
                     now,
                 )
-                return (await create_upstream(store, row)).id
+                return (await store.create_upstream(row)).id
             finally:
                 await store.close()
         finally:

@@ -25,6 +25,22 @@ class Project:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamRow:
+    """One of a project's several upstreams (docs/providers.md); the key encrypted."""
+
+    id: str
+    project_id: str
+    kind: str
+    base_url: str
+    api_key_enc: str
+    weight: int
+    priority: int
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Token:
     id: str
     token_hash: str
