@@ -20,7 +20,7 @@ from proxy.headers import response_headers, server_timing, upstream_headers
 from proxy.routing import Route
 from proxy.upstream import Response, Upstream, read_chunk
 from proxy.upstream.failover import Target
-from proxy.upstream.providers import ANTHROPIC, Provider, anthropic_error_body, azure_target
+from proxy.upstream.providers import Provider, anthropic_error_body, azure_target
 from proxy.usage import (
     INCLUDE_USAGE_ENDPOINTS,
     JsonTap,
@@ -34,6 +34,7 @@ from proxy.usage_anthropic import AnthropicSseUsage
 from proxy.usage_stream import SseUsage
 from shared.config import Settings
 from shared.errors import LLMProxyError, error_body
+from shared.kinds import ANTHROPIC
 
 _CONDITIONALS = frozenset({"if-none-match", "if-modified-since"})
 

@@ -14,13 +14,13 @@ from proxy.routing import Router
 from proxy.upstream.providers import (
     PROVIDERS,
     azure_target,
-    check_kind,
     error_body_for,
     provider_of,
 )
 from proxy.usage_anthropic import AnthropicSseUsage
 from shared.config import DEFAULT_ENDPOINTS
 from shared.errors import AuthError, Overloaded, RateLimited, RouteNotFound, UserError
+from shared.kinds import KINDS
 from tests.provider_fakes import USAGE, stream_events
 
 CLIENT = [
@@ -59,10 +59,8 @@ def test_anthropic_gets_a_default_version_only_when_the_client_sends_none() -> N
     assert out["anthropic-version"] == "2024-01-01"
 
 
-def test_kinds_are_checked_and_an_unknown_stored_kind_reads_as_openai() -> None:
-    assert check_kind(" Anthropic ") == "anthropic"
-    with pytest.raises(UserError, match="azure-openai"):
-        check_kind("azure")
+def test_every_kind_has_a_provider_and_an_unknown_stored_kind_reads_as_openai() -> None:
+    assert set(PROVIDERS) == set(KINDS)
     assert provider_of("from-the-future").kind == "openai"
 
 

@@ -10,14 +10,7 @@ from typing import Any
 import orjson
 
 from shared.errors import LLMProxyError, Overloaded, UserError, error_body
-
-OPENAI, ANTHROPIC, AZURE_OPENAI, OPENAI_COMPATIBLE = (
-    "openai",
-    "anthropic",
-    "azure-openai",
-    "openai-compatible",
-)
-KINDS = (OPENAI, ANTHROPIC, AZURE_OPENAI, OPENAI_COMPATIBLE)
+from shared.kinds import ANTHROPIC, AZURE_OPENAI, OPENAI, OPENAI_COMPATIBLE
 
 #: Anthropic's API version when the client names none (the one every SDK release still sends).
 ANTHROPIC_VERSION = "2023-06-01"
@@ -64,14 +57,6 @@ PROVIDERS: dict[str, Provider] = {
 def provider_of(kind: str) -> Provider:
     """The provider of a stored kind; an unknown one (a newer release's) reads as OpenAI."""
     return PROVIDERS.get(kind) or PROVIDERS[OPENAI]
-
-
-def check_kind(kind: str) -> str:
-    """A kind as given by an operator, or UserError naming the ones there are."""
-    clean = kind.strip().lower()
-    if clean not in PROVIDERS:
-        raise UserError(f"unknown provider kind {kind!r}: use one of {', '.join(KINDS)}")
-    return clean
 
 
 def azure_target(rest: str, deployment: str, query: bytes, body: Any, api_version: str) -> bytes:
