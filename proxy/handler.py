@@ -200,6 +200,8 @@ class ProxyHandler:
             if (
                 self.batcher is not None
                 and route.endpoint == BATCHED_ENDPOINT
+                and not cred.upstreams  # the batcher calls the project's own upstream
+                and not cred.provider.maps_paths
                 and (plan is None or not plan.cacheable)
                 and self.batcher.has_room()
             ):

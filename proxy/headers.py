@@ -125,7 +125,8 @@ class Cors:
         b"openai-organization, openai-project, idempotency-key, x-request-id, cache-control, "
         b"x-proxy-cache-ttl, x-stainless-arch, x-stainless-lang, x-stainless-os, "
         b"x-stainless-package-version, x-stainless-runtime, x-stainless-runtime-version, "
-        b"x-stainless-retry-count, x-stainless-timeout"
+        b"x-stainless-retry-count, x-stainless-timeout, anthropic-version, anthropic-beta, "
+        b"anthropic-dangerous-direct-browser-access, x-affinity-key"
     )
 
     def __init__(self, origins: tuple[str, ...], methods: tuple[str, ...]) -> None:

@@ -143,7 +143,7 @@ def stream_events(model: str) -> list[tuple[str, dict[str, Any]]]:
 class AnthropicFake(Served):
     """``POST /v1/messages`` (JSON, or SSE with ``"stream": true``), ``POST
     /v1/messages/count_tokens``, ``GET /v1/models``; a model ``fail-<status>`` answers that
-    status in Anthropic's error envelope."""
+    status in Anthropic's error envelope, a streamed model ``cut`` breaks after one delta."""
 
     @property
     def base_url(self) -> str:
@@ -162,6 +162,8 @@ class AnthropicFake(Served):
             async def events() -> AsyncIterator[dict[str, str]]:
                 for name, data in stream_events(model):
                     yield {"event": name, "data": json.dumps(data)}
+                    if model == "cut" and name == "content_block_delta":
+                        raise RuntimeError("the upstream died mid-stream")
 
             return EventSourceResponse(events(), ping=3600)
         return JSONResponse(message(model), headers={"request-id": "req_fake"})

@@ -163,6 +163,27 @@ def test_an_upstream_error_reaches_the_sdk_as_anthropic_sent_it(setup: Setup) ->
     }
 
 
+def test_a_stream_cut_mid_way_ends_with_an_anthropic_error_event(setup: Setup) -> None:
+    request_id = rid()
+    received: list[str] = []
+    with (
+        pytest.raises(anthropic.APIStatusError) as caught,
+        setup.client().messages.stream(
+            model="cut",
+            max_tokens=8,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            extra_headers={"x-request-id": request_id},
+        ) as stream,
+    ):
+        received.extend(stream.text_stream)
+    assert received == [WORDS[0]]  # what came before the break reached the client
+    body = caught.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "api_error"
+    row = event_row(setup.env, setup.cwd, request_id)
+    assert row["error"] and row["stream"]
+
+
 def test_messages_belong_to_anthropic_projects_and_chat_to_the_others(setup: Setup) -> None:
     before = len(setup.fake.requests)
     wrong = httpx.post(
