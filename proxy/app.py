@@ -286,10 +286,13 @@ def _shared_cache(cache: HttpCache | None) -> CacheBackend | None:
 async def _warm(store: SqlStore, upstream: Upstream) -> None:
     try:
         projects = [p for p in await store.list_projects() if p.is_active]
+        urls = [p.base_url for p in projects]
+        for project in projects:  # a project's several upstreams, if it has them
+            urls += [u.base_url for u in await store.list_upstreams(project.id) if u.enabled]
     except Exception as exc:
         log.warning("could not list projects to warm the pool: %s", exc)
         return
-    await upstream.warm([p.base_url for p in projects])
+    await upstream.warm(urls)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -63,29 +63,36 @@ class Failover:
         held: tuple[Response, Target] | None = None
         error: LLMProxyError | None = None
         skipped: list[Target] = []
-        for target in order:
-            if ex.attempts >= self.max_attempts or (
-                ex.attempts and time.monotonic() - started >= self.budget
-            ):
-                break
-            if not await self.breakers.allow(target.id, time.time()):
-                skipped.append(target)
-                continue
+        try:
+            for target in order:
+                if ex.attempts >= self.max_attempts or (
+                    ex.attempts and time.monotonic() - started >= self.budget
+                ):
+                    break
+                if not await self.breakers.allow(target.id, time.time()):
+                    skipped.append(target)
+                    continue
+                if held is not None:
+                    # another upstream answers instead; nobody reads this one (closed before the
+                    # next call, so a cancelled call leaves nothing open)
+                    held[0].close()
+                    held = None
+                outcome = await self._attempt(ex, target, call, body)
+                if isinstance(outcome, LLMProxyError):
+                    error = outcome
+                elif outcome.status in RETRYABLE_STATUSES:
+                    held = (outcome, target)
+                    retry_after = retry_after_seconds(outcome.header(b"retry-after"))
+                    await self._failed(target, "status", retry_after)
+                else:
+                    await self._succeeded(target)
+                    return outcome, target
+                if not replayable:
+                    break
+        except BaseException:  # cancelled (the client left) while an answer is held
             if held is not None:
-                held[0].close()  # another upstream answers instead; nobody reads this one
-                held = None
-            outcome = await self._attempt(ex, target, call, body)
-            if isinstance(outcome, LLMProxyError):
-                error = outcome
-            elif replayable and outcome.status in RETRYABLE_STATUSES:
-                held = (outcome, target)
-                retry_after = retry_after_seconds(outcome.header(b"retry-after"))
-                await self._failed(target, "status", retry_after)
-            else:
-                await self._succeeded(target)
-                return outcome, target
-            if not replayable:
-                break
+                held[0].close()
+            raise
         if held is not None:
             return held
         if ex.attempts == 0 and skipped:
