@@ -299,5 +299,16 @@ class FailingUpstream(Served):
             return StreamingResponse(chunks(), media_type="text/event-stream")
         return JSONResponse({**CHAT_REPLY, "model": self.name})
 
+    async def files(self, request: Request) -> Response:
+        seen = await self.record(request)
+        if self.mode == "500":
+            return JSONResponse({"error": {"message": "boom", "type": "x", "code": "x"}}, 500)
+        return JSONResponse({"id": "file-1", "bytes": len(seen.body), "from": self.name})
+
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/files", self.files, methods=["POST"]),
+            ]
+        )

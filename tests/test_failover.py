@@ -158,6 +158,26 @@ def test_a_stream_cut_mid_way_is_never_retried(world: Env, pair: Callable[[str],
     assert event_count(world.env, world.cwd, p.creds.project_id) == 1
 
 
+def test_a_body_still_streaming_in_gets_one_attempt(
+    world: Env, pair: Callable[[str], Pair]
+) -> None:
+    p = pair("500")
+
+    def upload() -> Iterator[bytes]:  # chunked, larger than the proxy buffers: it streams
+        for _ in range(24):
+            yield b"x" * 65536
+
+    response = httpx.post(
+        world.proxy.url + "/v1/files",
+        content=upload(),
+        headers={"authorization": f"Bearer {p.creds.token}"},
+        timeout=60,
+    )
+    assert response.status_code == 500  # the upstream's answer, as it was: nothing replayed
+    assert len(p.primary.requests) == 1 and len(p.primary.requests[0].body) == 24 * 65536
+    assert p.secondary.requests == []
+
+
 def test_a_slow_drip_is_relayed_whole_from_the_first(
     world: Env, pair: Callable[[str], Pair]
 ) -> None:
