@@ -28,6 +28,7 @@ manage = typer.Typer(
 )
 GROUPS = {
     "project": projects.app,
+    "project upstream": projects.upstream_app,
     "token": tokens.app,
     "keys": keys.app,
     "audit": audit.app,
@@ -38,7 +39,8 @@ add_commands(
     GROUPS, {**projects.SHOWN, **tokens.SHOWN, **audit.SHOWN, **cache.SHOWN, **events.SHOWN}
 )
 for group, sub in GROUPS.items():
-    manage.add_typer(sub, name=group)
+    if " " not in group:  # subgroups hang from their group
+        manage.add_typer(sub, name=group)
 app.add_typer(manage, name="manage")
 app.add_typer(config.app, name="config")
 app.command("dispatcher")(pipeline.dispatcher)

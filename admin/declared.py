@@ -92,7 +92,7 @@ def add_commands(groups: dict[str, typer.Typer], shown: dict[str, Shown]) -> Non
     """One command per declared operation, in its group (``shown`` is keyed "group command")."""
     for op in OPERATIONS:
         if op.command:
-            group, name = op.command.split()
+            group, _, name = op.command.rpartition(" ")  # "project upstream add": a subgroup
             command(groups[group], name, op, shown.get(op.command, Shown()))
 
 

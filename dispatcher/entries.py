@@ -15,13 +15,15 @@ MAX_ENTRY_BYTES = 64 * 1024
 
 _INT4 = (-(2**31), 2**31 - 1)
 _INT8 = (-(2**63), 2**63 - 1)
-_INT4_FIELDS = ("status",)
+_INT4_FIELDS = ("status", "attempts")
 _INT8_FIELDS = (
     "request_bytes",
     "response_bytes",
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
 )
 _FLOAT_FIELDS = ("duration_ms", "upstream_ms", "ttfb_ms")
 _TEXT_FIELDS = (
@@ -38,6 +40,7 @@ _TEXT_FIELDS = (
     "usage_source",
     "trace_id",
     "span_id",
+    "upstream",
 )
 _MAX_TS = 2.0**33  # the year 2242: later is a unit mistake, and beyond Postgres's range soon
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

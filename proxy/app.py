@@ -30,6 +30,8 @@ from proxy.metrics import Metrics, multiprocess_dir, render
 from proxy.profiling import Profiler
 from proxy.redis_client import FastRedis
 from proxy.upstream import Upstream
+from proxy.upstream.breaker import breaker_policy
+from proxy.upstream.breaker_redis import RedisBreakers
 from shared.config import Settings
 from shared.crypto import Keyring, load_keyring
 from shared.errors import ConfigError, LLMProxyError, RouteNotFound, Unavailable, error_body
@@ -100,7 +102,8 @@ class ProxyApp:
         elif (
             scope["type"] == "http"
             and self.handler is not None
-            and (scope["path"].startswith("/v1/"))
+            # the Azure-shaped path of AzureOpenAI clients goes the same way (proxy/routing.py)
+            and (scope["path"].startswith(("/v1/", "/openai/deployments/")))
         ):
             await self.handler(scope, receive, send)
         else:
@@ -182,6 +185,11 @@ class ProxyApp:
             cache=http_cache,
             tracing=tracing,
             profiler=profiler,
+            breakers=(
+                RedisBreakers(redis, breaker_policy(settings), prefix=settings.breaker_key_prefix)
+                if redis is not None
+                else None
+            ),
         )
         self.manage_app = create_management_app(
             settings,
@@ -329,10 +337,13 @@ def _shared_cache(cache: HttpCache | None) -> CacheBackend | None:
 async def _warm(store: SqlStore, upstream: Upstream) -> None:
     try:
         projects = [p for p in await store.list_projects() if p.is_active]
+        urls = [p.base_url for p in projects]
+        for project in projects:  # a project's several upstreams, if it has them
+            urls += [u.base_url for u in await store.list_upstreams(project.id) if u.enabled]
     except Exception as exc:
         log.warning("could not list projects to warm the pool: %s", exc)
         return
-    await upstream.warm([p.base_url for p in projects])
+    await upstream.warm(urls)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -9,6 +9,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from proxy.limits import TokenLimits
+from proxy.upstream.failover import Target
+from proxy.upstream.providers import Provider, provider_of
 from shared.crypto import Keyring
 from shared.errors import AuthError, Unavailable, UserError
 from shared.store import SqlStore, TokenAuth
@@ -30,6 +32,10 @@ class Credential:
     token_active: bool
     project_active: bool
     limits: TokenLimits
+    provider: Provider
+    #: the project's enabled upstreams when it has several (docs/providers.md); empty: its
+    #: own base URL and key, the one-upstream path
+    upstreams: tuple[Target, ...] = ()
 
     @classmethod
     def from_row(cls, row: TokenAuth, keyring: Keyring) -> Credential:
@@ -44,6 +50,19 @@ class Credential:
             token_active=token.is_active and token.revoked_at is None,
             project_active=project.is_active,
             limits=TokenLimits.of(token),
+            provider=provider_of(project.kind),
+            upstreams=tuple(
+                Target(
+                    u.id,
+                    provider_of(u.kind),
+                    u.base_url,
+                    keyring.decrypt(u.api_key_enc),
+                    u.weight,
+                    u.priority,
+                )
+                for u in row.upstreams
+                if u.enabled
+            ),
         )
 
     def refusal(self, now: float) -> str | None:

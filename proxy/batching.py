@@ -234,7 +234,11 @@ class Batcher:
             merged = [item for m in members for item in m.items]
             body = orjson.dumps({**batch.params, "input": merged})
         headers = upstream_headers(
-            first.scope["headers"], cred.api_key, first.request_id, forward_org=self.forward_org
+            first.scope["headers"],
+            cred.provider,
+            cred.api_key,
+            first.request_id,
+            forward_org=self.forward_org,
         )
         started = time.perf_counter()
         response = await self.upstream.request(

@@ -40,6 +40,8 @@ class Exchange:
     error: str = ""
     cache_status: str = ""
     usage: Usage | None = None
+    upstream: str = ""  # the upstream that served (its id; '' for the project's own)
+    attempts: int = 0  # upstream calls made
     response_started: bool = field(default=False)
     event_id: str = ""  # set when the accepted record is published; the final reuses it
     marks: list[tuple[str, float]] | None = None  # phase ends, with PROFILING_ENABLED

@@ -18,6 +18,7 @@ from proxy.batching import Batcher, plan_merge
 from proxy.body import ClientGone, read_body
 from proxy.cache import HttpCache
 from proxy.exchange import Exchange
+from proxy.failover import Failover
 from proxy.headers import Cors, request_id_from
 from proxy.limits import NO_LIMITS, Limiter, TrustedProxies, scope_client_ip
 from proxy.metrics import Metrics
@@ -25,10 +26,12 @@ from proxy.profiling import Profiler, record_of
 from proxy.relay import Relay, send_served
 from proxy.routing import Router
 from proxy.upstream import Upstream
+from proxy.upstream.breaker import Breakers, MemoryBreakers, breaker_policy
+from proxy.upstream.providers import error_body_for
 from proxy.usage import Usage, bills_tokens
 from shared.clock import new_id
 from shared.config import Settings
-from shared.errors import LLMProxyError, Overloaded, Unavailable, error_body
+from shared.errors import LLMProxyError, Overloaded, RouteNotFound, Unavailable
 from shared.events import ACCEPTED, EventBus, RequestEvent
 
 if TYPE_CHECKING:  # OpenTelemetry is an optional extra: imported only when tracing is on
@@ -52,12 +55,20 @@ class ProxyHandler:
         cache: HttpCache | None = None,
         profiler: Profiler | None = None,
         tracing: RequestTracing | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.settings = settings
         self.profiler = profiler
         self.router = Router(settings.allowed_endpoints, settings.allowed_methods)
         self.auth = auth
-        self.relay = Relay(settings, upstream)
+        failover = Failover(
+            upstream,
+            breakers or MemoryBreakers(breaker_policy(settings)),
+            metrics,
+            attempts=settings.upstream_attempts,
+            budget=settings.upstream_retry_budget,
+        )
+        self.relay = Relay(settings, upstream, failover)
         self.batcher = Batcher(settings, upstream) if settings.batching_enabled else None
         self.bus = bus
         self.metrics = metrics
@@ -137,6 +148,10 @@ class ProxyHandler:
             ex.cred = cred = await self.auth.authenticate(
                 token_from_headers(authorization, api_key, repeated)
             )
+            if not cred.provider.serves(route.endpoint) or (
+                route.deployment and not cred.provider.maps_paths
+            ):
+                raise RouteNotFound(f"Unknown endpoint {scope['path']} for this project.")
             if marks is not None:
                 marks.append(("auth", time.perf_counter()))
             if self.reject_unrecorded:  # room for this request's events, before any spend
@@ -194,6 +209,8 @@ class ProxyHandler:
             if (
                 self.batcher is not None
                 and route.endpoint == BATCHED_ENDPOINT
+                and not cred.upstreams  # the batcher calls the project's own upstream
+                and not cred.provider.maps_paths
                 and (plan is None or not plan.cacheable)
                 and self.batcher.has_room()
             ):
@@ -221,7 +238,9 @@ class ProxyHandler:
         except LLMProxyError as exc:
             ex.status = exc.status
             ex.error = exc.code
-            if not ex.response_started and not await self._send_error(send, exc, extra):
+            if not ex.response_started and not await self._send_error(
+                send, exc, extra, scope["path"]
+            ):
                 ex.error = "client_disconnected"
         except ClientGone:
             ex.error = "client_disconnected"
@@ -306,6 +325,10 @@ class ProxyHandler:
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.total_tokens,
             usage_source=usage.source,
+            cache_creation_tokens=usage.cache_creation_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            upstream=ex.upstream,
+            attempts=ex.attempts,
             cache_status=ex.cache_status,
             stream=ex.stream,
             error=ex.error,
@@ -326,10 +349,11 @@ class ProxyHandler:
             )
 
     async def _send_error(
-        self, send: Any, exc: LLMProxyError, extra: list[tuple[bytes, bytes]]
+        self, send: Any, exc: LLMProxyError, extra: list[tuple[bytes, bytes]], path: str
     ) -> bool:
-        """Answer with the error envelope; False if the client is already gone."""
-        body = orjson.dumps(error_body(exc))
+        """Answer with the error envelope of the API the client speaks; False if the client
+        is already gone."""
+        body = orjson.dumps(error_body_for(path, exc))
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

@@ -6,6 +6,8 @@ import random
 import re
 from collections.abc import Iterable
 
+from proxy.upstream.providers import Provider
+
 Headers = list[tuple[bytes, bytes]]
 
 # Client headers forwarded upstream. Everything else (Authorization, cookies, hop-by-hop,
@@ -62,15 +64,24 @@ def request_id_from(value: bytes | None) -> str:
 
 
 def upstream_headers(
-    client: Iterable[tuple[bytes, bytes]], api_key: str, request_id: str, *, forward_org: bool
+    client: Iterable[tuple[bytes, bytes]],
+    provider: Provider,
+    api_key: str,
+    request_id: str,
+    *,
+    forward_org: bool,
 ) -> dict[str, str]:
-    """Allowlisted client headers plus the project's key; identity encoding so the proxy can read
+    """Allowlisted client headers (and the provider's own, such as ``anthropic-version``) plus
+    the project's key where the provider wants it; identity encoding so the proxy can read
     usage and cache bodies without decompressing."""
     out: dict[str, str] = {}
+    passes = provider.passes
     for name, value in client:
-        if name in FORWARDED or (forward_org and name in ORG_HEADERS):
+        if name in FORWARDED or (forward_org and name in ORG_HEADERS) or name in passes:
             out[name.decode("latin-1")] = value.decode("latin-1")
-    out["authorization"] = "Bearer " + api_key
+    for name_s, default in provider.defaults:
+        out.setdefault(name_s, default)
+    out[provider.key_header] = provider.key_prefix + api_key
     out["accept-encoding"] = "identity"
     out["x-request-id"] = request_id
     return out
@@ -114,7 +125,8 @@ class Cors:
         b"openai-organization, openai-project, idempotency-key, x-request-id, cache-control, "
         b"x-proxy-cache-ttl, x-stainless-arch, x-stainless-lang, x-stainless-os, "
         b"x-stainless-package-version, x-stainless-runtime, x-stainless-runtime-version, "
-        b"x-stainless-retry-count, x-stainless-timeout"
+        b"x-stainless-retry-count, x-stainless-timeout, anthropic-version, anthropic-beta, "
+        b"anthropic-dangerous-direct-browser-access, x-affinity-key"
     )
 
     def __init__(self, origins: tuple[str, ...], methods: tuple[str, ...]) -> None:

@@ -220,6 +220,26 @@ class Metrics:
         )
         self._prompt_tokens = self.tokens.labels("prompt")
         self._completion_tokens = self.tokens.labels("completion")
+        self.upstream_requests = Counter(
+            "llm_proxy_upstream_requests",
+            "Calls to each upstream of projects with several upstreams, retries included.",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "llm_proxy_upstream_errors",
+            "Failed calls to each upstream, by reason: connect, timeout, status (408/429/5xx), "
+            "stream (broke after it began).",
+            ["upstream", "reason"],
+            registry=r,
+        )
+        self.upstream_breaker_open = Gauge(
+            "llm_proxy_upstream_breaker_open",
+            "1 while an upstream's circuit breaker is open (as a worker last saw it), else 0.",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.client_disconnects = Counter(
             "llm_proxy_client_disconnects",
             "Responses cut short because the client went away.",

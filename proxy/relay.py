@@ -15,8 +15,12 @@ import orjson
 from proxy.body import ClientGone, StreamedBody
 from proxy.cache import Fill, Served
 from proxy.exchange import Exchange
+from proxy.failover import AFFINITY_HEADER, Failover
 from proxy.headers import response_headers, server_timing, upstream_headers
+from proxy.routing import Route
 from proxy.upstream import Response, Upstream, read_chunk
+from proxy.upstream.failover import Target
+from proxy.upstream.providers import Provider, anthropic_error_body, azure_target
 from proxy.usage import (
     INCLUDE_USAGE_ENDPOINTS,
     JsonTap,
@@ -26,25 +30,31 @@ from proxy.usage import (
     estimate_completion_tokens,
     inject_include_usage,
 )
+from proxy.usage_anthropic import AnthropicSseUsage
 from proxy.usage_stream import SseUsage
 from shared.config import Settings
 from shared.errors import LLMProxyError, error_body
+from shared.kinds import ANTHROPIC
 
 _CONDITIONALS = frozenset({"if-none-match", "if-modified-since"})
 
 
 class Relay:
-    def __init__(self, settings: Settings, upstream: Upstream) -> None:
+    def __init__(
+        self, settings: Settings, upstream: Upstream, failover: Failover | None = None
+    ) -> None:
         self.upstream = upstream
+        self.failover = failover
+        self.affinity = settings.upstream_affinity
         self.chunk_size = settings.stream_response_chunk_size
         self.include_usage = settings.stream_include_usage
         self.forward_org = settings.forward_openai_org_headers
+        self.azure_api_version = settings.azure_openai_api_version
 
     async def forward(self, ex: Exchange, fill: Fill | None) -> None:
         route, cred, body = ex.route, ex.cred, ex.body
         assert route is not None and cred is not None
         query: bytes = ex.scope["query_string"]
-        target = route.rest.encode() + b"?" + query if query else route.rest.encode()
         inject = False
         if isinstance(body, bytes):
             ex.request_bytes = len(body)
@@ -56,30 +66,42 @@ class Relay:
                 changed = inject_include_usage(body)
                 if changed is not None:
                     body, inject = changed, True
-        headers = upstream_headers(
-            ex.scope["headers"], cred.api_key, ex.request_id, forward_org=self.forward_org
-        )
-        if fill is not None and fill.conditional_headers:
-            for name in _CONDITIONALS:
-                headers.pop(name, None)
-            for name_b, value_b in fill.conditional_headers:
-                headers[name_b.decode("latin-1")] = value_b.decode("latin-1")
-        if ex.trace is not None:
-            ex.trace.upstream(ex, headers)
+        conditional = fill.conditional_headers if fill is not None else None
+        upstreams = cred.upstreams
+        serving: Target | None = None
+        if not upstreams:  # the one-upstream path: the project's own base URL and key
+            provider = cred.provider
+            target = self._target(provider, route, query, body)
+            headers = self._headers(ex, provider, cred.api_key, conditional)
         sent_at = time.perf_counter()
         watch = _Watch()
         watcher = asyncio.create_task(_watch_disconnect(ex.receive, watch, body))
         try:
             try:
-                response = await self.upstream.request(
-                    ex.method,
-                    cred.base_url,
-                    target,
-                    headers,
-                    body,
-                    body.length if isinstance(body, StreamedBody) else None,
-                    ex.marks,
-                )
+                if not upstreams:
+                    ex.attempts = 1
+                    response = await self.upstream.request(
+                        ex.method,
+                        cred.base_url,
+                        target,
+                        headers,
+                        body,
+                        body.length if isinstance(body, StreamedBody) else None,
+                        ex.marks,
+                    )
+                else:
+                    assert self.failover is not None
+
+                    def call(t: Target) -> tuple[bytes, dict[str, str]]:
+                        return (
+                            self._target(t.provider, route, query, body),
+                            self._headers(ex, t.provider, t.api_key, conditional),
+                        )
+
+                    response, serving = await self.failover.request(
+                        ex, upstreams, self._affinity_key(ex), call, body
+                    )
+                    provider = serving.provider
             except LLMProxyError:
                 if isinstance(body, StreamedBody) and body.error is not None:
                     raise body.error from None  # our side failed, not the upstream
@@ -95,7 +117,9 @@ class Relay:
                     ex.upstream_ms = (time.perf_counter() - sent_at) * 1000
                     await send_served(ex, served, fill.status)
                     return
-                await self._relay(ex, response, sent_at, inject, fill, watch, watcher)
+                await self._relay(
+                    ex, response, sent_at, inject, fill, watch, watcher, provider, serving
+                )
             finally:
                 response.release()
         except asyncio.CancelledError:
@@ -106,6 +130,42 @@ class Relay:
         finally:
             watcher.cancel()
 
+    def _target(self, provider: Provider, route: Route, query: bytes, body: object) -> bytes:
+        """The path and query below the upstream's base URL."""
+        if provider.maps_paths:
+            return azure_target(route.rest, route.deployment, query, body, self.azure_api_version)
+        return route.rest.encode() + b"?" + query if query else route.rest.encode()
+
+    def _headers(
+        self,
+        ex: Exchange,
+        provider: Provider,
+        api_key: str,
+        conditional: tuple[tuple[bytes, bytes], ...] | None,
+    ) -> dict[str, str]:
+        headers = upstream_headers(
+            ex.scope["headers"], provider, api_key, ex.request_id, forward_org=self.forward_org
+        )
+        if conditional:
+            for name in _CONDITIONALS:
+                headers.pop(name, None)
+            for name_b, value_b in conditional:
+                headers[name_b.decode("latin-1")] = value_b.decode("latin-1")
+        if ex.trace is not None:  # traceparent for this attempt
+            ex.trace.upstream(ex, headers)
+        return headers
+
+    def _affinity_key(self, ex: Exchange) -> str | None:
+        """What keeps one conversation on one upstream (UPSTREAM_AFFINITY), or None."""
+        if self.affinity == "token":
+            return ex.cred.token_id if ex.cred is not None else None
+        if self.affinity == "header":
+            for name, value in ex.scope["headers"]:
+                if name == AFFINITY_HEADER:
+                    key: bytes = value
+                    return key.decode("latin-1")
+        return None
+
     async def _relay(
         self,
         ex: Exchange,
@@ -115,13 +175,22 @@ class Relay:
         fill: Fill | None,
         watch: _Watch,
         watcher: asyncio.Task[None],
+        provider: Provider,
+        serving: Target | None,
     ) -> None:
         headers_at = time.perf_counter()
         ex.status = response.status
         content_type = response.header(b"content-type") or b""
         is_sse = content_type.startswith(b"text/event-stream")
         ex.stream = is_sse
-        sse = SseUsage(strip=inject, max_write=self.chunk_size) if is_sse else None
+        sse: SseUsage | AnthropicSseUsage | None = None
+        if is_sse:
+            anthropic = provider.kind == ANTHROPIC
+            sse = (
+                AnthropicSseUsage()
+                if anthropic
+                else SseUsage(strip=inject, max_write=self.chunk_size)
+            )
         tap = JsonTap() if not is_sse and b"json" in content_type else None
         keep_length = not (is_sse and inject)
         out_headers = response_headers(response.raw_headers, keep_length=keep_length)
@@ -152,7 +221,15 @@ class Relay:
                     if watch.gone:
                         raise ClientGone() from None
                     ex.error = exc.code
-                    if sse is not None:  # tell an SSE client in its own framing
+                    if serving is not None and self.failover is not None:
+                        await self.failover.failed_mid_stream(serving)
+                    if isinstance(sse, AnthropicSseUsage):  # tell an SSE client in its framing
+                        chunk = b"event: error\ndata: " + orjson.dumps(anthropic_error_body(exc))
+                        chunk += b"\n\n"
+                        await send(
+                            {"type": "http.response.body", "body": chunk, "more_body": False}
+                        )
+                    elif sse is not None:
                         chunk = b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
                         await send(
                             {"type": "http.response.body", "body": chunk, "more_body": False}
@@ -201,7 +278,9 @@ class Relay:
             ex.usage = _usage(ex, sse, tap)
 
 
-def _usage(ex: Exchange, sse: SseUsage | None, tap: JsonTap | None) -> Usage | None:
+def _usage(
+    ex: Exchange, sse: SseUsage | AnthropicSseUsage | None, tap: JsonTap | None
+) -> Usage | None:
     """What the answer reported; for a usage endpoint's success that reported nothing (cut
     short, or an upstream that does not count), an estimate flagged as one — never a silent 0."""
     usage = sse.result() if sse is not None else tap.usage() if tap is not None else None

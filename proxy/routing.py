@@ -13,6 +13,8 @@ _PATH_CHARS = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
 # Percent-escapes that could change how the upstream splits or normalises the path:
 # '.', '/', '\', NUL and other control characters.
 _BAD_ESCAPE = re.compile(rb"%(?:2[eEfF]|5[cC]|[01][0-9a-fA-F]|7[fF])")
+_AZURE_PREFIX = b"/openai/deployments/"
+_DEPLOYMENT = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
 _QUERY_CHARS = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%\[\]|^`{}\"<>]*")
 
 #: Query parameters that carry a credential in one API or another. A client token sent this
@@ -38,6 +40,7 @@ class Route:
 
     rest: str  # e.g. "/chat/completions", appended to the project's base URL
     endpoint: str  # the allowlisted prefix, e.g. "/v1/chat/completions" (a bounded metric label)
+    deployment: str = ""  # named in an Azure-shaped path (/openai/deployments/{name}/...)
 
 
 class Router:
@@ -46,7 +49,15 @@ class Router:
         self.methods = frozenset(methods)
 
     def match(self, method: str, raw_path: bytes, query: bytes) -> Route:
-        """Validate the raw request target and the method; raise 404/405 before any I/O."""
+        """Validate the raw request target and the method; raise 404/405 before any I/O.
+        An Azure-shaped path (``/openai/deployments/{name}/chat/completions``, as the openai
+        SDK's ``AzureOpenAI`` client sends) is matched as the ``/v1`` path it stands for."""
+        deployment = ""
+        if raw_path.startswith(_AZURE_PREFIX):
+            named, _, rest = raw_path[len(_AZURE_PREFIX) :].partition(b"/")
+            if not _DEPLOYMENT.fullmatch(named) or not rest:
+                raise RouteNotFound()
+            deployment, raw_path = named.decode("ascii"), b"/v1/" + rest
         path = safe_path(raw_path)
         if path is None:
             raise RouteNotFound()
@@ -66,7 +77,7 @@ class Router:
             raise RouteNotFound(f"Unknown endpoint {path}.")
         if method not in self.methods:
             raise MethodNotAllowed(f"Method {method} is not allowed for {endpoint}.")
-        return Route(rest=path[3:], endpoint=endpoint)
+        return Route(path[3:], endpoint, deployment)
 
 
 def safe_path(raw_path: bytes) -> str | None:

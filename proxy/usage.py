@@ -13,7 +13,9 @@ import orjson
 
 #: Endpoints whose answers carry token usage; their request bodies are read whole (see
 #: docs/decisions.md, "Usage in every case").
-USAGE_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
+USAGE_ENDPOINTS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"}
+)
 #: Streaming endpoints that take ``stream_options.include_usage``.
 INCLUDE_USAGE_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
@@ -45,6 +47,10 @@ class Usage:
     total_tokens: int = 0
     found: bool = False  # the upstream reported usage
     source: str = ""  # '' as reported, 'clamped' (absurd figures bounded), 'estimated'
+    #: Anthropic's prompt-cache writes and reads; prompt_tokens includes both (Anthropic's own
+    #: input_tokens does not), so prompt_tokens means every prompt token whatever the provider
+    cache_creation_tokens: int = 0
+    cache_read_tokens: int = 0
 
     def absorb(self, obj: Any) -> bool:
         """Take model and usage from a decoded response object (chat, completions, embeddings,
@@ -53,6 +59,8 @@ class Usage:
             return False
         if isinstance(obj.get("response"), dict):  # responses API stream events
             obj = obj["response"]
+        elif isinstance(obj.get("message"), dict):  # Anthropic's message_start event
+            obj = obj["message"]
         model = obj.get("model")
         if isinstance(model, str) and model and not self.model:
             self.model = model[:200]
@@ -62,8 +70,12 @@ class Usage:
         clamped: list[bool] = []
         prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens")), clamped)
         completion = _count(usage.get("completion_tokens", usage.get("output_tokens")), clamped)
+        written = _count(usage.get("cache_creation_input_tokens"), clamped)
+        read = _count(usage.get("cache_read_input_tokens"), clamped)
+        prompt = min(prompt + written + read, MAX_TOKENS)
         total = _count(usage.get("total_tokens"), clamped) or prompt + completion
         self.prompt_tokens, self.completion_tokens, self.total_tokens = prompt, completion, total
+        self.cache_creation_tokens, self.cache_read_tokens = written, read
         self.found = True
         self.source = CLAMPED if clamped else ""
         return True
@@ -221,7 +233,8 @@ def estimate_completion_tokens(body: bytes) -> int:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
         return 0
-    choices = obj.get("choices") if isinstance(obj, dict) else None
+    # OpenAI's choices, or the content blocks of an Anthropic message
+    choices = (obj.get("choices") or obj.get("content")) if isinstance(obj, dict) else None
     return math.ceil(_text_chars(choices, 0) / CHARS_PER_TOKEN) if choices else 0
 
 

@@ -252,7 +252,7 @@ def var(env: str, default: Any, doc: str, parse: Parser, *, shown: str | None = 
 
 DEFAULT_ENDPOINTS = (
     "/v1/chat/completions,/v1/completions,/v1/embeddings,/v1/models,/v1/responses,"
-    "/v1/moderations,/v1/images,/v1/audio,/v1/files,/v1/batches"
+    "/v1/moderations,/v1/images,/v1/audio,/v1/files,/v1/batches,/v1/messages"
 )
 
 
@@ -436,6 +436,13 @@ class Settings:
         "is answered by the proxy itself when CORS_ALLOWED_ORIGINS is set).",
         _methods,
     )
+    azure_openai_api_version: str = var(
+        "AZURE_OPENAI_API_VERSION",
+        "2024-10-21",
+        "The `api-version` sent to `azure-openai` projects when the client names none "
+        "(docs/providers.md).",
+        str,
+    )
     forward_openai_org_headers: bool = var(
         "FORWARD_OPENAI_ORG_HEADERS",
         False,
@@ -554,6 +561,58 @@ class Settings:
         "Longest a whole upstream exchange may take. 0 means no limit.",
         _duration(),
         shown="`900s`",
+    )
+    upstream_attempts: int = var(
+        "UPSTREAM_ATTEMPTS",
+        3,
+        "Most upstream calls for one request of a project with several upstreams, retries and "
+        "fallbacks included; only made while nothing has reached the client "
+        "(docs/providers.md).",
+        _int(1),
+    )
+    upstream_retry_budget: float = var(
+        "UPSTREAM_RETRY_BUDGET",
+        30.0,
+        "No further upstream is tried once a request has spent this long on failed attempts.",
+        _duration(),
+        shown="`30s`",
+    )
+    breaker_failures: int = var(
+        "BREAKER_FAILURES",
+        5,
+        "Failures (connect errors, timeouts, 429/5xx) within BREAKER_WINDOW that open an "
+        "upstream's circuit breaker.",
+        _int(1),
+    )
+    breaker_window: float = var(
+        "BREAKER_WINDOW",
+        30.0,
+        "The window BREAKER_FAILURES are counted in.",
+        _duration(),
+        shown="`30s`",
+    )
+    breaker_cooldown: float = var(
+        "BREAKER_COOLDOWN",
+        30.0,
+        "How long an open breaker keeps its upstream out before one probe request (half-open); "
+        "a longer Retry-After from the upstream wins.",
+        _duration(),
+        shown="`30s`",
+    )
+    breaker_key_prefix: str = var(
+        "BREAKER_KEY_PREFIX",
+        "llm-proxy:breaker:",
+        "Prefix of the Redis keys holding upstream circuit-breaker state (shared by every worker "
+        "and instance when Redis is in use; without Redis each worker keeps its own).",
+        _key_prefix,
+    )
+    upstream_affinity: str = var(
+        "UPSTREAM_AFFINITY",
+        "off",
+        "Which upstream of a project serves a request: `off` (by weight, at random), `token` "
+        "(the same client token keeps the same upstream) or `header` (the same "
+        "`X-Affinity-Key` value does), so one conversation keeps an upstream's prompt cache.",
+        _choice("off", "token", "header"),
     )
     pool_min_connections: int = var(
         "POOL_MIN_CONNECTIONS",

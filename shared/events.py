@@ -56,6 +56,11 @@ class RequestEvent:
     #: the request's OpenTelemetry trace and server span, in hex ('' with tracing off)
     trace_id: str = ""
     span_id: str = ""
+    #: Anthropic's prompt-cache counts, both already part of prompt_tokens
+    cache_creation_tokens: int = 0
+    cache_read_tokens: int = 0
+    upstream: str = ""  # the upstream that served: its id, or '' for the project's own
+    attempts: int = 0  # upstream calls made for this request (0: none, e.g. a cache hit)
 
     def to_bytes(self) -> bytes:
         if self.phase == ACCEPTED:  # no usage or timings yet: the defaults need not travel

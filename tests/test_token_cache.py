@@ -8,11 +8,14 @@ import pytest
 
 from proxy.auth import Credential, TokenCache
 from proxy.limits.admission import TokenLimits
+from proxy.upstream.providers import PROVIDERS
 
 
 def credential(token_id: str = "t1", project_id: str = "p1") -> Credential:
     limits = TokenLimits(token_id, None, None, None, datetime.now(UTC))
-    return Credential(token_id, project_id, "http://x", "k", None, None, True, True, limits)
+    return Credential(
+        token_id, project_id, "http://x", "k", None, None, True, True, limits, PROVIDERS["openai"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ OPENAPI_PATH = "/openapi.json"
 _ERRORS = {
     "400": "Bad input: malformed JSON, an unknown or missing field, a value out of range.",
     "401": "Missing or wrong management token.",
-    "404": "No such project or token.",
+    "404": "No such project, token or upstream.",
     "409": "A project with that name exists, or a reference names two projects or tokens.",
     "413": "The request body is over 64 KiB.",
     "503": "The management API is disabled (MANAGEMENT_TOKEN is unset).",
@@ -29,6 +29,8 @@ def _error_responses(endpoint: Endpoint | None) -> dict[str, Any]:
     # Every reference to a project or token may name none (and a name may be ambiguous).
     if any(f.name in ("project_id", "token_id") for f in endpoint.fields):
         codes += ["404", "409"]
+    elif any(f.name == "upstream_id" for f in endpoint.fields):  # ids only: never ambiguous
+        codes.append("404")
     elif endpoint.operation_id == "createProject":
         codes.append("409")
     if endpoint.takes_body:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.kinds import KINDS
+
 Schema = dict[str, Any]
 
 _STR: Schema = {"type": "string"}
@@ -35,6 +37,7 @@ _PROJECT_FIELDS: dict[str, Schema] = {
     "id": _STR,
     "name": _STR,
     "base_url": _STR,
+    "kind": {"enum": list(KINDS), "description": "Provider kind (docs/providers.md)."},
     "is_active": _BOOL,
     "request_count": _INT,
     "cache_hit_count": _INT,
@@ -91,6 +94,24 @@ _EVENT_FIELDS: dict[str, Schema] = {
         "description": "Where the token counts come from: the upstream ('', or 'clamped' when "
         "absurd figures were bounded) or the proxy's estimate ('estimated').",
     },
+    "cache_creation_tokens": {"type": "integer", "description": "Prompt-cache writes (Anthropic)."},
+    "cache_read_tokens": {"type": "integer", "description": "Prompt-cache reads (Anthropic)."},
+    "upstream": {
+        "type": ["string", "null"],
+        "description": "The id of the project upstream that served; null for the project's own.",
+    },
+    "attempts": {"type": "integer", "description": "Upstream calls made (retries included)."},
+}
+_UPSTREAM_FIELDS: dict[str, Schema] = {
+    "id": _STR,
+    "project_id": _STR,
+    "kind": {"enum": list(KINDS)},
+    "base_url": _STR,
+    "weight": _INT,
+    "priority": _INT,
+    "enabled": _BOOL,
+    "created_at": _TIME,
+    "updated_at": _TIME,
 }
 _NEXT_EVENT: Schema = {
     "type": ["string", "null"],
@@ -146,6 +167,18 @@ SCHEMAS: dict[str, Schema] = {
         ),
     ),
     "Project": _object("A project (its upstream key is never shown).", **_PROJECT_FIELDS),
+    "ProjectDetail": _object(
+        "A project with its upstreams (no key is ever shown).",
+        **_PROJECT_FIELDS,
+        upstreams={"type": "array", "items": _ref("Upstream")},
+    ),
+    "Upstream": _object(
+        "One of a project's upstreams (its key is never shown).", **_UPSTREAM_FIELDS
+    ),
+    "UpstreamList": _object(
+        "A project's upstreams, by priority.", data={"type": "array", "items": _ref("Upstream")}
+    ),
+    "UpstreamRemoved": _object("The upstream that was removed.", id=_STR, removed={"const": True}),
     "ProjectList": _object("All projects.", data={"type": "array", "items": _ref("Project")}),
     "ProjectActivation": _object(
         "The project after (de)activation.",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.kinds import KINDS, OPENAI
 from shared.management.checks import (
     DEAD_LETTER_REASONS,
     DEFAULT_BASE_URL,
@@ -29,6 +30,7 @@ _INPUT = {"frozen": True, "slots": True, "kw_only": True}
 _PROJECT_DOC = "The project's id or its name."
 _TOKEN_DOC = "The token's id (not the token itself) or its label."
 _KEY_DOC = "The project's upstream API key. Stored encrypted; never returned."
+_UPSTREAM_KEY_DOC = "This upstream's API key. Stored encrypted; never returned."
 _LIMIT_DOC = "How many to list (a page)."
 _WHEN = ": ISO 8601 (UTC unless an offset is given) or a span back from now (1h, 7d)."
 
@@ -39,6 +41,35 @@ def _project_ref(*, argument: bool = True) -> Any:
 
 def _token_ref() -> Any:
     return inp("string", _TOKEN_DOC, argument=True)
+
+
+def _kind(*, default: str | None) -> Any:
+    return inp(
+        "string",
+        "Provider kind: where the key goes, which headers pass, how paths map (docs/providers.md).",
+        default=default,
+        choices=KINDS,
+    )
+
+
+def _weight(default: int | None) -> Any:
+    return inp(
+        "integer",
+        "Share of traffic among the upstreams of its priority (0: only when the others fail).",
+        default=default,
+        minimum=0,
+        maximum=1000,
+    )
+
+
+def _priority(default: int | None) -> Any:
+    return inp(
+        "integer",
+        "Failover order: lower numbers are tried first; higher ones when those fail.",
+        default=default,
+        minimum=-1000,
+        maximum=1000,
+    )
 
 
 def _page(default: int) -> Any:
@@ -75,6 +106,7 @@ class CreateProject:
         envvar="UPSTREAM_API_KEY",
         check=check_api_key,
     )
+    kind: str = _kind(default=OPENAI)
 
 
 @dataclass(**_INPUT)
@@ -84,6 +116,50 @@ class UpdateProject:
     base_url: str | None = inp("string", "New base URL.", default=None, check=check_base_url)
     api_key: str | None = inp(
         "string", "New upstream API key.", default=None, secret=True, check=check_api_key
+    )
+    kind: str | None = _kind(default=None)
+
+
+# --- a project's several upstreams ---
+
+
+@dataclass(**_INPUT)
+class AddUpstream:
+    project_id: str = _project_ref(argument=False)
+    base_url: str = inp("string", "The upstream's base URL.", check=check_base_url)
+    api_key: str | None = inp(
+        "string", _UPSTREAM_KEY_DOC, default=None, secret=True, check=check_api_key
+    )
+    kind: str = _kind(default=OPENAI)
+    weight: int = _weight(1)
+    priority: int = _priority(0)
+
+
+@dataclass(**_INPUT)
+class ListUpstreams:
+    project_id: str = _project_ref(argument=False)
+
+
+@dataclass(**_INPUT)
+class UpstreamRef:
+    upstream_id: str = inp("string", "The upstream's id.", argument=True)
+
+
+@dataclass(**_INPUT)
+class UpdateUpstream:
+    upstream_id: str = inp("string", "The upstream's id.", argument=True)
+    base_url: str | None = inp("string", "New base URL.", default=None, check=check_base_url)
+    api_key: str | None = inp(
+        "string", "New upstream API key.", default=None, secret=True, check=check_api_key
+    )
+    kind: str | None = _kind(default=None)
+    weight: int | None = _weight(None)
+    priority: int | None = _priority(None)
+    enabled: bool | None = inp(
+        "boolean",
+        "Take the upstream out of (--disabled) or back into (--enabled) rotation.",
+        default=None,
+        flag="--enabled/--disabled",
     )
 
 

@@ -6,12 +6,14 @@ from typing import Any
 
 from shared.management.fields import Operation
 from shared.management.inputs import (
+    AddUpstream,
     AuditQuery,
     CreateProject,
     DeactivateProject,
     DeadLetterQuery,
     GenerateToken,
     ListTokens,
+    ListUpstreams,
     NoInput,
     ProjectRef,
     ProjectUsage,
@@ -23,6 +25,8 @@ from shared.management.inputs import (
     TokenUsage,
     UpdateProject,
     UpdateToken,
+    UpdateUpstream,
+    UpstreamRef,
 )
 
 # --- projects ---
@@ -54,8 +58,8 @@ SHOW_PROJECT = Operation(
     "GET",
     "/projects/{project_id}",
     "getProject",
-    "Show a project with its usage totals.",
-    "Project",
+    "Show a project with its usage totals and its upstreams.",
+    "ProjectDetail",
 )
 UPDATE_PROJECT = Operation(
     "project update",
@@ -117,6 +121,53 @@ PROJECT_USAGE = Operation(
     "getProjectUsage",
     "A project's usage totals and its latest requests, newest first.",
     "ProjectUsage",
+)
+
+# --- a project's several upstreams ---
+ADD_UPSTREAM = Operation(
+    "project upstream add",
+    "add_upstream",
+    AddUpstream,
+    "POST",
+    "/upstreams",
+    "addUpstream",
+    "Add an upstream to a project (its key stored encrypted); prints its id.",
+    "Upstream",
+    status=201,
+    description="Once a project has upstreams, they serve its requests instead of its own base "
+    "URL and key: by weight within a priority, failing over to the next priority "
+    "(docs/providers.md).",
+)
+LIST_UPSTREAMS = Operation(
+    "project upstream list",
+    "list_upstreams",
+    ListUpstreams,
+    "GET",
+    "/upstreams",
+    "listUpstreams",
+    "List a project's upstreams (keys are never shown).",
+    "UpstreamList",
+)
+UPDATE_UPSTREAM = Operation(
+    "project upstream update",
+    "update_upstream",
+    UpdateUpstream,
+    "PATCH",
+    "/upstreams/{upstream_id}",
+    "updateUpstream",
+    "Change an upstream's base URL, key, kind, weight or priority, or take it out of rotation.",
+    "Upstream",
+)
+REMOVE_UPSTREAM = Operation(
+    "project upstream remove",
+    "remove_upstream",
+    UpstreamRef,
+    "DELETE",
+    "/upstreams/{upstream_id}",
+    "removeUpstream",
+    "Remove an upstream from its project.",
+    "UpstreamRemoved",
+    destructive=True,
 )
 
 # --- tokens ---
@@ -289,6 +340,10 @@ OPERATIONS: tuple[Operation[Any], ...] = (
     DEACTIVATE_PROJECT,
     REVOKE_PROJECT_TOKENS,
     PROJECT_USAGE,
+    ADD_UPSTREAM,
+    LIST_UPSTREAMS,
+    UPDATE_UPSTREAM,
+    REMOVE_UPSTREAM,
     LIST_TOKENS,
     GENERATE_TOKEN,
     SHOW_TOKEN,

@@ -29,6 +29,7 @@ from shared.management.checks import (
     shown_id,
 )
 from shared.management.fields import Operation, audit_details, fields_of, refuse_nul, validated
+from shared.management.upstreams import UpstreamOperations
 from shared.management.views import (
     View,
     audit_view,
@@ -37,6 +38,7 @@ from shared.management.views import (
     project_view,
     tail_view,
     token_view,
+    upstream_view,
 )
 from shared.store import AuditEvent, AuditFilter, Project, SqlStore, Token
 from shared.streams import EVENT_FIELD, shard_keys, shard_of, stream_stats
@@ -89,7 +91,7 @@ def _limits(inp: i.TokenLimits, *, given_only: bool = False) -> dict[str, Any]:
 
 
 @dataclass
-class Management:
+class Management(UpstreamOperations):
     store: SqlStore
     keyring: Keyring
     actor: str
@@ -195,6 +197,7 @@ class Management:
                 is_active=True,
                 created_at=now,
                 updated_at=now,
+                kind=inp.kind,
             )
             try:
                 created = await self.store.create_project(project)
@@ -209,7 +212,9 @@ class Management:
         return {"data": [project_view(p) for p in await self.store.list_projects()]}
 
     async def show_project(self, inp: i.ProjectRef) -> View:
-        return project_view(await self._project(inp.project_id))
+        project = await self._project(inp.project_id)
+        upstreams = await self.store.list_upstreams(project.id)
+        return {**project_view(project), "upstreams": [upstream_view(u) for u in upstreams]}
 
     async def update_project(self, inp: i.UpdateProject) -> View:
         given = [f.name for f in fields_of(i.UpdateProject)[1:] if getattr(inp, f.name) is not None]
@@ -228,8 +233,12 @@ class Management:
                 changes["base_url"] = inp.base_url
             if inp.api_key is not None:
                 changes["api_key_enc"] = self.keyring.encrypt(inp.api_key)
+            if inp.kind is not None:
+                changes["kind"] = inp.kind
             if not changes:
-                raise UserError("nothing to update: give --name, --base-url or a new API key")
+                raise UserError(
+                    "nothing to update: give --name, --base-url, --kind or a new API key"
+                )
             updated, _ = await self.store.update_project(project.id, changes)
             if updated is None:
                 raise NotFound(f"no project with id {shown_id(project.id)}")

@@ -8,7 +8,7 @@ from typing import Any
 from shared.clock import from_epoch, utcnow
 from shared.events import RequestEvent
 from shared.store import AuditEvent, Project, Token
-from shared.store.models import DeadLetter, quota_used
+from shared.store.models import DeadLetter, UpstreamRow, quota_used
 
 View = dict[str, Any]
 
@@ -47,6 +47,7 @@ def project_view(project: Project) -> View:
         "id": project.id,
         "name": project.name,
         "base_url": project.base_url,
+        "kind": project.kind,
         "is_active": project.is_active,
         "request_count": project.request_count,
         "cache_hit_count": project.cache_hit_count,
@@ -55,6 +56,21 @@ def project_view(project: Project) -> View:
         "last_used_at": _iso(project.last_used_at),
         "created_at": _iso(project.created_at),
         "updated_at": _iso(project.updated_at),
+    }
+
+
+def upstream_view(upstream: UpstreamRow) -> View:
+    """One of a project's upstreams; its key is never part of any view."""
+    return {
+        "id": upstream.id,
+        "project_id": upstream.project_id,
+        "kind": upstream.kind,
+        "base_url": upstream.base_url,
+        "weight": upstream.weight,
+        "priority": upstream.priority,
+        "enabled": upstream.enabled,
+        "created_at": _iso(upstream.created_at),
+        "updated_at": _iso(upstream.updated_at),
     }
 
 
@@ -120,6 +136,10 @@ def event_view(event: RequestEvent) -> View:
         "error": event.error,
         "client_ip": event.client_ip,
         "usage_source": event.usage_source,
+        "cache_creation_tokens": event.cache_creation_tokens,
+        "cache_read_tokens": event.cache_read_tokens,
+        "upstream": event.upstream or None,
+        "attempts": event.attempts,
     }
 
 

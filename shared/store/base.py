@@ -66,9 +66,10 @@ from shared.store.rows import (
     usage_updates as usage_updates,
 )
 from shared.store.tokens import Tokens
+from shared.store.upstreams import Upstreams
 
 
-class SqlStore(Projects, Tokens, Audit, Changes, RequestEvents, DeadLetters):
+class SqlStore(Projects, Tokens, Audit, Changes, RequestEvents, DeadLetters, Upstreams):
     """Every table over SQL shared by SQLite and Postgres: one module per table, each over the
     ``Tx`` seam; subclasses supply connections and their dialect's differences."""
 

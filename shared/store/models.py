@@ -21,6 +21,23 @@ class Project:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     last_used_at: datetime | None = None
+    kind: str = "openai"  # the provider kind (proxy/upstream/providers.py)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRow:
+    """One of a project's several upstreams (docs/providers.md); the key encrypted."""
+
+    id: str
+    project_id: str
+    kind: str
+    base_url: str
+    api_key_enc: str
+    weight: int
+    priority: int
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from shared.clock import from_epoch
 from shared.errors import REJECTION_CODES
 from shared.events import ACCEPTED, FINAL, RequestEvent
-from shared.store.models import DeadLetter, Project, Token
+from shared.store.models import DeadLetter, Project, Token, UpstreamRow
 
 Row = dict[str, Any]
 
@@ -29,7 +29,7 @@ class Tx(Protocol):
 
 PROJECT_COLUMNS = (
     "id, name, base_url, api_key_enc, is_active, created_at, updated_at, request_count, "
-    "cache_hit_count, prompt_tokens, completion_tokens, last_used_at"
+    "cache_hit_count, prompt_tokens, completion_tokens, last_used_at, kind"
 )
 TOKEN_COLUMNS = (
     "id, token_hash, display_prefix, project_id, label, is_active, created_at, updated_at, "
@@ -39,13 +39,14 @@ TOKEN_COLUMNS = (
 EVENT_COLUMNS = (
     "event_id, request_id, ts, project_id, token_id, method, path, status, model, duration_ms, "
     "upstream_ms, ttfb_ms, request_bytes, response_bytes, prompt_tokens, completion_tokens, "
-    "total_tokens, cache_status, stream, error, client_ip, usage_source, phase, trace_id, span_id"
+    "total_tokens, cache_status, stream, error, client_ip, usage_source, phase, trace_id, span_id, "
+    "cache_creation_tokens, cache_read_tokens, upstream, attempts"
 )
 DEAD_LETTER_COLUMNS = (
     "id, stream_key, entry_id, event_id, reason, error, deliveries, consumer, payload, "
     "created_at, replayed_at"
 )
-PROJECT_UPDATABLE = frozenset({"name", "base_url", "api_key_enc", "is_active"})
+PROJECT_UPDATABLE = frozenset({"name", "base_url", "api_key_enc", "is_active", "kind"})
 TOKEN_UPDATABLE = frozenset(
     {"label", "is_active", "expires_at", "max_requests", "revoked_at", "rpm", "max_concurrency"}
 )
@@ -57,6 +58,7 @@ class TokenAuth:
 
     token: Token
     project: Project
+    upstreams: tuple[UpstreamRow, ...] = ()  # none: the project's own base URL and key
 
 
 @dataclass(slots=True)
@@ -115,6 +117,10 @@ def event_params(event: RequestEvent) -> tuple[Any, ...]:
         event.phase,
         event.trace_id,
         event.span_id,
+        event.cache_creation_tokens,
+        event.cache_read_tokens,
+        event.upstream,
+        event.attempts,
     )
 
 

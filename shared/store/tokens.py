@@ -17,6 +17,7 @@ from shared.store.rows import (
     project_from_row,
     token_from_row,
 )
+from shared.store.upstreams import of_project
 
 
 class Tokens(Tables):
@@ -46,11 +47,12 @@ class Tokens(Tables):
                 "WHERE t.token_hash = %s",
                 (token_hash,),
             )
-        if row is None:
-            return None
+            if row is None:
+                return None
+            upstreams = await of_project(tx, row["p_id"])
         token = token_from_row({k[2:]: v for k, v in row.items() if k.startswith("t_")})
         project = project_from_row({k[2:]: v for k, v in row.items() if k.startswith("p_")})
-        return TokenAuth(token, project)
+        return TokenAuth(token, project, upstreams)
 
     async def list_tokens(self, project_id: str | None = None) -> list[Token]:
         if project_id is not None and not self.valid_id(project_id):

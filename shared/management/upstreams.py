@@ -1,0 +1,94 @@
+"""Management of a project's several upstreams: add, list, update, remove (keys encrypted,
+never shown). A mixin of ``Management``, which owns auditing and change notices."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from shared.clock import new_id, utcnow
+from shared.errors import NotFound, UserError
+from shared.management import inputs as i
+from shared.management.checks import check_api_key, shown_id
+from shared.management.fields import validated
+from shared.management.views import View, upstream_view
+from shared.store.models import UpstreamRow
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    from shared.crypto import Keyring
+    from shared.management.service import Audit
+    from shared.store import Project, SqlStore
+
+
+class UpstreamOperations:
+    if TYPE_CHECKING:  # what Management, which this is a part of, provides
+        store: SqlStore
+        keyring: Keyring
+
+        def _audited(
+            self, action: str, target_type: str, target_id: str, inp: object = None
+        ) -> AbstractAsyncContextManager[Audit]: ...
+
+        async def _project(self, ref: str) -> Project: ...
+
+        async def _project_changed(self, project_id: str) -> None: ...
+
+    async def add_upstream(self, inp: i.AddUpstream) -> View:
+        if inp.api_key is None:
+            check_api_key(None)  # required here: an upstream without a key cannot serve
+        async with self._audited("upstream.add", "upstream", "", inp) as audit:
+            inp = validated(inp)
+            project = await self._project(inp.project_id)
+            audit.details = {**audit.details, "project_id": project.id}
+            now = utcnow()
+            row = UpstreamRow(
+                new_id(),
+                project.id,
+                inp.kind,
+                inp.base_url,
+                self.keyring.encrypt(inp.api_key or ""),
+                inp.weight,
+                inp.priority,
+                True,
+                now,
+                now,
+            )
+            created = await self.store.create_upstream(row)
+            audit.target_id = created.id
+            await self._project_changed(project.id)
+            return upstream_view(created)
+
+    async def list_upstreams(self, inp: i.ListUpstreams) -> View:
+        project = await self._project(inp.project_id)
+        return {"data": [upstream_view(u) for u in await self.store.list_upstreams(project.id)]}
+
+    async def update_upstream(self, inp: i.UpdateUpstream) -> View:
+        async with self._audited("upstream.update", "upstream", inp.upstream_id, inp) as audit:
+            inp = validated(inp)
+            changes: dict[str, Any] = {
+                name: getattr(inp, name)
+                for name in ("base_url", "kind", "weight", "priority", "enabled")
+                if getattr(inp, name) is not None
+            }
+            if inp.api_key is not None:
+                changes["api_key_enc"] = self.keyring.encrypt(inp.api_key)
+            if not changes:
+                raise UserError(
+                    "nothing to update: give --base-url, --api-key, --kind, --weight, "
+                    "--priority or --enabled/--disabled"
+                )
+            updated = await self.store.update_upstream(inp.upstream_id, changes)
+            if updated is None:
+                raise NotFound(f"no upstream with id {shown_id(inp.upstream_id)}")
+            audit.target_id = updated.id
+            await self._project_changed(updated.project_id)
+            return upstream_view(updated)
+
+    async def remove_upstream(self, inp: i.UpstreamRef) -> View:
+        async with self._audited("upstream.remove", "upstream", inp.upstream_id):
+            found = await self.store.get_upstream(inp.upstream_id)
+            if found is None or not await self.store.delete_upstream(found.id):
+                raise NotFound(f"no upstream with id {shown_id(inp.upstream_id)}")
+            await self._project_changed(found.project_id)
+            return {"id": found.id, "removed": True}
