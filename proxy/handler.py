@@ -293,6 +293,8 @@ class ProxyHandler:
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.total_tokens,
             usage_source=usage.source,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
             cache_status=ex.cache_status,
             stream=ex.stream,
             error=ex.error,

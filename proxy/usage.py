@@ -45,6 +45,10 @@ class Usage:
     total_tokens: int = 0
     found: bool = False  # the upstream reported usage
     source: str = ""  # '' as reported, 'clamped' (absurd figures bounded), 'estimated'
+    #: parts of the prompt and completion counts priced apart: input read from the
+    #: provider's prompt cache, and hidden reasoning (both included in the counts above)
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def absorb(self, obj: Any) -> bool:
         """Take model and usage from a decoded response object (chat, completions, embeddings,
@@ -64,9 +68,25 @@ class Usage:
         completion = _count(usage.get("completion_tokens", usage.get("output_tokens")), clamped)
         total = _count(usage.get("total_tokens"), clamped) or prompt + completion
         self.prompt_tokens, self.completion_tokens, self.total_tokens = prompt, completion, total
+        # chat: prompt_/completion_tokens_details; Responses API: input_/output_tokens_details.
+        # A part larger than its whole is absurd: bounded by it, and noted.
+        cached = _count(_detail(usage, "cached_tokens", "prompt", "input"), clamped)
+        reasoning = _count(_detail(usage, "reasoning_tokens", "completion", "output"), clamped)
+        if cached > prompt or reasoning > completion:
+            clamped.append(True)
+        self.cached_tokens, self.reasoning_tokens = min(cached, prompt), min(reasoning, completion)
         self.found = True
         self.source = CLAMPED if clamped else ""
         return True
+
+
+def _detail(usage: dict[str, Any], key: str, *prefixes: str) -> Any:
+    """``key`` of the first ``<prefix>_tokens_details`` object present."""
+    for prefix in prefixes:
+        details = usage.get(f"{prefix}_tokens_details")
+        if isinstance(details, dict):
+            return details.get(key)
+    return None
 
 
 def _count(value: Any, clamped: list[bool]) -> int:

@@ -18,7 +18,8 @@ from shared.clock import from_epoch, new_id, utcnow
 from shared.config import parse_duration
 from shared.crypto import Keyring
 from shared.errors import Conflict, LLMProxyError, NotFound, UserError
-from shared.events import RequestEvent
+from shared.events import UNPRICED, RequestEvent
+from shared.money.amounts import picos_to_usd
 from shared.store import AuditEvent, AuditFilter, Project, SqlStore, Token
 from shared.store.models import quota_used
 from shared.tokens import display_prefix, generate_token, hash_token, mask_token
@@ -257,6 +258,10 @@ def event_view(event: RequestEvent) -> View:
         "error": event.error,
         "client_ip": event.client_ip,
         "usage_source": event.usage_source,
+        "cached_tokens": event.cached_tokens,
+        "reasoning_tokens": event.reasoning_tokens,
+        # exact dollars as text (a JSON number would be read as a float); null: unpriced
+        "cost_usd": picos_to_usd(None if event.cost_picousd == UNPRICED else event.cost_picousd),
     }
 
 

@@ -24,7 +24,16 @@ from tests.services import (
     require,
 )
 
-TABLES = ("request_events", "audit_events", "dead_letters", "tokens", "projects", "changes")
+TABLES = (
+    "request_events",
+    "audit_events",
+    "dead_letters",
+    "tokens",
+    "projects",
+    "changes",
+    "prices",
+    "usage_rollups",
+)
 
 
 @pytest.fixture(scope="session")

@@ -91,6 +91,13 @@ _EVENT_FIELDS: dict[str, Schema] = {
         "description": "Where the token counts come from: the upstream ('', or 'clamped' when "
         "absurd figures were bounded) or the proxy's estimate ('estimated').",
     },
+    "cached_tokens": _INT,
+    "reasoning_tokens": _INT,
+    "cost_usd": {
+        "type": ["string", "null"],
+        "pattern": r"^[0-9]+(\.[0-9]+)?$",
+        "description": "Exact cost in dollars, as text; null when the model has no price.",
+    },
 }
 _NEXT_EVENT: Schema = {
     "type": ["string", "null"],

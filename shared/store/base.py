@@ -7,14 +7,25 @@ import json
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from shared.clock import from_epoch, utcnow
 from shared.errors import REJECTION_CODES
-from shared.events import ACCEPTED, FINAL, RequestEvent
+from shared.events import ACCEPTED, FINAL, UNPRICED, RequestEvent
+from shared.money.cost import event_cost
+from shared.money.prices import PriceBook, PriceRow
 from shared.store.migrations import load
 from shared.store.models import AuditEvent, AuditFilter, DeadLetter, Project, Token
+from shared.store.prices import SELECT_PRICES_SQL, UPSERT_PRICE_SQL, book_of, price_params
+from shared.store.rollups import (
+    UPSERT_ROLLUP_SQL,
+    RollupRow,
+    rollup_from_row,
+    rollup_params,
+    rollups_of,
+    select_rollups_sql,
+)
 
 Row = dict[str, Any]
 
@@ -41,7 +52,8 @@ TOKEN_COLUMNS = (
 EVENT_COLUMNS = (
     "event_id, request_id, ts, project_id, token_id, method, path, status, model, duration_ms, "
     "upstream_ms, ttfb_ms, request_bytes, response_bytes, prompt_tokens, completion_tokens, "
-    "total_tokens, cache_status, stream, error, client_ip, usage_source, phase"
+    "total_tokens, cache_status, stream, error, client_ip, usage_source, phase, cached_tokens, "
+    "reasoning_tokens, cost_picousd"
 )
 DEAD_LETTER_COLUMNS = (
     "id, stream_key, entry_id, event_id, reason, error, deliveries, consumer, payload, "
@@ -115,6 +127,9 @@ def event_params(event: RequestEvent) -> tuple[Any, ...]:
         event.client_ip,
         event.usage_source,
         event.phase,
+        event.cached_tokens,
+        event.reasoning_tokens,
+        None if event.cost_picousd == UNPRICED else event.cost_picousd,
     )
 
 
@@ -124,6 +139,8 @@ def event_from_row(row: Row) -> RequestEvent:
     values["project_id"] = row["project_id"] or ""
     values["token_id"] = row["token_id"] or ""
     values["stream"] = bool(row["stream"])
+    cost = row["cost_picousd"]
+    values["cost_picousd"] = UNPRICED if cost is None else int(cost)
     return RequestEvent(**values)
 
 
@@ -153,6 +170,14 @@ class Inserted(list[RequestEvent]):
     def __init__(self, events: Sequence[RequestEvent] = (), completed: set[str] | None = None):
         super().__init__(events)
         self.completed: set[str] = completed if completed is not None else set()
+
+
+def price_events(events: Sequence[RequestEvent], book: PriceBook) -> None:
+    """Set each final's cost from the price in force at its time (in place: the exports and
+    the rollups see the same figure as the row)."""
+    for event in events:
+        if event.phase == FINAL:
+            event.cost_picousd = event_cost(event, book)
 
 
 def one_per_request(events: Sequence[RequestEvent]) -> list[RequestEvent]:
@@ -592,9 +617,12 @@ class SqlStore(abc.ABC):
         if not events and not dead_letters:
             return []
         async with self.transaction() as tx:
+            if events:  # costed with the prices as this transaction sees them
+                price_events(events, book_of(await tx.fetchall(SELECT_PRICES_SQL)))
             inserted = await self.insert_events(tx, events) if events else []
             if inserted:
                 await self.apply_usage(tx, inserted)
+                await self.apply_rollups(tx, inserted)
             if dead_letters:
                 await self.insert_dead_letters(tx, dead_letters)
         return inserted
@@ -616,6 +644,48 @@ class SqlStore(abc.ABC):
     async def apply_usage(self, tx: Tx, inserted: Sequence[RequestEvent]) -> None:
         for sql, params in usage_updates(inserted, self.latest_sql):
             await tx.execute(sql, params)
+
+    async def apply_rollups(self, tx: Tx, inserted: Sequence[RequestEvent]) -> None:
+        for key, rollup in rollups_of(inserted):
+            await tx.execute(UPSERT_ROLLUP_SQL, rollup_params(key, rollup))
+
+    # --- prices and rollups ---
+
+    async def price_book(self) -> PriceBook:
+        """The shipped prices under the operator's, as events are costed now."""
+        async with self.transaction(readonly=True) as tx:
+            return book_of(await tx.fetchall(SELECT_PRICES_SQL))
+
+    async def list_prices(self) -> list[PriceRow]:
+        """The operator's rows (the shipped ones are in ``shared.money.prices``)."""
+        async with self.transaction(readonly=True) as tx:
+            rows = await tx.fetchall(SELECT_PRICES_SQL)
+        return [r for r in book_of(rows).operator_rows()]
+
+    async def set_prices(self, rows: Sequence[PriceRow]) -> None:
+        """Add or replace rows (one per model, project and effective_from), all at once."""
+        now = utcnow()
+        async with self.transaction() as tx:
+            for row in rows:
+                await tx.execute(UPSERT_PRICE_SQL, price_params(row, now))
+
+    async def list_rollups(
+        self,
+        *,
+        project_id: str | None = None,
+        token_id: str | None = None,
+        since: datetime | None = None,
+    ) -> list[RollupRow]:
+        """Daily rollups, oldest first; ``since`` is rounded down to its day (UTC)."""
+        sql = select_rollups_sql(
+            project=project_id is not None, token=token_id is not None, since=since is not None
+        )
+        params = [v for v in (project_id, token_id) if v is not None]
+        if since is not None:
+            params.append(since.astimezone(UTC).date().isoformat())
+        async with self.transaction(readonly=True) as tx:
+            rows = await tx.fetchall(sql, params)
+        return [rollup_from_row(r) for r in rows]
 
     async def list_request_events(
         self,

@@ -56,12 +56,14 @@ _INSERT_EVENTS = (
     "SELECT event_id, request_id, to_timestamp(ts), NULLIF(project_id, '')::uuid, "
     "NULLIF(token_id, '')::uuid, method, path, status, model, duration_ms, upstream_ms, "
     "ttfb_ms, request_bytes, response_bytes, prompt_tokens, completion_tokens, total_tokens, "
-    "cache_status, stream, error, client_ip, usage_source, phase "
+    "cache_status, stream, error, client_ip, usage_source, phase, cached_tokens, "
+    "reasoning_tokens, NULLIF(cost_picousd, -1) "
     "FROM json_to_recordset(%s::json) AS x(event_id uuid, request_id text, ts float8, "
     "project_id text, token_id text, method text, path text, status int4, model text, "
     "duration_ms float8, upstream_ms float8, ttfb_ms float8, request_bytes int8, "
     "response_bytes int8, prompt_tokens int8, completion_tokens int8, total_tokens int8, "
-    "cache_status text, stream bool, error text, client_ip text, usage_source text, phase text) "
+    "cache_status text, stream bool, error text, client_ip text, usage_source text, phase text, "
+    "cached_tokens int8, reasoning_tokens int8, cost_picousd int8) "
     # A final replaces its accepted row (and nothing else: a repeat changes nothing).
     "ON CONFLICT (event_id) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in (c.strip() for c in EVENT_COLUMNS.split(",")[1:]))
