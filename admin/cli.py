@@ -7,30 +7,38 @@ from typing import Annotated, Any
 import typer
 
 from admin.commands import audit, cache, config, events, keys, pipeline, projects, server, tokens
+from admin.declared import add_commands
 from admin.options import JsonOpt
 from admin.output import emit
 from admin.remote import RemoteTarget
 from admin.runner import guarded, open_store
 from shared.config import Settings
+from shared.version import package_version
 
 app = typer.Typer(
     name="llm-proxy",
     help="LLM API gateway: proxy server, event dispatcher and management commands.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,  # tracebacks with local variables could show secrets
-    add_completion=False,
 )
 manage = typer.Typer(
     help="Manage projects, tokens, keys, the audit log, request events and the response cache: "
     "on the database this process is configured for, or on a remote deployment with --api-url.",
     no_args_is_help=True,
 )
-manage.add_typer(projects.app, name="project")
-manage.add_typer(tokens.app, name="token")
-manage.add_typer(keys.app, name="keys")
-manage.add_typer(audit.app, name="audit")
-manage.add_typer(cache.app, name="cache")
-manage.add_typer(events.app, name="events")
+GROUPS = {
+    "project": projects.app,
+    "token": tokens.app,
+    "keys": keys.app,
+    "audit": audit.app,
+    "cache": cache.app,
+    "events": events.app,
+}
+add_commands(
+    GROUPS, {**projects.SHOWN, **tokens.SHOWN, **audit.SHOWN, **cache.SHOWN, **events.SHOWN}
+)
+for group, sub in GROUPS.items():
+    manage.add_typer(sub, name=group)
 app.add_typer(manage, name="manage")
 app.add_typer(config.app, name="config")
 app.command("dispatcher")(pipeline.dispatcher)
@@ -38,6 +46,24 @@ app.command("worker")(pipeline.worker)
 
 
 app.command("server")(server.server)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llm-proxy {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """LLM API gateway: proxy server, event dispatcher and management commands."""
 
 
 @manage.callback()

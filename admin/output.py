@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import getpass
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
-_console = Console(width=200, soft_wrap=True, highlight=False)
+
+def _console() -> Console:
+    # The terminal's width (COLUMNS wins, as everywhere); a pipe gets the conventional 80.
+    return Console(width=shutil.get_terminal_size((80, 24)).columns, highlight=False)
 
 
 def _cell(value: Any) -> str:
@@ -30,18 +36,18 @@ def emit(result: Any, *, as_json: bool, columns: Sequence[str] | None = None) ->
         return
     if isinstance(result, list):
         if not result:
-            _console.print("(none)")
+            _console().print("(none)")
             return
         cols = list(columns or result[0].keys())
-        table = Table(*cols, show_lines=False)
+        table = Table(*cols)
         for row in result:
             table.add_row(*(_cell(row.get(c)) for c in cols))
-        _console.print(table)
+        _console().print(table)
         return
     table = Table("field", "value", show_header=False)
     for key, value in result.items():
         table.add_row(key, _cell(value))
-    _console.print(table)
+    _console().print(table)
 
 
 EVENT_COLUMNS = (
@@ -78,3 +84,20 @@ def more_hint(option: str, cursor: object) -> None:
 def fail(message: str, code: int = 1) -> None:
     sys.stderr.write(f"error: {message}\n")
     raise SystemExit(code)
+
+
+def confirm_or_refuse(yes: bool, question: str) -> None:
+    """Go on with a destructive action only when told to: ``--yes``, or a yes typed at a
+    terminal. Without a terminal (a script, --json) nobody can answer, so refuse."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail("this is destructive and nobody can confirm it here: repeat with --yes", 2)
+    typer.confirm(question, abort=True)
+
+
+def read_secret(what: str) -> str:
+    """A secret from standard input: without echo at a terminal, else the first line."""
+    if sys.stdin.isatty():
+        return getpass.getpass(f"{what}: ").strip()
+    return sys.stdin.readline().strip()

@@ -1,20 +1,20 @@
-"""The management API of a remote deployment, behind the same methods as ``shared.manage``."""
+"""The management API of a remote deployment, behind the same ``call`` as ``shared.management``."""
 
 from __future__ import annotations
 
 import urllib.parse
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import typer
 from yarl import URL
 
 from shared.errors import LLMProxyError, Unavailable, UserError
-from shared.store import AuditFilter
+from shared.management import Operation
+from shared.management.fields import refuse_nul
 
-View = dict[str, Any]
+I = TypeVar("I")  # noqa: E741
 TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
 
 
@@ -72,17 +72,13 @@ def error_from_reply(status: int, payload: Any, where: str) -> LLMProxyError:
     return cls(message if isinstance(message, str) and message else None)
 
 
-def _present(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
-
-
 def _segment(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
+    return urllib.parse.quote(value, safe="") or "%20"  # an empty id still names a (missing) one
 
 
 class RemoteManagement:
-    """Same async methods, arguments and return values as ``shared.manage.Management``, served
-    by a deployment's management API; errors arrive as the same ``shared.errors`` classes."""
+    """``Management.call`` served by a deployment's management API: each request is encoded from
+    the operation's declaration; errors arrive as the same ``shared.errors`` classes."""
 
     def __init__(self, session: aiohttp.ClientSession, target: RemoteTarget) -> None:
         self._session = session
@@ -103,7 +99,7 @@ class RemoteManagement:
         query: dict[str, Any] | None = None,
     ) -> Any:
         url = URL(self._base + path, encoded=True)  # ids were quoted already: no re-quoting
-        params = {k: _query_value(v) for k, v in (query or {}).items() if v is not None}
+        params = query or {}
         origin = self._base.rsplit("/manage", 1)[0]
         try:
             async with self._session.request(
@@ -121,158 +117,20 @@ class RemoteManagement:
             raise error_from_reply(status, payload, origin)
         return payload
 
-    # --- projects ---
-
-    async def create_project(self, name: str, base_url: str | None, api_key: str | None) -> View:
-        body = _present(name=name, base_url=base_url, api_key=api_key)
-        result: View = await self._call("POST", "/projects", body=body)
-        return result
-
-    async def list_projects(self) -> list[View]:
-        result: list[View] = (await self._call("GET", "/projects"))["data"]
-        return result
-
-    async def show_project(self, project_id: str) -> View:
-        result: View = await self._call("GET", f"/projects/{_segment(project_id)}")
-        return result
-
-    async def update_project(
-        self,
-        project_id: str,
-        *,
-        name: str | None = None,
-        base_url: str | None = None,
-        api_key: str | None = None,
-    ) -> View:
-        body = _present(name=name, base_url=base_url, api_key=api_key)
-        result: View = await self._call("PATCH", f"/projects/{_segment(project_id)}", body=body)
-        return result
-
-    async def set_project_active(
-        self, project_id: str, active: bool, *, revoke_tokens: bool = False
-    ) -> View:
-        path = f"/projects/{_segment(project_id)}/" + ("activate" if active else "deactivate")
-        body = {} if active else {"revoke_tokens": revoke_tokens}
-        result: View = await self._call("POST", path, body=body)
-        return result
-
-    async def delete_project(self, project_id: str) -> View:
-        result: View = await self._call("DELETE", f"/projects/{_segment(project_id)}")
-        return result
-
-    async def project_usage(
-        self, project_id: str, *, before_event_id: str | None = None, limit: int = 20
-    ) -> View:
-        query = {"before_event_id": before_event_id, "limit": limit}
-        path = f"/projects/{_segment(project_id)}/usage"
-        result: View = await self._call("GET", path, query=query)
-        return result
-
-    # --- tokens ---
-
-    async def generate_token(
-        self,
-        project_id: str,
-        *,
-        duration: str | None = "24",
-        max_requests: int | None = None,
-        label: str = "",
-        rpm: int | None = None,
-        max_concurrency: int | None = None,
-    ) -> View:
-        body = {
-            "project_id": project_id,
-            "duration": duration if duration is not None else "never",
-            "max_requests": max_requests,
-            "label": label,
-            "rpm": rpm,
-            "max_concurrency": max_concurrency,
-        }
-        result: View = await self._call("POST", "/tokens", body=body)
-        return result
-
-    async def list_tokens(self, project_id: str | None = None) -> list[View]:
-        result: list[View] = (await self._call("GET", "/tokens", query={"project_id": project_id}))[
-            "data"
-        ]
-        return result
-
-    async def show_token(self, token_id: str) -> View:
-        result: View = await self._call("GET", f"/tokens/{_segment(token_id)}")
-        return result
-
-    async def token_usage(
-        self, token_id: str, *, before_event_id: str | None = None, limit: int = 20
-    ) -> View:
-        query = {"before_event_id": before_event_id, "limit": limit}
-        path = f"/tokens/{_segment(token_id)}/usage"
-        result: View = await self._call("GET", path, query=query)
-        return result
-
-    async def update_token(
-        self,
-        token_id: str,
-        *,
-        activate: bool | None = None,
-        max_requests: int | None = None,
-        unlimited: bool = False,
-        duration: str | None = None,
-        label: str | None = None,
-        rpm: int | None = None,
-        max_concurrency: int | None = None,
-    ) -> View:
-        body = _present(
-            activate=activate,
-            max_requests=max_requests,
-            duration=duration,
-            label=label,
-            unlimited=unlimited or None,
-            rpm=rpm,
-            max_concurrency=max_concurrency,
-        )
-        result: View = await self._call("PATCH", f"/tokens/{_segment(token_id)}", body=body)
-        return result
-
-    async def revoke_token(self, token_id: str) -> View:
-        result: View = await self._call("POST", f"/tokens/{_segment(token_id)}/revoke")
-        return result
-
-    async def revoke_project_tokens(self, project_id: str) -> View:
-        path = f"/projects/{_segment(project_id)}/revoke-tokens"
-        result: View = await self._call("POST", path)
-        return result
-
-    # --- keys and audit ---
-
-    async def purge_cache(
-        self, project_id: str | None = None, path_prefix: str | None = None
-    ) -> View:
-        body = {"project_id": project_id, "path_prefix": path_prefix}
-        result: View = await self._call("POST", "/cache/purge", body=body)
-        return result
-
-    async def rotate_keys(self) -> View:
-        result: View = await self._call("POST", "/keys/rotate")
-        return result
-
-    async def list_audit(self, flt: AuditFilter) -> list[View]:
-        return list((await self.audit_page(flt))["data"])
-
-    async def audit_page(self, flt: AuditFilter) -> View:
+    async def call(self, op: Operation[I], inp: I) -> Any:
+        """Run one operation on the deployment: the same inputs and reply as ``Management``."""
+        refuse_nul(inp)  # the server would refuse it too; this names the field without a trip
+        path = op.path
+        for f in op.located("path"):
+            path = path.replace("{" + f.name + "}", _segment(getattr(inp, f.name)))
         query = {
-            "action": flt.action,
-            "target_id": flt.target_id,
-            "outcome": flt.outcome,
-            "since": flt.since,
-            "until": flt.until,
-            "before_id": flt.before_id,
-            "limit": flt.limit,
+            f.name: f.encode(v, "query")
+            for f in op.located("query")
+            if (v := getattr(inp, f.name)) is not None
         }
-        result: View = await self._call("GET", "/audit", query=query)
-        return result
-
-
-def _query_value(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
+        body = {
+            f.name: f.encode(v, "body")
+            for f in op.located("body")
+            if (v := getattr(inp, f.name)) is not None
+        }
+        return await self._call(op.method, path, body=body if op.takes_body else None, query=query)

@@ -14,6 +14,7 @@ import aiohttp
 import redis.asyncio as aioredis
 import typer
 
+from admin.connect import probe_postgres
 from admin.output import emit, fail
 from admin.remote import TIMEOUT, RemoteManagement, RemoteTarget, chosen_target
 from shared.config import Settings
@@ -22,9 +23,9 @@ from shared.errors import LLMProxyError, Unavailable, UserError
 from shared.invalidation import Notifier
 from shared.invalidation import channel as invalidation_channel
 from shared.logging import redact, setup_logging
-from shared.manage import CachePurger, Management
+from shared.management import CachePurger, Management
 from shared.redis import make_redis, uses_redis
-from shared.store import SqlStore, make_store
+from shared.store import SqlStore, make_store, migrations
 
 # Both have the same methods; mypy checks every action against both.
 Manager = Management | RemoteManagement
@@ -49,6 +50,8 @@ async def open_store(settings: Settings, *, check_schema: bool = True) -> SqlSto
     never sees."""
     if check_schema:
         _refuse_missing_sqlite(settings)
+    if settings.db_driver == "postgres":
+        await probe_postgres(settings.database_url)
     store = make_store(settings)
     await store.open(wait=True)
     try:
@@ -56,8 +59,13 @@ async def open_store(settings: Settings, *, check_schema: bool = True) -> SqlSto
             pass
         elif settings.db_driver == "sqlite":
             await store.migrate()
-        elif await store.schema_version() == 0:
+        elif (version := await store.schema_version()) == 0:
             raise Unavailable("the database has no schema yet: run `llm-proxy migrate` first")
+        elif version < (needed := max(m.version for m in migrations.load("postgres"))):
+            raise Unavailable(
+                f"the database schema is at version {version} and this llm-proxy needs "
+                f"{needed}: run `llm-proxy migrate` first"
+            )
     except BaseException:
         await store.close()
         raise
@@ -91,6 +99,9 @@ async def _run_local(settings: Settings, action: Action) -> Any:
             count_cache_hits=settings.quota_count_cache_hits,
             cache=shared_cache(settings, redis),
             cache_backend=settings.http_cache_backend,
+            event_bus=settings.event_bus,
+            redis=redis,
+            stream_key=settings.redis_stream_key,
         )
         return await action(management)
     finally:
@@ -120,18 +131,21 @@ def run(
     as_json: bool,
     columns: Sequence[str] | None = None,
     render: Render | None = None,
+    result: Callable[[Any], Any] | None = None,
 ) -> None:
     """Run ``action`` here, or on the deployment ``llm-proxy manage --api-url`` names, and print
-    its result (with ``render`` if given); exit 1 with one line on any error."""
+    its result (picked by ``result``, printed by ``render`` if given); exit 1 with one line on
+    any error."""
     target = chosen_target(ctx)
     if target is not None:
-        result = guarded(lambda settings: _run_remote(target, action))
+        outcome = guarded(lambda settings: _run_remote(target, action))
     else:
-        result = guarded(lambda settings: _run_local(settings, action))
+        outcome = guarded(lambda settings: _run_local(settings, action))
+    shown = result(outcome) if result is not None else outcome
     if render is not None:
-        render(result, as_json)
+        render(shown, as_json)
     else:
-        emit(result, as_json=as_json, columns=columns)
+        emit(shown, as_json=as_json, columns=columns)
 
 
 def guarded_settings() -> Settings:

@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -16,7 +14,7 @@ from redis.exceptions import RedisError
 from dispatcher.metrics import DispatcherMetrics
 from dispatcher.options import Options
 from dispatcher.sinks import Jobs
-from shared.streams import StreamKeys
+from shared.streams import StreamKeys, StreamStats, stream_stats
 
 log = logging.getLogger("llm_proxy.dispatcher")
 
@@ -63,25 +61,6 @@ return removed
 """
 
 
-@dataclass(frozen=True, slots=True)
-class GroupStats:
-    name: str
-    consumers: int
-    pending: int
-    lag: int | None  # None when Redis cannot compute it (entries deleted mid-stream)
-    last_delivered_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStats:
-    length: int
-    groups: list[GroupStats]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class StreamKeeper:
     def __init__(self, redis: aioredis.Redis, stream_key: str) -> None:
         self.redis = redis
@@ -99,27 +78,7 @@ class StreamKeeper:
         )
 
     async def stats(self) -> StreamStats:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xlen(self.stream_key)
-        pipe.xinfo_groups(self.stream_key)
-        try:
-            length, groups = await pipe.execute()
-        except aioredis.ResponseError:  # no stream yet
-            return StreamStats(0, [])
-        out = []
-        for g in groups:
-            info = {_text(k): v for k, v in g.items()}
-            lag = info.get("lag")
-            out.append(
-                GroupStats(
-                    name=_text(info["name"]),
-                    consumers=int(info["consumers"]),
-                    pending=int(info["pending"]),
-                    lag=None if lag is None else int(lag),
-                    last_delivered_id=_text(info["last-delivered-id"]),
-                )
-            )
-        return StreamStats(int(length), out)
+        return await stream_stats(self.redis, self.stream_key)
 
 
 class Upkeep:

@@ -179,6 +179,7 @@ class ProxyApp:
             self.resources.notifier,
             cache=_shared_cache(http_cache),
             profiler=profiler,
+            redis=redis,
         )
         if settings.pool_warm:
             await _warm(store, upstream)

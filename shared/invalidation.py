@@ -62,7 +62,7 @@ def parse_purge_target(target: str) -> tuple[str | None, str | None]:
 
 
 class Notifier:
-    """The ``ChangeNotifier`` of shared.manage: writes the change log, publishes on Redis
+    """The ``ChangeNotifier`` of shared.management: writes the change log, publishes on Redis
     (on ``channel``, this deployment's: see ``channel()``)."""
 
     def __init__(

@@ -1,8 +1,12 @@
-"""Redis key names of the event pipeline, all in the stream's Redis Cluster hash slot."""
+"""Redis key names of the event pipeline (all in the stream's Redis Cluster hash slot), and what
+the stream holds."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
 
 #: The one field of a stream entry: the event as JSON (``RequestEvent.to_bytes``).
 EVENT_FIELD = b"e"
@@ -39,3 +43,47 @@ class StreamKeys:
     @property
     def retention_lock(self) -> str:
         return self.helper("retention-lock")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStats:
+    name: str
+    consumers: int
+    pending: int
+    lag: int | None  # None when Redis cannot compute it (entries deleted mid-stream)
+    last_delivered_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    length: int
+    groups: list[GroupStats]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def stream_stats(redis: aioredis.Redis, stream_key: str) -> StreamStats:
+    """The stream's length and, per consumer group, its consumers, pending entries and lag."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.xlen(stream_key)
+    pipe.xinfo_groups(stream_key)
+    try:
+        length, groups = await pipe.execute()
+    except aioredis.ResponseError:  # no stream yet
+        return StreamStats(0, [])
+    out = []
+    for g in groups:
+        info = {_text(k): v for k, v in g.items()}
+        lag = info.get("lag")
+        out.append(
+            GroupStats(
+                name=_text(info["name"]),
+                consumers=int(info["consumers"]),
+                pending=int(info["pending"]),
+                lag=None if lag is None else int(lag),
+                last_delivered_id=_text(info["last-delivered-id"]),
+            )
+        )
+    return StreamStats(int(length), out)

@@ -12,11 +12,16 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount
 
 from proxy.manage import create_management_app
+from proxy.manage.guard import error_response
 from shared.config import Settings
 from shared.crypto import load_keyring
+from shared.errors import RouteNotFound
+from shared.redis import make_redis, uses_redis
 from shared.store import make_store
 
 
@@ -43,15 +48,31 @@ def host_app(settings: Settings, notifier: RecordingNotifier) -> Starlette:
     store = make_store(settings)
     keyring = load_keyring(settings)
 
+    redis = make_redis(settings) if uses_redis(settings) else None
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open()
         await store.migrate()
         yield
         await store.close()
+        if redis is not None:
+            await redis.aclose()
 
-    management = create_management_app(settings, store, keyring, notifier)
-    return Starlette(routes=[Mount("/manage", app=management)], lifespan=lifespan)
+    management = create_management_app(settings, store, keyring, notifier, redis=redis)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        # Under /manage/, as the proxy answers a path its router cannot place (a newline in an
+        # id, say); elsewhere a plain 404, as from a server that is not llm-proxy at all.
+        if request.url.path.startswith("/manage/"):
+            return error_response(RouteNotFound())
+        return PlainTextResponse("Not Found", status_code=404)
+
+    return Starlette(
+        routes=[Mount("/manage", app=management)],
+        lifespan=lifespan,
+        exception_handlers={404: not_found},
+    )
 
 
 class ManagementServer:

@@ -17,7 +17,8 @@ import httpx
 
 from shared.config import Settings
 from shared.crypto import load_keyring
-from shared.manage import Management
+from shared.management import Management
+from shared.management.inputs import CreateProject, GenerateToken
 from shared.store import make_store
 from tests.services import free_port
 
@@ -127,8 +128,12 @@ def provision(
             try:
                 await store.migrate()
                 mgmt = Management(store=store, keyring=load_keyring(settings), actor="test")
-                project = await mgmt.create_project(name, base_url, api_key)
-                token = await mgmt.generate_token(project["id"], **token_kw)
+                project = await mgmt.create_project(
+                    CreateProject(name=name, base_url=base_url, api_key=api_key)
+                )
+                token = await mgmt.generate_token(
+                    GenerateToken(project_id=project["id"], **token_kw)
+                )
                 return Provisioned(project["id"], token["id"], token["token"])
             finally:
                 await store.close()

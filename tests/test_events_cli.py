@@ -14,7 +14,10 @@ from dispatcher.entries import Entry
 from shared.config import Settings
 from shared.store import make_store
 from shared.streams import EVENT_FIELD
+from tests.manage_server import ManagementServer
 from tests.pipeline_kit import Owners, seed
+from tests.test_cli import NO_DATABASE
+from tests.test_cli import cli_env as cli_env  # the local/remote fixture
 
 
 def cli(env: dict[str, str], *args: str) -> Any:
@@ -59,14 +62,19 @@ def prepare(env: dict[str, str], events: int) -> Owners:
     return asyncio.run(go())
 
 
-def test_stats_tail_and_dead_letters(db_env: dict[str, str]) -> None:
+def test_stats_tail_and_dead_letters(db_env: dict[str, str], cli_env: dict[str, str]) -> None:
     owners = prepare(db_env, 12)
+    db_env = cli_env  # the same commands, here and through the management API
     stats = ok_json(db_env, "manage", "events", "stats")
     assert stats["events"] == 12 and stats["event_bus"] == "in-memory"
     assert stats["dead_letters"] == {"max_deliveries": 1, "undecodable": 1}
     tail = ok_json(db_env, "manage", "events", "tail", "--limit", "5")
     assert {e["request_id"] for e in tail} == {f"req-{i}" for i in range(7, 12)}  # the latest
     assert [e["ts"] for e in tail] == sorted(e["ts"] for e in tail)  # oldest first
+    # a time alone as the cursor: from then on (the events were recorded just now)
+    since = ok_json(db_env, "manage", "events", "tail", "--since", "1h", "--limit", "50")
+    assert [e["request_id"] for e in since] == [f"req-{i}" for i in range(12)]
+    assert ok_json(db_env, "manage", "events", "tail", "--since", "2999-01-01") == []
     mine = ok_json(db_env, "manage", "events", "tail", "--token-id", owners.tokens[0].id)
     assert len(mine) == 4 and {e["token_id"] for e in mine} == {owners.tokens[0].id}
     letters = ok_json(db_env, "manage", "events", "dead-letters")
@@ -105,10 +113,13 @@ def test_stats_show_the_stream_with_redis_streams(
             "LLM_PROXY_EVENT_BUS": "redis-streams",
             "REDIS_STREAM_KEY": key,
         }
-        stats = ok_json(env, "manage", "events", "stats")
-        assert stats["stream"]["length"] == 1
-        (group,) = stats["stream"]["groups"]
-        assert group["name"] == "llm-proxy-dispatchers" and group["lag"] == 1
+        with ManagementServer(Settings.from_env({**env, "MANAGEMENT_TOKEN": "t"})) as server:
+            remote = {**NO_DATABASE, "LLM_PROXY_API_URL": server.url, "MANAGEMENT_TOKEN": "t"}
+            for where in (env, remote):  # read here, and by the deployment for a remote CLI
+                stats = ok_json(where, "manage", "events", "stats")
+                assert stats["stream"]["length"] == 1
+                (group,) = stats["stream"]["groups"]
+                assert group["name"] == "llm-proxy-dispatchers" and group["lag"] == 1
     finally:
         client.delete(key)
         client.close()
@@ -128,3 +139,65 @@ def test_pipeline_commands_reject_bad_arguments_in_one_line() -> None:
         errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
         assert len(errors) == 1 and message in errors[0], result.stderr
     assert cli({}, "dispatcher", "--batch-size", "0").exit_code == 2  # Typer's own range check
+
+
+def test_replay_refuses_what_the_dispatcher_refused_as_oversized(db_env: dict[str, str]) -> None:
+    """An entry over the dispatcher's size cap stays a dead letter: replay applies the same
+    rules as the dispatcher, so it cannot sneak in what the pipeline turned away."""
+
+    async def go() -> None:
+        store = make_store(Settings.from_env(db_env))
+        await store.open()
+        await store.migrate()
+        owners = await seed(store)
+        big = owners.event(1)
+        big.model = "m" * (70 * 1024)  # a storable event, but an entry far over the cap
+        letter = dead_letter(
+            Entry("3-0", {EVENT_FIELD: big.to_bytes()}),
+            stream_key="llm-proxy-events",
+            reason="undecodable",
+            error="entry too large",
+            consumer="d1",
+        )
+        await store.record_batch([], [letter])
+        await store.close()
+
+    asyncio.run(go())
+    result = cli(db_env, "manage", "events", "replay-dead-letters", "--json")
+    assert result.exit_code == 1, result.stdout
+    report = json.loads(result.stdout)
+    assert report["inserted"] == 0 and report["replayed"] == 0
+    (error,) = report["failed"].values()
+    assert "more than 65536" in error
+    assert ok_json(db_env, "manage", "events", "stats")["events"] == 0
+
+
+def test_remote_replay_hands_dead_letters_back_to_the_stream(
+    db_env: dict[str, str], redis_env: dict[str, str], unique_prefix: str
+) -> None:
+    import redis
+
+    prepare(db_env, 0)
+    key = f"{unique_prefix}events"
+    env = {**db_env, **redis_env, "LLM_PROXY_EVENT_BUS": "redis-streams", "REDIS_STREAM_KEY": key}
+    client = redis.Redis.from_url(f"redis://{redis_env['REDIS_ADDR']}")
+    try:
+        with ManagementServer(Settings.from_env({**env, "MANAGEMENT_TOKEN": "t"})) as server:
+            remote = {**NO_DATABASE, "LLM_PROXY_API_URL": server.url, "MANAGEMENT_TOKEN": "t"}
+            report = ok_json(
+                remote, "manage", "events", "replay-dead-letters", "--reason", "max_deliveries"
+            )
+            assert report["requeued"] == 1 and report["stream"] == key
+            ((_, fields),) = client.xrange(key)
+            lost = ok_json(db_env, "manage", "events", "dead-letters", "--include-replayed")[0]
+            assert fields[EVENT_FIELD] == lost["payload"].encode() and lost["replayed_at"]
+            assert ok_json(remote, "manage", "events", "stats")["dead_letters"] == {
+                "undecodable": 1
+            }
+        with ManagementServer(Settings.from_env({**db_env, "MANAGEMENT_TOKEN": "t"})) as plain:
+            remote = {**NO_DATABASE, "LLM_PROXY_API_URL": plain.url, "MANAGEMENT_TOKEN": "t"}
+            result = cli(remote, "manage", "events", "replay-dead-letters")
+            assert result.exit_code == 1 and "no event stream" in result.stderr
+    finally:
+        client.delete(key)
+        client.close()

@@ -19,7 +19,8 @@ from shared.clock import utcnow
 from shared.config import Settings
 from shared.crypto import load_keyring
 from shared.invalidation import Notifier
-from shared.manage import Management
+from shared.management import Management
+from shared.management import inputs as i
 from shared.store import make_store
 from tests.proxy_process import UNLIMITED, Provisioned, ProxyProcess, provision
 from tests.services import free_port
@@ -106,17 +107,21 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 def test_every_auth_failure_looks_the_same(env: Env) -> None:
     m = env.manage()
-    project = m.create_project("auth-p", env.fake.base_url, "sk-upstream-x")
-    revoked = m.generate_token(project["id"])
-    expiring = m.generate_token(project["id"], duration="1s")
-    other = m.create_project("inactive-p", env.fake.base_url, "sk-upstream-y")
-    inactive = m.generate_token(other["id"])
+    project = m.create_project(
+        i.CreateProject(name="auth-p", base_url=env.fake.base_url, api_key="sk-upstream-x")
+    )
+    revoked = m.generate_token(i.GenerateToken(project_id=project["id"]))
+    expiring = m.generate_token(i.GenerateToken(project_id=project["id"], duration="1s"))
+    other = m.create_project(
+        i.CreateProject(name="inactive-p", base_url=env.fake.base_url, api_key="sk-upstream-y")
+    )
+    inactive = m.generate_token(i.GenerateToken(project_id=other["id"]))
     url = f"{env.url}/v1/models"
     # prime the worker's cache, so the revocations below must invalidate it
     for tok in (revoked["token"], inactive["token"]):
         assert httpx.get(url, headers=env.auth(tok)).status_code == 200
-    m.revoke_token(revoked["id"])
-    m.set_project_active(other["id"], False)
+    m.revoke_token(i.TokenRef(token_id=revoked["id"]))
+    m.deactivate_project(i.DeactivateProject(project_id=other["id"]))
     time.sleep(1.1)  # the short-lived token expires
     cases = {
         "missing": {},
@@ -251,8 +256,12 @@ def test_upstream_timeout_is_504(env: Env) -> None:
 
 def test_upstream_down_is_502(env: Env) -> None:
     m = env.manage()
-    project = m.create_project("down", f"http://127.0.0.1:{free_port()}/v1", "sk-upstream-z")
-    token = m.generate_token(project["id"])["token"]
+    project = m.create_project(
+        i.CreateProject(
+            name="down", base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="sk-upstream-z"
+        )
+    )
+    token = m.generate_token(i.GenerateToken(project_id=project["id"]))["token"]
     resp = httpx.get(f"{env.url}/v1/models", headers=env.auth(token))
     assert resp.status_code == 502
     assert resp.json()["error"]["code"] == "upstream_error"
@@ -359,9 +368,29 @@ def test_expired_token_from_the_store(env: Env) -> None:
         finally:
             os.chdir(here)
 
-    tok = env.manage().generate_token(env.creds.project_id)
+    tok = env.manage().generate_token(i.GenerateToken(project_id=env.creds.project_id))
     asyncio.run(expire())
     url = f"{env.url}/v1/models"
     assert httpx.get(url, headers=env.auth(tok["token"])).status_code == 200
     time.sleep(1.1)
     assert httpx.get(url, headers=env.auth(tok["token"])).status_code == 401
+
+
+def test_a_rotated_token_works_until_its_grace_ends(env: Env) -> None:
+    m = env.manage()
+    old = m.generate_token(i.GenerateToken(project_id=env.creds.project_id, rpm=0))
+    url = f"{env.url}/v1/models"
+    assert httpx.get(url, headers=env.auth(old["token"])).status_code == 200  # cached now
+    new = m.rotate_token(i.RotateToken(token_id=old["id"], grace="2s"))
+    assert new["replaces"] == old["id"] and new["token"] != old["token"]
+    assert new["rpm"] == 0 and new["project_id"] == env.creds.project_id  # same limits
+    assert httpx.get(url, headers=env.auth(new["token"])).status_code == 200  # at once
+    assert httpx.get(url, headers=env.auth(old["token"])).status_code == 200  # in its grace
+    deadline = time.monotonic() + 30
+    while httpx.get(url, headers=env.auth(old["token"])).status_code != 401:
+        assert time.monotonic() < deadline, "the old token outlived its grace period"
+        time.sleep(0.1)
+    assert httpx.get(url, headers=env.auth(new["token"])).status_code == 200
+    audit = m.audit_page(i.AuditQuery(action="token.rotate"))["data"]
+    assert audit[0]["target_id"] == old["id"] and audit[0]["details"]["new_token_id"] == new["id"]
+    assert new["token"] not in env.proxy.logs()

@@ -17,7 +17,8 @@ import pytest
 from shared.config import Settings
 from shared.crypto import load_keyring, new_key
 from shared.invalidation import Notifier, channel
-from shared.manage import Management
+from shared.management import Management
+from shared.management.inputs import TokenRef
 from shared.redis import make_redis
 from shared.store import make_store
 from tests.proxy_process import UNLIMITED, ProxyProcess, provision
@@ -136,7 +137,7 @@ def test_revocation_reaches_two_instances_within_a_second_over_redis(tmp_path: P
                     actor="test",
                     notifier=Notifier(store, redis, channel=channel(settings)),
                 )
-                await mgmt.revoke_token(creds.token_id)
+                await mgmt.revoke_token(TokenRef(token_id=creds.token_id))
             finally:
                 await redis.aclose()
                 await store.close()

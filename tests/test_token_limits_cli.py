@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.manage import remaining_requests, token_state
+from shared.management import remaining_requests, token_state
 from shared.store import Token
 from tests.test_cli import UPSTREAM_KEY, cli, fails, ok_json
 

@@ -3,114 +3,78 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import json
 import sys
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 
+from admin.declared import Shown, page_data
 from admin.options import JsonOpt
 from admin.output import emit
-from admin.runner import guarded, open_store
-from shared.clock import from_epoch, utcnow
+from admin.remote import chosen_target
+from admin.runner import Manager, guarded, open_store, run
+from shared.clock import utcnow
 from shared.config import Settings
-from shared.events import RequestEvent
+from shared.management import inputs
+from shared.management import operations as ops
 from shared.store import SqlStore
-from shared.store.models import DeadLetter
 
 app = typer.Typer(help="Request events, the event stream and dead letters.", no_args_is_help=True)
 
 EVENT_COLUMNS = ("ts", "event_id", "token_id", "method", "path", "status", "model", "cache")
+LETTER_COLUMNS = ("id", "created_at", "reason", "entry_id", "deliveries", "error")
 
-
-def _event_view(event: RequestEvent) -> dict[str, Any]:
-    return {
-        "ts": from_epoch(event.ts).isoformat(timespec="milliseconds"),
-        "event_id": event.event_id,
-        "request_id": event.request_id,
-        "project_id": event.project_id,
-        "token_id": event.token_id,
-        "method": event.method,
-        "path": event.path,
-        "status": event.status,
-        "model": event.model,
-        "cache": event.cache_status,
-        "duration_ms": round(event.duration_ms, 3),
-        "prompt_tokens": event.prompt_tokens,
-        "completion_tokens": event.completion_tokens,
-        "usage_source": event.usage_source,
-        "error": event.error,
-    }
-
-
-def _letter_view(letter: DeadLetter) -> dict[str, Any]:
-    return {
-        "id": letter.id,
-        "created_at": letter.created_at,
-        "reason": letter.reason,
-        "entry_id": letter.entry_id,
-        "event_id": letter.event_id,
-        "deliveries": letter.deliveries,
-        "error": letter.error,
-        "replayed_at": letter.replayed_at,
-        "payload": letter.payload.decode("utf-8", "backslashreplace"),
-    }
-
-
-async def _with_store(settings: Settings, body: Any) -> Any:
-    store = await open_store(settings)
-    try:
-        return await body(store)
-    finally:
-        await store.close()
-
-
-@app.command("tail")
-def tail(
-    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 20,
-    token_id: Annotated[str | None, typer.Option("--token-id", help="Only this token.")] = None,
-    project_id: Annotated[
-        str | None, typer.Option("--project-id", help="Only this project.")
-    ] = None,
-    follow: Annotated[
+_FOLLOW = inspect.Parameter(
+    "follow",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=False,
+    annotation=Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new events (Ctrl-C stops).")
-    ] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """The latest recorded request events, oldest first.
+    ],
+)
 
-    With --follow, then new ones as they are written (one JSON object per line with --json)."""
 
-    async def body(store: SqlStore) -> list[dict[str, Any]]:
-        events = await store.list_events(limit=limit, token_id=token_id, project_id=project_id)
-        if not follow:
-            return [_event_view(e) for e in events]
-        _print(events, as_json)
-        last = (events[-1].ts, events[-1].event_id) if events else None
-        after = (from_epoch(last[0]), last[1]) if last else (utcnow(), "")
-        try:
-            while True:
-                await asyncio.sleep(1.0)
-                new = await store.list_events(
-                    limit=1000, token_id=token_id, project_id=project_id, after=after
-                )
-                _print(new, as_json)
-                if new:
-                    after = (from_epoch(new[-1].ts), new[-1].event_id)
-        except asyncio.CancelledError:
-            return []
+def _tail(ctx: typer.Context, first: inputs.TailEvents, as_json: bool, extra: Any) -> None:
+    """The latest events, then (with --follow) new ones as they are written, one line each."""
+    if not extra["follow"]:
+        run(
+            ctx,
+            lambda m: m.call(ops.TAIL_EVENTS, first),
+            as_json=as_json,
+            columns=EVENT_COLUMNS,
+            result=page_data,
+        )
+        return
+
+    async def follow(m: Manager) -> None:
+        rows = (await m.call(ops.TAIL_EVENTS, first))["data"]
+        _print(rows, as_json)
+        after = _cursor(rows) or (utcnow(), "")
+        while True:
+            await asyncio.sleep(1.0)
+            page = dataclasses.replace(first, limit=1000, after=after[0], after_event_id=after[1])
+            rows = (await m.call(ops.TAIL_EVENTS, page))["data"]
+            _print(rows, as_json)
+            after = _cursor(rows) or after
 
     try:
-        rows = guarded(lambda settings: _with_store(settings, body))
+        run(ctx, follow, as_json=as_json, render=lambda result, js: None)
     except KeyboardInterrupt:  # Ctrl-C ends --follow; nothing more to say
         raise typer.Exit(0) from None
-    if not follow:
-        emit(rows, as_json=as_json, columns=EVENT_COLUMNS)
 
 
-def _print(events: list[RequestEvent], as_json: bool) -> None:
-    for event in events:
-        view = _event_view(event)
+def _cursor(rows: list[dict[str, Any]]) -> tuple[datetime, str] | None:
+    if not rows:
+        return None
+    return datetime.fromisoformat(rows[-1]["ts"]), rows[-1]["event_id"]
+
+
+def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
+    for view in rows:
         if as_json:
             sys.stdout.write(json.dumps(view) + "\n")
         else:
@@ -118,86 +82,15 @@ def _print(events: list[RequestEvent], as_json: bool) -> None:
     sys.stdout.flush()
 
 
-@app.command("stats")
-def stats(as_json: JsonOpt = False) -> None:
-    """Counts of recorded events, dead letters and the stream's backlog.
-
-    With LLM_PROXY_EVENT_BUS=redis-streams: the stream's length and, per consumer group,
-    pending entries, lag and consumers."""
-
-    async def body(settings: Settings) -> dict[str, Any]:
-        async def from_db(store: SqlStore) -> dict[str, Any]:
-            events = await store.event_stats()
-            return {
-                "events": int(events.get("events") or 0),
-                "oldest_event": events.get("oldest_ts"),
-                "newest_event": events.get("newest_ts"),
-                "dead_letters": await store.dead_letter_counts(),
-            }
-
-        out: dict[str, Any] = await _with_store(settings, from_db)
-        out["event_bus"] = settings.event_bus
-        if settings.event_bus == "redis-streams":
-            out["stream"] = await _stream_stats(settings)
-        return out
-
-    emit(guarded(body), as_json=as_json)
-
-
-async def _stream_stats(settings: Settings) -> dict[str, Any]:
-    # Imported here: the pipeline's modules (redis.asyncio, dramatiq) slow every CLI start.
-    from dispatcher.maintenance import StreamKeeper
-    from shared.redis import make_redis
-
-    redis = make_redis(settings)
-    try:
-        stats = await StreamKeeper(redis, settings.redis_stream_key).stats()
-    finally:
-        await redis.aclose()
-    return {
-        "key": settings.redis_stream_key,
-        "length": stats.length,
-        "groups": [
-            {
-                "name": g.name,
-                "consumers": g.consumers,
-                "pending": g.pending,
-                "lag": g.lag,
-                "last_delivered_id": g.last_delivered_id,
-            }
-            for g in stats.groups
-        ],
-    }
-
-
-@app.command("dead-letters")
-def dead_letters(
-    reason: Annotated[
-        str | None, typer.Option("--reason", help="undecodable, rejected or max_deliveries")
-    ] = None,
-    include_replayed: Annotated[
-        bool, typer.Option("--include-replayed", help="Also those already replayed.")
-    ] = False,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 100,
-    as_json: JsonOpt = False,
-) -> None:
-    """Stream entries the dispatchers could not record, oldest first, with the error."""
-
-    async def body(store: SqlStore) -> list[dict[str, Any]]:
-        letters = await store.list_dead_letters(
-            reason=reason, include_replayed=include_replayed, limit=limit
-        )
-        return [_letter_view(x) for x in letters]
-
-    emit(
-        guarded(lambda settings: _with_store(settings, body)),
-        as_json=as_json,
-        columns=("id", "created_at", "reason", "entry_id", "deliveries", "error"),
-    )
+SHOWN = {
+    "events tail": Shown(extra=(_FOLLOW,), perform=_tail),
+    "events dead-letters": Shown(columns=LETTER_COLUMNS, result=page_data),
+}
 
 
 @app.command("replay-dead-letters")
 def replay_dead_letters(
+    ctx: typer.Context,
     ids: Annotated[
         list[int] | None, typer.Option("--id", help="Only these dead letters (repeatable).")
     ] = None,
@@ -210,18 +103,28 @@ def replay_dead_letters(
     """Record dead letters again, straight into the database.
 
     Run it after fixing what made them fail. Each is marked replayed; an event already recorded
-    is not counted twice. Entries still not storable are listed with their error and stay."""
-    from dispatcher.deadletter import replay_dead_letters as replay  # see _stream_stats
+    is not counted twice. Entries still not storable are listed with their error and stay.
+    With --api-url the deployment hands them back to its event stream instead, and its
+    dispatchers record them (or dead-letter them again) with the checks they always apply."""
+    if chosen_target(ctx) is not None:
+        back = inputs.RequeueDeadLetters(ids=ids or None, reason=reason, limit=limit)
+        run(ctx, lambda m: m.call(ops.REQUEUE_DEAD_LETTERS, back), as_json=as_json)
+        return
+    from dispatcher.deadletter import replay_dead_letters as replay  # the pipeline loads slowly
 
-    async def body(store: SqlStore) -> dict[str, Any]:
-        report = await replay(store, ids=ids or [], reason=reason, limit=limit)
+    async def body(settings: Settings) -> dict[str, Any]:
+        store: SqlStore = await open_store(settings)
+        try:
+            report = await replay(store, ids=ids or [], reason=reason, limit=limit)
+        finally:
+            await store.close()
         return {
             "replayed": len(report.replayed),
             "inserted": report.inserted,
             "failed": {str(k): v for k, v in report.failed.items()},
         }
 
-    result = guarded(lambda settings: _with_store(settings, body))
+    result = guarded(body)
     emit(result, as_json=as_json)
     if result["failed"]:
         raise typer.Exit(1)

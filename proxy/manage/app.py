@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from importlib.metadata import PackageNotFoundError, version
 
+import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -14,10 +14,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from proxy.limits.clientip import TrustedProxies
-from proxy.manage.fields import parse_body, parse_query
+from proxy.manage.fields import parse_inputs
 from proxy.manage.guard import REQUEST_ID_KEY, ManagementGuard, client_ip, error_response
 from proxy.manage.openapi import OPENAPI_PATH, openapi_document
-from proxy.manage.routes import ENDPOINTS, Call, Endpoint
+from proxy.manage.routes import ENDPOINTS, Endpoint
 from proxy.profiling import Profiler
 from shared.config import Settings
 from shared.crypto import Keyring
@@ -29,8 +29,9 @@ from shared.errors import (
     UserError,
 )
 from shared.logging import redact
-from shared.manage import CachePurger, ChangeNotifier, Management
+from shared.management import CachePurger, ChangeNotifier, Management
 from shared.store import SqlStore
+from shared.version import package_version
 
 log = logging.getLogger("llm_proxy.manage")
 
@@ -45,6 +46,7 @@ def create_management_app(
     *,
     cache: CachePurger | None = None,
     profiler: Profiler | None = None,
+    redis: aioredis.Redis | None = None,
 ) -> Starlette:
     """The management API over an opened ``store``. Mount it at ``/manage``; the caller owns the
     store's lifecycle (the sub-application has no lifespan of its own)."""
@@ -61,13 +63,20 @@ def create_management_app(
             count_cache_hits=settings.quota_count_cache_hits,
             cache=cache,
             cache_backend=settings.http_cache_backend,
+            event_bus=settings.event_bus,
+            redis=redis,
+            stream_key=settings.redis_stream_key,
         )
 
+    # One route per path, so that a 405 (and OPTIONS) names every method the path takes.
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for ep in ENDPOINTS:
+        by_path.setdefault(ep.path, {})[ep.method] = ep
     routes = [
-        Route(ep.path, _endpoint(ep, management), methods=[ep.method], name=ep.operation)
-        for ep in ENDPOINTS
+        Route(path, _by_method(eps, management), methods=list(eps), name=path)
+        for path, eps in by_path.items()
     ]
-    schema = openapi_document(_version())
+    schema = openapi_document(package_version())
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(schema)
@@ -99,21 +108,34 @@ def create_management_app(
     )
 
 
+def _by_method(
+    eps: dict[str, Endpoint], management: Callable[[Request], Management]
+) -> Callable[[Request], Awaitable[Response]]:
+    handlers = {method: _endpoint(ep, management) for method, ep in eps.items()}
+    if "GET" in handlers:
+        handlers["HEAD"] = handlers["GET"]
+
+    async def handle(request: Request) -> Response:
+        return await handlers[request.method](request)
+
+    return handle
+
+
 def _endpoint(
     ep: Endpoint, management: Callable[[Request], Management]
 ) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
-        body = parse_body(await _read_body(request), ep.body) if ep.body is not None else {}
-        call = Call(request.path_params, body, parse_query(request.query_params, ep.query))
+        raw = await _read_body(request) if ep.takes_body else b""
+        inputs = parse_inputs(ep, request.path_params, request.query_params, raw)
         try:
-            result = await ep.handler(management(request), call)
+            result = await management(request).call(ep, inputs)
         except LLMProxyError:
             raise
         except Exception as exc:
             # One masked line, then the generic 500 envelope: driver messages can quote input.
             log.error(
                 "management %s failed: %s: %s",
-                ep.operation,
+                ep.operation_id,
                 type(exc).__name__,
                 redact(str(exc)).splitlines()[0] if str(exc) else "",
                 extra={"request_id": request.scope.get(REQUEST_ID_KEY, "")},
@@ -146,14 +168,10 @@ async def _render_error(request: Request, exc: Exception) -> Response:
 async def _render_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return error_response(MethodNotAllowed(headers=dict(exc.headers or {})))
+        headers = dict(exc.headers or {})
+        if request.method == "OPTIONS":  # what the path takes, which is what OPTIONS asks
+            return Response(status_code=204, headers={"Allow": headers["Allow"] + ", OPTIONS"})
+        return error_response(MethodNotAllowed(headers=headers))
     if exc.status_code == 404:
         return error_response(RouteNotFound("Unknown management endpoint."))
     return error_response(UserError(str(exc.detail)))
-
-
-def _version() -> str:
-    try:
-        return version("llm-proxy")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0"

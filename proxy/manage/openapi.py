@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.manage.fields import Field
 from proxy.manage.routes import ENDPOINTS, Endpoint
 from proxy.manage.schemas import SCHEMAS
+from shared.management import Field
 
 MOUNT = "/manage"
 OPENAPI_PATH = "/openapi.json"
@@ -23,9 +23,10 @@ _ERRORS = {
 def _error_responses(endpoint: Endpoint) -> dict[str, Any]:
     ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     codes = ["400", "401", "503"]
-    if endpoint.path_params or endpoint.body:
-        codes.append("404")
-    if endpoint.operation in ("createProject", "updateProject"):
+    # Every reference to a project or token may name none (and a name may be ambiguous).
+    if any(f.name in ("project_id", "token_id") for f in endpoint.fields):
+        codes += ["404", "409"]
+    elif endpoint.operation_id == "createProject":
         codes.append("409")
     return {code: {"description": _ERRORS[code], **ref} for code in sorted(codes)}
 
@@ -44,15 +45,13 @@ def _body_schema(fields: tuple[Field, ...]) -> dict[str, Any]:
 
 def _operation(endpoint: Endpoint) -> dict[str, Any]:
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in endpoint.path_params
-    ]
-    params += [
-        {"name": f.name, "in": "query", "required": f.required, "schema": f.schema()}
-        for f in endpoint.query
+        {"name": f.name, "in": where, "required": where == "path" or f.required, "schema": schema}
+        for where in ("path", "query")
+        for f in endpoint.located(where)
+        for schema in [f.schema() | ({"minLength": 1} if where == "path" else {})]
     ]
     op: dict[str, Any] = {
-        "operationId": endpoint.operation,
+        "operationId": endpoint.operation_id,
         "summary": endpoint.summary,
         "tags": [endpoint.path.split("/")[1]],
         "responses": {
@@ -67,12 +66,15 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
             **_error_responses(endpoint),
         },
     }
+    if endpoint.description:
+        op["description"] = endpoint.description
     if params:
         op["parameters"] = params
-    if endpoint.body:
+    body = endpoint.located("body")
+    if body:
         op["requestBody"] = {
-            "required": any(f.required for f in endpoint.body),
-            "content": {"application/json": {"schema": _body_schema(endpoint.body)}},
+            "required": any(f.required for f in body),
+            "content": {"application/json": {"schema": _body_schema(body)}},
         }
     return op
 

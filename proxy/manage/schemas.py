@@ -1,4 +1,4 @@
-"""JSON Schemas of the management API's replies: the views of shared.manage, described once."""
+"""JSON Schemas of the management API's replies: the views of shared.management, described once."""
 
 from __future__ import annotations
 
@@ -104,6 +104,43 @@ _NEXT_EVENT: Schema = {
     "description": "Pass as before_event_id for the next page; null on the last page.",
 }
 
+_TAIL_FIELDS: dict[str, Schema] = {
+    "ts": _TIME,
+    "event_id": _STR,
+    "request_id": _STR,
+    "project_id": _STR,
+    "token_id": _STR,
+    "method": _STR,
+    "path": _STR,
+    "status": _INT,
+    "model": _STR,
+    "cache": _STR,
+    "duration_ms": _NUM,
+    "prompt_tokens": _INT,
+    "completion_tokens": _INT,
+    "usage_source": _STR,
+    "error": _STR,
+}
+_LETTER_FIELDS: dict[str, Schema] = {
+    "id": _INT,
+    "created_at": _OPT_TIME,
+    "reason": {"enum": ["undecodable", "rejected", "max_deliveries"]},
+    "entry_id": _STR,
+    "event_id": _STR,
+    "deliveries": _INT,
+    "error": _STR,
+    "replayed_at": _OPT_TIME,
+    "payload": {"type": "string", "description": "The entry as stored (UTF-8, \\x escapes)."},
+}
+_GROUP: Schema = _object(
+    "One consumer group of the stream.",
+    name=_STR,
+    consumers=_INT,
+    pending=_INT,
+    lag=_OPT_INT,
+    last_delivered_id=_STR,
+)
+
 SCHEMAS: dict[str, Schema] = {
     "Error": _object(
         "The OpenAI-style error envelope every failure is answered with.",
@@ -134,6 +171,13 @@ SCHEMAS: dict[str, Schema] = {
         "A new token. `token` is the secret, shown in full only in this reply.",
         **_TOKEN_FIELDS,
         token=_STR,
+    ),
+    "RotatedToken": _object(
+        "The new token (`token`, shown in full only in this reply) and the id of the one it "
+        "replaces, which keeps working until the grace period ends.",
+        **_TOKEN_FIELDS,
+        token=_STR,
+        replaces=_STR,
     ),
     "RevokedToken": _object(
         "The token after revocation.",
@@ -183,5 +227,36 @@ SCHEMAS: dict[str, Schema] = {
             "type": ["integer", "null"],
             "description": "Pass as before_id for the next page; null on the last page.",
         },
+    ),
+    "EventTail": _object(
+        "Recorded request events, oldest first.",
+        data={"type": "array", "items": _object("One request event.", **_TAIL_FIELDS)},
+    ),
+    "EventStats": {
+        **_object(
+            "Recorded events, dead letters by reason, and the event bus.",
+            events=_INT,
+            oldest_event=_OPT_STR,
+            newest_event=_OPT_STR,
+            dead_letters={"type": "object", "additionalProperties": _INT},
+            event_bus={"enum": ["in-memory", "redis-streams"]},
+            stream=_object(
+                "The Redis stream (with LLM_PROXY_EVENT_BUS=redis-streams).",
+                key=_STR,
+                length=_INT,
+                groups={"type": "array", "items": _GROUP},
+            ),
+        ),
+        "required": ["events", "oldest_event", "newest_event", "dead_letters", "event_bus"],
+    },
+    "DeadLetterList": _object(
+        "Dead letters, oldest first.",
+        data={"type": "array", "items": _object("One dead letter.", **_LETTER_FIELDS)},
+    ),
+    "DeadLettersRequeued": _object(
+        "The dead letters handed back to the stream.",
+        requeued=_INT,
+        ids={"type": "array", "items": _INT},
+        stream=_STR,
     ),
 }

@@ -1,0 +1,271 @@
+"""Every management operation's inputs, declared once; the table of operations.
+
+A new field (a budget, a model scope) is one ``inp()`` line here, plus the store column it fills
+and its view: the service, the API, its OpenAPI document, the remote client and the CLI all read
+these declarations. Token limits sit in one mixin so that generation and update take the same ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.management.checks import (
+    DEAD_LETTER_REASONS,
+    DEFAULT_BASE_URL,
+    MAX_PAGE,
+    check_api_key,
+    check_base_url,
+    check_name,
+    check_path_prefix,
+    zero_is_none,
+)
+from shared.management.fields import inp
+
+_INPUT = {"frozen": True, "slots": True, "kw_only": True}
+
+_PROJECT_DOC = "The project's id or its name."
+_TOKEN_DOC = "The token's id (not the token itself) or its label."
+_KEY_DOC = "The project's upstream API key. Stored encrypted; never returned."
+_LIMIT_DOC = "How many to list (a page)."
+_WHEN = ": ISO 8601 (UTC unless an offset is given) or a span back from now (1h, 7d)."
+
+
+def _project_ref(*, argument: bool = True) -> Any:
+    return inp("string", _PROJECT_DOC, argument=argument)
+
+
+def _token_ref() -> Any:
+    return inp("string", _TOKEN_DOC, argument=True)
+
+
+def _page(default: int) -> Any:
+    return inp("integer", _LIMIT_DOC, default=default, minimum=1, maximum=MAX_PAGE)
+
+
+@dataclass(**_INPUT)
+class NoInput:
+    """An operation that takes nothing."""
+
+
+# --- projects ---
+
+
+@dataclass(**_INPUT)
+class ProjectRef:
+    project_id: str = _project_ref()
+
+
+@dataclass(**_INPUT)
+class CreateProject:
+    name: str = inp("string", "Unique project name (1-200 printable characters).", check=check_name)
+    base_url: str = inp(
+        "string",
+        "Upstream base URL, as an OpenAI SDK's base_url.",
+        default=DEFAULT_BASE_URL,
+        check=check_base_url,
+    )
+    api_key: str | None = inp(
+        "string",
+        _KEY_DOC,
+        default=None,
+        secret=True,
+        envvar="UPSTREAM_API_KEY",
+        check=check_api_key,
+    )
+
+
+@dataclass(**_INPUT)
+class UpdateProject:
+    project_id: str = _project_ref()
+    name: str | None = inp("string", "New unique name.", default=None, check=check_name)
+    base_url: str | None = inp("string", "New base URL.", default=None, check=check_base_url)
+    api_key: str | None = inp(
+        "string", "New upstream API key.", default=None, secret=True, check=check_api_key
+    )
+
+
+@dataclass(**_INPUT)
+class DeactivateProject:
+    project_id: str = _project_ref()
+    revoke_tokens: bool = inp("boolean", "Also revoke every token of the project.", default=False)
+
+
+@dataclass(**_INPUT)
+class ProjectUsage:
+    project_id: str = _project_ref()
+    limit: int = _page(20)
+    before_event_id: str | None = inp(
+        "string", "Page: events older than this one (next_before_event_id).", default=None
+    )
+
+
+# --- tokens ---
+
+
+@dataclass(**_INPUT)
+class TokenLimits:
+    """What a token may do; generation sets them, update changes those given."""
+
+    max_requests: int | None = inp(
+        "integer",
+        "Requests allowed in the token's lifetime (a positive integer); none for no limit.",
+        default=None,
+        nullable=True,
+        minimum=1,
+        invalid="max requests must be a positive integer (omit it for no limit)",
+    )
+    rpm: int | None = inp(
+        "integer",
+        "Requests per minute for this token (sliding window); 0 = no per-token rate limit. "
+        "Omitted: DISTRIBUTED_RATE_LIMIT_MAX applies when distributed limits are on.",
+        default=None,
+        nullable=True,
+        minimum=0,
+        invalid="rpm must be 0 (no per-token rate limit) or a positive integer",
+    )
+    max_concurrency: int | None = inp(
+        "integer",
+        "Requests this token may have in flight at once; 0 = no cap.",
+        default=None,
+        nullable=True,
+        minimum=0,
+        invalid="max concurrency must be 0 (no cap) or a positive integer",
+        stored=zero_is_none,
+    )
+
+
+_DURATION_DOC = (
+    "Lifetime from now: hours (24) or with a unit (30m, 24h, 7d); 'never' for no expiry."
+)
+
+
+@dataclass(**_INPUT)
+class GenerateToken(TokenLimits):
+    project_id: str = _project_ref(argument=False)
+    duration: str = inp("duration", _DURATION_DOC, default="24")
+    label: str = inp("string", "A note to recognise the token by.", default="")
+
+
+@dataclass(**_INPUT)
+class ListTokens:
+    project_id: str | None = inp("string", "Only this project's tokens.", default=None)
+
+
+@dataclass(**_INPUT)
+class TokenRef:
+    token_id: str = _token_ref()
+
+
+@dataclass(**_INPUT)
+class UpdateToken(TokenLimits):
+    token_id: str = _token_ref()
+    activate: bool | None = inp(
+        "boolean",
+        "true reactivates (also un-revokes), false disables.",
+        default=None,
+        nullable=True,
+        flag="--activate/--deactivate",
+    )
+    unlimited: bool = inp("boolean", "Remove the request limit.", default=False)
+    duration: str | None = inp("duration", _DURATION_DOC, default=None)
+    label: str | None = inp("string", "New label.", default=None)
+
+
+@dataclass(**_INPUT)
+class TokenUsage:
+    token_id: str = _token_ref()
+    limit: int = _page(20)
+    before_event_id: str | None = inp(
+        "string", "Page: events older than this one (next_before_event_id).", default=None
+    )
+
+
+@dataclass(**_INPUT)
+class RotateToken:
+    token_id: str = _token_ref()
+    grace: str = inp(
+        "duration",
+        "How long the old token keeps working (30m, 1h, 1d); the new one works at once.",
+        default="1h",
+    )
+
+
+# --- cache, keys, audit ---
+
+
+@dataclass(**_INPUT)
+class PurgeCache:
+    project_id: str | None = inp(
+        "string", "Only this project's entries (id or name).", default=None, nullable=True
+    )
+    path_prefix: str | None = inp(
+        "string",
+        "Only entries whose path starts with this (/v1/models).",
+        default=None,
+        nullable=True,
+        check=check_path_prefix,
+    )
+
+
+@dataclass(**_INPUT)
+class AuditQuery:
+    action: str | None = inp("string", "Only this action, e.g. token.revoke.", default=None)
+    target_id: str | None = inp(
+        "string", "Only entries about this project or token id.", default=None
+    )
+    outcome: str | None = inp(
+        "string", "Only this outcome.", default=None, choices=("success", "failure")
+    )
+    since: datetime | None = inp(
+        "date-time",
+        "Entries at or after this time: ISO 8601 (UTC) or back from now (1h).",
+        default=None,
+    )
+    until: datetime | None = inp(
+        "date-time", "Entries before this time: ISO 8601 (UTC) or back from now (1h).", default=None
+    )
+    before_id: int | None = inp(
+        "integer", "Page: entries older than this id (next_before_id).", default=None, minimum=1
+    )
+    limit: int = _page(100)
+
+
+# --- the event pipeline ---
+
+
+@dataclass(**_INPUT)
+class TailEvents:
+    limit: int = inp(
+        "integer", "How many of the latest events.", default=20, minimum=1, maximum=10_000
+    )
+    token_id: str | None = inp("string", "Only this token's events (id or label).", default=None)
+    project_id: str | None = inp("string", "Only this project's (id or name).", default=None)
+    after: datetime | None = inp(
+        "date-time",
+        "Only events after this time: ISO 8601 or a span back from now (10m).",
+        default=None,
+        flag="--since",
+    )
+    after_event_id: str | None = inp(
+        "string", "With after: only events after this one at that time.", default=None, cli=False
+    )
+
+
+@dataclass(**_INPUT)
+class DeadLetterQuery:
+    reason: str | None = inp(
+        "string", "Only this reason.", default=None, choices=DEAD_LETTER_REASONS
+    )
+    include_replayed: bool = inp("boolean", "Also those already replayed.", default=False)
+    limit: int = inp("integer", "How many to list.", default=100, minimum=1, maximum=10_000)
+
+
+@dataclass(**_INPUT)
+class RequeueDeadLetters:
+    ids: list[int] | None = inp("integers", "Only these dead letters.", default=None)
+    reason: str | None = inp(
+        "string", "Only this reason.", default=None, choices=DEAD_LETTER_REASONS
+    )
+    limit: int = inp("integer", "How many at most.", default=1000, minimum=1, maximum=100_000)

@@ -1,0 +1,306 @@
+"""The table of management operations: each one's inputs, service method, endpoint and reply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.management.fields import Operation
+from shared.management.inputs import (
+    AuditQuery,
+    CreateProject,
+    DeactivateProject,
+    DeadLetterQuery,
+    GenerateToken,
+    ListTokens,
+    NoInput,
+    ProjectRef,
+    ProjectUsage,
+    PurgeCache,
+    RequeueDeadLetters,
+    RotateToken,
+    TailEvents,
+    TokenRef,
+    TokenUsage,
+    UpdateProject,
+    UpdateToken,
+)
+
+# --- projects ---
+LIST_PROJECTS = Operation(
+    "project list",
+    "list_projects",
+    NoInput,
+    "GET",
+    "/projects",
+    "listProjects",
+    "List projects.",
+    "ProjectList",
+)
+CREATE_PROJECT = Operation(
+    "project create",
+    "create_project",
+    CreateProject,
+    "POST",
+    "/projects",
+    "createProject",
+    "Create a project; prints its id.",
+    "Project",
+    status=201,
+)
+SHOW_PROJECT = Operation(
+    "project show",
+    "show_project",
+    ProjectRef,
+    "GET",
+    "/projects/{project_id}",
+    "getProject",
+    "Show a project with its usage totals.",
+    "Project",
+)
+UPDATE_PROJECT = Operation(
+    "project update",
+    "update_project",
+    UpdateProject,
+    "PATCH",
+    "/projects/{project_id}",
+    "updateProject",
+    "Change a project's name, base URL or upstream key.",
+    "Project",
+)
+DELETE_PROJECT = Operation(
+    "project delete",
+    "delete_project",
+    ProjectRef,
+    "DELETE",
+    "/projects/{project_id}",
+    "deleteProject",
+    "Delete a project and its tokens (request history is kept).",
+    "ProjectDeleted",
+    destructive=True,
+)
+ACTIVATE_PROJECT = Operation(
+    "project activate",
+    "activate_project",
+    ProjectRef,
+    "POST",
+    "/projects/{project_id}/activate",
+    "activateProject",
+    "Let a project's tokens be used again.",
+    "ProjectActivation",
+)
+DEACTIVATE_PROJECT = Operation(
+    "project deactivate",
+    "deactivate_project",
+    DeactivateProject,
+    "POST",
+    "/projects/{project_id}/deactivate",
+    "deactivateProject",
+    "Stop all traffic of a project at once.",
+    "ProjectActivation",
+)
+REVOKE_PROJECT_TOKENS = Operation(
+    "",  # part of `token revoke`
+    "revoke_project_tokens",
+    ProjectRef,
+    "POST",
+    "/projects/{project_id}/revoke-tokens",
+    "revokeProjectTokens",
+    "Revoke every token of a project, in one transaction.",
+    "ProjectTokensRevoked",
+)
+PROJECT_USAGE = Operation(
+    "project usage",
+    "project_usage",
+    ProjectUsage,
+    "GET",
+    "/projects/{project_id}/usage",
+    "getProjectUsage",
+    "A project's usage totals and its latest requests, newest first.",
+    "ProjectUsage",
+)
+
+# --- tokens ---
+LIST_TOKENS = Operation(
+    "token list",
+    "list_tokens",
+    ListTokens,
+    "GET",
+    "/tokens",
+    "listTokens",
+    "List tokens (masked) with usage, expiry and state.",
+    "TokenList",
+)
+GENERATE_TOKEN = Operation(
+    "token generate",
+    "generate_token",
+    GenerateToken,
+    "POST",
+    "/tokens",
+    "generateToken",
+    "Issue a token. It is printed in full this once; store it safely.",
+    "NewToken",
+    status=201,
+)
+SHOW_TOKEN = Operation(
+    "token show",
+    "show_token",
+    TokenRef,
+    "GET",
+    "/tokens/{token_id}",
+    "getToken",
+    "Show a token with its usage and remaining quota.",
+    "Token",
+)
+UPDATE_TOKEN = Operation(
+    "token update",
+    "update_token",
+    UpdateToken,
+    "PATCH",
+    "/tokens/{token_id}",
+    "updateToken",
+    "Reactivate a token, or change its limits, expiry or label.",
+    "Token",
+)
+REVOKE_TOKEN = Operation(
+    "",  # part of `token revoke`
+    "revoke_token",
+    TokenRef,
+    "POST",
+    "/tokens/{token_id}/revoke",
+    "revokeToken",
+    "Revoke a token.",
+    "RevokedToken",
+)
+ROTATE_TOKEN = Operation(
+    "token rotate",
+    "rotate_token",
+    RotateToken,
+    "POST",
+    "/tokens/{token_id}/rotate",
+    "rotateToken",
+    "Replace a token: the new one works at once and is shown this once; the old one keeps "
+    "working until the grace period ends.",
+    "RotatedToken",
+    status=201,
+)
+TOKEN_USAGE = Operation(
+    "token usage",
+    "token_usage",
+    TokenUsage,
+    "GET",
+    "/tokens/{token_id}/usage",
+    "getTokenUsage",
+    "A token's usage totals and its latest requests, newest first.",
+    "TokenUsage",
+)
+
+# --- response cache, keys, audit ---
+PURGE_CACHE = Operation(
+    "cache purge",
+    "purge_cache",
+    PurgeCache,
+    "POST",
+    "/cache/purge",
+    "purgeCache",
+    "Remove cached responses: all of them, one project's, or those under a path prefix.",
+    "CachePurged",
+    description="With HTTP_CACHE_BACKEND=redis the entries every instance shares are removed at "
+    "once (POST and Vary-keyed entries included). With the in-memory backend every running worker "
+    "is told to purge its own cache, which it does within a second.",
+)
+ROTATE_KEYS = Operation(
+    "keys rotate",
+    "rotate_keys",
+    NoInput,
+    "POST",
+    "/keys/rotate",
+    "rotateKeys",
+    "Re-encrypt every stored upstream key with ENCRYPTION_KEY.",
+    "KeysRotated",
+    description="Set the new key as ENCRYPTION_KEY and the old one in ENCRYPTION_OLD_KEYS, run "
+    "this, then drop the old key once every process runs with the new settings. With --api-url "
+    "the remote server re-encrypts with its own ENCRYPTION_KEY and ENCRYPTION_OLD_KEYS.",
+)
+LIST_AUDIT = Operation(
+    "audit list",
+    "audit_page",
+    AuditQuery,
+    "GET",
+    "/audit",
+    "listAudit",
+    "The audit log, newest first, a page at a time.",
+    "AuditPage",
+)
+
+# --- the event pipeline ---
+TAIL_EVENTS = Operation(
+    "events tail",
+    "tail_events",
+    TailEvents,
+    "GET",
+    "/events",
+    "tailEvents",
+    "The latest recorded request events, oldest first.",
+    "EventTail",
+)
+EVENT_STATS = Operation(
+    "events stats",
+    "event_stats",
+    NoInput,
+    "GET",
+    "/events/stats",
+    "getEventStats",
+    "Counts of recorded events, dead letters and the stream's backlog.",
+    "EventStats",
+    description="With LLM_PROXY_EVENT_BUS=redis-streams: the stream's length and, per consumer "
+    "group, pending entries, lag and consumers.",
+)
+DEAD_LETTERS = Operation(
+    "events dead-letters",
+    "dead_letters",
+    DeadLetterQuery,
+    "GET",
+    "/events/dead-letters",
+    "listDeadLetters",
+    "Stream entries the dispatchers could not record, oldest first, with the error.",
+    "DeadLetterList",
+)
+REQUEUE_DEAD_LETTERS = Operation(
+    "",  # what `events replay-dead-letters` does with --api-url
+    "requeue_dead_letters",
+    RequeueDeadLetters,
+    "POST",
+    "/events/dead-letters/requeue",
+    "requeueDeadLetters",
+    "Hand dead letters back to the event stream, for the dispatchers to record.",
+    "DeadLettersRequeued",
+    description="Each is marked replayed and added to the stream again; the dispatchers apply "
+    "every check they apply to new entries, so one still not storable becomes a dead letter "
+    "again. Needs LLM_PROXY_EVENT_BUS=redis-streams on the deployment.",
+)
+
+OPERATIONS: tuple[Operation[Any], ...] = (
+    LIST_PROJECTS,
+    CREATE_PROJECT,
+    SHOW_PROJECT,
+    UPDATE_PROJECT,
+    DELETE_PROJECT,
+    ACTIVATE_PROJECT,
+    DEACTIVATE_PROJECT,
+    REVOKE_PROJECT_TOKENS,
+    PROJECT_USAGE,
+    LIST_TOKENS,
+    GENERATE_TOKEN,
+    SHOW_TOKEN,
+    UPDATE_TOKEN,
+    REVOKE_TOKEN,
+    ROTATE_TOKEN,
+    TOKEN_USAGE,
+    PURGE_CACHE,
+    ROTATE_KEYS,
+    LIST_AUDIT,
+    TAIL_EVENTS,
+    EVENT_STATS,
+    DEAD_LETTERS,
+    REQUEUE_DEAD_LETTERS,
+)
