@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.manage.money_schemas import MONEY_SCHEMAS
+
 Schema = dict[str, Any]
 
 _STR: Schema = {"type": "string"}
@@ -119,6 +121,7 @@ _TAIL_FIELDS: dict[str, Schema] = {
     "prompt_tokens": _INT,
     "completion_tokens": _INT,
     "usage_source": _STR,
+    "cost_usd": _OPT_STR,
     "error": _STR,
 }
 _LETTER_FIELDS: dict[str, Schema] = {
@@ -260,3 +263,5 @@ SCHEMAS: dict[str, Schema] = {
         stream=_STR,
     ),
 }
+
+SCHEMAS.update(MONEY_SCHEMAS)

@@ -269,3 +269,70 @@ class RequeueDeadLetters:
         "string", "Only this reason.", default=None, choices=DEAD_LETTER_REASONS
     )
     limit: int = inp("integer", "How many at most.", default=1000, minimum=1, maximum=100_000)
+
+
+# --- money: prices and usage ---
+
+_RATE = "Dollars per million {} tokens, as text (0.15)."
+
+
+def _rate(what: str, **meta: Any) -> Any:
+    return inp("string", _RATE.format(what), **meta)
+
+
+@dataclass(**_INPUT)
+class ListPrices:
+    model: str | None = inp("string", "Only this model's rows.", default=None)
+    shipped: bool = inp("boolean", "Also the rows shipped with the package.", default=False)
+
+
+@dataclass(**_INPUT)
+class SetPrice:
+    model: str = inp("string", "The model as the upstream names it (gpt-4o-mini).", argument=True)
+    input: str = _rate("input")
+    output: str = _rate("output (and reasoning, unless --reasoning)")
+    cached_input: str | None = _rate(
+        "input read from the provider's cache (default: the input rate)", default=None
+    )
+    reasoning: str | None = _rate("reasoning (default: the output rate)", default=None)
+    cache_write: str | None = _rate("cache-write (Anthropic)", default=None)
+    effective_from: datetime | None = inp(
+        "date-time", "From when the rates apply" + _WHEN + " Default: now.", default=None
+    )
+    project_id: str | None = inp(
+        "string", "Only for this project (id or name): a negotiated rate.", default=None
+    )
+
+
+@dataclass(**_INPUT)
+class ImportPrices:
+    data: str = inp(
+        "string",
+        'Rows as `prices export` writes them: JSON ({"prices": [...]}) or CSV with a header '
+        "of model,input,cached_input,output,reasoning,cache_write,effective_from,project_id.",
+        default="",
+        cli=False,  # the CLI reads it from the file it is given
+    )
+
+
+@dataclass(**_INPUT)
+class UnpricedQuery:
+    project_id: str | None = inp("string", "Only this project's (id or name).", default=None)
+    since: datetime | None = inp(
+        "date-time", "Only requests on or after this day" + _WHEN, default=None
+    )
+
+
+@dataclass(**_INPUT)
+class UsageQuery:
+    project_id: str | None = inp("string", "A project (id or name).", default=None)
+    token_id: str | None = inp("string", "A token (id or label).", default=None)
+    by: str = inp(
+        "string",
+        "One row per model, per day, or per token.",
+        default="model",
+        choices=("model", "day", "token"),
+    )
+    since: datetime | None = inp(
+        "date-time", "From this day on (UTC)" + _WHEN + " Default: all.", default=None
+    )

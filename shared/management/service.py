@@ -29,6 +29,7 @@ from shared.management.checks import (
     shown_id,
 )
 from shared.management.fields import Operation, audit_details, fields_of, refuse_nul, validated
+from shared.management.money import MoneyOperations
 from shared.management.views import (
     View,
     audit_view,
@@ -89,7 +90,7 @@ def _limits(inp: i.TokenLimits, *, given_only: bool = False) -> dict[str, Any]:
 
 
 @dataclass
-class Management:
+class Management(MoneyOperations):
     store: SqlStore
     keyring: Keyring
     actor: str
