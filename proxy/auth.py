@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from proxy.limits import TokenLimits
 from shared.crypto import Keyring
 from shared.errors import AuthError, Unavailable, UserError
+from shared.scopes import ModelScope
 from shared.store import SqlStore, TokenAuth
 from shared.tokens import hash_token, looks_like_token, mask_token
 
@@ -30,6 +31,8 @@ class Credential:
     token_active: bool
     project_active: bool
     limits: TokenLimits
+    #: the token's and the project's model scopes (a model must be in both); None: any model
+    models: ModelScope | None = None
 
     @classmethod
     def from_row(cls, row: TokenAuth, keyring: Keyring) -> Credential:
@@ -44,6 +47,7 @@ class Credential:
             token_active=token.is_active and token.revoked_at is None,
             project_active=project.is_active,
             limits=TokenLimits.of(token),
+            models=ModelScope.of(token.models, project.models),
         )
 
     def refusal(self, now: float) -> str | None:

@@ -21,6 +21,7 @@ from proxy.exchange import Exchange
 from proxy.headers import Cors, request_id_from
 from proxy.limits import NO_LIMITS, Limiter, TrustedProxies, scope_client_ip
 from proxy.metrics import Metrics
+from proxy.model_scope import check_model, names_model
 from proxy.profiling import Profiler, record_of
 from proxy.relay import Relay, send_served
 from proxy.routing import Router
@@ -82,7 +83,7 @@ class ProxyHandler:
         started = time.perf_counter()
         arrived = time.time()
         method: str = scope["method"]
-        authorization = api_key = request_id_raw = origin = content_length = None
+        authorization = api_key = request_id_raw = origin = content_length = content_type = None
         preflight = repeated = False
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -97,6 +98,8 @@ class ProxyHandler:
                 origin = value
             elif name == b"content-length":
                 content_length = value
+            elif name == b"content-type":
+                content_type = value
             elif name == b"access-control-request-method":
                 preflight = True
         request_id = request_id_from(request_id_raw)
@@ -135,14 +138,20 @@ class ProxyHandler:
                 if not self.bus.reserve(ex.event_id):
                     raise Unavailable("Requests cannot be recorded right now; retry shortly.")
             # usage endpoints' bodies are read whole: include_usage must be set in them and the
-            # prompt estimated from them (docs/decisions.md, "Usage in every case")
+            # prompt estimated from them (docs/decisions.md, "Usage in every case"); so are the
+            # bodies whose model a scope must check
+            scoped = cred.models is not None and names_model(method, route.rest)
             ex.body = body = await read_body(
                 receive,
                 method,
                 content_length,
                 self.max_body,
-                whole=bills_tokens(method, route.endpoint, route.rest),
+                whole=scoped or bills_tokens(method, route.endpoint, route.rest),
             )
+            if scoped:  # before the cache and any upstream call: a refusal spends nothing
+                assert cred.models is not None
+                raw = body if isinstance(body, bytes) else None
+                check_model(cred.models, route.rest, raw, content_type)
             if marks is not None:
                 marks.append(("body", time.perf_counter()))
             cache = self.cache

@@ -10,6 +10,7 @@
     ├── ManagementAuthError             (401, invalid_management_token)
     ├── ManagementDisabled              (503, management_disabled)
     ├── PermissionDenied                (403, forbidden)
+    ├── ModelNotAllowed                 (400, model_not_allowed) outside the model scope
     ├── RouteNotFound                   (404, not_found)
     ├── MethodNotAllowed                (405, method_not_allowed)
     ├── BodyTooLarge                    (413, request_too_large)
@@ -119,6 +120,13 @@ class MethodNotAllowed(LLMProxyError):
     default_message = "Method not allowed for this endpoint."
 
 
+class ModelNotAllowed(LLMProxyError):
+    status = 400
+    code = "model_not_allowed"
+    type = "invalid_request_error"
+    default_message = "This token may not use that model."
+
+
 class BodyTooLarge(LLMProxyError):
     status = 413
     code = "request_too_large"
@@ -204,6 +212,7 @@ REJECTION_CODES = frozenset(
         InvalidHeader,
         AuthError,
         PermissionDenied,
+        ModelNotAllowed,
         RouteNotFound,
         MethodNotAllowed,
         BodyTooLarge,

@@ -45,6 +45,7 @@ _PROJECT_FIELDS: dict[str, Schema] = {
     "last_used_at": _OPT_TIME,
     "created_at": _TIME,
     "updated_at": _TIME,
+    "models": {**_OPT_STR, "description": "The model scope (names and globs); null: any model."},
 }
 _TOKEN_FIELDS: dict[str, Schema] = {
     "id": _STR,
@@ -57,6 +58,7 @@ _TOKEN_FIELDS: dict[str, Schema] = {
     "max_requests": _OPT_INT,
     "rpm": _OPT_INT,
     "max_concurrency": _OPT_INT,
+    "models": {**_OPT_STR, "description": "The model scope (names and globs); null: any model."},
     "request_count": _INT,
     "remaining_requests": _OPT_INT,
     "cache_hit_count": _INT,

@@ -22,6 +22,7 @@ from shared.management.checks import (
     zero_is_none,
 )
 from shared.management.fields import inp
+from shared.scopes import check_models
 
 _INPUT = {"frozen": True, "slots": True, "kw_only": True}
 
@@ -29,6 +30,22 @@ _PROJECT_DOC = "The project's id or its name."
 _TOKEN_DOC = "The token's id (not the token itself) or its label."
 _KEY_DOC = "The project's upstream API key. Stored encrypted; never returned."
 _LIMIT_DOC = "How many to list (a page)."
+_MODELS_DOC = (
+    "The models it may use: comma-separated names and globs ('gpt-4o-mini,gpt-4.1-*'); "
+    "'' allows every model."
+)
+
+
+def _models() -> Any:
+    return inp(
+        "string", _MODELS_DOC, default=None, nullable=True, check=check_models, stored=_or_none
+    )
+
+
+def _or_none(value: str) -> str | None:
+    return value or None
+
+
 _WHEN = ": ISO 8601 (UTC unless an offset is given) or a span back from now (1h, 7d)."
 
 
@@ -74,6 +91,7 @@ class CreateProject:
         envvar="UPSTREAM_API_KEY",
         check=check_api_key,
     )
+    models: str | None = _models()
 
 
 @dataclass(**_INPUT)
@@ -84,6 +102,7 @@ class UpdateProject:
     api_key: str | None = inp(
         "string", "New upstream API key.", default=None, secret=True, check=check_api_key
     )
+    models: str | None = _models()
 
 
 @dataclass(**_INPUT)
@@ -134,6 +153,7 @@ class TokenLimits:
         invalid="max concurrency must be 0 (no cap) or a positive integer",
         stored=zero_is_none,
     )
+    models: str | None = _models()
 
 
 _DURATION_DOC = (

@@ -195,6 +195,7 @@ class Management(MoneyOperations):
                 is_active=True,
                 created_at=now,
                 updated_at=now,
+                models=inp.models or None,
             )
             try:
                 created = await self.store.create_project(project)
@@ -228,8 +229,12 @@ class Management(MoneyOperations):
                 changes["base_url"] = inp.base_url
             if inp.api_key is not None:
                 changes["api_key_enc"] = self.keyring.encrypt(inp.api_key)
+            if inp.models is not None:
+                changes["models"] = inp.models or None
             if not changes:
-                raise UserError("nothing to update: give --name, --base-url or a new API key")
+                raise UserError(
+                    "nothing to update: give --name, --base-url, --models or a new API key"
+                )
             updated, _ = await self.store.update_project(project.id, changes)
             if updated is None:
                 raise NotFound(f"no project with id {shown_id(project.id)}")
@@ -356,7 +361,7 @@ class Management(MoneyOperations):
             if not changes:
                 raise UserError(
                     "nothing to update: give --activate/--deactivate, --max-requests, "
-                    "--rpm, --max-concurrency, --duration or --label"
+                    "--rpm, --max-concurrency, --models, --duration or --label"
                 )
             token = await self._token(inp.token_id)
             audit.target_id = token.id

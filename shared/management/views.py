@@ -56,6 +56,7 @@ def project_view(project: Project) -> View:
         "last_used_at": _iso(project.last_used_at),
         "created_at": _iso(project.created_at),
         "updated_at": _iso(project.updated_at),
+        "models": project.models,
     }
 
 
@@ -71,6 +72,7 @@ def token_view(token: Token, *, count_cache_hits: bool = False) -> View:
         "max_requests": token.max_requests,
         "rpm": token.rpm,
         "max_concurrency": token.max_concurrency,
+        "models": token.models,
         "request_count": token.request_count,
         "remaining_requests": remaining_requests(token, count_cache_hits=count_cache_hits),
         "cache_hit_count": token.cache_hit_count,

@@ -21,6 +21,7 @@ class Project:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     last_used_at: datetime | None = None
+    models: str | None = None  # the model scope: comma-separated names and globs; None: any
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,7 @@ class Token:
     rpm: int | None = None  # None: the deployment's default; 0: no per-token rate limit
     max_concurrency: int | None = None
     quota_used: int = 0  # the database quota counter; see quota_used()
+    models: str | None = None  # the model scope: comma-separated names and globs; None: any
 
 
 @dataclass(frozen=True, slots=True)

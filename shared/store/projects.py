@@ -11,7 +11,8 @@ from shared.store.rows import PROJECT_COLUMNS, PROJECT_UPDATABLE, Tables, projec
 
 class Projects(Tables):
     async def create_project(self, project: Project) -> Project:
-        fields = ("id", "name", "base_url", "api_key_enc", "is_active", "created_at", "updated_at")
+        fields: tuple[str, ...] = ("id", "name", "base_url", "api_key_enc", "is_active")
+        fields += ("created_at", "updated_at", "models")
         return project_from_row(await self._insert("projects", project, fields, PROJECT_COLUMNS))
 
     async def get_project(self, project_id: str) -> Project | None:

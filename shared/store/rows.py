@@ -31,12 +31,12 @@ class Tx(Protocol):
 
 PROJECT_COLUMNS = (
     "id, name, base_url, api_key_enc, is_active, created_at, updated_at, request_count, "
-    "cache_hit_count, prompt_tokens, completion_tokens, last_used_at"
+    "cache_hit_count, prompt_tokens, completion_tokens, last_used_at, models"
 )
 TOKEN_COLUMNS = (
     "id, token_hash, display_prefix, project_id, label, is_active, created_at, updated_at, "
     "expires_at, max_requests, request_count, cache_hit_count, prompt_tokens, "
-    "completion_tokens, last_used_at, revoked_at, rpm, max_concurrency, quota_used"
+    "completion_tokens, last_used_at, revoked_at, rpm, max_concurrency, quota_used, models"
 )
 EVENT_COLUMNS = (
     "event_id, request_id, ts, project_id, token_id, method, path, status, model, duration_ms, "
@@ -48,9 +48,18 @@ DEAD_LETTER_COLUMNS = (
     "id, stream_key, entry_id, event_id, reason, error, deliveries, consumer, payload, "
     "created_at, replayed_at"
 )
-PROJECT_UPDATABLE = frozenset({"name", "base_url", "api_key_enc", "is_active"})
+PROJECT_UPDATABLE = frozenset({"name", "base_url", "api_key_enc", "is_active", "models"})
 TOKEN_UPDATABLE = frozenset(
-    {"label", "is_active", "expires_at", "max_requests", "revoked_at", "rpm", "max_concurrency"}
+    {
+        "label",
+        "is_active",
+        "expires_at",
+        "max_requests",
+        "revoked_at",
+        "rpm",
+        "max_concurrency",
+        "models",
+    }
 )
 
 

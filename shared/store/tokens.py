@@ -24,7 +24,7 @@ class Tokens(Tables):
         fields: tuple[str, ...] = ("id", "token_hash", "display_prefix", "project_id", "label")
         fields += ("is_active",)
         fields += ("created_at", "updated_at", "expires_at", "max_requests", "rpm")
-        fields += ("max_concurrency",)
+        fields += ("max_concurrency", "models")
         return token_from_row(await self._insert("tokens", token, fields, TOKEN_COLUMNS))
 
     async def get_token(self, token_id: str) -> Token | None:
