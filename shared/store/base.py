@@ -6,6 +6,7 @@ import abc
 
 from shared.clock import utcnow
 from shared.store.audit import Audit
+from shared.store.budgets import Budgets
 from shared.store.changes import Changes
 from shared.store.dead_letters import DeadLetters
 from shared.store.migrations import load
@@ -72,7 +73,7 @@ from shared.store.rows import (
 from shared.store.tokens import Tokens
 
 
-class SqlStore(Projects, Tokens, Audit, Changes, RequestEvents, DeadLetters, Money):
+class SqlStore(Projects, Tokens, Audit, Changes, RequestEvents, DeadLetters, Money, Budgets):
     """Every table over SQL shared by SQLite and Postgres: one module per table, each over the
     ``Tx`` seam; subclasses supply connections and their dialect's differences."""
 

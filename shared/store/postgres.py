@@ -235,6 +235,10 @@ class PostgresStore(SqlStore):
             row = await tx.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
         return int(row["v"] or 0) if row else 0
 
+    async def lock_owner(self, tx: Tx, owner_id: str) -> None:
+        # Held until commit: one owner's reservations are decided one at a time.
+        await tx.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (owner_id,))
+
     async def lock_for_migration(self, tx: Tx) -> None:
         # Held until commit: a second migrator waits here, then finds nothing left to do.
         await tx.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
