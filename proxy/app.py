@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.auth import Authenticator, StoreHealth, TokenCache
+from proxy.budgets import Budgeter
 from proxy.bus import make_bus
 from proxy.cache import CacheBackend, HttpCache, build_cache
 from proxy.handler import ProxyHandler
@@ -171,6 +172,7 @@ class ProxyApp:
             limiter=limiter,
             cache=http_cache,
             profiler=profiler,
+            budgets=Budgeter(store, default_completion=settings.budget_default_max_tokens),
         )
         self.manage_app = create_management_app(
             settings,

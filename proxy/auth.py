@@ -8,11 +8,13 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from proxy.budgets import limits_of
 from proxy.limits import TokenLimits
 from shared.crypto import Keyring
 from shared.errors import AuthError, Unavailable, UserError
 from shared.scopes import ModelScope
 from shared.store import SqlStore, TokenAuth
+from shared.store.budgets import BudgetLimit
 from shared.tokens import hash_token, looks_like_token, mask_token
 
 log = logging.getLogger("llm_proxy.auth")
@@ -33,6 +35,8 @@ class Credential:
     limits: TokenLimits
     #: the token's and the project's model scopes (a model must be in both); None: any model
     models: ModelScope | None = None
+    #: the token's and the project's budgets and the token's TPM limit (proxy/budgets.py)
+    budgets: tuple[BudgetLimit, ...] = ()
 
     @classmethod
     def from_row(cls, row: TokenAuth, keyring: Keyring) -> Credential:
@@ -48,6 +52,7 @@ class Credential:
             project_active=project.is_active,
             limits=TokenLimits.of(token),
             models=ModelScope.of(token.models, project.models),
+            budgets=limits_of(token, project),
         )
 
     def refusal(self, now: float) -> str | None:

@@ -16,6 +16,7 @@ from proxy.auth import Authenticator, token_from_headers
 from proxy.batching import ENDPOINT as BATCHED_ENDPOINT
 from proxy.batching import Batcher, plan_merge
 from proxy.body import ClientGone, read_body
+from proxy.budgets import Budgeter, Reservation
 from proxy.cache import HttpCache
 from proxy.exchange import Exchange
 from proxy.headers import Cors, request_id_from
@@ -49,6 +50,7 @@ class ProxyHandler:
         limiter: Limiter,
         cache: HttpCache | None = None,
         profiler: Profiler | None = None,
+        budgets: Budgeter | None = None,
     ) -> None:
         self.settings = settings
         self.profiler = profiler
@@ -60,6 +62,7 @@ class ProxyHandler:
         self.metrics = metrics
         self.limiter = limiter
         self.cache = cache
+        self.budgets = budgets
         self.trusted = TrustedProxies.parse(settings.trusted_proxies)
         self.cors = (
             Cors(settings.cors_allowed_origins, settings.allowed_methods)
@@ -116,6 +119,7 @@ class ProxyHandler:
         ex = Exchange(scope, receive, send, method, request_id, started, extra)
         marks = ex.marks = [] if self.profiler is not None else None
         admission = NO_LIMITS
+        reservation: Reservation | None = None
         client_ip = scope_client_ip(scope, self.trusted)
         self.in_flight += 1
         self.metrics.in_flight.inc()
@@ -146,7 +150,9 @@ class ProxyHandler:
                 method,
                 content_length,
                 self.max_body,
-                whole=scoped or bills_tokens(method, route.endpoint, route.rest),
+                whole=scoped
+                or bool(cred.budgets)
+                or bills_tokens(method, route.endpoint, route.rest),
             )
             if scoped:  # before the cache and any upstream call: a refusal spends nothing
                 assert cred.models is not None
@@ -201,6 +207,16 @@ class ProxyHandler:
             if served is not None:
                 await send_served(ex, served, "hit")
                 return
+            if cred.budgets and self.budgets is not None:  # a cache hit costs nothing
+                reservation = await self.budgets.reserve(
+                    cred.budgets,
+                    cred.project_id,
+                    cred.token_id,
+                    body if isinstance(body, bytes) else None,
+                    content_type,
+                    arrived,
+                )
+                extra += reservation.headers
             await self._accept(ex, arrived, client_ip)
             if marks is not None:
                 marks.append(("accept", time.perf_counter()))
@@ -236,7 +252,10 @@ class ProxyHandler:
             await admission.release()
             self.in_flight -= 1
             self.metrics.in_flight.dec()
-            self._finish(ex, arrived, client_ip)
+            event = self._finish(ex, arrived, client_ip)
+            if reservation is not None:
+                assert self.budgets is not None
+                await self.budgets.settle(reservation, event)
 
     async def _accept(self, ex: Exchange, arrived: float, client_ip: str) -> None:
         """The request's accepted record, in the bus's destination or its spool before the
@@ -260,8 +279,8 @@ class ProxyHandler:
         if not await self.bus.accept(accepted) and self.reject_unrecorded:
             raise Unavailable("Requests cannot be recorded right now; retry shortly.")
 
-    def _finish(self, ex: Exchange, arrived: float, client_ip: str) -> None:
-        """Metrics and the request's event; never raises."""
+    def _finish(self, ex: Exchange, arrived: float, client_ip: str) -> RequestEvent | None:
+        """Metrics and the request's event (returned, if any); never raises."""
         duration = time.perf_counter() - ex.started
         metrics = self.metrics
         metrics.observe(
@@ -281,7 +300,7 @@ class ProxyHandler:
             metrics.cache_result(self.cache, ex.cache_status)
         cred = ex.cred
         if cred is None:
-            return
+            return None
         usage = ex.usage or _NO_USAGE
         event = RequestEvent(
             event_id=ex.event_id or new_id(),
@@ -320,6 +339,7 @@ class ProxyHandler:
                 ex.marks,
                 record_of(ex.request_id, ex.method, event.path, ex.status),
             )
+        return event
 
     async def _send_error(
         self, send: Any, exc: LLMProxyError, extra: list[tuple[bytes, bytes]]

@@ -18,7 +18,9 @@
     ├── HeadTimeout                     (408, request_timeout) request head not sent in time
     ├── HeadersTooLarge                 (431, request_headers_too_large)
     ├── RateLimited                     (429, rate_limit_exceeded) with Retry-After
-    │   └── QuotaExceeded               (429, quota_exceeded)
+    │   ├── QuotaExceeded               (429, quota_exceeded)
+    │   ├── BudgetExceeded              (429, budget_exceeded) a hard budget is spent
+    │   └── TpmExceeded                 (429, tpm_exceeded) tokens per minute
     ├── Overloaded                      (503, overloaded) with Retry-After
     ├── Unavailable                     (503, service_unavailable) a dependency is down
     ├── UpstreamError                   (502, upstream_error) connection refused/reset
@@ -168,6 +170,18 @@ class QuotaExceeded(RateLimited):
     default_message = "This token has used all of its allowed requests."
 
 
+class BudgetExceeded(RateLimited):
+    code = "budget_exceeded"
+    type = "insufficient_quota"
+    default_message = "This token's or project's budget is spent for now."
+
+
+class TpmExceeded(RateLimited):
+    code = "tpm_exceeded"
+    type = "requests"
+    default_message = "Too many tokens per minute for this token."
+
+
 class Overloaded(LLMProxyError):
     status = 503
     code = "overloaded"
@@ -218,6 +232,8 @@ REJECTION_CODES = frozenset(
         BodyTooLarge,
         RateLimited,
         QuotaExceeded,
+        BudgetExceeded,
+        TpmExceeded,
         Overloaded,
         Unavailable,
     )

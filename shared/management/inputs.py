@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.errors import UserError
 from shared.management.checks import (
     DEAD_LETTER_REASONS,
     DEFAULT_BASE_URL,
@@ -22,6 +23,8 @@ from shared.management.checks import (
     zero_is_none,
 )
 from shared.management.fields import inp
+from shared.money.amounts import AmountError, picos_to_usd, usd_to_picos
+from shared.money.budgets import BUDGET_WINDOWS
 from shared.scopes import check_models
 
 _INPUT = {"frozen": True, "slots": True, "kw_only": True}
@@ -44,6 +47,62 @@ def _models() -> Any:
 
 def _or_none(value: str) -> str | None:
     return value or None
+
+
+def check_budget_usd(text: str) -> str:
+    """Exact dollars (``"25"``, ``"0.50"``), normalised; ``""`` removes the dollar budget."""
+    if not text.strip():
+        return ""
+    try:
+        picos = usd_to_picos(text.strip())
+    except AmountError:
+        picos = -1
+    if picos <= 0 or picos >= 2**63:
+        raise UserError(f"budget usd must be a positive amount of dollars, got {text!r}")
+    return picos_to_usd(picos) or ""
+
+
+@dataclass(**_INPUT)
+class BudgetInputs:
+    """A budget, for a token or a project (all optional; update changes those given)."""
+
+    budget_usd: str | None = inp(
+        "string",
+        "Dollars allowed per budget window, exact ('25', '0.50'); '' removes it.",
+        default=None,
+        nullable=True,
+        check=check_budget_usd,
+        stored=_or_none,
+    )
+    budget_tokens: int | None = inp(
+        "integer",
+        "Tokens (prompt + completion) allowed per budget window; 0 removes it.",
+        default=None,
+        nullable=True,
+        minimum=0,
+        stored=zero_is_none,
+    )
+    budget_window: str | None = inp(
+        "string",
+        "The budget's window: 5h, 1d or 1mo (rolling, unless --budget-calendar). Default 1mo.",
+        default=None,
+        nullable=True,
+        choices=BUDGET_WINDOWS,
+    )
+    budget_calendar: bool | None = inp(
+        "boolean",
+        "Count the budget per calendar block (UTC day, month, 5-hour block) instead of rolling.",
+        default=None,
+        nullable=True,
+        flag="--budget-calendar/--budget-rolling",
+    )
+    budget_mode: str | None = inp(
+        "string",
+        "hard: refuse (429 budget_exceeded) once spent; soft: allow, flagged. Default hard.",
+        default=None,
+        nullable=True,
+        choices=("hard", "soft"),
+    )
 
 
 _WHEN = ": ISO 8601 (UTC unless an offset is given) or a span back from now (1h, 7d)."
@@ -75,7 +134,7 @@ class ProjectRef:
 
 
 @dataclass(**_INPUT)
-class CreateProject:
+class CreateProject(BudgetInputs):
     name: str = inp("string", "Unique project name (1-200 printable characters).", check=check_name)
     base_url: str = inp(
         "string",
@@ -95,7 +154,7 @@ class CreateProject:
 
 
 @dataclass(**_INPUT)
-class UpdateProject:
+class UpdateProject(BudgetInputs):
     project_id: str = _project_ref()
     name: str | None = inp("string", "New unique name.", default=None, check=check_name)
     base_url: str | None = inp("string", "New base URL.", default=None, check=check_base_url)
@@ -124,7 +183,7 @@ class ProjectUsage:
 
 
 @dataclass(**_INPUT)
-class TokenLimits:
+class TokenLimits(BudgetInputs):
     """What a token may do; generation sets them, update changes those given."""
 
     max_requests: int | None = inp(
@@ -154,6 +213,15 @@ class TokenLimits:
         stored=zero_is_none,
     )
     models: str | None = _models()
+    tpm: int | None = inp(
+        "integer",
+        "Tokens (prompt + completion) per minute for this token; 0 removes the limit.",
+        default=None,
+        nullable=True,
+        minimum=0,
+        invalid="tpm must be 0 (no limit) or a positive integer",
+        stored=zero_is_none,
+    )
 
 
 _DURATION_DOC = (

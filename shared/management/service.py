@@ -76,10 +76,13 @@ class Audit:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _limits(inp: i.TokenLimits, *, given_only: bool = False) -> dict[str, Any]:
-    """The token limits of an input as token columns (same names), as each field stores them."""
+def _limits(
+    inp: i.BudgetInputs, *, given_only: bool = False, of: type = i.TokenLimits
+) -> dict[str, Any]:
+    """The token limits (or ``of`` another group's fields) of an input as columns (same
+    names), as each field stores them."""
     out: dict[str, Any] = {}
-    for f in fields_of(i.TokenLimits):
+    for f in fields_of(of):
         value = getattr(inp, f.name)
         if value is not None and f.stored is not None:
             value = f.stored(value)
@@ -196,6 +199,7 @@ class Management(MoneyOperations):
                 created_at=now,
                 updated_at=now,
                 models=inp.models or None,
+                **_limits(inp, of=i.BudgetInputs),
             )
             try:
                 created = await self.store.create_project(project)
@@ -213,7 +217,11 @@ class Management(MoneyOperations):
         return project_view(await self._project(inp.project_id))
 
     async def update_project(self, inp: i.UpdateProject) -> View:
-        given = [f.name for f in fields_of(i.UpdateProject)[1:] if getattr(inp, f.name) is not None]
+        given = [
+            f.name
+            for f in fields_of(i.UpdateProject)
+            if f.name != "project_id" and getattr(inp, f.name) is not None
+        ]
         async with self._audited("project.update", "project", inp.project_id) as audit:
             audit.details = {"fields": sorted(given)}
             project = await self._project(inp.project_id)
@@ -231,6 +239,7 @@ class Management(MoneyOperations):
                 changes["api_key_enc"] = self.keyring.encrypt(inp.api_key)
             if inp.models is not None:
                 changes["models"] = inp.models or None
+            changes |= _limits(inp, given_only=True, of=i.BudgetInputs)
             if not changes:
                 raise UserError(
                     "nothing to update: give --name, --base-url, --models or a new API key"

@@ -57,6 +57,17 @@ def project_view(project: Project) -> View:
         "created_at": _iso(project.created_at),
         "updated_at": _iso(project.updated_at),
         "models": project.models,
+        **budget_view(project),
+    }
+
+
+def budget_view(owner: Project | Token) -> View:
+    return {
+        "budget_usd": owner.budget_usd,
+        "budget_tokens": owner.budget_tokens,
+        "budget_window": owner.budget_window,
+        "budget_calendar": bool(owner.budget_calendar),
+        "budget_mode": owner.budget_mode,
     }
 
 
@@ -73,6 +84,8 @@ def token_view(token: Token, *, count_cache_hits: bool = False) -> View:
         "rpm": token.rpm,
         "max_concurrency": token.max_concurrency,
         "models": token.models,
+        **budget_view(token),
+        "tpm": token.tpm,
         "request_count": token.request_count,
         "remaining_requests": remaining_requests(token, count_cache_hits=count_cache_hits),
         "cache_hit_count": token.cache_hit_count,

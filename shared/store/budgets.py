@@ -21,6 +21,7 @@ class BudgetLimit:
     picos: int | None = None
     tokens: int | None = None
     hard: bool = True
+    tpm: bool = False  # the token's tokens per minute, not a budget
 
 
 @dataclass(frozen=True, slots=True)

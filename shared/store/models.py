@@ -22,6 +22,11 @@ class Project:
     completion_tokens: int = 0
     last_used_at: datetime | None = None
     models: str | None = None  # the model scope: comma-separated names and globs; None: any
+    budget_usd: str | None = None  # exact dollars over budget_window; None: no dollar budget
+    budget_tokens: int | None = None
+    budget_window: str | None = None  # '5h', '1d', '1mo'
+    budget_calendar: bool | None = None  # calendar window instead of rolling
+    budget_mode: str | None = None  # 'hard' (refuse) or 'soft' (flag); None: hard
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,12 @@ class Token:
     max_concurrency: int | None = None
     quota_used: int = 0  # the database quota counter; see quota_used()
     models: str | None = None  # the model scope: comma-separated names and globs; None: any
+    budget_usd: str | None = None  # exact dollars over budget_window; None: no dollar budget
+    budget_tokens: int | None = None
+    budget_window: str | None = None  # '5h', '1d', '1mo'
+    budget_calendar: bool | None = None  # calendar window instead of rolling
+    budget_mode: str | None = None  # 'hard' (refuse) or 'soft' (flag); None: hard
+    tpm: int | None = None  # tokens per minute; None: no limit
 
 
 @dataclass(frozen=True, slots=True)

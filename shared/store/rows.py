@@ -31,12 +31,14 @@ class Tx(Protocol):
 
 PROJECT_COLUMNS = (
     "id, name, base_url, api_key_enc, is_active, created_at, updated_at, request_count, "
-    "cache_hit_count, prompt_tokens, completion_tokens, last_used_at, models"
+    "cache_hit_count, prompt_tokens, completion_tokens, last_used_at, models, "
+    "budget_usd, budget_tokens, budget_window, budget_calendar, budget_mode"
 )
 TOKEN_COLUMNS = (
     "id, token_hash, display_prefix, project_id, label, is_active, created_at, updated_at, "
     "expires_at, max_requests, request_count, cache_hit_count, prompt_tokens, "
-    "completion_tokens, last_used_at, revoked_at, rpm, max_concurrency, quota_used, models"
+    "completion_tokens, last_used_at, revoked_at, rpm, max_concurrency, quota_used, models, "
+    "budget_usd, budget_tokens, budget_window, budget_calendar, budget_mode, tpm"
 )
 EVENT_COLUMNS = (
     "event_id, request_id, ts, project_id, token_id, method, path, status, model, duration_ms, "
@@ -48,7 +50,10 @@ DEAD_LETTER_COLUMNS = (
     "id, stream_key, entry_id, event_id, reason, error, deliveries, consumer, payload, "
     "created_at, replayed_at"
 )
-PROJECT_UPDATABLE = frozenset({"name", "base_url", "api_key_enc", "is_active", "models"})
+BUDGET_COLUMNS = ("budget_usd", "budget_tokens", "budget_window", "budget_calendar", "budget_mode")
+PROJECT_UPDATABLE = frozenset(
+    {"name", "base_url", "api_key_enc", "is_active", "models", *BUDGET_COLUMNS}
+)
 TOKEN_UPDATABLE = frozenset(
     {
         "label",
@@ -59,6 +64,8 @@ TOKEN_UPDATABLE = frozenset(
         "rpm",
         "max_concurrency",
         "models",
+        *BUDGET_COLUMNS,
+        "tpm",
     }
 )
 

@@ -28,7 +28,7 @@ from shared.store.prices import SELECT_PRICES_SQL, book_of
 from shared.store.rollups import UPSERT_ROLLUP_SQL, rollup_params, rollups_of
 
 T = TypeVar("T")
-_BOOL_COLUMNS = frozenset({"is_active", "stream"})
+_BOOL_COLUMNS = frozenset({"is_active", "stream", "budget_calendar"})
 
 
 def _is_time_column(name: str) -> bool:

@@ -15,3 +15,18 @@ CREATE TABLE budget_buckets (
     spent_tokens    bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (owner_id, window_key, bucket_start)
 );
+
+-- A token's or a project's budget: dollars (exact decimal text) and/or tokens over a window
+-- ('5h', '1d', '1mo'; rolling unless budget_calendar), 'hard' (refused) or 'soft' (flagged);
+-- and a token's tokens per minute. NULL: none.
+ALTER TABLE tokens ADD COLUMN budget_usd TEXT;
+ALTER TABLE tokens ADD COLUMN budget_tokens BIGINT;
+ALTER TABLE tokens ADD COLUMN budget_window TEXT;
+ALTER TABLE tokens ADD COLUMN budget_calendar boolean;
+ALTER TABLE tokens ADD COLUMN budget_mode TEXT;
+ALTER TABLE tokens ADD COLUMN tpm BIGINT;
+ALTER TABLE projects ADD COLUMN budget_usd TEXT;
+ALTER TABLE projects ADD COLUMN budget_tokens BIGINT;
+ALTER TABLE projects ADD COLUMN budget_window TEXT;
+ALTER TABLE projects ADD COLUMN budget_calendar boolean;
+ALTER TABLE projects ADD COLUMN budget_mode TEXT;
