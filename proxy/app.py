@@ -172,7 +172,11 @@ class ProxyApp:
             limiter=limiter,
             cache=http_cache,
             profiler=profiler,
-            budgets=Budgeter(store, default_completion=settings.budget_default_max_tokens),
+            budgets=Budgeter(
+                store,
+                default_completion=settings.budget_default_max_tokens,
+                on_soft_exceeded=self.metrics.money.soft_exceeded.inc,
+            ),
         )
         self.manage_app = create_management_app(
             settings,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -54,13 +55,24 @@ class Reservation:
 
 
 class Budgeter:
-    def __init__(self, store: SqlStore, *, default_completion: int) -> None:
+    def __init__(
+        self,
+        store: SqlStore,
+        *,
+        default_completion: int,
+        on_soft_exceeded: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
+        self.on_soft_exceeded = on_soft_exceeded
         self.default_completion = default_completion
         self._book: PriceBook | None = None
         self._read_at = 0.0
         self.refused = 0  # requests refused by a hard budget or TPM
         self.soft_exceeded = 0  # requests let through over a soft budget
+
+    def cached_book(self) -> PriceBook | None:
+        """The prices last read, without reading (None before the first read)."""
+        return self._book
 
     async def book(self) -> PriceBook:
         now = time.monotonic()
@@ -103,6 +115,8 @@ class Budgeter:
         if decision.exceeded:
             self.soft_exceeded += 1
             headers.append((b"x-llm-proxy-budget-exceeded", b"soft"))
+            if self.on_soft_exceeded is not None:
+                self.on_soft_exceeded()
             await self._audit_soft(decision.exceeded, token_id)
         return Reservation(decision.held, headers)
 

@@ -256,6 +256,11 @@ class ProxyHandler:
             if reservation is not None:
                 assert self.budgets is not None
                 await self.budgets.settle(reservation, event)
+            if event is not None and self.budgets is not None:
+                try:
+                    self.metrics.money.observe(event, await self.budgets.book())
+                except Exception:  # the prices could not be read: counted without cost
+                    self.metrics.money.observe(event, None)
 
     async def _accept(self, ex: Exchange, arrived: float, client_ip: str) -> None:
         """The request's accepted record, in the bus's destination or its spool before the

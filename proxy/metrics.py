@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from proxy.cache import HttpCache, MemoryBackend
+from proxy.money_metrics import MoneyMetrics
 from shared.events import EventBus
 
 # Seconds; dense below 10 ms where proxy overhead lives, sparse up to long completions.
@@ -217,6 +218,7 @@ class Metrics:
             "Responses cut short because the client went away.",
             registry=r,
         )
+        self.money = MoneyMetrics(r)
 
     async def follow_bus(self, bus: EventBus, interval: float = 2.0) -> None:
         """Copy the bus's counters into Prometheus now and then (off the request path)."""

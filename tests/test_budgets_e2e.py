@@ -159,6 +159,14 @@ def test_budget_behaviours(
         while _held(db, other.token_id) != (0, 0):
             assert time.monotonic() < deadline, "the reservation was never settled"
             time.sleep(0.05)
+        metrics = httpx.get(proxy.url + "/metrics", timeout=30).text
+        mine = [ln for ln in metrics.splitlines() if f'project="{soft.project_id}"' in ln]
+        assert any(
+            ln.startswith("llm_proxy_tokens_total{") and 'kind="prompt"' in ln for ln in mine
+        )
+        assert any(ln.startswith("llm_proxy_cost_usd_total{") for ln in mine)
+        assert "llm_proxy_budget_soft_exceeded_total 1.0" in metrics
+        assert 'llm_proxy_rejected_requests_total{reason="tpm_exceeded"}' in metrics
     finally:
         upstream.release.set()
         proxy.stop()

@@ -227,3 +227,20 @@ def test_event_cost(kw: dict[str, object], expected: int) -> None:
 
 def test_usage_defaults_keep_positional_construction() -> None:
     assert Usage("m", 1, 2, 3, True, "").cached_tokens == 0
+
+
+def test_metric_labels_are_capped() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from proxy.money_metrics import MoneyMetrics
+
+    metrics = MoneyMetrics(CollectorRegistry(), max_pairs=2)
+    assert metrics.labels("p", "a") == ("p", "a")
+    assert metrics.labels("p", "b") == ("p", "b")
+    assert metrics.labels("p", "c") == ("other", "other")
+    assert metrics.labels("p", "a") == ("p", "a")  # a pair already seen keeps its labels
+    book = PriceBook([ROW])
+    metrics.observe(_event(model="zzz"), book)
+    metrics.observe(_event(), book)
+    assert metrics.unpriced.labels("other", "other")._value.get() == 1
+    assert metrics.tokens.labels("other", "other", "prompt")._value.get() == 20  # both past the cap
