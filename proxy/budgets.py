@@ -163,6 +163,14 @@ def _remaining(
         if b.tokens is not None and not b.tpm
     ]
     out = []
+    for b, u in zip(ordered, used, strict=True):
+        if b.tpm and b.tokens is not None:
+            wait = max(1, math.ceil((b.window.reset(now) - now).total_seconds()))
+            out += [
+                (b"x-ratelimit-limit-tokens", str(b.tokens).encode()),
+                (b"x-ratelimit-remaining-tokens", str(max(b.tokens - u[1], 0)).encode()),
+                (b"x-ratelimit-reset-tokens", f"{wait}s".encode()),
+            ]
     if usd:
         out.append(
             (b"x-llm-proxy-budget-remaining-usd", (picos_to_usd(max(min(usd), 0)) or "0").encode())

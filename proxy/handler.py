@@ -24,10 +24,13 @@ from proxy.limits import NO_LIMITS, Limiter, TrustedProxies, scope_client_ip
 from proxy.metrics import Metrics
 from proxy.model_scope import check_model, names_model
 from proxy.profiling import Profiler, record_of
+from proxy.ratelimit_headers import openai_request_headers
 from proxy.relay import Relay, send_served
 from proxy.routing import Router
 from proxy.upstream import Upstream
 from proxy.usage import Usage, bills_tokens
+from proxy.usage_endpoint import PATH as USAGE_PATH
+from proxy.usage_endpoint import usage_of
 from shared.clock import new_id
 from shared.config import Settings
 from shared.errors import LLMProxyError, Overloaded, Unavailable, error_body
@@ -124,6 +127,9 @@ class ProxyHandler:
         self.in_flight += 1
         self.metrics.in_flight.inc()
         try:
+            if method == "GET" and scope["path"] == USAGE_PATH:  # answered here, not forwarded
+                await self._usage(ex, authorization, api_key, repeated, extra)
+                return
             ex.route = route = self.router.match(
                 method, scope.get("raw_path") or b"", scope["query_string"]
             )
@@ -196,6 +202,7 @@ class ProxyHandler:
                 marks.append(("limits", time.perf_counter()))
             if admission.limit:
                 extra += [(k.lower().encode(), v.encode()) for k, v in admission.headers().items()]
+                extra += openai_request_headers(admission)
             merge = None
             if (
                 self.batcher is not None
@@ -261,6 +268,34 @@ class ProxyHandler:
                     self.metrics.money.observe(event, await self.budgets.book())
                 except Exception:  # the prices could not be read: counted without cost
                     self.metrics.money.observe(event, None)
+
+    async def _usage(
+        self,
+        ex: Exchange,
+        authorization: bytes | None,
+        api_key: bytes | None,
+        repeated: bool,
+        extra: list[tuple[bytes, bytes]],
+    ) -> None:
+        """``GET /v1/usage`` for the calling token (proxy/usage_endpoint.py)."""
+        ex.endpoint = USAGE_PATH
+        ex.cred = cred = await self.auth.authenticate(
+            token_from_headers(authorization, api_key, repeated)
+        )
+        reply = await usage_of(
+            self.auth.store, cred, ex.scope["query_string"], count_cache_hits=self.count_cache_hits
+        )
+        body = orjson.dumps(reply)
+        ex.status = 200
+        ex.response_started = True
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            *extra,
+        ]
+        await ex.send({"type": "http.response.start", "status": 200, "headers": headers})
+        await ex.send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _accept(self, ex: Exchange, arrived: float, client_ip: str) -> None:
         """The request's accepted record, in the bus's destination or its spool before the

@@ -1,6 +1,7 @@
 """Budgets through the embedded server: a soft budget flags and audits instead of refusing, a
 token's TPM refuses with tpm_exceeded, a model without a price cannot pass a hard dollar
-budget, a client that disconnects mid-stream is settled, and `show` reports the fields."""
+budget, a client that disconnects mid-stream is settled, `show` reports the fields, and the
+token reads its own usage and what is left at GET /v1/usage, with OpenAI's rate-limit headers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -109,6 +111,8 @@ def test_budget_behaviours(
         "--budget-calendar",
         "--tpm",
         "120",
+        "--rpm",
+        "100",
     )
     assert (hard["budget_usd"], hard["budget_window"], hard["budget_calendar"]) == ("5", "5h", True)
     assert hard["tpm"] == 120 and hard["budget_mode"] is None
@@ -133,8 +137,41 @@ def test_budget_behaviours(
         assert [a["target_id"] for a in audit] == [soft.token_id]
         # TPM: the reservation (the body's bytes + max_tokens) counts until settled, then the
         # actual 50 tokens a request; 120 a minute lets a few through, then refuses
-        statuses = [_chat(proxy.url, str(hard["token"]), "priced").status_code for _ in range(4)]
+        replies = [_chat(proxy.url, str(hard["token"]), "priced") for _ in range(4)]
+        statuses = [r.status_code for r in replies]
         assert statuses[0] == 200 and statuses[-1] == 429
+        first_headers = replies[0].headers
+        assert first_headers["x-ratelimit-limit-tokens"] == "120"
+        assert first_headers["x-ratelimit-remaining-tokens"] == "120"
+        assert first_headers["x-ratelimit-reset-tokens"].endswith("s")
+        assert first_headers["x-ratelimit-limit-requests"] == "100"
+        assert first_headers["x-ratelimit-remaining-requests"] == "99"
+        assert first_headers["x-llm-proxy-budget-remaining-usd"] == "5"
+        # the token asks the proxy what it has used and what is left
+        served = statuses.count(200)
+        deadline = time.monotonic() + 30
+        while True:
+            mine = httpx.get(
+                proxy.url + "/v1/usage",
+                headers={"Authorization": f"Bearer {hard['token']}"},
+                timeout=30,
+            )
+            assert mine.status_code == 200, mine.text
+            usage = mine.json()
+            # (its own GET /v1/usage calls are requests too, of no model)
+            if usage["by_model"].get("priced", {}).get("requests") == served:
+                break
+            assert time.monotonic() < deadline, usage
+            time.sleep(0.05)
+        assert usage["token_id"] == hard["id"]
+        assert usage["by_model"]["priced"]["prompt_tokens"] == 20 * served
+        assert usage["by_model"]["priced"]["cost_usd"] == str(Decimal(20 + 60) * served / 10**6)
+        kinds = {(b["owner"], b["kind"]): b for b in usage["budgets"]}
+        budget = kinds[("token", "budget")]
+        assert (budget["limit_usd"], budget["window"], budget["calendar"]) == ("5", "5h", True)
+        assert Decimal(budget["remaining_usd"]) == 5 - Decimal(80 * served) / 10**6
+        assert kinds[("token", "tpm")]["limit_tokens"] == 120
+        assert httpx.get(proxy.url + "/v1/usage", timeout=30).status_code == 401
         refused = _chat(proxy.url, str(hard["token"]), "priced")
         assert refused.json()["error"]["code"] == "tpm_exceeded"
         assert int(refused.headers["retry-after"]) >= 1
