@@ -8,13 +8,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from proxy.budgets import limits_of
 from proxy.limits import TokenLimits
 from shared.crypto import Keyring
 from shared.errors import AuthError, Unavailable, UserError
 from shared.scopes import ModelScope
 from shared.store import SqlStore, TokenAuth
-from shared.store.budgets import BudgetLimit
+from shared.store.budgets import BudgetLimit, limits_of
 from shared.tokens import hash_token, looks_like_token, mask_token
 
 log = logging.getLogger("llm_proxy.auth")

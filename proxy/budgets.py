@@ -15,37 +15,17 @@ from proxy.model_scope import model_of
 from shared.clock import from_epoch
 from shared.errors import BudgetExceeded, TpmExceeded
 from shared.events import UNPRICED, RequestEvent
-from shared.money.amounts import picos_to_usd, usd_to_picos
-from shared.money.budgets import Window, estimate_cost, estimate_tokens
+from shared.money.amounts import picos_to_usd
+from shared.money.budgets import estimate_cost, estimate_tokens
 from shared.money.cost import event_cost
 from shared.money.prices import PriceBook
-from shared.store import AuditEvent, Project, SqlStore, Token
+from shared.store import AuditEvent, SqlStore
 from shared.store.budgets import BudgetLimit, Held
 
 log = logging.getLogger("llm_proxy.budgets")
 
 #: How long the proxy uses the price book it read before reading it again.
 PRICES_TTL = 30.0
-
-
-def limits_of(token: Token, project: Project) -> tuple[BudgetLimit, ...]:
-    """The budgets and TPM limit a token's requests are held to (built once per credential)."""
-    out = [b for b in (_budget(token.id, token), _budget(project.id, project)) if b is not None]
-    if token.tpm:
-        out.append(BudgetLimit(token.id, Window("1m"), tokens=token.tpm, tpm=True))
-    return tuple(out)
-
-
-def _budget(owner_id: str, owner: Token | Project) -> BudgetLimit | None:
-    if owner.budget_usd is None and owner.budget_tokens is None:
-        return None
-    return BudgetLimit(
-        owner_id,
-        Window(owner.budget_window or "1mo", bool(owner.budget_calendar)),
-        picos=usd_to_picos(owner.budget_usd) if owner.budget_usd is not None else None,
-        tokens=owner.budget_tokens,
-        hard=owner.budget_mode != "soft",
-    )
 
 
 @dataclass(slots=True)

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from shared.money.amounts import usd_to_picos
 from shared.money.budgets import Window
+from shared.store.models import Project, Token
 from shared.store.rows import Tables, Tx
 
 
@@ -45,6 +47,26 @@ class Decision:
     used: list[tuple[int, int]]
     refused: BudgetLimit | None = None
     exceeded: list[BudgetLimit] | None = None
+
+
+def limits_of(token: Token, project: Project) -> tuple[BudgetLimit, ...]:
+    """The budgets and TPM limit a token's requests are held to (built once per credential)."""
+    out = [b for b in (_budget(token.id, token), _budget(project.id, project)) if b is not None]
+    if token.tpm:
+        out.append(BudgetLimit(token.id, Window("1m"), tokens=token.tpm, tpm=True))
+    return tuple(out)
+
+
+def _budget(owner_id: str, owner: Token | Project) -> BudgetLimit | None:
+    if owner.budget_usd is None and owner.budget_tokens is None:
+        return None
+    return BudgetLimit(
+        owner_id,
+        Window(owner.budget_window or "1mo", bool(owner.budget_calendar)),
+        picos=usd_to_picos(owner.budget_usd) if owner.budget_usd is not None else None,
+        tokens=owner.budget_tokens,
+        hard=owner.budget_mode != "soft",
+    )
 
 
 _USED_SQL = (
