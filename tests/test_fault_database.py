@@ -18,7 +18,8 @@ import pytest
 from shared.config import Settings
 from shared.crypto import load_keyring, new_key
 from shared.invalidation import Notifier, channel
-from shared.manage import Management
+from shared.management import Management
+from shared.management.inputs import TokenRef
 from shared.redis import make_redis
 from shared.store import make_store
 from tests.proxy_process import UNLIMITED, Provisioned, ProxyProcess, provision
@@ -113,7 +114,7 @@ def revoke(env: dict[str, str], token_id: str) -> None:
                 actor="test",
                 notifier=Notifier(store, redis, channel=channel(settings)),
             )
-            await mgmt.revoke_token(token_id)
+            await mgmt.revoke_token(TokenRef(token_id=token_id))
         finally:
             await redis.aclose()
             await store.close()
