@@ -80,6 +80,7 @@ class BudgetInputs:
         default=None,
         nullable=True,
         minimum=0,
+        maximum=10**15,
         stored=zero_is_none,
     )
     budget_window: str | None = inp(
@@ -219,6 +220,7 @@ class TokenLimits(BudgetInputs):
         default=None,
         nullable=True,
         minimum=0,
+        maximum=10**15,
         invalid="tpm must be 0 (no limit) or a positive integer",
         stored=zero_is_none,
     )

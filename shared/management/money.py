@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from shared.clock import utcnow
-from shared.errors import UserError
+from shared.errors import Conflict, NotFound, UserError
 from shared.management import inputs as i
 from shared.management.fields import validated
 from shared.management.views import View
@@ -68,7 +68,7 @@ def parse_price_file(data: str) -> list[PriceRow]:
     if text.startswith(("{", "[")):
         try:
             doc = json.loads(text, parse_float=str)  # exact decimals, never floats
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise UserError(f"the price file is not valid JSON: {exc}") from None
         items = doc.get("prices") if isinstance(doc, dict) else doc
         if not isinstance(items, list):
@@ -82,6 +82,13 @@ def parse_price_file(data: str) -> list[PriceRow]:
             raise UserError(f"the price file's header lacks {', '.join(sorted(missing))}")
         numbered = ((n, row) for n, row in enumerate(reader, 2))
         where = "line"
+    try:
+        return _rows(numbered, where)
+    except csv.Error as exc:
+        raise UserError(f"the price file is not valid CSV: {exc}") from None
+
+
+def _rows(numbered: Iterable[tuple[int, Any]], where: str) -> list[PriceRow]:
     rows: list[PriceRow] = []
     for n, item in numbered:
         if len(rows) >= MAX_IMPORT_ROWS:
@@ -133,7 +140,10 @@ class MoneyOperations:
         async with self._audited("price.import", "price", "") as audit:
             for n, row in enumerate(rows):
                 if row.project_id is not None:  # by id or name, as everywhere
-                    project = await self._project(row.project_id)
+                    try:
+                        project = await self._project(row.project_id)
+                    except (NotFound, Conflict) as exc:  # a bad file: 400, naming the row
+                        raise UserError(f"row {n + 1} of the price file: {exc.message}") from None
                     rows[n] = PriceRow(**{**_fields(row), "project_id": project.id})
             await self.store.set_prices(rows)
             audit.details["rows"] = len(rows)
