@@ -6,7 +6,18 @@ from typing import Annotated, Any
 
 import typer
 
-from admin.commands import audit, cache, config, events, keys, pipeline, projects, server, tokens
+from admin.commands import (
+    audit,
+    cache,
+    config,
+    events,
+    keys,
+    money,
+    pipeline,
+    projects,
+    server,
+    tokens,
+)
 from admin.declared import add_commands
 from admin.options import JsonOpt
 from admin.output import emit
@@ -34,9 +45,18 @@ GROUPS = {
     "audit": audit.app,
     "cache": cache.app,
     "events": events.app,
+    "prices": money.app,
 }
 add_commands(
-    GROUPS, {**projects.SHOWN, **tokens.SHOWN, **audit.SHOWN, **cache.SHOWN, **events.SHOWN}
+    {**GROUPS, "": manage},
+    {
+        **projects.SHOWN,
+        **tokens.SHOWN,
+        **audit.SHOWN,
+        **cache.SHOWN,
+        **events.SHOWN,
+        **money.SHOWN,
+    },
 )
 for group, sub in GROUPS.items():
     if " " not in group:  # subgroups hang from their group

@@ -89,7 +89,8 @@ class Shown:
 
 
 def add_commands(groups: dict[str, typer.Typer], shown: dict[str, Shown]) -> None:
-    """One command per declared operation, in its group (``shown`` is keyed "group command")."""
+    """One command per declared operation, in its group (``shown`` is keyed "group command"; a
+    one-word command goes in ``groups[""]``)."""
     for op in OPERATIONS:
         if op.command:
             group, _, name = op.command.rpartition(" ")  # "project upstream add": a subgroup

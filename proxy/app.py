@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.auth import Authenticator, StoreHealth, TokenCache
+from proxy.budgets import Budgeter
 from proxy.bus import make_bus
 from proxy.cache import CacheBackend, HttpCache, build_cache
 from proxy.console import Backend, LiveFigures, create_console_app
@@ -189,6 +190,11 @@ class ProxyApp:
                 RedisBreakers(redis, breaker_policy(settings), prefix=settings.breaker_key_prefix)
                 if redis is not None
                 else None
+            ),
+            budgets=Budgeter(
+                store,
+                default_completion=settings.budget_default_max_tokens,
+                on_soft_exceeded=self.metrics.money.soft_exceeded.inc,
             ),
         )
         self.manage_app = create_management_app(

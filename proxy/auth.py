@@ -13,7 +13,9 @@ from proxy.upstream.failover import Target
 from proxy.upstream.providers import Provider, provider_of
 from shared.crypto import Keyring
 from shared.errors import AuthError, Unavailable, UserError
+from shared.scopes import ModelScope
 from shared.store import SqlStore, TokenAuth
+from shared.store.budgets import BudgetLimit, limits_of
 from shared.tokens import hash_token, looks_like_token, mask_token
 
 log = logging.getLogger("llm_proxy.auth")
@@ -36,6 +38,10 @@ class Credential:
     #: the project's enabled upstreams when it has several (docs/providers.md); empty: its
     #: own base URL and key, the one-upstream path
     upstreams: tuple[Target, ...] = ()
+    #: the token's and the project's model scopes (a model must be in both); None: any model
+    models: ModelScope | None = None
+    #: the token's and the project's budgets and the token's TPM limit (proxy/budgets.py)
+    budgets: tuple[BudgetLimit, ...] = ()
 
     @classmethod
     def from_row(cls, row: TokenAuth, keyring: Keyring) -> Credential:
@@ -63,6 +69,8 @@ class Credential:
                 for u in row.upstreams
                 if u.enabled
             ),
+            models=ModelScope.of(token.models, project.models),
+            budgets=limits_of(token, project),
         )
 
     def refusal(self, now: float) -> str | None:

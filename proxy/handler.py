@@ -16,19 +16,24 @@ from proxy.auth import Authenticator, token_from_headers
 from proxy.batching import ENDPOINT as BATCHED_ENDPOINT
 from proxy.batching import Batcher, plan_merge
 from proxy.body import ClientGone, read_body
+from proxy.budgets import Budgeter, Reservation
 from proxy.cache import HttpCache
 from proxy.exchange import Exchange
 from proxy.failover import Failover
 from proxy.headers import Cors, request_id_from
 from proxy.limits import NO_LIMITS, Limiter, TrustedProxies, scope_client_ip
 from proxy.metrics import Metrics
+from proxy.model_scope import check_model, names_model
 from proxy.profiling import Profiler, record_of
+from proxy.ratelimit_headers import openai_request_headers
 from proxy.relay import Relay, send_served
 from proxy.routing import Router
 from proxy.upstream import Upstream
 from proxy.upstream.breaker import Breakers, MemoryBreakers, breaker_policy
 from proxy.upstream.providers import error_body_for
 from proxy.usage import Usage, bills_tokens
+from proxy.usage_endpoint import PATH as USAGE_PATH
+from proxy.usage_endpoint import usage_of
 from shared.clock import new_id
 from shared.config import Settings
 from shared.errors import LLMProxyError, Overloaded, RouteNotFound, Unavailable
@@ -56,6 +61,7 @@ class ProxyHandler:
         profiler: Profiler | None = None,
         tracing: RequestTracing | None = None,
         breakers: Breakers | None = None,
+        budgets: Budgeter | None = None,
     ) -> None:
         self.settings = settings
         self.profiler = profiler
@@ -77,6 +83,7 @@ class ProxyHandler:
         self.tracing = tracing
         # phase marks feed the profiler and the trace alike
         self.marking = profiler is not None or tracing is not None
+        self.budgets = budgets
         self.trusted = TrustedProxies.parse(settings.trusted_proxies)
         self.cors = (
             Cors(settings.cors_allowed_origins, settings.allowed_methods)
@@ -100,7 +107,7 @@ class ProxyHandler:
         started = time.perf_counter()
         arrived = time.time()
         method: str = scope["method"]
-        authorization = api_key = request_id_raw = origin = content_length = None
+        authorization = api_key = request_id_raw = origin = content_length = content_type = None
         preflight = repeated = False
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -115,6 +122,8 @@ class ProxyHandler:
                 origin = value
             elif name == b"content-length":
                 content_length = value
+            elif name == b"content-type":
+                content_type = value
             elif name == b"access-control-request-method":
                 preflight = True
         request_id = request_id_from(request_id_raw)
@@ -133,10 +142,14 @@ class ProxyHandler:
         if self.tracing is not None:
             ex.trace = self.tracing.begin(ex, arrived)
         admission = NO_LIMITS
+        reservation: Reservation | None = None
         client_ip = scope_client_ip(scope, self.trusted)
         self.in_flight += 1
         self.metrics.in_flight.inc()
         try:
+            if method == "GET" and scope["path"] == USAGE_PATH:  # answered here, not forwarded
+                await self._usage(ex, authorization, api_key, repeated, extra)
+                return
             ex.route = route = self.router.match(
                 method, scope.get("raw_path") or b"", scope["query_string"]
             )
@@ -159,14 +172,22 @@ class ProxyHandler:
                 if not self.bus.reserve(ex.event_id):
                     raise Unavailable("Requests cannot be recorded right now; retry shortly.")
             # usage endpoints' bodies are read whole: include_usage must be set in them and the
-            # prompt estimated from them (docs/decisions.md, "Usage in every case")
+            # prompt estimated from them (docs/decisions.md, "Usage in every case"); so are the
+            # bodies whose model a scope must check
+            scoped = cred.models is not None and names_model(method, route.rest)
             ex.body = body = await read_body(
                 receive,
                 method,
                 content_length,
                 self.max_body,
-                whole=bills_tokens(method, route.endpoint, route.rest),
+                whole=scoped
+                or bool(cred.budgets)
+                or bills_tokens(method, route.endpoint, route.rest),
             )
+            if scoped:  # before the cache and any upstream call: a refusal spends nothing
+                assert cred.models is not None
+                raw = body if isinstance(body, bytes) else None
+                check_model(cred.models, route.rest, raw, content_type)
             if marks is not None:
                 marks.append(("body", time.perf_counter()))
             cache = self.cache
@@ -205,6 +226,7 @@ class ProxyHandler:
                 marks.append(("limits", time.perf_counter()))
             if admission.limit:
                 extra += [(k.lower().encode(), v.encode()) for k, v in admission.headers().items()]
+                extra += openai_request_headers(admission)
             merge = None
             if (
                 self.batcher is not None
@@ -218,6 +240,16 @@ class ProxyHandler:
             if served is not None:
                 await send_served(ex, served, "hit")
                 return
+            if cred.budgets and self.budgets is not None:  # a cache hit costs nothing
+                reservation = await self.budgets.reserve(
+                    cred.budgets,
+                    cred.project_id,
+                    cred.token_id,
+                    body if isinstance(body, bytes) else None,
+                    content_type,
+                    arrived,
+                )
+                extra += reservation.headers
             await self._accept(ex, arrived, client_ip)
             if marks is not None:
                 marks.append(("accept", time.perf_counter()))
@@ -255,9 +287,45 @@ class ProxyHandler:
             await admission.release()
             self.in_flight -= 1
             self.metrics.in_flight.dec()
-            self._finish(ex, arrived, client_ip)
+            event = self._finish(ex, arrived, client_ip)
             if ex.trace is not None:
                 ex.trace.finish(ex)
+            if reservation is not None:
+                assert self.budgets is not None
+                await self.budgets.settle(reservation, event)
+            if event is not None and self.budgets is not None:
+                try:
+                    self.metrics.money.observe(event, await self.budgets.book())
+                except Exception:  # the prices could not be read: counted without cost
+                    self.metrics.money.observe(event, None)
+
+    async def _usage(
+        self,
+        ex: Exchange,
+        authorization: bytes | None,
+        api_key: bytes | None,
+        repeated: bool,
+        extra: list[tuple[bytes, bytes]],
+    ) -> None:
+        """``GET /v1/usage`` for the calling token (proxy/usage_endpoint.py)."""
+        ex.endpoint = USAGE_PATH
+        ex.cred = cred = await self.auth.authenticate(
+            token_from_headers(authorization, api_key, repeated)
+        )
+        reply = await usage_of(
+            self.auth.store, cred, ex.scope["query_string"], count_cache_hits=self.count_cache_hits
+        )
+        body = orjson.dumps(reply)
+        ex.status = 200
+        ex.response_started = True
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            *extra,
+        ]
+        await ex.send({"type": "http.response.start", "status": 200, "headers": headers})
+        await ex.send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _accept(self, ex: Exchange, arrived: float, client_ip: str) -> None:
         """The request's accepted record, in the bus's destination or its spool before the
@@ -281,8 +349,8 @@ class ProxyHandler:
         if not await self.bus.accept(accepted) and self.reject_unrecorded:
             raise Unavailable("Requests cannot be recorded right now; retry shortly.")
 
-    def _finish(self, ex: Exchange, arrived: float, client_ip: str) -> None:
-        """Metrics and the request's event; never raises."""
+    def _finish(self, ex: Exchange, arrived: float, client_ip: str) -> RequestEvent | None:
+        """Metrics and the request's event (returned, if any); never raises."""
         duration = time.perf_counter() - ex.started
         metrics = self.metrics
         metrics.observe(
@@ -302,10 +370,8 @@ class ProxyHandler:
             metrics.cache_result(self.cache, ex.cache_status)
         cred = ex.cred
         if cred is None:
-            return
+            return None
         usage = ex.usage or _NO_USAGE
-        if usage.total_tokens:
-            metrics.count_tokens(usage.prompt_tokens, usage.completion_tokens)
         event = RequestEvent(
             event_id=ex.event_id or new_id(),
             request_id=ex.request_id,
@@ -329,6 +395,8 @@ class ProxyHandler:
             cache_read_tokens=usage.cache_read_tokens,
             upstream=ex.upstream,
             attempts=ex.attempts,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
             cache_status=ex.cache_status,
             stream=ex.stream,
             error=ex.error,
@@ -347,6 +415,7 @@ class ProxyHandler:
                 ex.marks,
                 record_of(ex.request_id, ex.method, event.path, ex.status),
             )
+        return event
 
     async def _send_error(
         self, send: Any, exc: LLMProxyError, extra: list[tuple[bytes, bytes]], path: str

@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from proxy.cache import HttpCache, MemoryBackend
+from proxy.money_metrics import MoneyMetrics
 from shared.events import EventBus
 
 # Seconds; dense below 10 ms where proxy overhead lives, sparse up to long completions.
@@ -212,14 +213,6 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
-        self.tokens = Counter(
-            "llm_proxy_tokens",
-            "Tokens of forwarded answers (reported by the upstream, or estimated), by kind.",
-            ["kind"],
-            registry=r,
-        )
-        self._prompt_tokens = self.tokens.labels("prompt")
-        self._completion_tokens = self.tokens.labels("completion")
         self.upstream_requests = Counter(
             "llm_proxy_upstream_requests",
             "Calls to each upstream of projects with several upstreams, retries included.",
@@ -245,6 +238,7 @@ class Metrics:
             "Responses cut short because the client went away.",
             registry=r,
         )
+        self.money = MoneyMetrics(r)
 
     async def follow_bus(self, bus: EventBus, interval: float = 2.0) -> None:
         """Copy the bus's counters into Prometheus now and then (off the request path)."""
@@ -280,10 +274,6 @@ class Metrics:
                 self.cache_bytes.set(backend.nbytes)
         else:
             self.cache_bypasses.labels(backend.name).inc()
-
-    def count_tokens(self, prompt: int, completion: int) -> None:
-        self._prompt_tokens.inc(prompt)
-        self._completion_tokens.inc(completion)
 
     def observe(
         self,

@@ -51,6 +51,10 @@ class Usage:
     #: input_tokens does not), so prompt_tokens means every prompt token whatever the provider
     cache_creation_tokens: int = 0
     cache_read_tokens: int = 0
+    #: parts of the prompt and completion counts priced apart: input read from the
+    #: provider's prompt cache, and hidden reasoning (both included in the counts above)
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def absorb(self, obj: Any) -> bool:
         """Take model and usage from a decoded response object (chat, completions, embeddings,
@@ -76,9 +80,25 @@ class Usage:
         total = _count(usage.get("total_tokens"), clamped) or prompt + completion
         self.prompt_tokens, self.completion_tokens, self.total_tokens = prompt, completion, total
         self.cache_creation_tokens, self.cache_read_tokens = written, read
+        # chat: prompt_/completion_tokens_details; Responses API: input_/output_tokens_details.
+        # A part larger than its whole is absurd: bounded by it, and noted.
+        cached = _count(_detail(usage, "cached_tokens", "prompt", "input"), clamped)
+        reasoning = _count(_detail(usage, "reasoning_tokens", "completion", "output"), clamped)
+        if cached > prompt or reasoning > completion:
+            clamped.append(True)
+        self.cached_tokens, self.reasoning_tokens = min(cached, prompt), min(reasoning, completion)
         self.found = True
         self.source = CLAMPED if clamped else ""
         return True
+
+
+def _detail(usage: dict[str, Any], key: str, *prefixes: str) -> Any:
+    """``key`` of the first ``<prefix>_tokens_details`` object present."""
+    for prefix in prefixes:
+        details = usage.get(f"{prefix}_tokens_details")
+        if isinstance(details, dict):
+            return details.get(key)
+    return None
 
 
 def _count(value: Any, clamped: list[bool]) -> int:

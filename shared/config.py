@@ -493,6 +493,13 @@ class Settings:
         "client sees.",
         _bool,
     )
+    budget_default_max_tokens: int = var(
+        "BUDGET_DEFAULT_MAX_TOKENS",
+        16384,
+        "Completion tokens a budget reserves for a request that sets no `max_tokens` / "
+        "`max_completion_tokens` / `max_output_tokens` (settled to the actual use after).",
+        _int(1),
+    )
     stream_response_chunk_size: int = var(
         "STREAM_RESPONSE_CHUNK_SIZE",
         32768,

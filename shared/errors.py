@@ -10,6 +10,7 @@
     ├── ManagementAuthError             (401, invalid_management_token)
     ├── ManagementDisabled              (503, management_disabled)
     ├── PermissionDenied                (403, forbidden)
+    ├── ModelNotAllowed                 (400, model_not_allowed) outside the model scope
     ├── RouteNotFound                   (404, not_found)
     ├── MethodNotAllowed                (405, method_not_allowed)
     ├── BodyTooLarge                    (413, request_too_large)
@@ -17,7 +18,9 @@
     ├── HeadTimeout                     (408, request_timeout) request head not sent in time
     ├── HeadersTooLarge                 (431, request_headers_too_large)
     ├── RateLimited                     (429, rate_limit_exceeded) with Retry-After
-    │   └── QuotaExceeded               (429, quota_exceeded)
+    │   ├── QuotaExceeded               (429, quota_exceeded)
+    │   ├── BudgetExceeded              (429, budget_exceeded) a hard budget is spent
+    │   └── TpmExceeded                 (429, tpm_exceeded) tokens per minute
     ├── Overloaded                      (503, overloaded) with Retry-After
     ├── Unavailable                     (503, service_unavailable) a dependency is down
     ├── UpstreamError                   (502, upstream_error) connection refused/reset
@@ -119,6 +122,13 @@ class MethodNotAllowed(LLMProxyError):
     default_message = "Method not allowed for this endpoint."
 
 
+class ModelNotAllowed(LLMProxyError):
+    status = 400
+    code = "model_not_allowed"
+    type = "invalid_request_error"
+    default_message = "This token may not use that model."
+
+
 class BodyTooLarge(LLMProxyError):
     status = 413
     code = "request_too_large"
@@ -158,6 +168,18 @@ class QuotaExceeded(RateLimited):
     code = "quota_exceeded"
     type = "insufficient_quota"
     default_message = "This token has used all of its allowed requests."
+
+
+class BudgetExceeded(RateLimited):
+    code = "budget_exceeded"
+    type = "insufficient_quota"
+    default_message = "This token's or project's budget is spent for now."
+
+
+class TpmExceeded(RateLimited):
+    code = "tpm_exceeded"
+    type = "requests"
+    default_message = "Too many tokens per minute for this token."
 
 
 class Overloaded(LLMProxyError):
@@ -204,11 +226,14 @@ REJECTION_CODES = frozenset(
         InvalidHeader,
         AuthError,
         PermissionDenied,
+        ModelNotAllowed,
         RouteNotFound,
         MethodNotAllowed,
         BodyTooLarge,
         RateLimited,
         QuotaExceeded,
+        BudgetExceeded,
+        TpmExceeded,
         Overloaded,
         Unavailable,
     )

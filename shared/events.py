@@ -15,6 +15,9 @@ CACHE_STATUSES = ("", "hit", "miss", "bypass")
 #: final replaces the accepted row. Requests that never reach the upstream (refusals, cache
 #: hits) have only a final event.
 ACCEPTED, FINAL = "accepted", "final"
+#: ``cost_picousd`` of a request whose cost is not known (no price for its model): stored as
+#: NULL, counted as unpriced, never as zero.
+UNPRICED = -1
 PHASES = (ACCEPTED, FINAL)
 
 #: ``error`` codes of requests the proxy itself turned away before any upstream call. Their
@@ -61,6 +64,13 @@ class RequestEvent:
     cache_read_tokens: int = 0
     upstream: str = ""  # the upstream that served: its id, or '' for the project's own
     attempts: int = 0  # upstream calls made for this request (0: none, e.g. a cache hit)
+    #: parts of prompt_tokens and completion_tokens: input served from the provider's prompt
+    #: cache, and reasoning tokens (priced apart, see docs/costs.md)
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    #: the cost in pico-dollars (10^-12 USD), set by the writer from the price in force at
+    #: ``ts`` when the event is stored (shared/money/cost.py); ``UNPRICED`` until then
+    cost_picousd: int = UNPRICED
 
     def to_bytes(self) -> bytes:
         if self.phase == ACCEPTED:  # no usage or timings yet: the defaults need not travel

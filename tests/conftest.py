@@ -34,7 +34,18 @@ hypothesis_settings.register_profile(
 )
 hypothesis_settings.load_profile("llm-proxy")
 
-TABLES = ("request_events", "audit_events", "dead_letters", "tokens", "projects", "changes")
+TABLES = (
+    "request_events",
+    "audit_events",
+    "dead_letters",
+    "tokens",
+    "projects",
+    "changes",
+    "prices",
+    "usage_rollups",
+    "upstreams",
+    "budget_buckets",
+)
 
 
 @pytest.fixture(scope="session")

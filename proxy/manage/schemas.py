@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.manage.money_schemas import MONEY_SCHEMAS
 from shared.kinds import KINDS
 
 Schema = dict[str, Any]
@@ -46,6 +47,12 @@ _PROJECT_FIELDS: dict[str, Schema] = {
     "last_used_at": _OPT_TIME,
     "created_at": _TIME,
     "updated_at": _TIME,
+    "models": {**_OPT_STR, "description": "The model scope (names and globs); null: any model."},
+    "budget_usd": {**_OPT_STR, "description": "Dollars allowed per budget window, exact."},
+    "budget_tokens": _OPT_INT,
+    "budget_window": {"enum": ["5h", "1d", "1mo", None]},
+    "budget_calendar": _BOOL,
+    "budget_mode": {"enum": ["hard", "soft", None]},
 }
 _TOKEN_FIELDS: dict[str, Schema] = {
     "id": _STR,
@@ -58,6 +65,13 @@ _TOKEN_FIELDS: dict[str, Schema] = {
     "max_requests": _OPT_INT,
     "rpm": _OPT_INT,
     "max_concurrency": _OPT_INT,
+    "models": {**_OPT_STR, "description": "The model scope (names and globs); null: any model."},
+    "budget_usd": {**_OPT_STR, "description": "Dollars allowed per budget window, exact."},
+    "budget_tokens": _OPT_INT,
+    "budget_window": {"enum": ["5h", "1d", "1mo", None]},
+    "budget_calendar": _BOOL,
+    "budget_mode": {"enum": ["hard", "soft", None]},
+    "tpm": _OPT_INT,
     "request_count": _INT,
     "remaining_requests": _OPT_INT,
     "cache_hit_count": _INT,
@@ -101,6 +115,13 @@ _EVENT_FIELDS: dict[str, Schema] = {
         "description": "The id of the project upstream that served; null for the project's own.",
     },
     "attempts": {"type": "integer", "description": "Upstream calls made (retries included)."},
+    "cached_tokens": _INT,
+    "reasoning_tokens": _INT,
+    "cost_usd": {
+        "type": ["string", "null"],
+        "pattern": r"^[0-9]+(\.[0-9]+)?$",
+        "description": "Exact cost in dollars, as text; null when the model has no price.",
+    },
 }
 _UPSTREAM_FIELDS: dict[str, Schema] = {
     "id": _STR,
@@ -133,6 +154,7 @@ _TAIL_FIELDS: dict[str, Schema] = {
     "prompt_tokens": _INT,
     "completion_tokens": _INT,
     "usage_source": _STR,
+    "cost_usd": _OPT_STR,
     "error": _STR,
 }
 _LETTER_FIELDS: dict[str, Schema] = {
@@ -286,3 +308,5 @@ SCHEMAS: dict[str, Schema] = {
         stream=_STR,
     ),
 }
+
+SCHEMAS.update(MONEY_SCHEMAS)

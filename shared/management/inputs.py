@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.errors import UserError
 from shared.kinds import KINDS, OPENAI
 from shared.management.checks import (
     DEAD_LETTER_REASONS,
@@ -23,6 +24,9 @@ from shared.management.checks import (
     zero_is_none,
 )
 from shared.management.fields import inp
+from shared.money.amounts import AmountError, picos_to_usd, usd_to_picos
+from shared.money.budgets import BUDGET_WINDOWS
+from shared.scopes import check_models
 
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (and SQLite INTEGER) holds
 _INPUT = {"frozen": True, "slots": True, "kw_only": True}
@@ -32,6 +36,79 @@ _TOKEN_DOC = "The token's id (not the token itself) or its label."
 _KEY_DOC = "The project's upstream API key. Stored encrypted; never returned."
 _UPSTREAM_KEY_DOC = "This upstream's API key. Stored encrypted; never returned."
 _LIMIT_DOC = "How many to list (a page)."
+_MODELS_DOC = (
+    "The models it may use: comma-separated names and globs ('gpt-4o-mini,gpt-4.1-*'); "
+    "'' allows every model."
+)
+
+
+def _models() -> Any:
+    return inp(
+        "string", _MODELS_DOC, default=None, nullable=True, check=check_models, stored=_or_none
+    )
+
+
+def _or_none(value: str) -> str | None:
+    return value or None
+
+
+def check_budget_usd(text: str) -> str:
+    """Exact dollars (``"25"``, ``"0.50"``), normalised; ``""`` removes the dollar budget."""
+    if not text.strip():
+        return ""
+    try:
+        picos = usd_to_picos(text.strip())
+    except AmountError:
+        picos = -1
+    if picos <= 0 or picos >= 2**63:
+        raise UserError(f"budget usd must be a positive amount of dollars, got {text!r}")
+    return picos_to_usd(picos) or ""
+
+
+@dataclass(**_INPUT)
+class BudgetInputs:
+    """A budget, for a token or a project (all optional; update changes those given)."""
+
+    budget_usd: str | None = inp(
+        "string",
+        "Dollars allowed per budget window, exact ('25', '0.50'); '' removes it.",
+        default=None,
+        nullable=True,
+        check=check_budget_usd,
+        stored=_or_none,
+    )
+    budget_tokens: int | None = inp(
+        "integer",
+        "Tokens (prompt + completion) allowed per budget window; 0 removes it.",
+        default=None,
+        nullable=True,
+        minimum=0,
+        maximum=10**15,
+        stored=zero_is_none,
+    )
+    budget_window: str | None = inp(
+        "string",
+        "The budget's window: 5h, 1d or 1mo (rolling, unless --budget-calendar). Default 1mo.",
+        default=None,
+        nullable=True,
+        choices=BUDGET_WINDOWS,
+    )
+    budget_calendar: bool | None = inp(
+        "boolean",
+        "Count the budget per calendar block (UTC day, month, 5-hour block) instead of rolling.",
+        default=None,
+        nullable=True,
+        flag="--budget-calendar/--budget-rolling",
+    )
+    budget_mode: str | None = inp(
+        "string",
+        "hard: refuse (429 budget_exceeded) once spent; soft: allow, flagged. Default hard.",
+        default=None,
+        nullable=True,
+        choices=("hard", "soft"),
+    )
+
+
 _WHEN = ": ISO 8601 (UTC unless an offset is given) or a span back from now (1h, 7d)."
 
 
@@ -90,7 +167,7 @@ class ProjectRef:
 
 
 @dataclass(**_INPUT)
-class CreateProject:
+class CreateProject(BudgetInputs):
     name: str = inp("string", "Unique project name (1-200 printable characters).", check=check_name)
     base_url: str = inp(
         "string",
@@ -107,10 +184,11 @@ class CreateProject:
         check=check_api_key,
     )
     kind: str = _kind(default=OPENAI)
+    models: str | None = _models()
 
 
 @dataclass(**_INPUT)
-class UpdateProject:
+class UpdateProject(BudgetInputs):
     project_id: str = _project_ref()
     name: str | None = inp("string", "New unique name.", default=None, check=check_name)
     base_url: str | None = inp("string", "New base URL.", default=None, check=check_base_url)
@@ -118,6 +196,7 @@ class UpdateProject:
         "string", "New upstream API key.", default=None, secret=True, check=check_api_key
     )
     kind: str | None = _kind(default=None)
+    models: str | None = _models()
 
 
 # --- a project's several upstreams ---
@@ -182,7 +261,7 @@ class ProjectUsage:
 
 
 @dataclass(**_INPUT)
-class TokenLimits:
+class TokenLimits(BudgetInputs):
     """What a token may do; generation sets them, update changes those given."""
 
     max_requests: int | None = inp(
@@ -209,6 +288,17 @@ class TokenLimits:
         nullable=True,
         minimum=0,
         invalid="max concurrency must be 0 (no cap) or a positive integer",
+        stored=zero_is_none,
+    )
+    models: str | None = _models()
+    tpm: int | None = inp(
+        "integer",
+        "Tokens (prompt + completion) per minute for this token; 0 removes the limit.",
+        default=None,
+        nullable=True,
+        minimum=0,
+        maximum=10**15,
+        invalid="tpm must be 0 (no limit) or a positive integer",
         stored=zero_is_none,
     )
 
@@ -350,3 +440,70 @@ class RequeueDeadLetters:
         "string", "Only this reason.", default=None, choices=DEAD_LETTER_REASONS
     )
     limit: int = inp("integer", "How many at most.", default=1000, minimum=1, maximum=100_000)
+
+
+# --- money: prices and usage ---
+
+_RATE = "Dollars per million {} tokens, as text (0.15)."
+
+
+def _rate(what: str, **meta: Any) -> Any:
+    return inp("string", _RATE.format(what), **meta)
+
+
+@dataclass(**_INPUT)
+class ListPrices:
+    model: str | None = inp("string", "Only this model's rows.", default=None)
+    shipped: bool = inp("boolean", "Also the rows shipped with the package.", default=False)
+
+
+@dataclass(**_INPUT)
+class SetPrice:
+    model: str = inp("string", "The model as the upstream names it (gpt-4o-mini).", argument=True)
+    input: str = _rate("input")
+    output: str = _rate("output (and reasoning, unless --reasoning)")
+    cached_input: str | None = _rate(
+        "input read from the provider's cache (default: the input rate)", default=None
+    )
+    reasoning: str | None = _rate("reasoning (default: the output rate)", default=None)
+    cache_write: str | None = _rate("cache-write (Anthropic)", default=None)
+    effective_from: datetime | None = inp(
+        "date-time", "From when the rates apply" + _WHEN + " Default: now.", default=None
+    )
+    project_id: str | None = inp(
+        "string", "Only for this project (id or name): a negotiated rate.", default=None
+    )
+
+
+@dataclass(**_INPUT)
+class ImportPrices:
+    data: str = inp(
+        "string",
+        'Rows as `prices export` writes them: JSON ({"prices": [...]}) or CSV with a header '
+        "of model,input,cached_input,output,reasoning,cache_write,effective_from,project_id.",
+        default="",
+        cli=False,  # the CLI reads it from the file it is given
+    )
+
+
+@dataclass(**_INPUT)
+class UnpricedQuery:
+    project_id: str | None = inp("string", "Only this project's (id or name).", default=None)
+    since: datetime | None = inp(
+        "date-time", "Only requests on or after this day" + _WHEN, default=None
+    )
+
+
+@dataclass(**_INPUT)
+class UsageQuery:
+    project_id: str | None = inp("string", "A project (id or name).", default=None)
+    token_id: str | None = inp("string", "A token (id or label).", default=None)
+    by: str = inp(
+        "string",
+        "One row per model, per day, or per token.",
+        default="model",
+        choices=("model", "day", "token"),
+    )
+    since: datetime | None = inp(
+        "date-time", "From this day on (UTC)" + _WHEN + " Default: all.", default=None
+    )

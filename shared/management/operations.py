@@ -12,6 +12,8 @@ from shared.management.inputs import (
     DeactivateProject,
     DeadLetterQuery,
     GenerateToken,
+    ImportPrices,
+    ListPrices,
     ListTokens,
     ListUpstreams,
     NoInput,
@@ -20,13 +22,16 @@ from shared.management.inputs import (
     PurgeCache,
     RequeueDeadLetters,
     RotateToken,
+    SetPrice,
     TailEvents,
     TokenRef,
     TokenUsage,
+    UnpricedQuery,
     UpdateProject,
     UpdateToken,
     UpdateUpstream,
     UpstreamRef,
+    UsageQuery,
 )
 
 # --- projects ---
@@ -358,4 +363,80 @@ OPERATIONS: tuple[Operation[Any], ...] = (
     EVENT_STATS,
     DEAD_LETTERS,
     REQUEUE_DEAD_LETTERS,
+)
+
+# --- money ---
+LIST_PRICES = Operation(
+    "prices list",
+    "list_prices",
+    ListPrices,
+    "GET",
+    "/prices",
+    "listPrices",
+    "The operator's price rows (with --shipped, the package's too).",
+    "PriceList",
+)
+SET_PRICE = Operation(
+    "prices set",
+    "set_price",
+    SetPrice,
+    "PUT",
+    "/prices/models/{model}",
+    "setPrice",
+    "Add a price row for a model (or replace the one with the same project and start).",
+    "Price",
+    description="Rates are dollars per million tokens, given as text so that no digit is lost "
+    "(at most six decimal places). Events written from now on are costed with it when their "
+    "time is at or after --effective-from.",
+)
+IMPORT_PRICES = Operation(
+    "prices import",
+    "import_prices",
+    ImportPrices,
+    "POST",
+    "/prices/import",
+    "importPrices",
+    "Add or replace price rows from a file `prices export` wrote: all of them, or none.",
+    "PricesImported",
+)
+EXPORT_PRICES = Operation(
+    "prices export",
+    "export_prices",
+    NoInput,
+    "GET",
+    "/prices/export",
+    "exportPrices",
+    "Every price row in force, shipped and the operator's, in the form `prices import` reads.",
+    "PriceExport",
+)
+UNPRICED_MODELS = Operation(
+    "prices unpriced",
+    "unpriced_models",
+    UnpricedQuery,
+    "GET",
+    "/prices/unpriced",
+    "listUnpriced",
+    "Models that were requested without a price: their cost is unknown (never counted as $0).",
+    "UnpricedList",
+)
+USAGE_REPORT = Operation(
+    "usage",
+    "usage_report",
+    UsageQuery,
+    "GET",
+    "/usage",
+    "getUsage",
+    "A project's or a token's requests, tokens and cost, per model, day or token.",
+    "UsageReport",
+    description="Read from the daily rollups (exact; no raw events scanned). cost_usd sums the "
+    "priced requests; unpriced counts those whose model had no price.",
+)
+
+OPERATIONS += (
+    LIST_PRICES,
+    SET_PRICE,
+    IMPORT_PRICES,
+    EXPORT_PRICES,
+    UNPRICED_MODELS,
+    USAGE_REPORT,
 )

@@ -29,6 +29,7 @@ from shared.management.checks import (
     shown_id,
 )
 from shared.management.fields import Operation, audit_details, fields_of, refuse_nul, validated
+from shared.management.money import MoneyOperations
 from shared.management.upstreams import UpstreamOperations
 from shared.management.views import (
     View,
@@ -77,10 +78,13 @@ class Audit:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _limits(inp: i.TokenLimits, *, given_only: bool = False) -> dict[str, Any]:
-    """The token limits of an input as token columns (same names), as each field stores them."""
+def _limits(
+    inp: i.BudgetInputs, *, given_only: bool = False, of: type = i.TokenLimits
+) -> dict[str, Any]:
+    """The token limits (or ``of`` another group's fields) of an input as columns (same
+    names), as each field stores them."""
     out: dict[str, Any] = {}
-    for f in fields_of(i.TokenLimits):
+    for f in fields_of(of):
         value = getattr(inp, f.name)
         if value is not None and f.stored is not None:
             value = f.stored(value)
@@ -91,7 +95,7 @@ def _limits(inp: i.TokenLimits, *, given_only: bool = False) -> dict[str, Any]:
 
 
 @dataclass
-class Management(UpstreamOperations):
+class Management(UpstreamOperations, MoneyOperations):
     store: SqlStore
     keyring: Keyring
     actor: str
@@ -198,6 +202,8 @@ class Management(UpstreamOperations):
                 created_at=now,
                 updated_at=now,
                 kind=inp.kind,
+                models=inp.models or None,
+                **_limits(inp, of=i.BudgetInputs),
             )
             try:
                 created = await self.store.create_project(project)
@@ -217,7 +223,11 @@ class Management(UpstreamOperations):
         return {**project_view(project), "upstreams": [upstream_view(u) for u in upstreams]}
 
     async def update_project(self, inp: i.UpdateProject) -> View:
-        given = [f.name for f in fields_of(i.UpdateProject)[1:] if getattr(inp, f.name) is not None]
+        given = [
+            f.name
+            for f in fields_of(i.UpdateProject)
+            if f.name != "project_id" and getattr(inp, f.name) is not None
+        ]
         async with self._audited("project.update", "project", inp.project_id) as audit:
             audit.details = {"fields": sorted(given)}
             project = await self._project(inp.project_id)
@@ -235,9 +245,13 @@ class Management(UpstreamOperations):
                 changes["api_key_enc"] = self.keyring.encrypt(inp.api_key)
             if inp.kind is not None:
                 changes["kind"] = inp.kind
+            if inp.models is not None:
+                changes["models"] = inp.models or None
+            changes |= _limits(inp, given_only=True, of=i.BudgetInputs)
             if not changes:
                 raise UserError(
-                    "nothing to update: give --name, --base-url, --kind or a new API key"
+                    "nothing to update: give --name, --base-url, --kind, --models, a budget or a "
+                    "new API key"
                 )
             updated, _ = await self.store.update_project(project.id, changes)
             if updated is None:
@@ -365,7 +379,7 @@ class Management(UpstreamOperations):
             if not changes:
                 raise UserError(
                     "nothing to update: give --activate/--deactivate, --max-requests, "
-                    "--rpm, --max-concurrency, --duration or --label"
+                    "--rpm, --max-concurrency, --models, --duration or --label"
                 )
             token = await self._token(inp.token_id)
             audit.target_id = token.id

@@ -6,7 +6,8 @@ from datetime import datetime
 from typing import Any
 
 from shared.clock import from_epoch, utcnow
-from shared.events import RequestEvent
+from shared.events import UNPRICED, RequestEvent
+from shared.money.amounts import picos_to_usd
 from shared.store import AuditEvent, Project, Token
 from shared.store.models import DeadLetter, UpstreamRow, quota_used
 
@@ -56,6 +57,18 @@ def project_view(project: Project) -> View:
         "last_used_at": _iso(project.last_used_at),
         "created_at": _iso(project.created_at),
         "updated_at": _iso(project.updated_at),
+        "models": project.models,
+        **budget_view(project),
+    }
+
+
+def budget_view(owner: Project | Token) -> View:
+    return {
+        "budget_usd": owner.budget_usd,
+        "budget_tokens": owner.budget_tokens,
+        "budget_window": owner.budget_window,
+        "budget_calendar": bool(owner.budget_calendar),
+        "budget_mode": owner.budget_mode,
     }
 
 
@@ -86,6 +99,9 @@ def token_view(token: Token, *, count_cache_hits: bool = False) -> View:
         "max_requests": token.max_requests,
         "rpm": token.rpm,
         "max_concurrency": token.max_concurrency,
+        "models": token.models,
+        **budget_view(token),
+        "tpm": token.tpm,
         "request_count": token.request_count,
         "remaining_requests": remaining_requests(token, count_cache_hits=count_cache_hits),
         "cache_hit_count": token.cache_hit_count,
@@ -140,11 +156,15 @@ def event_view(event: RequestEvent) -> View:
         "cache_read_tokens": event.cache_read_tokens,
         "upstream": event.upstream or None,
         "attempts": event.attempts,
+        "cached_tokens": event.cached_tokens,
+        "reasoning_tokens": event.reasoning_tokens,
+        # exact dollars as text (a JSON number would be read as a float); null: unpriced
+        "cost_usd": picos_to_usd(None if event.cost_picousd == UNPRICED else event.cost_picousd),
     }
 
 
 _TAIL = "ts event_id request_id project_id token_id method path status model cache_status"
-_TAIL += " duration_ms prompt_tokens completion_tokens usage_source error"
+_TAIL += " duration_ms prompt_tokens completion_tokens usage_source cost_usd error"
 
 
 def tail_view(event: RequestEvent) -> View:

@@ -6,9 +6,11 @@ import abc
 
 from shared.clock import utcnow
 from shared.store.audit import Audit
+from shared.store.budgets import Budgets
 from shared.store.changes import Changes
 from shared.store.dead_letters import DeadLetters
 from shared.store.migrations import load
+from shared.store.money import Money
 from shared.store.projects import Projects
 from shared.store.request_events import RequestEvents
 from shared.store.rows import (
@@ -54,6 +56,9 @@ from shared.store.rows import (
     one_per_request as one_per_request,
 )
 from shared.store.rows import (
+    price_events as price_events,
+)
+from shared.store.rows import (
     project_from_row as project_from_row,
 )
 from shared.store.rows import (
@@ -69,7 +74,9 @@ from shared.store.tokens import Tokens
 from shared.store.upstreams import Upstreams
 
 
-class SqlStore(Projects, Tokens, Audit, Changes, RequestEvents, DeadLetters, Upstreams):
+class SqlStore(
+    Projects, Tokens, Audit, Changes, RequestEvents, DeadLetters, Upstreams, Money, Budgets
+):
     """Every table over SQL shared by SQLite and Postgres: one module per table, each over the
     ``Tx`` seam; subclasses supply connections and their dialect's differences."""
 

@@ -22,6 +22,12 @@ class Project:
     completion_tokens: int = 0
     last_used_at: datetime | None = None
     kind: str = "openai"  # the provider kind (proxy/upstream/providers.py)
+    models: str | None = None  # the model scope: comma-separated names and globs; None: any
+    budget_usd: str | None = None  # exact dollars over budget_window; None: no dollar budget
+    budget_tokens: int | None = None
+    budget_window: str | None = None  # '5h', '1d', '1mo'
+    budget_calendar: bool | None = None  # calendar window instead of rolling
+    budget_mode: str | None = None  # 'hard' (refuse) or 'soft' (flag); None: hard
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,12 @@ class UpstreamRow:
     enabled: bool
     created_at: datetime
     updated_at: datetime
+    models: str | None = None  # the model scope: comma-separated names and globs; None: any
+    budget_usd: str | None = None  # exact dollars over budget_window; None: no dollar budget
+    budget_tokens: int | None = None
+    budget_window: str | None = None  # '5h', '1d', '1mo'
+    budget_calendar: bool | None = None  # calendar window instead of rolling
+    budget_mode: str | None = None  # 'hard' (refuse) or 'soft' (flag); None: hard
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +73,13 @@ class Token:
     rpm: int | None = None  # None: the deployment's default; 0: no per-token rate limit
     max_concurrency: int | None = None
     quota_used: int = 0  # the database quota counter; see quota_used()
+    models: str | None = None  # the model scope: comma-separated names and globs; None: any
+    budget_usd: str | None = None  # exact dollars over budget_window; None: no dollar budget
+    budget_tokens: int | None = None
+    budget_window: str | None = None  # '5h', '1d', '1mo'
+    budget_calendar: bool | None = None  # calendar window instead of rolling
+    budget_mode: str | None = None  # 'hard' (refuse) or 'soft' (flag); None: hard
+    tpm: int | None = None  # tokens per minute; None: no limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,14 +57,16 @@ _INSERT_EVENTS = (
     "NULLIF(token_id, '')::uuid, method, path, status, model, duration_ms, upstream_ms, "
     "ttfb_ms, request_bytes, response_bytes, prompt_tokens, completion_tokens, total_tokens, "
     "cache_status, stream, error, client_ip, usage_source, phase, trace_id, span_id, "
-    "cache_creation_tokens, cache_read_tokens, upstream, attempts "
+    "cache_creation_tokens, cache_read_tokens, upstream, attempts, cached_tokens, "
+    "reasoning_tokens, NULLIF(cost_picousd, -1) "
     "FROM json_to_recordset(%s::json) AS x(event_id uuid, request_id text, ts float8, "
     "project_id text, token_id text, method text, path text, status int4, model text, "
     "duration_ms float8, upstream_ms float8, ttfb_ms float8, request_bytes int8, "
     "response_bytes int8, prompt_tokens int8, completion_tokens int8, total_tokens int8, "
     "cache_status text, stream bool, error text, client_ip text, usage_source text, phase text, "
     "trace_id text, span_id text, cache_creation_tokens int8, cache_read_tokens int8, "
-    "upstream text, attempts int4) "
+    "upstream text, attempts int4, cached_tokens int8, reasoning_tokens int8, "
+    "cost_picousd int8) "
     # A final replaces its accepted row (and nothing else: a repeat changes nothing).
     "ON CONFLICT (event_id) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in (c.strip() for c in EVENT_COLUMNS.split(",")[1:]))
@@ -235,6 +237,10 @@ class PostgresStore(SqlStore):
                 return 0
             row = await tx.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
         return int(row["v"] or 0) if row else 0
+
+    async def lock_owner(self, tx: Tx, owner_id: str) -> None:
+        # Held until commit: one owner's reservations are decided one at a time.
+        await tx.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (owner_id,))
 
     async def lock_for_migration(self, tx: Tx) -> None:
         # Held until commit: a second migrator waits here, then finds nothing left to do.

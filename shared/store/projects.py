@@ -6,13 +6,19 @@ from typing import Any
 
 from shared.clock import utcnow
 from shared.store.models import Project
-from shared.store.rows import PROJECT_COLUMNS, PROJECT_UPDATABLE, Tables, project_from_row
+from shared.store.rows import (
+    BUDGET_COLUMNS,
+    PROJECT_COLUMNS,
+    PROJECT_UPDATABLE,
+    Tables,
+    project_from_row,
+)
 
 
 class Projects(Tables):
     async def create_project(self, project: Project) -> Project:
         fields: tuple[str, ...] = ("id", "name", "base_url", "api_key_enc", "is_active")
-        fields += ("created_at", "updated_at", "kind")
+        fields += ("created_at", "updated_at", "kind", "models", *BUDGET_COLUMNS)
         return project_from_row(await self._insert("projects", project, fields, PROJECT_COLUMNS))
 
     async def get_project(self, project_id: str) -> Project | None:

@@ -8,6 +8,8 @@ from typing import Any
 
 from shared.events import FINAL, RequestEvent
 from shared.store.models import DeadLetter
+from shared.store.prices import SELECT_PRICES_SQL, book_of
+from shared.store.rollups import UPSERT_ROLLUP_SQL, rollup_params, rollups_of
 from shared.store.rows import (
     COMPLETE_EVENT_SQL,
     EVENT_COLUMNS,
@@ -20,6 +22,7 @@ from shared.store.rows import (
     event_from_row,
     event_params,
     one_per_request,
+    price_events,
     usage_updates,
 )
 
@@ -39,9 +42,12 @@ class RequestEvents(Tables):
         if not events and not dead_letters:
             return []
         async with self.transaction() as tx:
+            if events:  # costed with the prices as this transaction sees them
+                price_events(events, book_of(await tx.fetchall(SELECT_PRICES_SQL)))
             inserted = await self.insert_events(tx, events) if events else []
             if inserted:
                 await self.apply_usage(tx, inserted)
+                await self.apply_rollups(tx, inserted)
             if dead_letters:
                 await self.insert_dead_letters(tx, dead_letters)
         return inserted
@@ -63,6 +69,10 @@ class RequestEvents(Tables):
     async def apply_usage(self, tx: Tx, inserted: Sequence[RequestEvent]) -> None:
         for sql, params in usage_updates(inserted, self.latest_sql):
             await tx.execute(sql, params)
+
+    async def apply_rollups(self, tx: Tx, inserted: Sequence[RequestEvent]) -> None:
+        for key, rollup in rollups_of(inserted):
+            await tx.execute(UPSERT_ROLLUP_SQL, rollup_params(key, rollup))
 
     async def list_request_events(
         self,

@@ -11,7 +11,9 @@ from typing import Any, Protocol
 
 from shared.clock import from_epoch
 from shared.errors import REJECTION_CODES
-from shared.events import ACCEPTED, FINAL, RequestEvent
+from shared.events import ACCEPTED, FINAL, UNPRICED, RequestEvent
+from shared.money.cost import event_cost
+from shared.money.prices import PriceBook
 from shared.store.models import DeadLetter, Project, Token, UpstreamRow
 
 Row = dict[str, Any]
@@ -29,26 +31,43 @@ class Tx(Protocol):
 
 PROJECT_COLUMNS = (
     "id, name, base_url, api_key_enc, is_active, created_at, updated_at, request_count, "
-    "cache_hit_count, prompt_tokens, completion_tokens, last_used_at, kind"
+    "cache_hit_count, prompt_tokens, completion_tokens, last_used_at, kind, models, "
+    "budget_usd, budget_tokens, budget_window, budget_calendar, budget_mode"
 )
 TOKEN_COLUMNS = (
     "id, token_hash, display_prefix, project_id, label, is_active, created_at, updated_at, "
     "expires_at, max_requests, request_count, cache_hit_count, prompt_tokens, "
-    "completion_tokens, last_used_at, revoked_at, rpm, max_concurrency, quota_used"
+    "completion_tokens, last_used_at, revoked_at, rpm, max_concurrency, quota_used, models, "
+    "budget_usd, budget_tokens, budget_window, budget_calendar, budget_mode, tpm"
 )
 EVENT_COLUMNS = (
     "event_id, request_id, ts, project_id, token_id, method, path, status, model, duration_ms, "
     "upstream_ms, ttfb_ms, request_bytes, response_bytes, prompt_tokens, completion_tokens, "
     "total_tokens, cache_status, stream, error, client_ip, usage_source, phase, trace_id, span_id, "
-    "cache_creation_tokens, cache_read_tokens, upstream, attempts"
+    "cache_creation_tokens, cache_read_tokens, upstream, attempts, cached_tokens, "
+    "reasoning_tokens, cost_picousd"
 )
 DEAD_LETTER_COLUMNS = (
     "id, stream_key, entry_id, event_id, reason, error, deliveries, consumer, payload, "
     "created_at, replayed_at"
 )
-PROJECT_UPDATABLE = frozenset({"name", "base_url", "api_key_enc", "is_active", "kind"})
+BUDGET_COLUMNS = ("budget_usd", "budget_tokens", "budget_window", "budget_calendar", "budget_mode")
+PROJECT_UPDATABLE = frozenset(
+    {"name", "base_url", "api_key_enc", "is_active", "kind", "models", *BUDGET_COLUMNS}
+)
 TOKEN_UPDATABLE = frozenset(
-    {"label", "is_active", "expires_at", "max_requests", "revoked_at", "rpm", "max_concurrency"}
+    {
+        "label",
+        "is_active",
+        "expires_at",
+        "max_requests",
+        "revoked_at",
+        "rpm",
+        "max_concurrency",
+        "models",
+        *BUDGET_COLUMNS,
+        "tpm",
+    }
 )
 
 
@@ -121,6 +140,9 @@ def event_params(event: RequestEvent) -> tuple[Any, ...]:
         event.cache_read_tokens,
         event.upstream,
         event.attempts,
+        event.cached_tokens,
+        event.reasoning_tokens,
+        None if event.cost_picousd == UNPRICED else event.cost_picousd,
     )
 
 
@@ -130,6 +152,8 @@ def event_from_row(row: Row) -> RequestEvent:
     values["project_id"] = row["project_id"] or ""
     values["token_id"] = row["token_id"] or ""
     values["stream"] = bool(row["stream"])
+    cost = row["cost_picousd"]
+    values["cost_picousd"] = UNPRICED if cost is None else int(cost)
     return RequestEvent(**values)
 
 
@@ -159,6 +183,14 @@ class Inserted(list[RequestEvent]):
     def __init__(self, events: Sequence[RequestEvent] = (), completed: set[str] | None = None):
         super().__init__(events)
         self.completed: set[str] = completed if completed is not None else set()
+
+
+def price_events(events: Sequence[RequestEvent], book: PriceBook) -> None:
+    """Set each final's cost from the price in force at its time (in place: the exports and
+    the rollups see the same figure as the row)."""
+    for event in events:
+        if event.phase == FINAL:
+            event.cost_picousd = event_cost(event, book)
 
 
 def one_per_request(events: Sequence[RequestEvent]) -> list[RequestEvent]:
@@ -236,6 +268,14 @@ class Tables(abc.ABC):
     def valid_id(self, value: str) -> bool:
         """Whether ``value`` can be an id at all (Postgres rejects non-UUIDs in uuid columns)."""
         return bool(value)
+
+    def lost_connection(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a pooled connection was dead (worth one retry on another)."""
+        return False
+
+    async def drop_broken_connections(self) -> None:
+        """Test the idle pooled connections and replace the dead ones (no-op without a pool)."""
+        return None
 
     async def _insert(self, table: str, row: object, fields: tuple[str, ...], back: str) -> Row:
         """INSERT ``row``'s ``fields`` into ``table``; the stored row (``back`` columns)."""

@@ -21,11 +21,14 @@ from shared.store.base import (
     Tx,
     event_params,
     one_per_request,
+    price_events,
     usage_updates,
 )
+from shared.store.prices import SELECT_PRICES_SQL, book_of
+from shared.store.rollups import UPSERT_ROLLUP_SQL, rollup_params, rollups_of
 
 T = TypeVar("T")
-_BOOL_COLUMNS = frozenset({"is_active", "stream"})
+_BOOL_COLUMNS = frozenset({"is_active", "stream", "budget_calendar"})
 
 
 def _is_time_column(name: str) -> bool:
@@ -166,11 +169,14 @@ class SqliteStore(SqlStore):
         if not events:
             return 0
         events = one_per_request(events)
-        rows = [tuple(_param(p) for p in event_params(e)) for e in events]
         insert = _qmark(INSERT_EVENT_SQL)
         complete = _qmark(COMPLETE_EVENT_SQL)
 
         def write(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(SELECT_PRICES_SQL)
+            names = [d[0] for d in cur.description]
+            price_events(events, book_of([dict(zip(names, r, strict=True)) for r in cur]))
+            rows = [tuple(_param(p) for p in event_params(e)) for e in events]
             # Redelivered events are rare: find them with one indexed lookup, then insert the
             # rest in one executemany (per-row executes dominated the embedded proxy's CPU).
             marks = ",".join("?" * len(events))
@@ -196,6 +202,8 @@ class SqliteStore(SqlStore):
                 conn.executemany(complete, finishing)
             for sql, params in usage_updates(inserted, self.latest_sql):
                 conn.execute(_qmark(sql), tuple(_param(p) for p in params))
+            upsert = _qmark(UPSERT_ROLLUP_SQL)
+            conn.executemany(upsert, [rollup_params(k, r) for k, r in rollups_of(inserted)])
             return len(inserted)
 
         return await self._in_one_hop(write)

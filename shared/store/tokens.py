@@ -8,6 +8,7 @@ from typing import Any
 from shared.clock import utcnow
 from shared.store.models import Token
 from shared.store.rows import (
+    BUDGET_COLUMNS,
     PROJECT_COLUMNS,
     TOKEN_COLUMNS,
     TOKEN_UPDATABLE,
@@ -25,7 +26,7 @@ class Tokens(Tables):
         fields: tuple[str, ...] = ("id", "token_hash", "display_prefix", "project_id", "label")
         fields += ("is_active",)
         fields += ("created_at", "updated_at", "expires_at", "max_requests", "rpm")
-        fields += ("max_concurrency",)
+        fields += ("max_concurrency", "models", *BUDGET_COLUMNS, "tpm")
         return token_from_row(await self._insert("tokens", token, fields, TOKEN_COLUMNS))
 
     async def get_token(self, token_id: str) -> Token | None:

@@ -1,0 +1,80 @@
+"""``GET /v1/usage``: the calling token's own usage, cost and what is left of its budgets,
+TPM and quota, answered by the proxy from the rollups and the budget counters."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qs
+
+from proxy.auth import Credential
+from shared.clock import utcnow
+from shared.management.checks import parse_since
+from shared.money.amounts import picos_to_usd
+from shared.store import SqlStore
+from shared.store.rollups import COUNTS, Rollup
+
+PATH = "/v1/usage"
+DEFAULT_SPAN = timedelta(days=30)
+
+
+async def usage_of(
+    store: SqlStore, cred: Credential, query: bytes, *, count_cache_hits: bool
+) -> dict[str, Any]:
+    """The reply; ``?since=7d`` (or an ISO time) chooses the first day, 30 days by default."""
+    now = utcnow()
+    given = parse_qs(query.decode("latin-1")).get("since")
+    since = parse_since(given[0], now) if given else now - DEFAULT_SPAN
+    rows = await store.list_rollups(token_id=cred.token_id, since=since)
+    by_model: dict[str, Rollup] = {}
+    for row in rows:
+        total = by_model.setdefault(row.model, Rollup())
+        for c in COUNTS:
+            setattr(total, c, getattr(total, c) + getattr(row.totals, c))
+    overall = Rollup()
+    for part in by_model.values():
+        for c in COUNTS:
+            setattr(overall, c, getattr(overall, c) + getattr(part, c))
+    budgets = []
+    for b in cred.budgets:
+        picos, tokens = await store.budget_used(b.owner_id, b.window, now)
+        budgets.append(
+            {
+                "owner": "token" if b.owner_id == cred.token_id else "project",
+                "kind": "tpm" if b.tpm else "budget",
+                "window": b.window.name,
+                "calendar": b.window.calendar,
+                "mode": "hard" if b.hard else "soft",
+                "limit_usd": picos_to_usd(b.picos),
+                "used_usd": picos_to_usd(picos) if b.picos is not None else None,
+                "remaining_usd": picos_to_usd(max(b.picos - picos, 0))
+                if b.picos is not None
+                else None,
+                "limit_tokens": b.tokens,
+                "used_tokens": tokens if b.tokens is not None else None,
+                "remaining_tokens": max(b.tokens - tokens, 0) if b.tokens is not None else None,
+                "resets_at": b.window.reset(now).isoformat().replace("+00:00", "Z"),
+            }
+        )
+    quota = None
+    limit = cred.limits.max_requests
+    if limit is not None:
+        used = await store.get_quota_used(cred.token_id, count_cache_hits=count_cache_hits)
+        quota = {"max_requests": limit, "remaining_requests": max(limit - (used or 0), 0)}
+    return {
+        "object": "usage",
+        "token_id": cred.token_id,
+        "project_id": cred.project_id,
+        "since": since.date().isoformat(),
+        "total": _view(overall),
+        "by_model": {model: _view(t) for model, t in sorted(by_model.items())},
+        "budgets": budgets,
+        "quota": quota,
+    }
+
+
+def _view(totals: Rollup) -> dict[str, Any]:
+    out: dict[str, Any] = {c: getattr(totals, c) for c in COUNTS if c != "cost_picousd"}
+    out["priced_cost_usd"] = picos_to_usd(totals.cost_picousd)
+    out["cost_usd"] = None if totals.unpriced else out["priced_cost_usd"]
+    return out

@@ -1,0 +1,142 @@
+"""The budget_buckets table: reservations taken before forwarding and settled after, decided
+by the database in one transaction per request (the arbiter for every worker and instance)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.money.amounts import usd_to_picos
+from shared.money.budgets import Window
+from shared.store.models import Project, Token
+from shared.store.rows import Tables, Tx
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimit:
+    """One budget that applies to a request: an owner's limit over a window. A limit of None
+    is not checked (a dollar budget without a token budget, or the reverse)."""
+
+    owner_id: str
+    window: Window
+    picos: int | None = None
+    tokens: int | None = None
+    hard: bool = True
+    tpm: bool = False  # the token's tokens per minute, not a budget
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A reservation: what was added to which bucket, to be settled."""
+
+    owner_id: str
+    window_key: str
+    bucket: datetime
+    picos: int
+    tokens: int
+
+
+@dataclass(slots=True)
+class Decision:
+    """The outcome of a reservation: ``refused`` the hard budget that would be exceeded (then
+    nothing was reserved), ``exceeded`` the soft ones; ``held`` what to settle; ``used`` per
+    budget, the spend and reservations counted before this request (picos, tokens)."""
+
+    held: list[Held]
+    used: list[tuple[int, int]]
+    refused: BudgetLimit | None = None
+    exceeded: list[BudgetLimit] | None = None
+
+
+def limits_of(token: Token, project: Project) -> tuple[BudgetLimit, ...]:
+    """The budgets and TPM limit a token's requests are held to (built once per credential)."""
+    out = [b for b in (_budget(token.id, token), _budget(project.id, project)) if b is not None]
+    if token.tpm:
+        out.append(BudgetLimit(token.id, Window("1m"), tokens=token.tpm, tpm=True))
+    return tuple(out)
+
+
+def _budget(owner_id: str, owner: Token | Project) -> BudgetLimit | None:
+    if owner.budget_usd is None and owner.budget_tokens is None:
+        return None
+    return BudgetLimit(
+        owner_id,
+        Window(owner.budget_window or "1mo", bool(owner.budget_calendar)),
+        picos=usd_to_picos(owner.budget_usd) if owner.budget_usd is not None else None,
+        tokens=owner.budget_tokens,
+        hard=owner.budget_mode != "soft",
+    )
+
+
+_USED_SQL = (
+    "SELECT COALESCE(SUM(reserved_picos + spent_picos), 0) AS picos, "
+    "COALESCE(SUM(reserved_tokens + spent_tokens), 0) AS tokens FROM budget_buckets "
+    "WHERE owner_id = %s AND window_key = %s AND bucket_start >= %s"
+)
+_RESERVE_SQL = (
+    "INSERT INTO budget_buckets (owner_id, window_key, bucket_start, reserved_picos, "
+    "reserved_tokens) VALUES (%s, %s, %s, %s, %s) "
+    "ON CONFLICT (owner_id, window_key, bucket_start) DO UPDATE SET "
+    "reserved_picos = budget_buckets.reserved_picos + excluded.reserved_picos, "
+    "reserved_tokens = budget_buckets.reserved_tokens + excluded.reserved_tokens"
+)
+_SETTLE_SQL = (
+    "UPDATE budget_buckets SET reserved_picos = reserved_picos - %s, "
+    "spent_picos = spent_picos + %s, reserved_tokens = reserved_tokens - %s, "
+    "spent_tokens = spent_tokens + %s "
+    "WHERE owner_id = %s AND window_key = %s AND bucket_start = %s"
+)
+
+
+class Budgets(Tables):
+    async def lock_owner(self, tx: Tx, owner_id: str) -> None:
+        """Serialise reservations of one owner (SQLite's BEGIN IMMEDIATE already does)."""
+
+    async def reserve(
+        self, limits: Sequence[BudgetLimit], picos: int, tokens: int, now: datetime
+    ) -> Decision:
+        """Admit a request whose cost is at most ``picos`` and ``tokens`` against every budget
+        in ``limits`` at once: a request is refused only when a hard budget is already spent
+        (used >= limit), so the spend can pass a limit by at most one request's estimate.
+        All budgets are reserved, or (refused) none."""
+        ordered = sorted(limits, key=lambda b: (b.owner_id, b.window.key))
+        async with self.transaction() as tx:
+            for owner in sorted({b.owner_id for b in ordered}):
+                await self.lock_owner(tx, owner)
+            used: list[tuple[int, int]] = []
+            exceeded: list[BudgetLimit] = []
+            for b in ordered:
+                row = await tx.fetchone(_USED_SQL, (b.owner_id, b.window.key, b.window.start(now)))
+                spent = (int(row["picos"]), int(row["tokens"])) if row else (0, 0)
+                used.append(spent)
+                over = (b.picos is not None and spent[0] >= b.picos) or (
+                    b.tokens is not None and spent[1] >= b.tokens
+                )
+                if over and b.hard:
+                    return Decision([], used, refused=b)
+                if over:
+                    exceeded.append(b)
+            held = []
+            for b in ordered:
+                bucket = b.window.bucket(now)
+                await tx.execute(_RESERVE_SQL, (b.owner_id, b.window.key, bucket, picos, tokens))
+                held.append(Held(b.owner_id, b.window.key, bucket, picos, tokens))
+        return Decision(held, used, exceeded=exceeded)
+
+    async def settle(self, held: Sequence[Held], picos: int, tokens: int) -> None:
+        """Replace the reservations with what the request actually cost."""
+        if not held:
+            return
+        async with self.transaction() as tx:
+            for h in held:
+                await tx.execute(
+                    _SETTLE_SQL,
+                    (h.picos, picos, h.tokens, tokens, h.owner_id, h.window_key, h.bucket),
+                )
+
+    async def budget_used(self, owner_id: str, window: Window, now: datetime) -> tuple[int, int]:
+        """Spent plus reserved (picos, tokens) in the window at ``now``."""
+        async with self.transaction(readonly=True) as tx:
+            row = await tx.fetchone(_USED_SQL, (owner_id, window.key, window.start(now)))
+        return (int(row["picos"]), int(row["tokens"])) if row else (0, 0)
