@@ -24,6 +24,8 @@ from tests.services import (
     require,
 )
 
+pytest.register_assert_rewrite("tests.ledger_kit")  # its checks explain themselves
+
 TABLES = ("request_events", "audit_events", "dead_letters", "tokens", "projects", "changes")
 
 

@@ -45,6 +45,11 @@ class Bill:
         with self.lock:
             self.tokens[tag] += tokens
 
+    def copy(self) -> Bill:
+        """The bill so far (held replies released at teardown must not add to it)."""
+        with self.lock:
+            return Bill(Counter(self.calls), Counter(self.tokens))
+
 
 def billing_upstream() -> tuple[ScriptedUpstream, Bill]:
     """A scripted upstream for the models the workload names, and its bill."""
