@@ -136,7 +136,6 @@ class Ledger:
     sent: list[Sent] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # request ids (tags) in flight at the kill
     wrong: list[str] = field(default_factory=list)  # what a client saw that it should not
-    pairs_before_failures: int = 0  # cache pairs sent while nothing had failed yet
 
     def statuses(self, token_id: str) -> Counter[int]:
         return Counter(s.status for s in self.sent if s.token_id == token_id)
@@ -159,6 +158,7 @@ KINDS = (
     "abort",
     "cache-pair",
     "quota",
+    "stream-cache-pair",
 )
 
 
@@ -225,7 +225,9 @@ async def send(
         estimate = math.ceil((4 + len(ABORT_PROMPT)) / 4) + 1  # prompt + one delta delivered
         ledger.sent.append(Sent(rid, rid, cred.token_id, kind, resp.status_code, False, estimate))
         return
-    elif kind == "cache-pair":
+    elif kind.endswith("cache-pair"):
+        if kind.startswith("stream"):
+            body.update(model="stream", stream=True)
         await _cache_pair(url, cred, rid, body, ledger)
         return
     if body.get("stream"):
@@ -260,6 +262,8 @@ async def _cache_pair(
             hit = resp.headers.get("x-proxy-cache") == "hit"
             if n == 0 and hit:
                 ledger.wrong.append(f"{rid}: a hit before anything was stored")
+            if body.get("stream") and ('"usage":{' in resp.text or "[DONE]" not in resp.text):
+                ledger.wrong.append(f"{rid}{suffix}: a cached stream changed")
             status = resp.status_code
             ledger.sent.append(Sent(rid + suffix, rid, cred.token_id, "cache", status, hit))
 
@@ -345,8 +349,9 @@ def check(
     )
     statuses = Counter(s.status for s in ledger.sent)
     assert set(statuses) <= {200, 400, 429, 500}, statuses
-    # the quota, exactly
+    # the quota, exactly (and reached)
     assert ledger.statuses(quota.token_id)[200] == quota_limit
+    assert ledger.statuses(quota.token_id)[429] > 0
     # flagged rows: the requests a killed worker had in flight, no usage known
     flagged = {rid for rid, row in by_id.items() if row[3] == "accepted"}
     assert flagged == held

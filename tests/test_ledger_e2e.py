@@ -34,6 +34,7 @@ from tests.ledger_kit import (
 from tests.proxy_process import UNLIMITED, DispatcherProcess, Provisioned, ProxyProcess, provision
 from tests.services import RedisProcess, create_database, drop_database, require
 from tests.tcp_proxy import TcpProxy
+from tests.test_ledger_embedded import wait_metric
 
 
 def workers_of(proxy: ProxyProcess) -> list[int]:
@@ -175,7 +176,7 @@ def test_the_embedded_ledger_is_exact_through_a_locked_database_and_a_killed_wor
     upstream, bill = billing_upstream()
     upstream.start()
     env = {**UNLIMITED, "OBSERVABILITY_BUFFER_SIZE": "20"}  # the cache on, in memory
-    quota_limit = 30
+    quota_limit = 20
     base = upstream.base_url
     quota = provision(env, tmp_path, base, name="quota", max_requests=quota_limit)
     free = provision(env, tmp_path, base, name="free")
@@ -190,6 +191,7 @@ def test_the_embedded_ledger_is_exact_through_a_locked_database_and_a_killed_wor
         try:
             # (a quota is a write too: its requests would wait for the lock, so none here)
             asyncio.run(traffic([proxy.url], quota, free, 60, ledger, "b", quota_share=False))
+            wait_metric(proxy.url, "llm_proxy_event_bus_spooled_events_total")  # it overflowed
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
