@@ -27,6 +27,8 @@ from tests.services import (
     require,
 )
 
+pytest.register_assert_rewrite("tests.ledger_kit")  # its checks explain themselves
+
 # Property tests judge what a parser returns, never how fast: no per-example deadline (a loaded
 # machine stretches any one example) and no health check on slow data generation.
 hypothesis_settings.register_profile(

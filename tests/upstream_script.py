@@ -31,6 +31,8 @@ class Reply:
     content_type: str = "text/event-stream"
     status: int = 200
     hold_after: int | None = None  # pieces sent before waiting for ``release``
+    #: called once every piece has been handed to the server (what the upstream really sent)
+    on_sent: Callable[[], None] | None = None
 
 
 @dataclass
@@ -65,7 +67,7 @@ class ScriptedUpstream:
             return StreamingResponse(
                 self._pieces(reply), status_code=reply.status, media_type=reply.content_type
             )
-        return Response(b"".join(reply.pieces), reply.status, media_type=reply.content_type)
+        return _Whole(b"".join(reply.pieces), reply.status, reply.content_type, reply.on_sent)
 
     async def _pieces(self, reply: Reply) -> AsyncIterator[bytes]:
         for i, piece in enumerate(reply.pieces):
@@ -74,6 +76,8 @@ class ScriptedUpstream:
                 while not self.release.is_set():
                     await asyncio.sleep(0.01)
             yield piece
+        if reply.on_sent is not None:
+            reply.on_sent()
 
     def start(self) -> ScriptedUpstream:
         app = Starlette(routes=[Route("/v1/{rest:path}", self._answer, methods=["POST"])])
@@ -95,6 +99,21 @@ class ScriptedUpstream:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+class _Whole(Response):
+    """A reply written in one piece, which says when it has been."""
+
+    def __init__(
+        self, body: bytes, status: int, media_type: str, on_sent: Callable[[], None] | None
+    ) -> None:
+        super().__init__(body, status, media_type=media_type)
+        self.on_sent = on_sent
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await super().__call__(scope, receive, send)
+        if self.on_sent is not None:
+            self.on_sent()
 
 
 def chat_chunk(model: str, content: str | None, usage: dict[str, int] | None = None) -> bytes:
