@@ -142,10 +142,22 @@ _DURATION_DOC = (
 )
 
 
+def _expires_at() -> Any:
+    # For `llm-proxy apply`, which must set the very instant a state file names (a duration is
+    # counted from now, so a second apply would see a different expiry); not a CLI option.
+    return inp(
+        "date-time",
+        "The instant the token expires (ISO 8601); given, it takes the place of duration.",
+        default=None,
+        cli=False,
+    )
+
+
 @dataclass(**_INPUT)
 class GenerateToken(TokenLimits):
     project_id: str = _project_ref(argument=False)
     duration: str = inp("duration", _DURATION_DOC, default="24")
+    expires_at: datetime | None = _expires_at()
     label: str = inp("string", "A note to recognise the token by.", default="")
 
 
@@ -171,6 +183,7 @@ class UpdateToken(TokenLimits):
     )
     unlimited: bool = inp("boolean", "Remove the request limit.", default=False)
     duration: str | None = inp("duration", _DURATION_DOC, default=None)
+    expires_at: datetime | None = _expires_at()
     label: str | None = inp("string", "New label.", default=None)
 
 
