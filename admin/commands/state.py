@@ -90,7 +90,10 @@ def apply(
     state = _read(file)
 
     async def action(manager: Manager) -> dict[str, Any]:
-        changes = await make_plan(manager, state, prune=prune, set_keys=set_keys)
+        try:
+            changes = await make_plan(manager, state, prune=prune, set_keys=set_keys)
+        except StateError as exc:  # what the file asks cannot be done here: nothing is changed
+            raise StateError(f"{file}: {exc.message}") from None
         if not as_json:
             for change in changes:
                 typer.echo(change.line())
