@@ -175,7 +175,8 @@ def _project(raw: Any, where: str) -> ProjectSpec:
     raw = _mapping(raw, where, keys)
     if "name" not in raw:
         raise StateError(f"{where}.name: required")
-    name = _value(fields_of(CreateProject)[0], raw["name"], where)
+    [name_field] = [f for f in fields_of(CreateProject) if f.name == "name"]
+    name = _value(name_field, raw["name"], where)
     values = {f.name: _value(f, raw[f.name], where) for f in fields if f.name in raw}
     if "active" in raw:
         values["active"] = _bool(raw["active"], f"{where}.active")
