@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.manage_client import Api
+from tests.manage_server import ManagementServer
 from tests.test_cli import UPSTREAM_KEY, cli, cli_env, fails, ok_json
 
 __all__ = ["cli_env"]  # the local/remote fixture
@@ -208,3 +210,29 @@ def test_apply_has_its_own_json_and_help(cli_env: dict[str, str], tmp_path: Path
         "fields": {"base_url": {"from": None, "to": "https://upstream.example/v1"}},
     }
     assert cli(cli_env, "apply", "--help").exit_code == 0
+
+
+def test_the_api_sets_an_exact_expiry(
+    management_server: ManagementServer, management_token: str
+) -> None:
+    api = Api(management_server.url, management_token)
+    try:
+        project = api.request(
+            "POST", "/projects", json={"name": "p", "api_key": UPSTREAM_KEY}
+        ).json()
+        body = {"project_id": "p", "expires_at": "2031-05-06T07:08:09.123456Z", "duration": "1h"}
+        made = api.request("POST", "/tokens", json=body)
+        assert (
+            made.status_code == 201 and made.json()["expires_at"] == "2031-05-06T07:08:09.123456Z"
+        )
+        both = {"expires_at": "2032-01-01T00:00:00Z", "duration": "7d"}
+        refused = api.request("PATCH", f"/tokens/{made.json()['id']}", json=both)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["message"] == "give duration or expires_at, not both"
+        moved = api.request(
+            "PATCH", f"/tokens/{made.json()['id']}", json={"expires_at": "2032-01-01"}
+        )
+        assert moved.json()["expires_at"] == "2032-01-01T00:00:00Z"
+        assert project["id"] == made.json()["project_id"]
+    finally:
+        api.client.close()
