@@ -19,9 +19,9 @@ from admin.state import (
     State,
     StateError,
     TokenSpec,
-    project_fields,
     token_fields,
 )
+from shared.management import fields_of
 from shared.management import operations as ops
 from shared.management.inputs import (
     CreateProject,
@@ -125,9 +125,9 @@ def _project_changes(
         fields = {k: (None, v) for k, v in wanted.items()}
         before.append(Change("create", target, fields, step=_do(ops.CREATE_PROJECT, create)))
     else:
-        fields = {k: (existing[k], v) for k, v in wanted.items() if existing[k] != v}
+        fields = {k: (existing.get(k), v) for k, v in wanted.items() if existing.get(k) != v}
         key: str | None = spec.key.read(spec.where) if set_keys and spec.key is not None else None
-        updatable = {f.name for f in project_fields()} & UpdateProject.__dataclass_fields__.keys()
+        updatable = {f.name for f in fields_of(UpdateProject)}
         for name in fields:
             if name not in updatable:
                 raise StateError(f"{spec.where}.{name}: cannot be changed once the project exists")
