@@ -163,6 +163,10 @@ def test_a_bad_file_names_its_place_and_changes_nothing(
             "projects[1].base_url: base URL must be an http(s) URL"
         ),
         "projects:\n" + good + "  - name: x\n    colour: red\n": "projects[1].colour: unknown key",
+        "projects:\n" + good + "  - name: x\n    tokens: [{label: a, rpm: 8796093022209}]\n": (
+            "projects[1].tokens[0].rpm: rpm must be 0 (no per-token rate limit) or a positive "
+            "integer up to 2147483647"
+        ),
         "projects:\n" + good + good: "projects[1].name: a second project named 'first'",
         "projects:\n" + good + "  - name: y\n    api_key_env: NOT_SET_ANYWHERE\n": (
             "projects[1].api_key_env: NOT_SET_ANYWHERE is not set"

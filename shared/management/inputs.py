@@ -24,6 +24,7 @@ from shared.management.checks import (
 from shared.management.fields import inp
 
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (and SQLite INTEGER) holds
+MAX_INT = 2**31 - 1  # the largest value a Postgres INTEGER column (rpm, max_concurrency) holds
 _INPUT = {"frozen": True, "slots": True, "kw_only": True}
 
 _PROJECT_DOC = "The project's id or its name."
@@ -115,6 +116,7 @@ class TokenLimits:
         default=None,
         nullable=True,
         minimum=1,
+        maximum=MAX_ROW_ID,
         invalid="max requests must be a positive integer (omit it for no limit)",
     )
     rpm: int | None = inp(
@@ -124,7 +126,8 @@ class TokenLimits:
         default=None,
         nullable=True,
         minimum=0,
-        invalid="rpm must be 0 (no per-token rate limit) or a positive integer",
+        maximum=MAX_INT,
+        invalid=f"rpm must be 0 (no per-token rate limit) or a positive integer up to {MAX_INT}",
     )
     max_concurrency: int | None = inp(
         "integer",
@@ -132,7 +135,8 @@ class TokenLimits:
         default=None,
         nullable=True,
         minimum=0,
-        invalid="max concurrency must be 0 (no cap) or a positive integer",
+        maximum=MAX_INT,
+        invalid=f"max concurrency must be 0 (no cap) or a positive integer up to {MAX_INT}",
         stored=zero_is_none,
     )
 
