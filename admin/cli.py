@@ -16,10 +16,11 @@ from admin.commands import (
     pipeline,
     projects,
     server,
+    state,
     tokens,
 )
 from admin.declared import add_commands
-from admin.options import JsonOpt
+from admin.options import ApiUrlOpt, JsonOpt, ManagementTokenOpt
 from admin.output import emit
 from admin.remote import RemoteTarget
 from admin.runner import guarded, open_store
@@ -68,6 +69,8 @@ app.command("worker")(pipeline.worker)
 
 
 app.command("server")(server.server)
+app.command("apply")(state.apply)
+app.command("export")(state.export)
 
 
 def _version(value: bool) -> None:
@@ -91,27 +94,8 @@ def main_options(
 @manage.callback()
 def manage_target(
     ctx: typer.Context,
-    api_url: Annotated[
-        str | None,
-        typer.Option(
-            "--api-url",
-            envvar="LLM_PROXY_API_URL",
-            show_envvar=True,
-            help="Send the command to this deployment's management API (e.g. "
-            "https://proxy.example.com) instead of opening the database.",
-        ),
-    ] = None,
-    management_token: Annotated[
-        str | None,
-        typer.Option(
-            "--management-token",
-            envvar="MANAGEMENT_TOKEN",
-            show_envvar=True,
-            show_default=False,
-            help="The deployment's MANAGEMENT_TOKEN, for --api-url. Prefer the variable: a flag "
-            "lands in shell history.",
-        ),
-    ] = None,
+    api_url: ApiUrlOpt = None,
+    management_token: ManagementTokenOpt = None,
 ) -> None:
     """Manage projects, tokens, keys and the audit log."""
     if api_url:

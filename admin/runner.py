@@ -137,16 +137,19 @@ def run(
     """Run ``action`` here, or on the deployment ``llm-proxy manage --api-url`` names, and print
     its result (picked by ``result``, printed by ``render`` if given); exit 1 with one line on
     any error."""
-    target = chosen_target(ctx)
-    if target is not None:
-        outcome = guarded(lambda settings: _run_remote(target, action))
-    else:
-        outcome = guarded(lambda settings: _run_local(settings, action))
+    outcome = perform(chosen_target(ctx), action)
     shown = result(outcome) if result is not None else outcome
     if render is not None:
         render(shown, as_json)
     else:
         emit(shown, as_json=as_json, columns=columns)
+
+
+def perform(target: RemoteTarget | None, action: Action) -> Any:
+    """Run ``action`` on ``target``'s management API, or on the database when it is None."""
+    if target is not None:
+        return guarded(lambda settings: _run_remote(target, action))
+    return guarded(lambda settings: _run_local(settings, action))
 
 
 def guarded_settings() -> Settings:

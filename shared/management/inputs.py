@@ -29,6 +29,7 @@ from shared.money.budgets import BUDGET_WINDOWS
 from shared.scopes import check_models
 
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (and SQLite INTEGER) holds
+MAX_INT = 2**31 - 1  # the largest value a Postgres INTEGER column (rpm, max_concurrency) holds
 _INPUT = {"frozen": True, "slots": True, "kw_only": True}
 
 _PROJECT_DOC = "The project's id or its name."
@@ -270,6 +271,7 @@ class TokenLimits(BudgetInputs):
         default=None,
         nullable=True,
         minimum=1,
+        maximum=MAX_ROW_ID,
         invalid="max requests must be a positive integer (omit it for no limit)",
     )
     rpm: int | None = inp(
@@ -279,7 +281,8 @@ class TokenLimits(BudgetInputs):
         default=None,
         nullable=True,
         minimum=0,
-        invalid="rpm must be 0 (no per-token rate limit) or a positive integer",
+        maximum=MAX_INT,
+        invalid=f"rpm must be 0 (no per-token rate limit) or a positive integer up to {MAX_INT}",
     )
     max_concurrency: int | None = inp(
         "integer",
@@ -287,7 +290,8 @@ class TokenLimits(BudgetInputs):
         default=None,
         nullable=True,
         minimum=0,
-        invalid="max concurrency must be 0 (no cap) or a positive integer",
+        maximum=MAX_INT,
+        invalid=f"max concurrency must be 0 (no cap) or a positive integer up to {MAX_INT}",
         stored=zero_is_none,
     )
     models: str | None = _models()
@@ -308,10 +312,22 @@ _DURATION_DOC = (
 )
 
 
+def _expires_at() -> Any:
+    # For `llm-proxy apply`, which must set the very instant a state file names (a duration is
+    # counted from now, so a second apply would see a different expiry); not a CLI option.
+    return inp(
+        "date-time",
+        "The instant the token expires (ISO 8601); given, it takes the place of duration.",
+        default=None,
+        cli=False,
+    )
+
+
 @dataclass(**_INPUT)
 class GenerateToken(TokenLimits):
     project_id: str = _project_ref(argument=False)
     duration: str = inp("duration", _DURATION_DOC, default="24")
+    expires_at: datetime | None = _expires_at()
     label: str = inp("string", "A note to recognise the token by.", default="")
 
 
@@ -337,6 +353,7 @@ class UpdateToken(TokenLimits):
     )
     unlimited: bool = inp("boolean", "Remove the request limit.", default=False)
     duration: str | None = inp("duration", _DURATION_DOC, default=None)
+    expires_at: datetime | None = _expires_at()
     label: str | None = inp("string", "New label.", default=None)
 
 

@@ -305,7 +305,7 @@ class Management(UpstreamOperations, MoneyOperations):
                 raise UserError(
                     f"project {shown_id(inp.project_id)} is inactive: activate it first"
                 )
-            expires = utcnow() + lifetime if lifetime else None
+            expires = inp.expires_at or (utcnow() + lifetime if lifetime else None)
             created, secret = await self._new_token(project.id, inp.label, _limits(inp), expires)
             audit.target_id = created.id
             return {**self._view(created), "token": secret}
@@ -364,6 +364,8 @@ class Management(UpstreamOperations, MoneyOperations):
             inp = validated(inp)
             if inp.unlimited and inp.max_requests is not None:
                 raise UserError("give max requests or unlimited, not both")
+            if inp.duration is not None and inp.expires_at is not None:
+                raise UserError("give duration or expires_at, not both")
             changes = _limits(inp, given_only=True)
             if inp.activate is not None:
                 changes["is_active"] = inp.activate
@@ -374,6 +376,8 @@ class Management(UpstreamOperations, MoneyOperations):
             if inp.duration is not None:
                 lifetime = parse_token_duration(inp.duration)
                 changes["expires_at"] = (utcnow() + lifetime) if lifetime else None
+            if inp.expires_at is not None:
+                changes["expires_at"] = inp.expires_at
             if inp.label is not None:
                 changes["label"] = inp.label.strip()[:200]
             if not changes:

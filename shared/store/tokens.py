@@ -87,7 +87,7 @@ class Tokens(Tables):
             return await self._revoke(tx, "id = %s", token_id, utcnow())
 
     async def revoke_project_tokens(self, project_id: str) -> int:
-        """Revoke every active token of a project in one transaction; return how many."""
+        """Revoke every token of a project not revoked yet in one transaction; return how many."""
         if not self.valid_id(project_id):
             return 0
         async with self.transaction() as tx:
@@ -95,9 +95,10 @@ class Tokens(Tables):
 
     async def _revoke(self, tx: Tx, where: str, value: str, now: datetime) -> int:
         return await tx.execute(
+            # a disabled token is revoked too: else it stays listed as live, and can be re-enabled
             f"UPDATE tokens SET is_active = %s, revoked_at = %s, updated_at = %s "
-            f"WHERE {where} AND is_active = %s",
-            (False, now, now, value, True),
+            f"WHERE {where} AND revoked_at IS NULL",
+            (False, now, now, value),
         )
 
     def quota_sql(self, *, count_cache_hits: bool) -> str:

@@ -1,0 +1,270 @@
+"""What `llm-proxy apply` would change, worked out against the deployment, and doing it.
+
+The plan is made whole before anything changes (so a file that cannot be applied changes
+nothing), and every change is one declared management operation, run through ``call`` on the
+database or the remote API alike, so it is checked and audited like the same CLI command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from admin.runner import Manager
+from admin.state import (
+    NEVER,
+    ProjectSpec,
+    State,
+    StateError,
+    TokenSpec,
+    token_fields,
+)
+from shared.management import fields_of
+from shared.management import operations as ops
+from shared.management.inputs import (
+    CreateProject,
+    DeactivateProject,
+    GenerateToken,
+    ListTokens,
+    NoInput,
+    ProjectRef,
+    TokenRef,
+    UpdateProject,
+    UpdateToken,
+)
+
+Step = Callable[[Manager], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class Change:
+    """One line of the diff and the management call that makes it."""
+
+    action: str  # create, update, activate, deactivate, revoke
+    target: str  # "project NAME" or "token PROJECT/LABEL"
+    fields: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # name: (now, wanted)
+    destructive: bool = False  # only --prune's changes
+    step: Step | None = None
+    new_token: tuple[str, str] | None = None  # (project, label) of a token this creates
+
+    def line(self) -> str:
+        mark = {"create": "+", "update": "~", "activate": "~"}.get(self.action, "-")
+        text = f"{mark} {self.action} {self.target}"
+        if self.fields and self.action == "create":
+            text += ": " + ", ".join(f"{k} {_shown(b)}" for k, (_, b) in self.fields.items())
+        elif self.fields:
+            text += ": " + ", ".join(
+                f"{k} {_shown(a)} -> {_shown(b)}" for k, (a, b) in self.fields.items()
+            )
+        return text
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "target": self.target,
+            "fields": {k: {"from": a, "to": b} for k, (a, b) in self.fields.items()},
+        }
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+async def current(manager: Manager) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The deployment's projects and its tokens that are not revoked (revoked ones are gone)."""
+    projects = (await manager.call(ops.LIST_PROJECTS, NoInput()))["data"]
+    tokens = (await manager.call(ops.LIST_TOKENS, ListTokens()))["data"]
+    return projects, [t for t in tokens if t["revoked_at"] is None]
+
+
+async def make_plan(manager: Manager, state: State, *, prune: bool, set_keys: bool) -> list[Change]:
+    projects, tokens = await current(manager)
+    by_name = {p["name"]: p for p in projects}
+    changes: list[Change] = []
+    for spec in state.projects:
+        existing = by_name.get(spec.name)
+        project_tokens = [t for t in tokens if existing and t["project_id"] == existing["id"]]
+        changes += _project_changes(spec, existing, project_tokens, prune=prune, set_keys=set_keys)
+    if prune:
+        named = {p.name for p in state.projects}
+        for project in projects:
+            if project["name"] not in named:
+                live = [t for t in tokens if t["project_id"] == project["id"]]
+                changes += _prune_project(project, live)
+    return changes
+
+
+def _project_changes(
+    spec: ProjectSpec,
+    existing: dict[str, Any] | None,
+    tokens: list[dict[str, Any]],
+    *,
+    prune: bool,
+    set_keys: bool,
+) -> list[Change]:
+    target = f"project {spec.name}"
+    wanted = {k: v for k, v in spec.values.items() if k != "active"}
+    active = spec.values.get("active")
+    before: list[Change] = []
+    after: list[Change] = []
+    ref = existing["id"] if existing else spec.name
+    if existing is None:
+        if spec.key is None:
+            raise StateError(f"{spec.where}: a new project needs api_key_env or api_key_file")
+        create = CreateProject(name=spec.name, api_key=spec.key.read(spec.where), **wanted)
+        fields = {k: (None, v) for k, v in wanted.items()}
+        before.append(Change("create", target, fields, step=_do(ops.CREATE_PROJECT, create)))
+    else:
+        fields = {k: (existing.get(k), v) for k, v in wanted.items() if existing.get(k) != v}
+        key: str | None = spec.key.read(spec.where) if set_keys and spec.key is not None else None
+        updatable = {f.name for f in fields_of(UpdateProject)}
+        for name in fields:
+            if name not in updatable:
+                raise StateError(f"{spec.where}.{name}: cannot be changed once the project exists")
+        if fields or key is not None:
+            update = UpdateProject(
+                project_id=ref, api_key=key, **{k: b for k, (_, b) in fields.items()}
+            )
+            shown = {**fields, **({"api_key": (None, spec.key.shown)} if key and spec.key else {})}
+            before.append(Change("update", target, shown, step=_do(ops.UPDATE_PROJECT, update)))
+    is_active = existing["is_active"] if existing else True
+    if active is True and not is_active:
+        before.insert(
+            0,
+            Change("activate", target, step=_do(ops.ACTIVATE_PROJECT, ProjectRef(project_id=ref))),
+        )
+    if active is False and is_active:
+        off = DeactivateProject(project_id=ref)
+        after.append(Change("deactivate", target, step=_do(ops.DEACTIVATE_PROJECT, off)))
+    middle = _token_changes(spec, ref, tokens, prune=prune) if spec.tokens is not None else []
+    return before + middle + after
+
+
+def _prune_project(project: dict[str, Any], live: list[dict[str, Any]]) -> list[Change]:
+    """A project the file no longer names is deactivated and its tokens revoked (kept, not
+    deleted, so that its history keeps a name and a later file can bring it back)."""
+    target = f"project {project['name']}"
+    if project["is_active"]:
+        off = DeactivateProject(project_id=project["id"], revoke_tokens=True)
+        fields = {"tokens_revoked": (len(live), 0)} if live else {}
+        step = _do(ops.DEACTIVATE_PROJECT, off)
+        return [Change("deactivate", target, fields, destructive=True, step=step)]
+    if live:
+        step = _do(ops.REVOKE_PROJECT_TOKENS, ProjectRef(project_id=project["id"]))
+        fields = {"tokens": (len(live), 0)}
+        return [Change("revoke", f"tokens of {target}", fields, destructive=True, step=step)]
+    return []
+
+
+def _match(
+    spec: TokenSpec, project: str, tokens: list[dict[str, Any]], taken: set[str]
+) -> dict[str, Any] | None:
+    if spec.id is not None:
+        found = [t for t in tokens if t["id"] == spec.id]
+        if not found:
+            raise StateError(f"{spec.where}.id: no live token of project {project} has this id")
+        return found[0]
+    found = [t for t in tokens if t["label"] == spec.label and t["id"] not in taken]
+    if len(found) > 1:
+        raise StateError(
+            f"{spec.where}: {len(found)} tokens of project {project} are labelled "
+            f"{spec.label!r}: name each by its id"
+        )
+    return found[0] if found else None
+
+
+def _token_changes(
+    spec: ProjectSpec, ref: str, tokens: list[dict[str, Any]], *, prune: bool
+) -> list[Change]:
+    changes: list[Change] = []
+    taken = {t.id for t in spec.tokens or () if t.id is not None}
+    matched: set[str] = set()
+    for token in spec.tokens or ():
+        target = f"token {spec.name}/{token.label or '(no label)'}"
+        existing = _match(token, spec.name, tokens, taken)
+        if existing is None:
+            changes.append(_create_token(token, ref, target, spec.name))
+            continue
+        matched.add(existing["id"])
+        if (change := _update_token(token, existing, target)) is not None:
+            changes.append(change)
+    if prune:
+        for t in tokens:
+            if t["id"] not in matched:
+                target = f"token {spec.name}/{t['label'] or t['id']}"
+                step = _do(ops.REVOKE_TOKEN, TokenRef(token_id=t["id"]))
+                changes.append(Change("revoke", target, destructive=True, step=step))
+    return changes
+
+
+def _create_token(token: TokenSpec, ref: str, target: str, project: str) -> Change:
+    limits = {f.name: token.values[f.name] for f in token_fields() if f.name in token.values}
+    expiry: dict[str, Any] = {"duration": token.duration or "24"}
+    if "expires_at" in token.values:
+        when = token.values["expires_at"]
+        expiry = {"duration": NEVER} if when is None else {"expires_at": when}
+    generate = GenerateToken(project_id=ref, label=token.label, **limits, **expiry)
+    shown = {k: (None, v) for k, v in {**limits, **expiry}.items()}
+    change = Change("create", target, shown, step=_do(ops.GENERATE_TOKEN, generate))
+    change.new_token = (project, token.label)
+    if token.values.get("active") is False:
+        # made, then disabled: a token cannot be generated disabled
+        change.fields["active"] = (None, False)
+        change.step = _then_disable(generate)
+    return change
+
+
+def _update_token(token: TokenSpec, existing: dict[str, Any], target: str) -> Change | None:
+    fields: dict[str, tuple[Any, Any]] = {}
+    given: dict[str, Any] = {}
+    for f in token_fields():
+        if f.name not in token.values:
+            continue
+        want = token.values[f.name]
+        stored = f.stored(want) if f.stored is not None and want is not None else want
+        if existing[f.name] == stored:
+            continue
+        fields[f.name] = (existing[f.name], want)
+        if want is not None:
+            given[f.name] = want
+        elif f.name == "max_requests":
+            given["unlimited"] = True
+        elif f.stored is not None and f.stored(0) is None:
+            given[f.name] = 0  # this limit stores 0 as "none"
+        else:
+            raise StateError(f"{token.where}.{f.name}: apply cannot unset it; give a value")
+    if "expires_at" in token.values:
+        want_at, now_at = token.values["expires_at"], _when(existing["expires_at"])
+        if want_at != now_at:
+            fields["expires_at"] = (now_at, want_at)
+            given.update({"duration": NEVER} if want_at is None else {"expires_at": want_at})
+    if "active" in token.values and token.values["active"] != existing["is_active"]:
+        fields["active"] = (existing["is_active"], token.values["active"])
+        given["activate"] = token.values["active"]
+    if not fields:
+        return None
+    update = UpdateToken(token_id=existing["id"], **given)
+    return Change("update", target, fields, step=_do(ops.UPDATE_TOKEN, update))
+
+
+def _do(op: Any, inp: Any) -> Step:
+    return lambda manager: manager.call(op, inp)
+
+
+def _then_disable(generate: GenerateToken) -> Step:
+    async def step(manager: Manager) -> Any:
+        made = await manager.call(ops.GENERATE_TOKEN, generate)
+        await manager.call(ops.UPDATE_TOKEN, UpdateToken(token_id=made["id"], activate=False))
+        return made
+
+    return step
