@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anthropic
@@ -33,11 +33,14 @@ class Setup:
     gpt: Provisioned  # an openai project: Messages is not its API
     env: dict[str, str]
     cwd: Path
+    clients: list[anthropic.Anthropic] = field(default_factory=list)
 
     def client(self, **kw: object) -> anthropic.Anthropic:
-        return anthropic.Anthropic(
+        made = anthropic.Anthropic(
             base_url=self.proxy.url, api_key=self.claude.token, max_retries=0, **kw
         )
+        self.clients.append(made)  # closed at teardown: no connection left for the GC
+        return made
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     claude = provision_kind(env, cwd, fake.base_url, "anthropic", name="claude", api_key=KEY)
     gpt = provision_kind(env, cwd, fake.base_url, "openai", name="gpt", api_key=KEY)
     proxy = ProxyProcess(env=env, cwd=cwd, workers=1).start()
-    yield Setup(fake, proxy, claude, gpt, env, cwd)
+    setup = Setup(fake, proxy, claude, gpt, env, cwd)
+    yield setup
+    for made in setup.clients:
+        made.close()
     proxy.stop()
     fake.stop()
 
