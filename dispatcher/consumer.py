@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from dispatcher.entries import Entry
 from dispatcher.maintenance import Upkeep
@@ -46,7 +46,8 @@ log = logging.getLogger("llm_proxy.dispatcher")
 
 T = TypeVar("T")
 
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+# RedisClusterException (a slot not covered yet, mid-failover) is not a RedisError in redis-py
+_REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 _BACKOFF_CAP = 10.0
 
 
