@@ -133,7 +133,7 @@ def test_reject_mode_serves_only_what_it_can_record(tmp_path: Path, fake: FakeUp
         "OBSERVABILITY_BUFFER_SIZE": "20",
         "HTTP_CACHE_ENABLED": "false",
         "EVENT_BUS_FAILURE_MODE": "reject",
-        "EVENT_SPOOL_MAX_BYTES": "30000",
+        "EVENT_SPOOL_MAX_BYTES": "60000",
     }
     cred = provision(env, tmp_path, fake.base_url)
     db = tmp_path / "llm-proxy.db"

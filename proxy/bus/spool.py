@@ -94,9 +94,9 @@ class Spool:
         self._orphans: deque[Orphan] = deque()
         self._writer: int | None = None  # fd of the segment being appended to
         self._seq = 0
-        # to judge room for events not yet encoded: the largest recent line size (it rises at
-        # once and decays slowly, so a run of larger events never overfills the spool)
-        self._line_size = 1024.0
+        # running average, to judge room for events not yet encoded; it starts at the size of a
+        # typical request event with every field (so the first estimate is not too small)
+        self._line_size = 720.0
         self._retry_at = 0.0
         self._failing = False
 
@@ -142,14 +142,14 @@ class Spool:
     # --- writing ---
 
     def room_for(self, events: int) -> bool:
-        """Whether ``events`` more (not yet encoded) would fit, judged by the recent line size
+        """Whether ``events`` more (not yet encoded) would fit, judged by the average line size
         with a margin."""
         return not self.broken and self.bytes + events * self._line_size * 1.25 <= self.max_bytes
 
     def observe(self, size: int, lines: int) -> None:
         """Learn the size of encoded events from what is being sent."""
         if lines:
-            self._line_size = max(0.99 * self._line_size, size / lines + 1)
+            self._line_size = 0.9 * self._line_size + 0.1 * (size / lines + 1)
 
     def append(self, lines: list[bytes]) -> int:
         """Append as many lines as the cap allows, oldest first; return how many were written.
