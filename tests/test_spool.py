@@ -27,8 +27,8 @@ def lines(n: int, start: int = 0) -> list[bytes]:
 def test_lines_come_back_in_order_across_segments_and_files_go(tmp_path: Path) -> None:
     spool = Spool(str(tmp_path), 1 << 20, segment_bytes=500)
     spool.open()
-    assert spool.append(lines(30)) == 30
-    assert spool.append(lines(20, 30)) == 20
+    assert sum(spool.append(lines(30))) == 30
+    assert sum(spool.append(lines(20, 30))) == 20
     assert len(list(tmp_path.glob("*.jsonl"))) == 2  # rotated between appends
     assert spool.pending_events() == 50 and spool.own_backlog()
     assert drain(spool) == lines(50)
@@ -45,12 +45,26 @@ def test_the_cap_bounds_the_bytes_on_disk(tmp_path: Path) -> None:
     cap = sum(len(x) + 1 for x in batch[:40])
     spool = Spool(str(tmp_path), cap, segment_bytes=300)
     spool.open()
-    assert spool.append(batch) == 40
-    assert spool.append(batch[40:]) == 0
+    assert sum(spool.append(batch)) == 40
+    assert sum(spool.append(batch[40:])) == 0
     assert not spool.room_for(1)
     assert sum(p.stat().st_size for p in tmp_path.glob("*.jsonl")) == cap
     assert drain(spool) == batch[:40]
-    assert spool.room_for(1) and spool.append(batch[40:41]) == 1
+    assert spool.room_for(1) and spool.append(batch[40:41]) == [True]
+    spool.close()
+
+
+def test_events_owed_a_reserved_place_are_written_past_the_cap(tmp_path: Path) -> None:
+    """The cap decides which requests are admitted; the events of a request already admitted
+    (marked owed) are never the ones dropped, even when other lines filled the spool."""
+    batch = lines(10)
+    cap = sum(len(x) + 1 for x in batch[:4])
+    spool = Spool(str(tmp_path), cap, segment_bytes=300)
+    spool.open()
+    owed = [i in (2, 6, 9) for i in range(10)]
+    assert spool.append(batch, owed) == [i < 4 or i in (6, 9) for i in range(10)]
+    assert spool.bytes > cap and not spool.room_for(1)
+    assert drain(spool) == [batch[i] for i in (0, 1, 2, 3, 6, 9)]
     spool.close()
 
 
@@ -60,7 +74,7 @@ def test_an_unusable_directory_takes_nothing(tmp_path: Path) -> None:
     spool = Spool(str(blocker / "spool"), 1 << 20)
     spool.open()
     assert spool.broken and not spool.room_for(1)
-    assert spool.append(lines(1)) == 0
+    assert spool.append(lines(1)) == [False]
     spool.close()
 
 

@@ -151,28 +151,34 @@ class Spool:
         if lines:
             self._line_size = 0.9 * self._line_size + 0.1 * (size / lines + 1)
 
-    def append(self, lines: list[bytes]) -> int:
-        """Append as many lines as the cap allows, oldest first; return how many were written.
-        They reach the kernel before this returns, so a crash of this process loses none."""
+    def append(self, lines: list[bytes], owed: list[bool] | None = None) -> list[bool]:
+        """Append what the cap allows, oldest first, and every line marked ``owed`` (an event
+        whose room was reserved when its request was admitted: the cap governs admission, so
+        those are written even past it); return which lines were written. They reach the kernel
+        before this returns, so a crash of this process loses none."""
+        written = [False] * len(lines)
         if self.broken or not lines:
-            return 0
+            return written
         room = self.max_bytes - self.bytes
-        taken = 0
+        taken: list[bytes] = []
         size = 0
-        for line in lines:
-            if size + len(line) + 1 > room:
-                break
+        full = False  # once one line does not fit, later ones wait (but owed ones)
+        for i, line in enumerate(lines):
+            if not (owed and owed[i]) and (full or size + len(line) + 1 > room):
+                full = True
+                continue
             size += len(line) + 1
-            taken += 1
+            taken.append(line)
+            written[i] = True
         if not taken:
-            return 0
-        self.observe(size - taken, taken)
+            return written
+        self.observe(size - len(taken), len(taken))
         try:
-            self._write(lines[:taken], size)
+            self._write(taken, size)
         except OSError as exc:
             self._fail(exc)
-            return 0
-        return taken
+            return [False] * len(lines)
+        return written
 
     def _write(self, lines: list[bytes], size: int) -> None:
         if self._writer is None or self._own[-1].size >= self.segment_bytes:

@@ -100,6 +100,9 @@ class SpoolingBus:
         # and its final, or just the final); _slots is their sum
         self._reserved: dict[str, int] = {}
         self._slots = 0
+        # id(event) of buffered events that took a reserved slot: the spool writes them even
+        # past its cap (the cap decided their request's admission)
+        self._owed: set[int] = set()
 
     @property
     def redis_ok(self) -> bool:  # the name the Redis bus's callers know
@@ -114,6 +117,7 @@ class SpoolingBus:
     def publish(self, event: RequestEvent) -> None:
         held = self._reserved.get(event.event_id) if self._reserved else None
         if held is not None:  # it takes its own reserved slot
+            self._owed.add(id(event))
             if event.phase == FINAL or held <= 1:
                 self._slots -= self._reserved.pop(event.event_id)
             else:
@@ -298,6 +302,8 @@ class SpoolingBus:
         batch, self._inflight = self._inflight, []
         self._first_at = started  # what arrived meanwhile has waited since then
         if refused is not None:
+            if self._owed:
+                self._owed.difference_update(map(id, batch))
             self.unrecordable += refused
             self.published += len(batch) - refused
             self._settle(batch, True)
@@ -372,6 +378,7 @@ class SpoolingBus:
                 kept.append(event)
             except Exception as exc:  # one bad event must not hold back the others
                 self.unrecordable += 1
+                self._owed.discard(id(event))
                 self._settle([event], False)
                 log.error(
                     "request event %s cannot be serialised (%s): dropped; %d so far",
@@ -385,11 +392,15 @@ class SpoolingBus:
         if not events:
             return
         kept, lines = self._encode(events)
-        written = self.spool.append(lines)
-        self.spooled += written
-        self._settle(kept[:written], True)
-        self._settle(kept[written:], False)
-        lost = len(lines) - written
+        owed = self._owed
+        marks = [id(event) in owed for event in kept] if owed else None
+        written = self.spool.append(lines, marks)
+        if owed:
+            owed.difference_update(map(id, events))
+        self._settle([e for e, w in zip(kept, written, strict=True) if w], True)
+        self._settle([e for e, w in zip(kept, written, strict=True) if not w], False)
+        lost = written.count(False)
+        self.spooled += len(written) - lost
         if lost:
             self.dropped += lost
             now = time.monotonic()
