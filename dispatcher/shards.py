@@ -69,7 +69,7 @@ def make_dispatcher(
         Dispatcher(
             redis,
             store,
-            replace(options, stream_key=key),
+            replace(options, stream_key=key, shard=i),
             metrics=metrics,
             jobs=jobs,
             # one retention schedule for the deployment, kept by shard 0's upkeep
