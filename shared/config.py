@@ -286,6 +286,17 @@ class Settings:
         _str,
         shown="`llm-proxy.db`",
     )
+    database_read_url: str = var(
+        "DATABASE_READ_URL",
+        "",
+        "Postgres: a read-only replica (a hot standby) for the management reads that tolerate "
+        "its lag: usage reports (`manage usage`, `GET /v1/usage`), request event pages and "
+        "tails, the audit log, event stats and unpriced models. Everything that must see its "
+        "own writes (auth, budgets, `show` after a change, `apply`'s plan) and every write "
+        "stays on DATABASE_URL. Empty: everything on DATABASE_URL. See docs/scaling.md.",
+        _str,
+        shown="(none)",
+    )
     database_pool_size: int = var(
         "DATABASE_POOL_SIZE", 10, "Postgres: maximum open connections per process.", _int(1)
     )
@@ -900,6 +911,24 @@ class Settings:
         "Only raise it (see docs/scaling.md).",
         _int(1),
     )
+    redis_wait_replicas: int = var(
+        "REDIS_WAIT_REPLICAS",
+        0,
+        "The proxy's event bus sends `WAIT n` after each XADD batch (in the same pipeline) and "
+        "counts a batch as sent only once n replicas of its master hold it; otherwise it is "
+        "spooled and sent again. Closes the window in which a master killed right after "
+        "acknowledging loses events on failover (Cluster, Sentinel). 0: off. See "
+        "docs/scaling.md for the cost.",
+        _int(0),
+    )
+    redis_wait_timeout: float = var(
+        "REDIS_WAIT_TIMEOUT",
+        0.2,
+        "With REDIS_WAIT_REPLICAS: how long WAIT may block for the replicas (less than "
+        "REDIS_TIMEOUT); a batch not acknowledged by then is spooled and retried.",
+        _duration(),
+        shown="`200ms`",
+    )
     redis_consumer_group: str = var(
         "REDIS_CONSUMER_GROUP",
         "llm-proxy-dispatchers",
@@ -1267,6 +1296,14 @@ class Settings:
                 )
         elif url.startswith(("postgres://", "postgresql://")):
             raise ConfigError("DB_DRIVER must be postgres when DATABASE_URL is a postgres:// URL")
+        if self.database_read_url and (
+            self.db_driver != "postgres"
+            or not self.database_read_url.startswith(("postgres://", "postgresql://"))
+        ):
+            raise ConfigError(
+                "DATABASE_READ_URL must be a postgres:// URL, with DB_DRIVER=postgres, got "
+                f"{_redact_url(self.database_read_url)!r}"
+            )
 
         if (
             self.distributed_rate_limit_enabled
@@ -1286,6 +1323,13 @@ class Settings:
             raise ConfigError(
                 "METRICS_RETENTION_MS must be at least METRICS_AGGREGATION_INTERVAL_MS "
                 f"({self.metrics_aggregation_interval_ms}), got {self.metrics_retention_ms}"
+            )
+
+        if self.redis_wait_replicas and self.redis_wait_timeout >= self.redis_timeout:
+            raise ConfigError(
+                f"REDIS_WAIT_TIMEOUT must be less than REDIS_TIMEOUT ({self.redis_timeout}s): "
+                f"the WAIT reply must come before the command times out, got "
+                f"{self.redis_wait_timeout}s"
             )
 
         if self.management_port == self.port:

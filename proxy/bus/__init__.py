@@ -33,6 +33,8 @@ def make_bus(settings: Settings, store: SqlStore) -> EventBus:
             owns_redis=True,
             strict=strict,
             shards=settings.redis_stream_shards,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout=settings.redis_wait_timeout,
         )
     spool = Spool(settings.embedded_spool_dir, settings.event_spool_max_bytes)
     return MemoryBus(store, spool, capacity=settings.observability_buffer_size, strict=strict)

@@ -3,7 +3,11 @@ spool while Redis is down or slow (see ``SpoolingBus``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from proxy.bus.spool import Spool
 from proxy.bus.spooling import SpoolingBus
@@ -20,21 +24,40 @@ def _event_id(line: bytes) -> str:
         return ""
 
 
+class ReplicasBehind(RedisError):
+    """WAIT answered that fewer replicas than REDIS_WAIT_REPLICAS hold the batch."""
+
+
 class StreamSink:
     """XADD each line to its stream, all in one pipeline (no MAXLEN: trimming is the
     dispatcher's job, below what every group acknowledged). With several shards
     (REDIS_STREAM_SHARDS) an event's stream is picked by its event id, so its accepted and
-    final records, and any retry of either, land on the same stream in order."""
+    final records, and any retry of either, land on the same stream in order.
+
+    With ``wait_replicas`` (REDIS_WAIT_REPLICAS) the pipeline ends with ``WAIT n timeout`` on
+    each master it wrote to, on the connection that carried the XADDs (WAIT covers that
+    connection's earlier writes), so the batch still costs one round trip per master. A batch
+    that fewer than n replicas acknowledged raises ``ReplicasBehind``: the bus spools it and
+    sends it again, and a copy that did survive is a duplicate the dispatcher skips by id."""
 
     name = "the Redis stream"
 
     def __init__(
-        self, redis: aioredis.Redis, stream_key: str, *, owns_redis: bool, shards: int = 1
+        self,
+        redis: aioredis.Redis,
+        stream_key: str,
+        *,
+        owns_redis: bool,
+        shards: int = 1,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.2,
     ) -> None:
         self.redis = redis
         self.stream_key = stream_key
         self.streams = shard_keys(stream_key, shards)
         self.owns_redis = owns_redis
+        self.wait_replicas = wait_replicas
+        self.wait_ms = max(1, round(wait_timeout * 1000))  # WAIT 0 would block forever
 
     async def send(self, events: list[RequestEvent], lines: list[bytes]) -> int:
         if len(self.streams) == 1:
@@ -56,7 +79,32 @@ class StreamSink:
         pipe = self.redis.pipeline(transaction=False)
         for stream, line in zip(streams, lines, strict=True):
             pipe.xadd(stream, {EVENT_FIELD: line})
-        await pipe.execute()
+        if not self.wait_replicas:
+            await pipe.execute()
+            return
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.initialize()  # the slot map (a no-op once it is known)
+        placed = self._placement(streams)
+        for node in {id(n): n for n in placed.values()}.values():
+            target: dict[str, Any] = {} if node is None else {"target_nodes": node}
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms, **target)
+        acks = (await pipe.execute())[len(lines) :]
+        if any(int(n) < self.wait_replicas for n in acks):
+            raise ReplicasBehind(
+                f"WAIT: {min(int(n) for n in acks)} of {self.wait_replicas} replicas "
+                f"acknowledged the batch within {self.wait_ms} ms"
+            )
+        now = self._placement(streams)
+        if any(now[stream] is not node for stream, node in placed.items()):
+            # A slot moved mid-batch, or the client re-read the slot map and sent the pipeline
+            # again (a Cluster failover): some XADDs went out on a connection no WAIT covered.
+            raise ReplicasBehind("the stream's master changed during the batch; sending again")
+
+    def _placement(self, streams: list[str]) -> dict[str, Any]:
+        """The master node of each stream written (None off Cluster: one connection)."""
+        if not isinstance(self.redis, RedisCluster):
+            return {"": None}
+        return {stream: self.redis.get_node_from_key(stream) for stream in set(streams)}
 
     async def close(self) -> None:
         if self.owns_redis:
@@ -81,9 +129,18 @@ class RedisStreamsBus(SpoolingBus):
         owns_redis: bool = False,
         strict: bool = False,
         shards: int = 1,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.2,
     ) -> None:
         super().__init__(
-            StreamSink(redis, stream_key, owns_redis=owns_redis, shards=shards),
+            StreamSink(
+                redis,
+                stream_key,
+                owns_redis=owns_redis,
+                shards=shards,
+                wait_replicas=wait_replicas,
+                wait_timeout=wait_timeout,
+            ),
             spool,
             capacity=capacity,
             batch_size=batch_size,
