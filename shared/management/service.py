@@ -347,7 +347,7 @@ class Management(UpstreamOperations, MoneyOperations):
         self, token_id: str | None, project_id: str | None, before: str | None, limit: int
     ) -> View:
         # One row more than asked tells whether another page exists without a COUNT.
-        events = await self.store.list_request_events(
+        events = await self.store.lagging().list_request_events(
             token_id=token_id, project_id=project_id, before_event_id=before, limit=limit + 1
         )
         more = len(events) > limit
@@ -488,7 +488,7 @@ class Management(UpstreamOperations, MoneyOperations):
         """Newest first; ``next_before_id`` is the cursor of the next page (None on the last)."""
         inp = validated(inp)
         flt = AuditFilter(**{**vars_of(inp), "limit": inp.limit + 1})
-        events = await self.store.list_audit(flt)
+        events = await self.store.lagging().list_audit(flt)
         more = len(events) > inp.limit
         events = events[: inp.limit]
         return {
@@ -506,18 +506,18 @@ class Management(UpstreamOperations, MoneyOperations):
         if inp.after_event_id and not self.store.valid_id(inp.after_event_id):
             raise UserError(f"after_event_id is not an event id: {shown_id(inp.after_event_id)}")
         after = (inp.after, inp.after_event_id or "") if inp.after is not None else None
-        events = await self.store.list_events(
+        events = await self.store.lagging().list_events(
             limit=inp.limit, token_id=token_id, project_id=project_id, after=after
         )
         return {"data": [tail_view(e) for e in events]}
 
     async def event_stats(self, inp: i.NoInput) -> View:
-        events = await self.store.event_stats()
+        events = await self.store.lagging().event_stats()
         out: View = {
             "events": int(events.get("events") or 0),
             "oldest_event": _when(events.get("oldest_ts")),
             "newest_event": _when(events.get("newest_ts")),
-            "dead_letters": await self.store.dead_letter_counts(),
+            "dead_letters": await self.store.lagging().dead_letter_counts(),
             "event_bus": self.event_bus,
         }
         if self.event_bus == "redis-streams" and self.redis is not None:

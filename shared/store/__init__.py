@@ -23,6 +23,7 @@ def make_store(settings: Settings, *, statement_timeout: float | None = None) ->
             connect_timeout=settings.database_connect_timeout,
             tcp_user_timeout=settings.database_tcp_user_timeout,
             statement_timeout=statement_timeout,
+            read_url=settings.database_read_url,
         )
     from shared.store.sqlite import SqliteStore
 

@@ -127,6 +127,12 @@ class SqlStore(
         """Test the idle pooled connections and replace the dead ones (no-op without a pool)."""
         return None
 
+    def lagging(self) -> SqlStore:
+        """The store for reads that tolerate replica lag (usage reports, event and audit
+        listings): the read replica of DATABASE_READ_URL when there is one, else this store.
+        Never for a read that must see this process's own writes."""
+        return self
+
     async def ping(self) -> None:
         async with self.transaction(readonly=True) as tx:
             await tx.fetchone("SELECT 1 AS ok")

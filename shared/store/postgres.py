@@ -133,9 +133,24 @@ class PostgresStore(SqlStore):
         connect_timeout: float = 10.0,
         tcp_user_timeout: float = 30.0,
         statement_timeout: float | None = None,
+        read_url: str = "",
     ) -> None:
         self.url = url
         self.timeout = timeout
+        self._replica: PostgresStore | None = None
+        self._open_on_first_use = False  # a replica's pool: opened by its first read
+        if read_url:
+            self._replica = PostgresStore(
+                read_url,
+                pool_size=pool_size,
+                min_idle=min_idle,
+                max_lifetime=max_lifetime,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                tcp_user_timeout=tcp_user_timeout,
+                statement_timeout=statement_timeout,
+            )
+            self._replica._open_on_first_use = True
         self.pool = AsyncConnectionPool(
             url,
             min_size=min(min_idle, pool_size),
@@ -170,7 +185,14 @@ class PostgresStore(SqlStore):
             raise Unavailable(f"cannot connect to the database at {where}") from None
 
     async def close(self) -> None:
+        if self._replica is not None:
+            await self._replica.close()
         await self.pool.close()
+
+    def lagging(self) -> SqlStore:
+        # A process that never reads lag-tolerant data (the dispatcher, a proxy serving no
+        # management) never opens a connection to the replica.
+        return self._replica if self._replica is not None else self
 
     def lost_connection(self, exc: BaseException) -> bool:
         # PoolTimeout is an OperationalError too, but means no connection at all: no retry
