@@ -203,6 +203,8 @@ class PostgresStore(SqlStore):
 
     @asynccontextmanager
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
+        if self._open_on_first_use and self.pool.closed:
+            await self.pool.open()  # idempotent under its lock; connects in the background
         async with self.pool.connection() as conn, conn.transaction():
             yield _PgTx(conn)
 
