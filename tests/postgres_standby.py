@@ -4,6 +4,7 @@ tests of DATABASE_READ_URL. Postgres refuses to run as root, so the servers run 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -139,8 +140,6 @@ class Standby:
 
     def stop(self) -> None:
         for data in reversed(self.started):
-            try:
+            with contextlib.suppress(subprocess.CalledProcessError):
                 self._run(str(BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-            except subprocess.CalledProcessError:
-                pass
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -61,9 +61,7 @@ async def record(store: SqlStore, owners: Owners, n: int, start: int) -> None:
     assert await store.record_events(events) == n
 
 
-async def test_lag_tolerant_reads_come_from_the_replica(
-    store: SqlStore, standby: Standby
-) -> None:
+async def test_lag_tolerant_reads_come_from_the_replica(store: SqlStore, standby: Standby) -> None:
     assert store.lagging() is not store
     mgmt = management(store, standby)
     owners = await seed(store, tokens=1, name="replica-reads")
