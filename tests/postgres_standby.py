@@ -11,12 +11,12 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-import pytest
 
-from tests.services import free_port
+from tests.services import free_port, unavailable
 
 BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 _WAIT = 60.0
@@ -25,12 +25,19 @@ _WAIT = 60.0
 def require_postgres_binaries() -> None:
     """Skip when initdb / pg_ctl / pg_basebackup are missing locally; fail in CI."""
     missing = [b for b in ("initdb", "pg_ctl", "pg_basebackup") if not (BIN / b).exists()]
-    if not missing:
-        return
-    message = f"{', '.join(missing)} not found in {BIN}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message + " (CI=true: services are required)")
-    pytest.skip(message)
+    if missing:
+        unavailable(f"{', '.join(missing)} not found in {BIN}")
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + _WAIT
+    while True:
+        with contextlib.suppress(psycopg.OperationalError):
+            if condition():
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 class Standby:
@@ -97,31 +104,23 @@ class Standby:
         return self
 
     def wait_streaming(self) -> None:
-        deadline = time.monotonic() + _WAIT
-        while True:
-            try:
-                with psycopg.connect(self.primary_url, autocommit=True) as conn:
-                    row = conn.execute("SELECT count(*) FROM pg_stat_replication").fetchone()
-                    if row and row[0] >= 1:
-                        return
-            except psycopg.OperationalError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("the standby never started streaming")
-            time.sleep(0.1)
+        def streaming() -> bool:
+            with psycopg.connect(self.primary_url, autocommit=True) as conn:
+                row = conn.execute("SELECT count(*) FROM pg_stat_replication").fetchone()
+            return bool(row and row[0] >= 1)
+
+        _until(streaming, "the standby to stream")
 
     def pause_replay(self) -> None:
         """The standby stops applying WAL (it keeps receiving it): it now lags for sure."""
         with psycopg.connect(self.standby_url, autocommit=True) as conn:
             conn.execute("SELECT pg_wal_replay_pause()")
-            deadline = time.monotonic() + _WAIT
-            while True:
+
+            def paused() -> bool:
                 row = conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()
-                if row and row[0] == "paused":
-                    return
-                if time.monotonic() > deadline:
-                    raise AssertionError("the standby's replay never paused")
-                time.sleep(0.05)
+                return bool(row and row[0] == "paused")
+
+            _until(paused, "the standby's replay to pause")
 
     def resume_replay(self) -> None:
         with psycopg.connect(self.standby_url, autocommit=True) as conn:
