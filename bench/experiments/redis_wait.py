@@ -20,7 +20,7 @@ from tempfile import mkdtemp
 import redis
 import redis.asyncio as aioredis
 
-from proxy.bus.redis_streams import StreamSink
+from proxy.bus.redis_streams import ReplicaWait, StreamSink
 from shared.events import RequestEvent
 from tests.services import RedisProcess
 
@@ -39,7 +39,8 @@ def _lines(n: int) -> list[bytes]:
 
 async def _measure(port: int, wait: int, batch: int) -> dict[str, float]:
     client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
-    sink = StreamSink(client, f"bench-wait-{wait}-{batch}", owns_redis=True, wait_replicas=wait)
+    key = f"bench-wait-{wait}-{batch}"
+    sink = StreamSink(client, key, owns_redis=True, wait=ReplicaWait(wait))
     lines = _lines(batch)
     times = []
     for _ in range(BATCHES):

@@ -6,7 +6,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from proxy.bus.memory import MemoryBus
-from proxy.bus.redis_streams import RedisStreamsBus
+from proxy.bus.redis_streams import RedisStreamsBus, ReplicaWait
 from proxy.bus.spool import Spool
 from proxy.bus.spooling import SpoolingBus
 from shared.config import Settings
@@ -33,8 +33,7 @@ def make_bus(settings: Settings, store: SqlStore) -> EventBus:
             owns_redis=True,
             strict=strict,
             shards=settings.redis_stream_shards,
-            wait_replicas=settings.redis_wait_replicas,
-            wait_timeout=settings.redis_wait_timeout,
+            wait=ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout),
         )
     spool = Spool(settings.embedded_spool_dir, settings.event_spool_max_bytes)
     return MemoryBus(store, spool, capacity=settings.observability_buffer_size, strict=strict)

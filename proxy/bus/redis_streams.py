@@ -3,6 +3,7 @@ spool while Redis is down or slow (see ``SpoolingBus``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,6 +25,19 @@ def _event_id(line: bytes) -> str:
         return ""
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaWait:
+    """REDIS_WAIT_REPLICAS and REDIS_WAIT_TIMEOUT: how many replicas must hold a batch, and
+    how long WAIT may block for them."""
+
+    replicas: int
+    timeout: float = 0.2
+
+    @property
+    def timeout_ms(self) -> int:
+        return max(1, round(self.timeout * 1000))  # WAIT 0 would block forever
+
+
 class ReplicasBehind(RedisError):
     """WAIT answered that fewer replicas than REDIS_WAIT_REPLICAS hold the batch."""
 
@@ -34,7 +48,7 @@ class StreamSink:
     (REDIS_STREAM_SHARDS) an event's stream is picked by its event id, so its accepted and
     final records, and any retry of either, land on the same stream in order.
 
-    With ``wait_replicas`` (REDIS_WAIT_REPLICAS) the pipeline ends with ``WAIT n timeout`` on
+    With ``wait`` (REDIS_WAIT_REPLICAS) the pipeline ends with ``WAIT n timeout`` on
     each master it wrote to, on the connection that carried the XADDs (WAIT covers that
     connection's earlier writes), so the batch still costs one round trip per master. A batch
     that fewer than n replicas acknowledged raises ``ReplicasBehind``: the bus spools it and
@@ -49,15 +63,13 @@ class StreamSink:
         *,
         owns_redis: bool,
         shards: int = 1,
-        wait_replicas: int = 0,
-        wait_timeout: float = 0.2,
+        wait: ReplicaWait | None = None,
     ) -> None:
         self.redis = redis
         self.stream_key = stream_key
         self.streams = shard_keys(stream_key, shards)
         self.owns_redis = owns_redis
-        self.wait_replicas = wait_replicas
-        self.wait_ms = max(1, round(wait_timeout * 1000))  # WAIT 0 would block forever
+        self.wait = wait if wait is not None and wait.replicas > 0 else None
 
     async def send(self, events: list[RequestEvent], lines: list[bytes]) -> int:
         if len(self.streams) == 1:
@@ -79,7 +91,8 @@ class StreamSink:
         pipe = self.redis.pipeline(transaction=False)
         for stream, line in zip(streams, lines, strict=True):
             pipe.xadd(stream, {EVENT_FIELD: line})
-        if not self.wait_replicas:
+        wait = self.wait
+        if wait is None:
             await pipe.execute()
             return
         if isinstance(self.redis, RedisCluster):
@@ -87,12 +100,12 @@ class StreamSink:
         placed = self._placement(streams)
         for node in {id(n): n for n in placed.values()}.values():
             target: dict[str, Any] = {} if node is None else {"target_nodes": node}
-            pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms, **target)
+            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms, **target)
         acks = (await pipe.execute())[len(lines) :]
-        if any(int(n) < self.wait_replicas for n in acks):
+        if any(int(n) < wait.replicas for n in acks):
             raise ReplicasBehind(
-                f"WAIT: {min(int(n) for n in acks)} of {self.wait_replicas} replicas "
-                f"acknowledged the batch within {self.wait_ms} ms"
+                f"WAIT: {min(int(n) for n in acks)} of {wait.replicas} replicas "
+                f"acknowledged the batch within {wait.timeout_ms} ms"
             )
         now = self._placement(streams)
         if any(now[stream] is not node for stream, node in placed.items()):
@@ -129,18 +142,10 @@ class RedisStreamsBus(SpoolingBus):
         owns_redis: bool = False,
         strict: bool = False,
         shards: int = 1,
-        wait_replicas: int = 0,
-        wait_timeout: float = 0.2,
+        wait: ReplicaWait | None = None,
     ) -> None:
         super().__init__(
-            StreamSink(
-                redis,
-                stream_key,
-                owns_redis=owns_redis,
-                shards=shards,
-                wait_replicas=wait_replicas,
-                wait_timeout=wait_timeout,
-            ),
+            StreamSink(redis, stream_key, owns_redis=owns_redis, shards=shards, wait=wait),
             spool,
             capacity=capacity,
             batch_size=batch_size,
