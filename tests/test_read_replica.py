@@ -16,6 +16,7 @@ from shared.management.service import Management
 from shared.store import SqlStore, make_store
 from tests.pipeline_kit import Owners, seed, wait_for
 from tests.postgres_standby import Standby, require_postgres_binaries
+from tests.services import free_port
 
 KEY = "k" * 43 + "="
 
@@ -113,3 +114,23 @@ def test_the_read_url_must_be_postgres() -> None:
                 "DATABASE_READ_URL": "replica.db",
             }
         )
+
+
+async def test_an_unreachable_replica_leaves_the_reads_to_the_primary(
+    standby: Standby, caplog: pytest.LogCaptureFixture
+) -> None:
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    settings = settings_for(standby).replace(database_read_url=nowhere)
+    made = make_store(settings)
+    await made.open(wait=True)
+    try:
+        mgmt = management(made, standby)
+        owners = await seed(made, tokens=1, name="replica-down")
+        await record(made, owners, 4, 0)
+        report = await mgmt.usage_report(i.UsageQuery(project_id=owners.project_id))
+        assert report["total"]["requests"] == 4  # served by the primary
+        assert "read replica (DATABASE_READ_URL) gave no connection" in caplog.text
+        page = await mgmt.token_usage(i.TokenUsage(token_id=owners.tokens[0].id))
+        assert len(page["events"]) == 4  # and the next reads go straight to the primary
+    finally:
+        await made.close()

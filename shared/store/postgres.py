@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -25,6 +27,13 @@ from shared.store.base import (
     one_per_request,
     usage_by_owner,
 )
+
+#: How long a read waits for a replica connection before the primary serves it, and how long
+#: the primary then keeps serving the replica's reads before it is tried again.
+REPLICA_WAIT = 2.0
+REPLICA_REST = 30.0
+
+log = logging.getLogger("llm_proxy.store")
 
 # Any fixed 64-bit number: the advisory lock that serialises concurrent `llm-proxy migrate` runs.
 MIGRATION_LOCK_KEY = 0x6C6C6D70726F7879  # "llmproxy"
@@ -138,7 +147,9 @@ class PostgresStore(SqlStore):
         self.url = url
         self.timeout = timeout
         self._replica: PostgresStore | None = None
-        self._open_on_first_use = False  # a replica's pool: opened by its first read
+        #: on a replica's store: the primary, which serves its reads while it is unreachable
+        self._primary: PostgresStore | None = None
+        self._replica_down_until = 0.0
         if read_url:
             self._replica = PostgresStore(
                 read_url,
@@ -150,7 +161,7 @@ class PostgresStore(SqlStore):
                 tcp_user_timeout=tcp_user_timeout,
                 statement_timeout=statement_timeout,
             )
-            self._replica._open_on_first_use = True
+            self._replica._primary = self
         self.pool = AsyncConnectionPool(
             url,
             min_size=min(min_idle, pool_size),
@@ -203,10 +214,43 @@ class PostgresStore(SqlStore):
 
     @asynccontextmanager
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
-        if self._open_on_first_use and self.pool.closed:
-            await self.pool.open()  # idempotent under its lock; connects in the background
+        if self._primary is not None:  # a replica
+            async with self._replica_transaction(self._primary, readonly) as tx:
+                yield tx
+            return
         async with self.pool.connection() as conn, conn.transaction():
             yield _PgTx(conn)
+
+    @asynccontextmanager
+    async def _replica_transaction(
+        self, primary: PostgresStore, readonly: bool
+    ) -> AsyncIterator[Tx]:
+        """On the replica; while it cannot give a connection (down, or every connection busy
+        for REPLICA_WAIT), on the primary, which then serves these reads for REPLICA_REST
+        before the replica is tried again."""
+        conn = None
+        if time.monotonic() >= self._replica_down_until:
+            if self.pool.closed:
+                await self.pool.open()  # idempotent under its lock; connects in the background
+            try:
+                conn = await self.pool.getconn(timeout=REPLICA_WAIT)
+            except PoolTimeout:
+                self._replica_down_until = time.monotonic() + REPLICA_REST
+                log.warning(
+                    "the read replica (DATABASE_READ_URL) gave no connection in %.0fs; reading "
+                    "from DATABASE_URL for %.0fs",
+                    REPLICA_WAIT,
+                    REPLICA_REST,
+                )
+        if conn is None:
+            async with primary.transaction(readonly=readonly) as tx:
+                yield tx
+            return
+        try:
+            async with conn.transaction():
+                yield _PgTx(conn)
+        finally:
+            await self.pool.putconn(conn)
 
     async def insert_events(self, tx: Tx, events: Sequence[RequestEvent]) -> list[RequestEvent]:
         conn = tx.conn if isinstance(tx, _PgTx) else None
