@@ -17,6 +17,7 @@ from shared.store import SqlStore, make_store
 from tests.pipeline_kit import Owners, seed, wait_for
 from tests.postgres_standby import Standby, require_postgres_binaries
 from tests.services import free_port
+from tests.test_cli import ok_json
 
 KEY = "k" * 43 + "="
 
@@ -134,3 +135,36 @@ async def test_an_unreachable_replica_leaves_the_reads_to_the_primary(
         assert len(page["events"]) == 4  # and the next reads go straight to the primary
     finally:
         await made.close()
+
+
+def test_the_cli_reports_usage_from_the_replica(standby: Standby) -> None:
+    """`llm-proxy manage usage` with DATABASE_READ_URL, as an operator runs it."""
+    env = {
+        "DB_DRIVER": "postgres",
+        "DATABASE_URL": standby.primary_url,
+        "DATABASE_READ_URL": standby.standby_url,
+        "ENCRYPTION_KEY": KEY,
+    }
+
+    async def write(n: int, start: int, owners: Owners | None = None) -> Owners:
+        made = make_store(Settings.from_env(env))
+        await made.open(wait=True)
+        try:
+            await made.migrate()
+            owners = owners or await seed(made, tokens=1, name="replica-cli")
+            await record(made, owners, n, start)
+        finally:
+            await made.close()
+        return owners
+
+    owners = asyncio.run(write(3, 0))
+    asyncio.run(wait_for(lambda: _true(standby.caught_up()), timeout=60, what="the standby"))
+    standby.pause_replay()
+    try:
+        asyncio.run(write(2, 3, owners))
+        usage = ok_json(env, "manage", "usage", "--project-id", owners.project_id)
+        assert usage["total"]["requests"] == 3  # the replica's figure
+        token = ok_json(env, "manage", "token", "show", owners.tokens[0].id)
+        assert token["request_count"] == 5  # the primary's
+    finally:
+        standby.resume_replay()
