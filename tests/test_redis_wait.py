@@ -19,7 +19,7 @@ from shared.config import ConfigError, Settings
 from shared.events import RequestEvent
 from shared.streams import EVENT_FIELD, shard_keys
 from tests.pipeline_kit import wait_for
-from tests.redis_topologies import Cluster, require_redis_binaries, wait_until
+from tests.redis_topologies import Cluster, SentinelSet, require_redis_binaries, wait_until
 from tests.services import RedisProcess
 from tests.tcp_proxy import TcpProxy
 
@@ -216,3 +216,36 @@ async def test_on_a_cluster_each_master_waits_for_its_replica(tmp_path: Path) ->
         await bus.close()
     finally:
         cluster.stop()
+
+
+async def test_through_sentinel_what_is_sent_is_on_both_replicas(tmp_path: Path) -> None:
+    require_redis_binaries()
+    sentinels = SentinelSet().start()
+    try:
+        settings = Settings.from_env(
+            {
+                "LLM_PROXY_EVENT_BUS": "redis-streams",
+                "REDIS_MODE": "sentinel",
+                "REDIS_ADDR": sentinels.addr,
+                "REDIS_SENTINEL_MASTER": sentinels.name,
+                "REDIS_WAIT_REPLICAS": "2",
+                "REDIS_WAIT_TIMEOUT": "500ms",
+                "EVENT_SPOOL_DIR": str(tmp_path / "spool"),
+            }
+        )
+        bus = make_bus(settings, store=None)  # type: ignore[arg-type]
+        assert isinstance(bus, RedisStreamsBus)
+        await bus.start()
+        batch = events(40)
+        for event in batch:
+            bus.publish(event)
+        await wait_for(lambda: _true(bus.published == 40), timeout=60, what="40 sent")
+        assert bus.spooled == 0 and bus.redis_ok
+        master = sentinels.master_port()
+        replicas = [s for s in sentinels.servers if s.port != master]
+        assert len(replicas) == 2
+        for replica in replicas:  # read at once: WAIT 2 said both hold the batch
+            assert ids_on(replica) == {e.event_id for e in batch}
+        await bus.close()
+    finally:
+        sentinels.stop()

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from proxy.bus.spool import Spool
 from proxy.bus.spooling import SpoolingBus
 from shared.events import RequestEvent
+from shared.redis import close_redis
 from shared.streams import EVENT_FIELD, shard_keys, shard_of
 
 
@@ -121,7 +122,7 @@ class StreamSink:
 
     async def close(self) -> None:
         if self.owns_redis:
-            await self.redis.aclose()
+            await close_redis(self.redis)
 
 
 class RedisStreamsBus(SpoolingBus):
