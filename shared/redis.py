@@ -117,15 +117,6 @@ def sentinel(redis: RedisSettings, seconds: float) -> Sentinel:
     )
 
 
-async def close_redis(redis: aioredis.Redis) -> None:
-    """Close a client of ``make_redis``, and in Sentinel mode the connections its pool holds
-    to the sentinels (closing the client alone leaves those open)."""
-    manager = getattr(getattr(redis, "connection_pool", None), "sentinel_manager", None)
-    await redis.aclose()
-    for client in getattr(manager, "sentinels", ()):
-        await client.aclose()
-
-
 def is_cluster(redis: aioredis.Redis) -> bool:
     return isinstance(redis, RedisCluster)
 

@@ -18,9 +18,10 @@ import uuid
 from tempfile import mkdtemp
 
 import redis
-import redis.asyncio as aioredis
 
 from proxy.bus.redis_streams import ReplicaWait, StreamSink
+from proxy.redis_client import FastRedis
+from shared.config import Settings
 from shared.events import RequestEvent
 from tests.services import RedisProcess
 
@@ -38,7 +39,9 @@ def _lines(n: int) -> list[bytes]:
 
 
 async def _measure(port: int, wait: int, batch: int) -> dict[str, float]:
-    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+    client = FastRedis.from_settings(
+        Settings.from_env({"REDIS_ADDR": f"127.0.0.1:{port}", "REDIS_TIMEOUT": "2s"})
+    )
     key = f"bench-wait-{wait}-{batch}"
     sink = StreamSink(client, key, owns_redis=True, wait=ReplicaWait(wait))
     lines = _lines(batch)

@@ -292,7 +292,8 @@ class SpoolingBus:
         if self._closing or len(self._buffer) >= self.batch_size:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     async def _send_buffer(self) -> bool:
         take = min(self.batch_size, len(self._buffer))
@@ -337,7 +338,8 @@ class SpoolingBus:
         """Run one send; the events it refused, or None if the sink failed (now spooling)."""
         self.spool.observe(sum(len(line) for line in lines), len(lines))
         try:
-            refused = await asyncio.wait_for(sending, self.send_timeout)
+            async with asyncio.timeout(self.send_timeout):  # no task per send, as wait_for has
+                refused = await sending
         except Exception as exc:
             self._sink_failed(exc)
             return None
