@@ -93,20 +93,33 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
     made.stop()
 
 
-def bus_through(pair: Pair, spool: Path, wait_replicas: int) -> RedisStreamsBus:
+def bus_with(spool: Path, **env: str) -> RedisStreamsBus:
     settings = Settings.from_env(
-        {
-            "LLM_PROXY_EVENT_BUS": "redis-streams",
-            "REDIS_ADDR": f"127.0.0.1:{pair.vip.port}",
-            "REDIS_TIMEOUT": "1s",
-            "REDIS_WAIT_REPLICAS": str(wait_replicas),
-            "REDIS_WAIT_TIMEOUT": "100ms",
-            "EVENT_SPOOL_DIR": str(spool),
-        }
+        {"LLM_PROXY_EVENT_BUS": "redis-streams", "EVENT_SPOOL_DIR": str(spool), **env}
     )
     bus = make_bus(settings, store=None)  # type: ignore[arg-type]  # the store is the memory bus's
     assert isinstance(bus, RedisStreamsBus)
     return bus
+
+
+def bus_through(pair: Pair, spool: Path, wait_replicas: int) -> RedisStreamsBus:
+    return bus_with(
+        spool,
+        REDIS_ADDR=f"127.0.0.1:{pair.vip.port}",
+        REDIS_TIMEOUT="1s",
+        REDIS_WAIT_REPLICAS=str(wait_replicas),
+        REDIS_WAIT_TIMEOUT="100ms",
+    )
+
+
+async def sent(bus: RedisStreamsBus, n: int) -> list[RequestEvent]:
+    """Publish ``n`` events on a started bus; return them once the bus counts them sent."""
+    batch = events(n)
+    for event in batch:
+        bus.publish(event)
+    await wait_for(lambda: _true(bus.published == n), timeout=60, what=f"{n} sent")
+    assert bus.spooled == 0 and bus.redis_ok
+    return batch
 
 
 def events(n: int) -> list[RequestEvent]:
@@ -181,25 +194,16 @@ async def test_on_a_cluster_each_master_waits_for_its_replica(tmp_path: Path) ->
     require_redis_binaries()
     cluster = Cluster().start()
     try:
-        settings = Settings.from_env(
-            {
-                "LLM_PROXY_EVENT_BUS": "redis-streams",
-                "REDIS_MODE": "cluster",
-                "REDIS_ADDR": cluster.addr,
-                "REDIS_STREAM_SHARDS": "3",
-                "REDIS_WAIT_REPLICAS": "1",
-                "REDIS_WAIT_TIMEOUT": "500ms",
-                "EVENT_SPOOL_DIR": str(tmp_path / "spool"),
-            }
+        bus = bus_with(
+            tmp_path / "spool",
+            REDIS_MODE="cluster",
+            REDIS_ADDR=cluster.addr,
+            REDIS_STREAM_SHARDS="3",
+            REDIS_WAIT_REPLICAS="1",
+            REDIS_WAIT_TIMEOUT="500ms",
         )
-        bus = make_bus(settings, store=None)  # type: ignore[arg-type]
-        assert isinstance(bus, RedisStreamsBus)
         await bus.start()
-        batch = events(60)
-        for event in batch:
-            bus.publish(event)
-        await wait_for(lambda: _true(bus.published == 60), timeout=60, what="60 sent")
-        assert bus.spooled == 0 and bus.redis_ok
+        batch = await sent(bus, 60)
         keys = shard_keys(KEY, 3)
         assert len({cluster.master_of(k).port for k in keys}) > 1  # the test spans masters
         on_replicas: set[str] = set()
@@ -222,25 +226,16 @@ async def test_through_sentinel_what_is_sent_is_on_both_replicas(tmp_path: Path)
     require_redis_binaries()
     sentinels = SentinelSet().start()
     try:
-        settings = Settings.from_env(
-            {
-                "LLM_PROXY_EVENT_BUS": "redis-streams",
-                "REDIS_MODE": "sentinel",
-                "REDIS_ADDR": sentinels.addr,
-                "REDIS_SENTINEL_MASTER": sentinels.name,
-                "REDIS_WAIT_REPLICAS": "2",
-                "REDIS_WAIT_TIMEOUT": "500ms",
-                "EVENT_SPOOL_DIR": str(tmp_path / "spool"),
-            }
+        bus = bus_with(
+            tmp_path / "spool",
+            REDIS_MODE="sentinel",
+            REDIS_ADDR=sentinels.addr,
+            REDIS_SENTINEL_MASTER=sentinels.name,
+            REDIS_WAIT_REPLICAS="2",
+            REDIS_WAIT_TIMEOUT="500ms",
         )
-        bus = make_bus(settings, store=None)  # type: ignore[arg-type]
-        assert isinstance(bus, RedisStreamsBus)
         await bus.start()
-        batch = events(40)
-        for event in batch:
-            bus.publish(event)
-        await wait_for(lambda: _true(bus.published == 40), timeout=60, what="40 sent")
-        assert bus.spooled == 0 and bus.redis_ok
+        batch = await sent(bus, 40)
         master = sentinels.master_port()
         replicas = [s for s in sentinels.servers if s.port != master]
         assert len(replicas) == 2
