@@ -880,7 +880,8 @@ class Settings:
         "EVENT_SPOOL_MAX_BYTES",
         128 * 1024**2,
         "Cap on each worker's spool (`134217728`, `512MiB`, `1GB`); past it, events are dropped, "
-        "counted and logged.",
+        "counted and logged (but those of requests already admitted under "
+        "`EVENT_BUS_FAILURE_MODE=reject`, which are always written).",
         _size,
         shown="`128MiB`",
     )
