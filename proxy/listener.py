@@ -56,7 +56,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     - Errors uvicorn answers itself in text/plain (malformed HTTP) get our envelope instead.
     - Arrival: the clock is read once per socket read, before parsing; the read that begins a
       request puts its moment in the request's scope (proxy/overhead.py), so the proxy's own
-      figures start when the request's first bytes reached the worker.
+      figures start when the request's first bytes reached the worker. Time writing is paused
+      by flow control (a client not reading) is added up in the scope too: it is the client's
+      time, not the proxy's. Nothing is done while writing is not paused.
     """
 
     limits: ClassVar[HeadLimits]
@@ -69,6 +71,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_watch: asyncio.TimerHandle | None = None
         self._refusal: LLMProxyError | None = None
         self._read_at = 0.0
+        self._paused_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -101,6 +104,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_since = self.loop.time()
         super().on_message_begin()
         self.scope["state"][overhead.KEY] = self._read_at
+
+    def pause_writing(self) -> None:
+        self._paused_at = time.perf_counter()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._paused_at and self.scope is not None:
+            state = self.scope["state"]
+            paused = time.perf_counter() - self._paused_at
+            state[overhead.PAUSED_KEY] = state.get(overhead.PAUSED_KEY, 0.0) + paused
+        self._paused_at = 0.0
+        super().resume_writing()
 
     def on_headers_complete(self) -> None:
         self._reading_head = False

@@ -11,7 +11,8 @@ server), a request has no stamp, and its arrival is the app's first moment.
   upstream wait for that head. A header cannot include what happens after it is written.
 - ``llm_proxy_overhead_seconds``: the same, continued to the answer's last byte handed to the
   socket (the server's writing of the head and body, relaying each chunk), less every upstream
-  wait (the head's, and each read of a relayed body). See docs/operations.md "Server-Timing".
+  wait (the head's, and each read of a relayed body) and any time writing was paused because
+  the client was not reading (flow control). See docs/operations.md "Server-Timing".
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from proxy.headers import server_timing
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
 
-#: The key in ``scope["state"]``; a ``time.perf_counter()`` moment.
+#: The keys in ``scope["state"]``: the arrival, a ``time.perf_counter()`` moment; and the
+#: seconds writing the answer was paused by flow control (absent if it never was).
 KEY = "llm_proxy.arrival"
+PAUSED_KEY = "llm_proxy.write_paused"
 
 
 def arrival(scope: dict[str, Any]) -> tuple[float, float]:
@@ -50,9 +53,12 @@ def head_timing(ex: Exchange, upstream_ms: float) -> bytes:
 
 def overhead_seconds(ex: Exchange) -> float:
     """The histogram's figure: ``proxy;dur`` plus, once the last byte was written, the time
-    from the head to it less the upstream waits in between (0 for an answer without a head
-    figure, which is not observed)."""
+    from the head to it less the waits in between that were not the proxy's (0 for an answer
+    without a head figure, which is not observed)."""
     if not ex.written_at or not ex.head_at:
         return ex.proxy_ms / 1000
     after_head = ex.written_at - ex.head_at - ex.body_wait_ms / 1000
+    state = ex.scope.get("state")
+    if state is not None:
+        after_head -= state.get(PAUSED_KEY, 0.0)
     return ex.proxy_ms / 1000 + max(after_head, 0.0)
