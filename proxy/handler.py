@@ -25,6 +25,7 @@ from proxy.headers import Cors, request_id_from
 from proxy.limits import NO_LIMITS, Limiter, TrustedProxies, scope_client_ip
 from proxy.metrics import Metrics
 from proxy.model_scope import check_model, names_model
+from proxy.overhead import arrival, overhead_seconds
 from proxy.profiling import Profiler, record_of
 from proxy.ratelimit_headers import openai_request_headers
 from proxy.relay import Relay, send_served
@@ -105,8 +106,7 @@ class ProxyHandler:
         self.draining = False
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        started = time.perf_counter()
-        arrived = time.time()
+        started, arrived = arrival(scope)  # from the first bytes' arrival (proxy/overhead.py)
         method: str = scope["method"]
         authorization = api_key = request_id_raw = origin = content_length = content_type = None
         preflight = repeated = False
@@ -369,7 +369,7 @@ class ProxyHandler:
             duration,
             ex.upstream_ms / 1000,
             ex.ttfb_ms / 1000,
-            ex.proxy_ms / 1000,
+            overhead_seconds(ex),
         )
         if ex.error == "invalid_api_key":
             metrics.auth_failures.inc()

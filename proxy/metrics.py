@@ -117,8 +117,9 @@ class Metrics:
         )
         self.overhead = Histogram(
             "llm_proxy_overhead_seconds",
-            "Time spent in the proxy up to the response head, upstream waits excluded "
-            "(Server-Timing proxy;dur), for forwarded and cached answers alike.",
+            "The proxy's own time from the request's first bytes to the answer's last byte, "
+            "upstream waits and client flow control excluded; Server-Timing proxy;dur is its "
+            "part up to the response head.",
             ["endpoint"],
             buckets=_OVERHEAD_BUCKETS,
             registry=r,
