@@ -1,6 +1,7 @@
 """Budgets and tokens per minute on the request path: reserve an upper-bound estimate before
-forwarding, settle to the request's cost when it ends; the database decides (one transaction
-each), so every worker of every instance shares one count."""
+forwarding, settle to the request's cost when it ends. With Redis, one script call each decides
+for every worker of every instance (proxy/budgets/redis.py); without, the database does (one
+transaction each)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from proxy.budgets.keys import group_of
+from proxy.budgets.redis import RedisBudgets
 from proxy.model_scope import model_of
 from shared.clock import from_epoch
 from shared.errors import BudgetExceeded, TpmExceeded
@@ -41,8 +44,10 @@ class Budgeter:
         *,
         default_completion: int,
         on_soft_exceeded: Callable[[], None] | None = None,
+        redis: RedisBudgets | None = None,
     ) -> None:
         self.store = store
+        self.redis = redis
         self.on_soft_exceeded = on_soft_exceeded
         self.default_completion = default_completion
         self._book: PriceBook | None = None
@@ -84,7 +89,13 @@ class Budgeter:
                 "held to the budget.",
                 headers={"x-should-retry": "false"},
             )
-        decision = await self.store.reserve(limits, estimate or 0, prompt + completion, now)
+        if self.redis is not None:
+            group = group_of(limits, project_id, token_id)
+            decision = await self.redis.reserve(
+                limits, estimate or 0, prompt + completion, now, group
+            )
+        else:
+            decision = await self.store.reserve(limits, estimate or 0, prompt + completion, now)
         refused = decision.refused
         if refused is not None:
             self.refused += 1
@@ -109,9 +120,17 @@ class Budgeter:
                 cost = event_cost(event, await self.book())
                 picos = 0 if cost == UNPRICED else cost
                 tokens = event.prompt_tokens + event.completion_tokens
-            await self.store.settle(reservation.held, picos, tokens)
+            if self.redis is not None:
+                await self.redis.settle(reservation.held, picos, tokens)
+            else:
+                await self.store.settle(reservation.held, picos, tokens)
         except Exception:  # the reservation stays held until its window passes: conservative
             log.exception("settling a budget reservation failed")
+
+    async def close(self) -> None:
+        """Write what is left of the settled spend (Redis only; the database needs nothing)."""
+        if self.redis is not None:
+            await self.redis.close()
 
     async def _audit_soft(self, exceeded: list[BudgetLimit], token_id: str) -> None:
         try:
