@@ -1,0 +1,225 @@
+"""Budgets decided in Redis, on a real Redis (and a real Cluster) over both stores: concurrent
+reservations never pass a hard budget by more than one estimate; amounts beyond what a double
+holds stay exact; a counter lost with a Redis flush is seeded again from the database; with
+Redis stopped the database decides, and the spend it decided counts once Redis is back; a
+request's counters share one slot, and different tokens spread over the slots."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from proxy.budgets.keys import BudgetKeys, group_of
+from proxy.budgets.redis import RedisBudgets
+from proxy.redis_client import FastRedis
+from proxy.redis_cluster import key_slot
+from shared.clock import new_id
+from shared.config import Settings
+from shared.money.budgets import Window
+from shared.store import SqlStore
+from shared.store.budgets import BudgetLimit
+from tests.services import RedisProcess
+
+NOW = datetime.now(tz=UTC)
+DOLLAR = 10**12
+
+
+async def _budgets(store: SqlStore, settings: Settings, prefix: str) -> RedisBudgets:
+    return RedisBudgets(
+        store, FastRedis.from_settings(settings), BudgetKeys(prefix, b"test-secret")
+    )
+
+
+@pytest.fixture
+async def budgets(
+    store: SqlStore, redis_env: dict[str, str], unique_prefix: str
+) -> AsyncIterator[RedisBudgets]:
+    b = await _budgets(store, Settings.from_env(redis_env), unique_prefix)
+    yield b
+    await b.close()
+    await b.redis.aclose()
+
+
+async def _counter(b: RedisBudgets, limit: BudgetLimit, group: str) -> dict[bytes, bytes]:
+    flat = await b.redis.command("HGETALL", b.keys.key(limit, group))
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+async def test_hard_budget_under_concurrency(budgets: RedisBudgets, store: SqlStore) -> None:
+    owner = new_id()
+    budget = BudgetLimit(owner, Window("1d"), picos=DOLLAR)
+    rng = random.Random(5)
+    estimates: list[int] = []
+    settled: list[int] = []
+    refused = 0
+
+    async def one() -> None:
+        nonlocal refused
+        estimate = rng.randrange(DOLLAR // 100, DOLLAR // 20)
+        decision = await budgets.reserve([budget], estimate, 7, NOW, owner)
+        if decision.refused is not None:
+            refused += 1
+            return
+        estimates.append(estimate)
+        await asyncio.sleep(0)
+        actual = rng.randrange(0, estimate + 1)
+        await budgets.settle(decision.held, actual, 3)
+        settled.append(actual)
+
+    for _ in range(6):
+        await asyncio.gather(*(one() for _ in range(25)))
+    assert refused > 0
+    assert sum(settled) <= DOLLAR + max(estimates)
+    counter = await _counter(budgets, budget, owner)
+    assert counter[b"r"] == b"0" and counter[b"rt"] == b"0"  # every reservation settled
+    in_redis = sum(int(v) for f, v in counter.items() if f.startswith(b"p:"))
+    assert in_redis == sum(settled)
+    await budgets.ledger.flush()  # the durable record: the same figure, in the database
+    assert await store.budget_used(owner, Window("1d"), NOW) == (sum(settled), 3 * len(settled))
+
+
+async def test_amounts_past_a_doubles_precision(budgets: RedisBudgets) -> None:
+    """A $2,000,000 budget counted to the pico-dollar (2^53 picos is about $9,007)."""
+    owner = new_id()
+    limit = 2 * 10**6 * DOLLAR + 7
+    budget = BudgetLimit(owner, Window("1mo", calendar=True), picos=limit)
+    first = await budgets.reserve([budget], limit - 1, 0, NOW, owner)
+    assert first.refused is None and first.used == [(0, 0)]
+    second = await budgets.reserve([budget], 1, 0, NOW, owner)  # used = limit - 1: admitted
+    assert second.refused is None and second.used == [(limit - 1, 0)]
+    third = await budgets.reserve([budget], 1, 0, NOW, owner)
+    assert third.refused == budget and third.used == [(limit, 0)]
+    await budgets.settle(second.held, 0, 0)  # one pico back
+    fourth = await budgets.reserve([budget], 1, 0, NOW, owner)
+    assert fourth.refused is None and fourth.used == [(limit - 1, 0)]
+
+
+async def test_token_and_project_together_all_or_none(budgets: RedisBudgets) -> None:
+    token, project = new_id(), new_id()
+    spent = BudgetLimit(project, Window("5h"), picos=10)
+    tpm = BudgetLimit(token, Window("1m"), tokens=100, tpm=True)
+    group = group_of([spent, tpm], project, token)
+    assert group == project
+    first = await budgets.reserve([spent], 10, 0, NOW, group)
+    await budgets.settle(first.held, 10, 0)
+    refused = await budgets.reserve([tpm, spent], 1, 5, NOW, group)
+    assert refused.refused == spent
+    assert (await _counter(budgets, tpm, group))[b"rt"] == b"0"  # nothing reserved
+    soft = BudgetLimit(project, Window("5h"), picos=10, hard=False)
+    flagged = await budgets.reserve([tpm, soft], 1, 5, NOW, group)
+    assert flagged.refused is None and flagged.exceeded == [soft]
+    assert sorted(flagged.used) == [(0, 0), (10, 0)]
+
+
+async def test_a_flushed_counter_is_seeded_from_the_database(
+    budgets: RedisBudgets, store: SqlStore
+) -> None:
+    owner = new_id()
+    budget = BudgetLimit(owner, Window("1d"), picos=DOLLAR)
+    d = await budgets.reserve([budget], DOLLAR, 0, NOW, owner)
+    await budgets.settle(d.held, DOLLAR - 5, 0)
+    await budgets.ledger.flush()
+    await budgets.redis.command("DEL", budgets.keys.key(budget, owner))  # as a FLUSHALL would
+    again = await budgets.reserve([budget], 10, 0, NOW, owner)
+    assert again.refused is None and again.used == [(DOLLAR - 5, 0)]
+    await budgets.settle(again.held, 5, 0)
+    assert (await budgets.reserve([budget], 1, 0, NOW, owner)).refused == budget
+    await budgets.ledger.flush()
+    assert await store.budget_used(owner, Window("1d"), NOW) == (DOLLAR, 0)
+
+
+async def test_with_redis_stopped_the_database_decides(store: SqlStore, unique_prefix: str) -> None:
+    server = RedisProcess().start()
+    try:
+        b = await _budgets(store, Settings.from_env({"REDIS_ADDR": server.addr}), unique_prefix)
+        b.retry_after_failure = 0.0  # every request tries Redis again
+        owner = new_id()
+        budget = BudgetLimit(owner, Window("5h"), picos=100)
+        in_redis = await b.reserve([budget], 40, 0, NOW, owner)
+        await b.settle(in_redis.held, 30, 0)
+        await b.ledger.flush()
+        server.stop()
+        in_db = await b.reserve([budget], 40, 0, NOW, owner)  # the database sees the 30
+        assert b.fallbacks == 1 and in_db.refused is None and in_db.used == [(30, 0)]
+        await b.settle(in_db.held, 40, 0)
+        server.start()  # empty, as a restarted Redis without persistence
+        assert (await b.reserve([budget], 40, 0, NOW, owner)).used == [(70, 0)]
+        over = await b.reserve([budget], 40, 0, NOW, owner)
+        assert over.refused == budget and over.used == [(110, 0)]
+        await b.close()
+        await b.redis.aclose()
+    finally:
+        server.stop()
+
+
+async def test_spend_decided_in_the_database_counts_when_redis_returns(
+    store: SqlStore, unique_prefix: str
+) -> None:
+    """Redis keeps its data through the outage: the counters this worker bypassed are seeded
+    afresh, so the spend the database decided meanwhile is not forgotten."""
+    server = RedisProcess().start()
+    try:
+        b = await _budgets(store, Settings.from_env({"REDIS_ADDR": server.addr}), unique_prefix)
+        b.retry_after_failure = 0.0
+        owner = new_id()
+        budget = BudgetLimit(owner, Window("1d"), picos=100)
+        first = await b.reserve([budget], 50, 0, NOW, owner)
+        await b.settle(first.held, 50, 0)
+        await b.ledger.flush()
+        server.proc.send_signal(19)  # type: ignore[union-attr]  # SIGSTOP: unreachable, data kept
+        try:
+            cut = await b.reserve([budget], 50, 0, NOW, owner)
+            assert b.fallbacks == 1 and cut.used == [(50, 0)]
+            await b.settle(cut.held, 50, 0)
+        finally:
+            server.proc.send_signal(18)  # type: ignore[union-attr]  # SIGCONT
+        back = await b.reserve([budget], 1, 0, NOW, owner)
+        assert back.refused == budget and back.used == [(100, 0)]
+        await b.close()
+        await b.redis.aclose()
+    finally:
+        server.stop()
+
+
+def test_keys_share_a_slot_per_request_and_spread_by_token() -> None:
+    keys = BudgetKeys("p:", b"secret")
+    project = new_id()
+    tokens = [new_id() for _ in range(200)]
+    shared = BudgetLimit(project, Window("1mo"), picos=DOLLAR)
+    for t in tokens[:5]:
+        own = [BudgetLimit(t, Window("1d"), picos=DOLLAR), BudgetLimit(t, Window("1m"), tokens=9)]
+        group = group_of([*own, shared], project, t)
+        assert len({key_slot(keys.key(b, group)) for b in [*own, shared]}) == 1
+    alone = [
+        key_slot(keys.key(BudgetLimit(t, Window("1d"), picos=1), group_of([], project, t)))
+        for t in tokens
+    ]
+    assert len(set(alone)) > 150  # without a project budget, tokens land all over the slots
+
+
+async def test_one_script_per_request_on_a_cluster(
+    store: SqlStore, cluster_env: dict[str, str], unique_prefix: str
+) -> None:
+    b = await _budgets(store, Settings.from_env(cluster_env), unique_prefix)
+    try:
+        project = new_id()
+        shared = BudgetLimit(project, Window("1d"), picos=100)
+        slots = set()
+        for i in range(4):
+            token = new_id()
+            own = BudgetLimit(token, Window("5h"), picos=100)
+            group = group_of([own, shared], project, token)
+            slots.add(key_slot(b.keys.key(own, group)))
+            d = await b.reserve([own, shared], 30, 0, NOW, group)
+            if i < 3:
+                await b.settle(d.held, 30, 0)
+        assert len(slots) == 1  # the project's slot: one script sees its counter and the token's
+        assert sorted(d.used) == [(0, 0), (90, 0)]  # the project's spend, from three tokens
+        assert (await b.reserve([own, shared], 1, 0, NOW, group)).refused == shared
+    finally:
+        await b.close()
+        await b.redis.aclose()
