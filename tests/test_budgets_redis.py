@@ -23,6 +23,7 @@ from shared.money.budgets import Window
 from shared.store import SqlStore
 from shared.store.budgets import BudgetLimit
 from tests.services import RedisProcess
+from tests.tcp_proxy import TcpProxy
 
 NOW = datetime.now(tz=UTC)
 DOLLAR = 10**12
@@ -157,32 +158,32 @@ async def test_with_redis_stopped_the_database_decides(store: SqlStore, unique_p
 
 
 async def test_spend_decided_in_the_database_counts_when_redis_returns(
-    store: SqlStore, unique_prefix: str
+    store: SqlStore, redis_env: dict[str, str], unique_prefix: str
 ) -> None:
-    """Redis keeps its data through the outage: the counters this worker bypassed are seeded
+    """Redis keeps its data through a cut: the counters this worker bypassed are seeded
     afresh, so the spend the database decided meanwhile is not forgotten."""
-    server = RedisProcess().start()
+    host, port = redis_env["REDIS_ADDR"].split(":")
+    cut = TcpProxy(host, int(port)).start()
     try:
-        b = await _budgets(store, Settings.from_env({"REDIS_ADDR": server.addr}), unique_prefix)
+        settings = Settings.from_env({"REDIS_ADDR": f"127.0.0.1:{cut.port}"})
+        b = await _budgets(store, settings, unique_prefix)
         b.retry_after_failure = 0.0
         owner = new_id()
         budget = BudgetLimit(owner, Window("1d"), picos=100)
         first = await b.reserve([budget], 50, 0, NOW, owner)
         await b.settle(first.held, 50, 0)
         await b.ledger.flush()
-        server.proc.send_signal(19)  # type: ignore[union-attr]  # SIGSTOP: unreachable, data kept
-        try:
-            cut = await b.reserve([budget], 50, 0, NOW, owner)
-            assert b.fallbacks == 1 and cut.used == [(50, 0)]
-            await b.settle(cut.held, 50, 0)
-        finally:
-            server.proc.send_signal(18)  # type: ignore[union-attr]  # SIGCONT
+        cut.stop()  # refused: nothing reaches Redis, which keeps its counter of 50
+        in_db = await b.reserve([budget], 50, 0, NOW, owner)
+        assert b.fallbacks == 1 and in_db.used == [(50, 0)]
+        await b.settle(in_db.held, 50, 0)
+        cut.start()
         back = await b.reserve([budget], 1, 0, NOW, owner)
         assert back.refused == budget and back.used == [(100, 0)]
         await b.close()
         await b.redis.aclose()
     finally:
-        server.stop()
+        cut.stop()
 
 
 def test_keys_share_a_slot_per_request_and_spread_by_token() -> None:
