@@ -177,7 +177,11 @@ class ProxyApp:
             )
             await profiler.start()
         budgets = make_budgeter(
-            settings, store, fast, on_soft_exceeded=self.metrics.money.soft_exceeded.inc
+            settings,
+            store,
+            fast,
+            on_soft_exceeded=self.metrics.money.soft_exceeded.inc,
+            on_fallback=self.metrics.money.budget_fallbacks.inc,
         )
         self.handler = ProxyHandler(
             settings,

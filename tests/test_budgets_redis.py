@@ -133,6 +133,7 @@ async def test_a_flushed_counter_is_seeded_from_the_database(
     assert await store.budget_used(owner, Window("1d"), NOW) == (DOLLAR, 0)
 
 
+@pytest.mark.fault
 async def test_with_redis_stopped_the_database_decides(store: SqlStore, unique_prefix: str) -> None:
     server = RedisProcess().start()
     try:
@@ -157,6 +158,7 @@ async def test_with_redis_stopped_the_database_decides(store: SqlStore, unique_p
         server.stop()
 
 
+@pytest.mark.fault
 async def test_spend_decided_in_the_database_counts_when_redis_returns(
     store: SqlStore, redis_env: dict[str, str], unique_prefix: str
 ) -> None:
@@ -202,6 +204,7 @@ def test_keys_share_a_slot_per_request_and_spread_by_token() -> None:
     assert len(set(alone)) > 150  # without a project budget, tokens land all over the slots
 
 
+@pytest.mark.cluster
 async def test_one_script_per_request_on_a_cluster(
     store: SqlStore, cluster_env: dict[str, str], unique_prefix: str
 ) -> None:

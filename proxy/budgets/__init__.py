@@ -22,13 +22,14 @@ def make_budgeter(
     redis: FastRedis | None,
     *,
     on_soft_exceeded: Callable[[], None] | None = None,
+    on_fallback: Callable[[], None] | None = None,
 ) -> Budgeter:
     """Budgets in Redis when the worker has the lean Redis client (the deployment uses Redis),
     else in the database. ``close()`` it before the store and the client."""
     backend = None
     if redis is not None:
         keys = BudgetKeys(settings.distributed_rate_limit_prefix + "budget:", key_secret(settings))
-        backend = RedisBudgets(store, redis, keys)
+        backend = RedisBudgets(store, redis, keys, on_fallback=on_fallback)
     return Budgeter(
         store,
         default_completion=settings.budget_default_max_tokens,

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -49,12 +49,14 @@ class RedisBudgets:
         *,
         ledger: SpendLedger | None = None,
         retry_after_failure: float = 1.0,
+        on_fallback: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.redis = redis
         self.keys = keys
         self.ledger = ledger or SpendLedger(store)
         self.retry_after_failure = retry_after_failure
+        self.on_fallback = on_fallback
         self.fallbacks = 0  # reservations the database decided because Redis did not answer
         self._down_until = 0.0
         self._down = False
@@ -152,6 +154,8 @@ class RedisBudgets:
         now: datetime,
     ) -> Decision:
         self.fallbacks += 1
+        if self.on_fallback is not None:
+            self.on_fallback()
         decision = await self.store.reserve(ordered, picos, tokens, now)
         if decision.held:
             self._stale.update(keys)
