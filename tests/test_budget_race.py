@@ -7,13 +7,18 @@ recorded events' costs exactly."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 from typer.testing import CliRunner
 
 from admin.cli import app
@@ -24,8 +29,9 @@ from shared.config import Settings
 from shared.crypto import new_key
 from shared.money.budgets import Window
 from shared.store.budgets import BudgetLimit
-from tests.proxy_process import UNLIMITED, DispatcherProcess, ProxyProcess, provision
-from tests.services import create_database, drop_database, require
+from tests.proxy_process import UNLIMITED, DispatcherProcess, Provisioned, ProxyProcess, provision
+from tests.services import RedisProcess, create_database, drop_database, require
+from tests.tcp_proxy import TcpProxy
 from tests.upstream_script import Reply, ScriptedUpstream, chat_chunk
 
 DOLLAR = 10**12
@@ -37,25 +43,85 @@ ACTUAL = 20 * 100_000_000 + 30 * 1_000_000_000
 def test_budget_race_three_instances(tmp_path: Path) -> None:
     """The database decides (no Redis: the embedded bus writes the events)."""
     require("PostgreSQL", "127.0.0.1", 5432)
-    _race(tmp_path, {})
+    with _deployment(tmp_path, {}) as d:
+        statuses, estimates = asyncio.run(_clients(d.urls, d.cred.token))
+        _check(d, statuses, estimates)
 
 
 def test_budget_race_on_redis(tmp_path: Path, redis_env: dict[str, str]) -> None:
     """The production path: Redis decides, events go over the Redis stream to a dispatcher."""
     require("PostgreSQL", "127.0.0.1", 5432)
+    with _deployment(tmp_path, _on_redis(tmp_path, redis_env)) as d:
+        statuses, estimates = asyncio.run(_clients(d.urls, d.cred.token))
+        _check(d, statuses, estimates)
+        assert "Redis unreachable for budgets" not in d.logs()  # Redis decided every request
+
+
+@pytest.mark.fault
+def test_budget_race_through_a_redis_outage(tmp_path: Path) -> None:
+    """Ten requests decided in Redis, then Redis cut: the database decides the race, knowing
+    the spend Redis decided; Redis back: it knows the spend the database decided."""
+    require("PostgreSQL", "127.0.0.1", 5432)
+    server = RedisProcess().start()
+    cut = TcpProxy("127.0.0.1", server.port).start()
+    direct = _on_redis(tmp_path, {"REDIS_ADDR": server.addr})
+    via_cut = {**direct, "REDIS_ADDR": f"127.0.0.1:{cut.port}", "REDIS_TIMEOUT": "500ms"}
+    try:
+        with _deployment(tmp_path, via_cut, dispatcher_env=direct) as d:
+            first, estimates = asyncio.run(_clients(d.urls, d.cred.token, clients=10, rounds=1))
+            assert first == {200: 10}
+            _wait(lambda: _recorded(d)[2] == 10 * ACTUAL)  # written back by the ledgers
+            cut.stop()
+            race, _ = asyncio.run(_clients(d.urls, d.cred.token))
+            cut.start()
+
+            def renewed() -> bool:  # the counter from before the cut deleted (or created anew)
+                counter = asyncio.run(_counter({**d.env, **direct}, d.cred.token_id))
+                return not counter or _in_counter(counter) == _recorded(d)[2]
+
+            _wait(renewed)
+            after, _ = asyncio.run(_clients(d.urls, d.cred.token, clients=12, rounds=1))
+            assert after == {429: 12}, after  # Redis counts what the database decided
+            total = {k: first.get(k, 0) + race.get(k, 0) + after.get(k, 0) for k in (200, 429)}
+            _check(d, total, estimates, counter_env=direct)
+            assert "Redis unreachable for budgets" in d.logs()  # the cut was felt
+    finally:
+        cut.stop()
+        server.stop()
+
+
+def _on_redis(tmp_path: Path, redis_env: dict[str, str]) -> dict[str, str]:
     tag = uuid.uuid4().hex[:8]
-    env = {
+    return {
         **redis_env,
         "LLM_PROXY_EVENT_BUS": "redis-streams",
         "REDIS_STREAM_KEY": f"events-{tag}",
         "DISTRIBUTED_RATE_LIMIT_PREFIX": f"race-{tag}:",
         "EVENT_SPOOL_DIR": str(tmp_path / "spool"),
     }
-    logs = _race(tmp_path, env, redis=True)
-    assert "Redis unreachable for budgets" not in logs  # Redis decided every request
 
 
-def _race(tmp_path: Path, extra: dict[str, str], *, redis: bool = False) -> str:
+@dataclass
+class Deployment:
+    env: dict[str, str]
+    db_url: str
+    cred: Provisioned
+    proxies: list[ProxyProcess]
+
+    @property
+    def urls(self) -> list[str]:
+        return [p.url for p in self.proxies]
+
+    def logs(self) -> str:
+        return "".join(p.logs() for p in self.proxies)
+
+
+@contextlib.contextmanager
+def _deployment(
+    tmp_path: Path, extra: dict[str, str], *, dispatcher_env: dict[str, str] | None = None
+) -> Iterator[Deployment]:
+    """Three instances of two workers over one Postgres (and a dispatcher when events go over
+    Redis), a $1.00 daily token budget, a streaming upstream at $0.032 a request."""
     db_url = create_database()
     upstream = ScriptedUpstream().start()
     upstream.scripts["race-model"] = lambda body: Reply(
@@ -74,7 +140,9 @@ def _race(tmp_path: Path, extra: dict[str, str], *, redis: bool = False) -> str:
         **extra,
     }
     proxies: list[ProxyProcess] = []
-    dispatcher = DispatcherProcess(env=env, cwd=tmp_path) if redis else None
+    dispatcher = None
+    if "LLM_PROXY_EVENT_BUS" in extra:
+        dispatcher = DispatcherProcess(env={**env, **(dispatcher_env or {})}, cwd=tmp_path)
     try:
         cred = provision(env, tmp_path, upstream.base_url, budget_usd="1.00", budget_window="1d")
         runner = CliRunner()
@@ -84,35 +152,7 @@ def _race(tmp_path: Path, extra: dict[str, str], *, redis: bool = False) -> str:
         proxies = [ProxyProcess(env=env, cwd=tmp_path, workers=2).start() for _ in range(3)]
         if dispatcher is not None:
             dispatcher.start()
-        statuses, estimates = asyncio.run(_clients([p.url for p in proxies], cred.token))
-        assert statuses.get(200, 0) > 0 and statuses.get(429, 0) > 0, statuses
-        assert set(statuses) == {200, 429}, statuses
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            deadline = time.monotonic() + 60
-            while True:  # every request's event written and every settlement recorded
-                events = conn.execute(
-                    "SELECT count(*), COALESCE(sum(cost_picousd), 0) FROM request_events "
-                    "WHERE token_id = %s AND phase = 'final'",
-                    (cred.token_id,),
-                ).fetchone()
-                held = conn.execute(
-                    "SELECT COALESCE(sum(reserved_picos), 0), COALESCE(sum(spent_picos), 0) "
-                    "FROM budget_buckets WHERE owner_id = %s",
-                    (cred.token_id,),
-                ).fetchone()
-                assert events is not None and held is not None
-                if events[0] == sum(statuses.values()) and held[0] == 0 and held[1] == events[1]:
-                    break
-                assert time.monotonic() < deadline, (events, held, statuses)
-                time.sleep(0.2)
-        spent = int(held[1])
-        assert spent == int(events[1]) == statuses[200] * ACTUAL  # to the pico-dollar
-        assert spent <= DOLLAR + max(estimates)
-        if redis:  # the counter that decided: nothing left reserved, the same spend
-            counter = asyncio.run(_counter(env, cred.token_id))
-            assert counter[b"r"] == b"0", counter
-            assert sum(int(v) for f, v in counter.items() if f.startswith(b"p:")) == spent
-        return "".join(p.logs() for p in proxies)
+        yield Deployment(env, db_url, cred, proxies)
     finally:
         for proxy in proxies:
             proxy.stop()
@@ -120,6 +160,60 @@ def _race(tmp_path: Path, extra: dict[str, str], *, redis: bool = False) -> str:
             dispatcher.stop()
         upstream.stop()
         drop_database(db_url)
+
+
+def _recorded(d: Deployment) -> tuple[int, int, int, int]:
+    """(final events, their cost, budget spend, still reserved) as Postgres holds them."""
+    with psycopg.connect(d.db_url, autocommit=True) as conn:
+        events = conn.execute(
+            "SELECT count(*), COALESCE(sum(cost_picousd), 0) FROM request_events "
+            "WHERE token_id = %s AND phase = 'final'",
+            (d.cred.token_id,),
+        ).fetchone()
+        held = conn.execute(
+            "SELECT COALESCE(sum(spent_picos), 0), COALESCE(sum(reserved_picos), 0) "
+            "FROM budget_buckets WHERE owner_id = %s",
+            (d.cred.token_id,),
+        ).fetchone()
+    assert events is not None and held is not None
+    return int(events[0]), int(events[1]), int(held[0]), int(held[1])
+
+
+def _wait(done: Callable[[], bool], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.2)
+
+
+def _check(
+    d: Deployment,
+    statuses: dict[int, int],
+    estimates: list[int],
+    *,
+    counter_env: dict[str, str] | None = None,
+) -> None:
+    """Within the bound, and exact once every event is written and every settlement recorded."""
+    assert statuses.get(200, 0) > 0 and statuses.get(429, 0) > 0, statuses
+    assert set(statuses) == {200, 429}, statuses
+    requests = sum(statuses.values())
+
+    def settled() -> bool:
+        events, cost, spent, reserved = _recorded(d)
+        return events == requests and reserved == 0 and spent == cost
+
+    _wait(settled)
+    _, cost, spent, _ = _recorded(d)
+    assert spent == cost == statuses[200] * ACTUAL  # to the pico-dollar
+    assert spent <= DOLLAR + max(estimates)
+    if "LLM_PROXY_EVENT_BUS" in d.env:  # the counter that decided: nothing reserved, same spend
+        counter = asyncio.run(_counter({**d.env, **(counter_env or {})}, d.cred.token_id))
+        assert counter[b"r"] == b"0", counter
+        assert _in_counter(counter) == spent
+
+
+def _in_counter(counter: dict[bytes, bytes]) -> int:
+    return sum(int(v) for f, v in counter.items() if f.startswith(b"p:"))
 
 
 async def _counter(env: dict[str, str], token_id: str) -> dict[bytes, bytes]:
@@ -135,7 +229,10 @@ async def _counter(env: dict[str, str], token_id: str) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-async def _clients(urls: list[str], token: str) -> tuple[dict[int, int], list[int]]:
+async def _clients(
+    urls: list[str], token: str, *, clients: int = 50, rounds: int = 0
+) -> tuple[dict[int, int], list[int]]:
+    """``clients`` concurrent clients each sending until refused (or ``rounds`` requests)."""
     statuses: dict[int, int] = {}
     estimates: list[int] = []
     body = {
@@ -151,7 +248,7 @@ async def _clients(urls: list[str], token: str) -> tuple[dict[int, int], list[in
     async with httpx.AsyncClient(timeout=60) as client:
 
         async def one(i: int) -> None:
-            while True:
+            for _ in itertools.count() if not rounds else range(rounds):
                 async with client.stream(
                     "POST",
                     urls[i % len(urls)] + "/v1/chat/completions",
@@ -167,5 +264,5 @@ async def _clients(urls: list[str], token: str) -> tuple[dict[int, int], list[in
                         assert reply.json()["error"]["code"] == "budget_exceeded"
                         return
 
-        await asyncio.gather(*(one(i) for i in range(50)))
+        await asyncio.gather(*(one(i) for i in range(clients)))
     return statuses, estimates

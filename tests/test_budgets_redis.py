@@ -116,6 +116,7 @@ async def test_token_and_project_together_all_or_none(budgets: RedisBudgets) -> 
     assert sorted(flagged.used) == [(0, 0), (10, 0)]
 
 
+@pytest.mark.fault
 async def test_a_flushed_counter_is_seeded_from_the_database(
     budgets: RedisBudgets, store: SqlStore
 ) -> None:

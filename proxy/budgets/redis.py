@@ -4,6 +4,7 @@ worker of every instance; the database when Redis cannot answer. See docs/costs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -61,6 +62,7 @@ class RedisBudgets:
         self._down_until = 0.0
         self._down = False
         self._stale: set[str] = set()  # counters that missed spend decided in the database
+        self._healer: asyncio.Task[None] | None = None
 
     async def reserve(
         self, limits: Sequence[BudgetLimit], picos: int, tokens: int, now: datetime, group: str
@@ -108,6 +110,11 @@ class RedisBudgets:
         self.ledger.add(mine, picos, tokens)
 
     async def close(self) -> None:
+        task = self._healer
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.ledger.close()
 
     async def _reserve(
@@ -159,7 +166,22 @@ class RedisBudgets:
         decision = await self.store.reserve(ordered, picos, tokens, now)
         if decision.held:
             self._stale.update(keys)
+            if self._healer is None:
+                self._healer = asyncio.create_task(self._heal(), name="budget-counters")
         return decision
+
+    async def _heal(self) -> None:
+        """Drop the bypassed counters as soon as Redis answers, whether or not a request comes
+        to this worker (another worker could otherwise go on using them)."""
+        try:
+            while self._stale:
+                await asyncio.sleep(self.retry_after_failure or 0.05)
+                try:
+                    await self._drop_stale()
+                except REDIS_DOWN:
+                    continue
+        finally:
+            self._healer = None
 
     async def _drop_stale(self) -> None:
         """Counters that missed spend the database decided: deleted, so the next request seeds
