@@ -86,7 +86,7 @@ class RedisBudgets:
             log.warning("Redis is reachable again: budgets are decided in Redis again")
         self._down_until = 0.0
         if reply is None:  # seeding kept racing: let the database decide this one
-            return await self.store.reserve(ordered, picos, tokens, now)
+            return await self._in_database(ordered, keys, picos, tokens, now)
         return _decision(ordered, keys, reply, picos, tokens, now)
 
     async def settle(self, held: Sequence[Held], picos: int, tokens: int) -> None:
@@ -106,8 +106,10 @@ class RedisBudgets:
             await self._eval(SETTLE, tuple(cast(str, h.key) for h in mine), args)
         except REDIS_DOWN as exc:  # the reservation stays counted until its window passes
             log.warning("settling in Redis failed (%s); the database records it", exc)
-        # after Redis, so a counter seeded from the database meanwhile cannot count it twice
-        self.ledger.add(mine, picos, tokens)
+        finally:
+            # after Redis, so a counter seeded from the database meanwhile cannot count it
+            # twice; whatever Redis said, the database records the cost
+            self.ledger.add(mine, picos, tokens)
 
     async def close(self) -> None:
         task = self._healer
