@@ -9,10 +9,9 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
-
-from redis.exceptions import NoScriptError
 
 from proxy.budgets.keys import BudgetKeys
 from proxy.budgets.ledger import SpendLedger
@@ -33,6 +32,17 @@ _TTL_MARGIN = timedelta(minutes=1)
 #: this many times before the database decides the request.
 _ATTEMPTS = 3
 _BILLION = 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """One request's reservation: its budgets in a fixed order, their counters, the estimate."""
+
+    limits: Sequence[BudgetLimit]
+    keys: tuple[str, ...]
+    picos: int
+    tokens: int
+    now: datetime
 
 
 class RedisBudgets:
@@ -68,26 +78,26 @@ class RedisBudgets:
         self, limits: Sequence[BudgetLimit], picos: int, tokens: int, now: datetime, group: str
     ) -> Decision:
         ordered = sorted(limits, key=lambda b: (b.owner_id, b.window.key))
-        keys = tuple(self.keys.key(b, group) for b in ordered)
+        ask = _Ask(ordered, tuple(self.keys.key(b, group) for b in ordered), picos, tokens, now)
         if self._down_until:
             mono = time.monotonic()
             if mono < self._down_until:
-                return await self._in_database(ordered, keys, picos, tokens, now)
+                return await self._in_database(ask)
             self._down_until = mono + self.retry_after_failure  # this request probes
         try:
             if self._stale:
                 await self._drop_stale()
-            reply = await self._reserve(ordered, keys, picos, tokens, now)
+            reply = await self._reserve(ask)
         except REDIS_DOWN as exc:
             self._went_down(exc)
-            return await self._in_database(ordered, keys, picos, tokens, now)
+            return await self._in_database(ask)
         if self._down:
             self._down = False
             log.warning("Redis is reachable again: budgets are decided in Redis again")
         self._down_until = 0.0
         if reply is None:  # seeding kept racing: let the database decide this one
-            return await self._in_database(ordered, keys, picos, tokens, now)
-        return _decision(ordered, keys, reply, picos, tokens, now)
+            return await self._in_database(ask)
+        return _decision(ask, reply)
 
     async def settle(self, held: Sequence[Held], picos: int, tokens: int) -> None:
         in_db = [h for h in held if h.key is None]
@@ -119,16 +129,10 @@ class RedisBudgets:
                 await task
         await self.ledger.close()
 
-    async def _reserve(
-        self,
-        ordered: Sequence[BudgetLimit],
-        keys: tuple[str, ...],
-        picos: int,
-        tokens: int,
-        now: datetime,
-    ) -> list[Any] | None:
-        args: list[Any] = [picos, tokens]
-        for b in ordered:
+    async def _reserve(self, ask: _Ask) -> list[Any] | None:
+        now = ask.now
+        args: list[Any] = [ask.picos, ask.tokens]
+        for b in ask.limits:
             args += [
                 int(b.window.start(now).timestamp()),
                 int(b.window.bucket(now).timestamp()),
@@ -138,11 +142,11 @@ class RedisBudgets:
                 _ttl_ms(b.window, now, now),
             ]
         for _ in range(_ATTEMPTS):
-            reply = await self._eval(RESERVE, keys, args)
+            reply = await self._eval(RESERVE, ask.keys, args)
             if int(reply[0]) != 2:
                 return reply
             missing = [int(i) - 1 for i in reply[1:]]
-            await asyncio.gather(*(self._seed(ordered[i], keys[i], now) for i in missing))
+            await asyncio.gather(*(self._seed(ask.limits[i], ask.keys[i], now) for i in missing))
         return None
 
     async def _seed(self, limit: BudgetLimit, key: str, now: datetime) -> None:
@@ -154,20 +158,13 @@ class RedisBudgets:
             args += [f"p:{epoch}", picos, f"t:{epoch}", tokens]
         await self._eval(SEED, (key,), args)
 
-    async def _in_database(
-        self,
-        ordered: Sequence[BudgetLimit],
-        keys: tuple[str, ...],
-        picos: int,
-        tokens: int,
-        now: datetime,
-    ) -> Decision:
+    async def _in_database(self, ask: _Ask) -> Decision:
         self.fallbacks += 1
         if self.on_fallback is not None:
             self.on_fallback()
-        decision = await self.store.reserve(ordered, picos, tokens, now)
+        decision = await self.store.reserve(ask.limits, ask.picos, ask.tokens, ask.now)
         if decision.held:
-            self._stale.update(keys)
+            self._stale.update(ask.keys)
             if self._healer is None:
                 self._healer = asyncio.create_task(self._heal(), name="budget-counters")
         return decision
@@ -193,11 +190,7 @@ class RedisBudgets:
         self._stale.difference_update(stale)
 
     async def _eval(self, script: Script, keys: tuple[str, ...], args: list[Any]) -> list[Any]:
-        try:
-            reply = await self.redis.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:  # a restarted or flushed Redis forgot the script
-            await self.redis.script_load(script.source)
-            reply = await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        reply = await script.run(self.redis, keys, args)
         return reply if isinstance(reply, list) else [reply]
 
     def _went_down(self, exc: BaseException) -> None:
@@ -209,28 +202,21 @@ class RedisBudgets:
             )
 
 
-def _decision(
-    ordered: Sequence[BudgetLimit],
-    keys: tuple[str, ...],
-    reply: list[Any],
-    picos: int,
-    tokens: int,
-    now: datetime,
-) -> Decision:
+def _decision(ask: _Ask, reply: list[Any]) -> Decision:
     used: list[tuple[int, int]] = []
     exceeded: list[BudgetLimit] = []
     gens: list[str] = []
-    for i, b in enumerate(ordered):
+    for i, b in enumerate(ask.limits):
         hi, lo, toks, over, gen = reply[2 + 5 * i : 7 + 5 * i]
         used.append((int(hi) * _BILLION + int(lo), int(toks)))
         gens.append(gen.decode() if isinstance(gen, bytes) else str(gen))
         if int(over) and not b.hard:
             exceeded.append(b)
     if int(reply[0]) == 0:
-        return Decision([], used, refused=ordered[int(reply[1]) - 1])
+        return Decision([], used, refused=ask.limits[int(reply[1]) - 1])
     held = [
-        Held(b.owner_id, b.window.key, b.window.bucket(now), picos, tokens, key=k, gen=g)
-        for b, k, g in zip(ordered, keys, gens, strict=True)
+        Held(b.owner_id, b.window.key, b.window.bucket(ask.now), ask.picos, ask.tokens, k, g)
+        for b, k, g in zip(ask.limits, ask.keys, gens, strict=True)
     ]
     return Decision(held, used, exceeded=exceeded)
 
