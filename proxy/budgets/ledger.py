@@ -56,12 +56,19 @@ class SpendLedger:
             raise
 
     async def _run(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.interval)
             try:
                 await self.flush()
             except Exception as exc:
-                log.warning("writing settled budget spend failed (kept, retried): %s", exc)
+                if not failing:  # once per outage, not twice a second
+                    log.warning("writing settled budget spend failed (kept, retried): %s", exc)
+                failing = True
+            else:
+                if failing:
+                    log.warning("settled budget spend written again")
+                failing = False
 
     async def close(self) -> None:
         self._closed = True
