@@ -1,6 +1,7 @@
-"""The durable record of settlements decided in Redis: each worker adds them up per budget
-bucket and writes them to ``budget_buckets`` in one transaction every half second, so the
-database's write load grows with buckets, not with requests."""
+"""The durable record of what Redis decided: each worker adds up, per budget bucket, what it
+reserved and what it settled, and writes the sums to ``budget_buckets`` in one transaction
+every half second, so the database's write load grows with buckets, not with requests, and
+the database trails Redis by at most that interval (reservations in flight included)."""
 
 from __future__ import annotations
 
@@ -19,27 +20,36 @@ Bucket = tuple[str, str, datetime]  # owner, window key, bucket start
 
 
 class SpendLedger:
-    """``add()`` on the request path (no I/O); a background task writes; ``close()`` writes
-    what is left. A write that fails is kept and tried again with the next one."""
+    """``reserved()`` and ``settled()`` on the request path (no I/O); a background task
+    writes; ``close()`` writes what is left. A write that fails is kept and tried again with
+    the next one."""
 
     def __init__(self, store: SqlStore, *, interval: float = 0.5) -> None:
         self.store = store
         self.interval = interval
+        # bucket -> [reserved picos, spent picos, reserved tokens, spent tokens]
         self._pending: dict[Bucket, list[int]] = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    def add(self, held: Sequence[Held], picos: int, tokens: int) -> None:
+    def reserved(self, held: Sequence[Held]) -> None:
         for h in held:
-            sums = self._pending.setdefault((h.owner_id, h.window_key, h.bucket), [0, 0])
-            sums[0] += picos
-            sums[1] += tokens
+            self._add(h, (h.picos, 0, h.tokens, 0))
+
+    def settled(self, held: Sequence[Held], picos: int, tokens: int) -> None:
+        for h in held:
+            self._add(h, (-h.picos, picos, -h.tokens, tokens))
+
+    def _add(self, h: Held, change: tuple[int, int, int, int]) -> None:
+        sums = self._pending.setdefault((h.owner_id, h.window_key, h.bucket), [0, 0, 0, 0])
+        for i, v in enumerate(change):
+            sums[i] += v
         if self._task is None and not self._closed:
             self._task = asyncio.create_task(self._run(), name="budget-ledger")
 
     @property
     def pending(self) -> int:
-        """Buckets with spend not yet written."""
+        """Buckets with changes not yet written."""
         return len(self._pending)
 
     async def flush(self) -> None:
@@ -47,12 +57,14 @@ class SpendLedger:
         if not batch:
             return
         try:
-            await self.store.add_spent([(*k, v[0], v[1]) for k, v in batch.items()])
+            await self.store.add_to_buckets(
+                [(*k, v[0], v[1], v[2], v[3]) for k, v in batch.items() if any(v)]
+            )
         except BaseException:
             for k, v in batch.items():  # back in, merged with what arrived meanwhile
-                sums = self._pending.setdefault(k, [0, 0])
-                sums[0] += v[0]
-                sums[1] += v[1]
+                sums = self._pending.setdefault(k, [0, 0, 0, 0])
+                for i, x in enumerate(v):
+                    sums[i] += x
             raise
 
     async def _run(self) -> None:
@@ -63,11 +75,11 @@ class SpendLedger:
                 await self.flush()
             except Exception as exc:
                 if not failing:  # once per outage, not twice a second
-                    log.warning("writing settled budget spend failed (kept, retried): %s", exc)
+                    log.warning("writing budget reservations and spend failed (kept): %s", exc)
                 failing = True
             else:
                 if failing:
-                    log.warning("settled budget spend written again")
+                    log.warning("budget reservations and spend written again")
                 failing = False
 
     async def close(self) -> None:
@@ -80,4 +92,4 @@ class SpendLedger:
         try:
             await self.flush()
         except Exception:
-            log.exception("settled budget spend of %d buckets could not be written", self.pending)
+            log.exception("budget changes of %d buckets could not be written", self.pending)

@@ -47,9 +47,9 @@ class _Ask:
 
 class RedisBudgets:
     """Reservations in Redis counters seeded from ``budget_buckets`` when missing (first use,
-    a restart or flush of Redis, a window passed); settlements written back to it by a
-    ``SpendLedger``. When Redis cannot be reached, the database decides as in the embedded
-    default (``store.reserve`` / ``store.settle``), and the counters that worker touched
+    a restart or flush of Redis, a window passed); reservations and settlements written back
+    to it by a ``SpendLedger``. When Redis cannot be reached, the database decides as in the
+    embedded default (``store.reserve`` / ``store.settle``), and the counters that worker touched
     meanwhile are dropped when Redis answers again, to be seeded afresh with that spend."""
 
     def __init__(
@@ -97,7 +97,9 @@ class RedisBudgets:
         self._down_until = 0.0
         if reply is None:  # seeding kept racing: let the database decide this one
             return await self._in_database(ask)
-        return _decision(ask, reply)
+        decision = _decision(ask, reply)
+        self.ledger.reserved(decision.held)
+        return decision
 
     async def settle(self, held: Sequence[Held], picos: int, tokens: int) -> None:
         in_db = [h for h in held if h.key is None]
@@ -119,7 +121,7 @@ class RedisBudgets:
         finally:
             # after Redis, so a counter seeded from the database meanwhile cannot count it
             # twice; whatever Redis said, the database records the cost
-            self.ledger.add(mine, picos, tokens)
+            self.ledger.settled(mine, picos, tokens)
 
     async def close(self) -> None:
         task = self._healer

@@ -92,8 +92,9 @@ return out
 )
 
 #: Replace a request's reservations with its cost. A counter seeded again since the
-#: reservation (another generation) never held it: only the cost is added. A missing counter
-#: is left alone: it is seeded from the database, which gets this cost too.
+#: reservation (another generation) may or may not hold it (as the database had it when
+#: seeding): the cost is added, the estimate left (on the safe side). A missing counter is
+#: left alone: it is seeded from the database, which gets this cost too.
 #:
 #: KEYS: the counters reserved in
 #: ARGV: 1/2 cost minus estimate (picos, tokens), 3/4 cost, 5/6 minus the estimate, then per

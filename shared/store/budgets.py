@@ -41,6 +41,10 @@ class Held:
     gen: str = ""
 
 
+#: (owner, window key, bucket start, reserved picos, spent picos, reserved tokens, spent tokens)
+BucketChange = tuple[str, str, datetime, int, int, int, int]
+
+
 @dataclass(frozen=True, slots=True)
 class Standing:
     """What a budget has used and has left at a moment, as the durable record (this table)
@@ -97,11 +101,13 @@ _BUCKETS_SQL = (
     "reserved_tokens + spent_tokens AS tokens FROM budget_buckets "
     "WHERE owner_id = %s AND window_key = %s AND bucket_start >= %s"
 )
-_SPENT_SQL = (
-    "INSERT INTO budget_buckets (owner_id, window_key, bucket_start, spent_picos, "
-    "spent_tokens) VALUES (%s, %s, %s, %s, %s) "
+_ADD_SQL = (
+    "INSERT INTO budget_buckets (owner_id, window_key, bucket_start, reserved_picos, "
+    "spent_picos, reserved_tokens, spent_tokens) VALUES (%s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (owner_id, window_key, bucket_start) DO UPDATE SET "
+    "reserved_picos = budget_buckets.reserved_picos + excluded.reserved_picos, "
     "spent_picos = budget_buckets.spent_picos + excluded.spent_picos, "
+    "reserved_tokens = budget_buckets.reserved_tokens + excluded.reserved_tokens, "
     "spent_tokens = budget_buckets.spent_tokens + excluded.spent_tokens"
 )
 _RESERVE_SQL = (
@@ -180,14 +186,15 @@ class Budgets(Tables):
             rows = await tx.fetchall(_BUCKETS_SQL, (owner_id, window.key, window.start(now)))
         return [(_aware(r["bucket_start"]), int(r["picos"]), int(r["tokens"])) for r in rows]
 
-    async def add_spent(self, spent: Sequence[tuple[str, str, datetime, int, int]]) -> None:
-        """Add settled spend (owner, window key, bucket, picos, tokens) in one transaction:
-        the durable record of settlements decided in Redis."""
-        if not spent:
+    async def add_to_buckets(self, changes: Sequence[BucketChange]) -> None:
+        """Add what was reserved and spent (owner, window key, bucket, reserved picos, spent
+        picos, reserved tokens, spent tokens) in one transaction: the durable record of
+        reservations and settlements decided in Redis."""
+        if not changes:
             return
         async with self.transaction() as tx:
-            for row in sorted(spent):  # one order for every writer: no deadlock between them
-                await tx.execute(_SPENT_SQL, row)
+            for row in sorted(changes):  # one order for every writer: no deadlock between them
+                await tx.execute(_ADD_SQL, row)
 
     async def budget_standing(self, limit: BudgetLimit, now: datetime) -> Standing:
         """A budget's spend and what is left of it at ``now``: the one accessor every reader
