@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -109,6 +110,7 @@ class Deployment:
     db_url: str
     cred: Provisioned
     proxies: list[ProxyProcess]
+    conn: psycopg.Connection[Any]  # one for the test's polls, opened before the proxies'
 
     @property
     def urls(self) -> list[str]:
@@ -142,6 +144,7 @@ def _deployment(
         **extra,
     }
     proxies: list[ProxyProcess] = []
+    stack = contextlib.ExitStack()
     dispatcher = None
     if "LLM_PROXY_EVENT_BUS" in extra:
         dispatcher = DispatcherProcess(env={**env, **(dispatcher_env or {})}, cwd=tmp_path)
@@ -151,11 +154,13 @@ def _deployment(
         price = ["manage", "prices", "set", "race-model", "--input", "100", "--output", "1000"]
         done = runner.invoke(app, [*price, "--effective-from", "2020-01-01"], env=env)
         assert done.exit_code == 0, done.output
+        conn = stack.enter_context(psycopg.connect(db_url, autocommit=True))
         proxies = [ProxyProcess(env=env, cwd=tmp_path, workers=2).start() for _ in range(3)]
         if dispatcher is not None:
             dispatcher.start()
-        yield Deployment(env, db_url, cred, proxies)
+        yield Deployment(env, db_url, cred, proxies, conn)
     finally:
+        stack.close()
         for proxy in proxies:
             proxy.stop()
         if dispatcher is not None:
@@ -166,17 +171,17 @@ def _deployment(
 
 def _recorded(d: Deployment) -> tuple[int, int, int, int]:
     """(final events, their cost, budget spend, still reserved) as Postgres holds them."""
-    with psycopg.connect(d.db_url, autocommit=True) as conn:
-        events = conn.execute(
-            "SELECT count(*), COALESCE(sum(cost_picousd), 0) FROM request_events "
-            "WHERE token_id = %s AND phase = 'final'",
-            (d.cred.token_id,),
-        ).fetchone()
-        held = conn.execute(
-            "SELECT COALESCE(sum(spent_picos), 0), COALESCE(sum(reserved_picos), 0) "
-            "FROM budget_buckets WHERE owner_id = %s",
-            (d.cred.token_id,),
-        ).fetchone()
+    conn = d.conn
+    events = conn.execute(
+        "SELECT count(*), COALESCE(sum(cost_picousd), 0) FROM request_events "
+        "WHERE token_id = %s AND phase = 'final'",
+        (d.cred.token_id,),
+    ).fetchone()
+    held = conn.execute(
+        "SELECT COALESCE(sum(spent_picos), 0), COALESCE(sum(reserved_picos), 0) "
+        "FROM budget_buckets WHERE owner_id = %s",
+        (d.cred.token_id,),
+    ).fetchone()
     assert events is not None and held is not None
     return int(events[0]), int(events[1]), int(held[0]), int(held[1])
 
