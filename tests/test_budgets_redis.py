@@ -6,6 +6,8 @@ request's counters share one slot, and different tokens spread over the slots.""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -18,7 +20,7 @@ from proxy.redis_cluster import key_slot
 from shared.clock import new_id
 from shared.config import Settings
 from shared.money.budgets import Window
-from shared.store import SqlStore
+from shared.store import SqlStore, make_store
 from shared.store.budgets import BudgetLimit
 from tests.services import RedisProcess
 from tests.tcp_proxy import TcpProxy
@@ -193,3 +195,44 @@ async def test_one_script_per_request_on_a_cluster(
     finally:
         await b.close()
         await b.redis.aclose()
+
+
+@pytest.mark.fault
+async def test_changes_the_database_missed_are_written_when_it_returns(
+    pg_database: str, redis_env: dict[str, str], unique_prefix: str
+) -> None:
+    """The ledger keeps what it could not write through a database cut, and writes it once
+    the database answers: the durable record ends exact."""
+    cut = TcpProxy("127.0.0.1", 5432).start()
+    url = pg_database.replace("@127.0.0.1:5432/", f"@127.0.0.1:{cut.port}/")
+    settings = Settings.from_env(
+        {"DB_DRIVER": "postgres", "DATABASE_URL": url, "DATABASE_CONNECT_TIMEOUT": "1s"}
+    )
+    store = make_store(settings)
+    await store.open()
+    b = await _budgets(store, Settings.from_env(redis_env), unique_prefix)
+    try:
+        owner = new_id()
+        budget = BudgetLimit(owner, Window("1d"), picos=DOLLAR)
+        d = await b.reserve([budget], 100, 9, NOW, owner)
+        cut.stop()
+        await b.settle(d.held, 60, 4)  # decided in Redis; the database cannot take it now
+        with pytest.raises(Exception):
+            await b.ledger.flush()
+        assert b.ledger.pending == 1
+        cut.start()
+        deadline = time.monotonic() + 60
+        while True:  # the pool may first meet the connections the cut killed
+            try:
+                await b.ledger.flush()
+                break
+            except Exception:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+        assert b.ledger.pending == 0
+        assert await store.budget_used(owner, Window("1d"), NOW) == (60, 4)
+    finally:
+        await b.close()
+        await b.redis.aclose()
+        await store.close()
+        cut.stop()
