@@ -13,12 +13,14 @@ from datetime import UTC, datetime
 
 import pytest
 
+from proxy.budgets import Budgeter
 from proxy.budgets.keys import BudgetKeys, group_of
 from proxy.budgets.redis import RedisBudgets
 from proxy.redis_client import FastRedis
 from proxy.redis_cluster import key_slot
 from shared.clock import new_id
 from shared.config import Settings
+from shared.errors import Unavailable
 from shared.money.budgets import Window
 from shared.store import SqlStore, make_store
 from shared.store.budgets import BudgetLimit
@@ -233,6 +235,48 @@ async def test_changes_the_database_missed_are_written_when_it_returns(
         assert await store.budget_used(owner, Window("1d"), NOW) == (60, 4)
     finally:
         await b.close()
+        await b.redis.aclose()
+        await store.close()
+        cut.stop()
+
+
+@pytest.mark.fault
+async def test_with_the_database_cut_a_counter_in_redis_still_decides(
+    pg_database: str, redis_env: dict[str, str], unique_prefix: str
+) -> None:
+    """Redis decides for a budget whose counter it has; one it has not (it would be created
+    from the database) is refused with 503, never let through unchecked."""
+    cut = TcpProxy("127.0.0.1", 5432).start()
+    url = pg_database.replace("@127.0.0.1:5432/", f"@127.0.0.1:{cut.port}/")
+    settings = Settings.from_env(
+        {"DB_DRIVER": "postgres", "DATABASE_URL": url, "DATABASE_CONNECT_TIMEOUT": "1s"}
+    )
+    store = make_store(settings)
+    await store.open()
+    b = await _budgets(store, Settings.from_env(redis_env), unique_prefix)
+    budgeter = Budgeter(store, default_completion=10, redis=b)
+    body = b'{"model": "gpt-4o-mini", "max_tokens": 5}'
+    known, fresh = new_id(), new_id()
+    try:
+        limits = (BudgetLimit(known, Window("1d"), picos=DOLLAR),)
+        first = await budgeter.reserve(limits, known, known, body, None, time.time())
+        cut.stop()
+        again = await budgeter.reserve(limits, known, known, body, None, time.time())
+        assert again.held and again.held[0].key is not None  # decided in Redis
+        with pytest.raises(Unavailable):
+            await budgeter.reserve(
+                (BudgetLimit(fresh, Window("1d"), picos=DOLLAR),),
+                fresh,
+                fresh,
+                body,
+                None,
+                time.time(),
+            )
+        cut.start()
+        for r in (first, again):
+            await budgeter.settle(r, None)
+    finally:
+        await budgeter.close()
         await b.redis.aclose()
         await store.close()
         cut.stop()

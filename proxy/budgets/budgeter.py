@@ -16,7 +16,7 @@ from proxy.budgets.keys import group_of
 from proxy.budgets.redis import RedisBudgets
 from proxy.model_scope import model_of
 from shared.clock import from_epoch
-from shared.errors import BudgetExceeded, TpmExceeded
+from shared.errors import BudgetExceeded, LLMProxyError, TpmExceeded, Unavailable
 from shared.events import UNPRICED, RequestEvent
 from shared.money.amounts import picos_to_usd
 from shared.money.budgets import estimate_cost, estimate_tokens
@@ -77,7 +77,28 @@ class Budgeter:
     ) -> Reservation:
         """Reserve the most this request can cost, or raise ``BudgetExceeded`` /
         ``TpmExceeded``. A model without a price cannot be held to a dollar budget: a hard
-        one refuses it (its cost is unknown, never $0)."""
+        one refuses it (its cost is unknown, never $0). When nothing can decide (the database
+        is needed and cannot answer), ``Unavailable``: no spend goes unchecked."""
+        try:
+            return await self._reserve(limits, project_id, token_id, body, content_type, arrived)
+        except LLMProxyError:
+            raise
+        except Exception as exc:
+            log.warning("budgets cannot be checked (%s): refusing with 503", type(exc).__name__)
+            raise Unavailable(
+                "Budgets cannot be checked right now; retry shortly.",
+                headers={"Retry-After": "1"},
+            ) from None
+
+    async def _reserve(
+        self,
+        limits: tuple[BudgetLimit, ...],
+        project_id: str,
+        token_id: str,
+        body: bytes | None,
+        content_type: bytes | None,
+        arrived: float,
+    ) -> Reservation:
         prompt, completion = estimate_tokens(body, self.default_completion)
         model = model_of(body, content_type) if body else None
         now = from_epoch(arrived)
