@@ -47,6 +47,21 @@ async def budgets(
     await b.redis.aclose()
 
 
+@pytest.fixture
+async def cut_pg(pg_database: str) -> AsyncIterator[tuple[TcpProxy, SqlStore]]:
+    """A Postgres store reached through a connection the test can cut."""
+    cut = TcpProxy("127.0.0.1", 5432).start()
+    url = pg_database.replace("@127.0.0.1:5432/", f"@127.0.0.1:{cut.port}/")
+    settings = Settings.from_env(
+        {"DB_DRIVER": "postgres", "DATABASE_URL": url, "DATABASE_CONNECT_TIMEOUT": "1s"}
+    )
+    store = make_store(settings)
+    await store.open()
+    yield cut, store
+    await store.close()
+    cut.stop()
+
+
 async def _counter(b: RedisBudgets, limit: BudgetLimit, group: str) -> dict[bytes, bytes]:
     flat = await b.redis.command("HGETALL", b.keys.key(limit, group))
     return dict(zip(flat[::2], flat[1::2], strict=True))
@@ -201,17 +216,11 @@ async def test_one_script_per_request_on_a_cluster(
 
 @pytest.mark.fault
 async def test_changes_the_database_missed_are_written_when_it_returns(
-    pg_database: str, redis_env: dict[str, str], unique_prefix: str
+    cut_pg: tuple[TcpProxy, SqlStore], redis_env: dict[str, str], unique_prefix: str
 ) -> None:
     """The ledger keeps what it could not write through a database cut, and writes it once
     the database answers: the durable record ends exact."""
-    cut = TcpProxy("127.0.0.1", 5432).start()
-    url = pg_database.replace("@127.0.0.1:5432/", f"@127.0.0.1:{cut.port}/")
-    settings = Settings.from_env(
-        {"DB_DRIVER": "postgres", "DATABASE_URL": url, "DATABASE_CONNECT_TIMEOUT": "1s"}
-    )
-    store = make_store(settings)
-    await store.open()
+    cut, store = cut_pg
     b = await _budgets(store, Settings.from_env(redis_env), unique_prefix)
     try:
         owner = new_id()
@@ -236,23 +245,15 @@ async def test_changes_the_database_missed_are_written_when_it_returns(
     finally:
         await b.close()
         await b.redis.aclose()
-        await store.close()
-        cut.stop()
 
 
 @pytest.mark.fault
 async def test_with_the_database_cut_a_counter_in_redis_still_decides(
-    pg_database: str, redis_env: dict[str, str], unique_prefix: str
+    cut_pg: tuple[TcpProxy, SqlStore], redis_env: dict[str, str], unique_prefix: str
 ) -> None:
     """Redis decides for a budget whose counter it has; one it has not (it would be created
     from the database) is refused with 503, never let through unchecked."""
-    cut = TcpProxy("127.0.0.1", 5432).start()
-    url = pg_database.replace("@127.0.0.1:5432/", f"@127.0.0.1:{cut.port}/")
-    settings = Settings.from_env(
-        {"DB_DRIVER": "postgres", "DATABASE_URL": url, "DATABASE_CONNECT_TIMEOUT": "1s"}
-    )
-    store = make_store(settings)
-    await store.open()
+    cut, store = cut_pg
     b = await _budgets(store, Settings.from_env(redis_env), unique_prefix)
     budgeter = Budgeter(store, default_completion=10, redis=b)
     body = b'{"model": "gpt-4o-mini", "max_tokens": 5}'
@@ -278,5 +279,3 @@ async def test_with_the_database_cut_a_counter_in_redis_still_decides(
     finally:
         await budgeter.close()
         await b.redis.aclose()
-        await store.close()
-        cut.stop()

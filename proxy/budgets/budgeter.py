@@ -5,10 +5,11 @@ transaction each)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -79,30 +80,11 @@ class Budgeter:
         ``TpmExceeded``. A model without a price cannot be held to a dollar budget: a hard
         one refuses it (its cost is unknown, never $0). When nothing can decide (the database
         is needed and cannot answer), ``Unavailable``: no spend goes unchecked."""
-        try:
-            return await self._reserve(limits, project_id, token_id, body, content_type, arrived)
-        except LLMProxyError:
-            raise
-        except Exception as exc:
-            log.warning("budgets cannot be checked (%s): refusing with 503", type(exc).__name__)
-            raise Unavailable(
-                "Budgets cannot be checked right now; retry shortly.",
-                headers={"Retry-After": "1"},
-            ) from None
-
-    async def _reserve(
-        self,
-        limits: tuple[BudgetLimit, ...],
-        project_id: str,
-        token_id: str,
-        body: bytes | None,
-        content_type: bytes | None,
-        arrived: float,
-    ) -> Reservation:
         prompt, completion = estimate_tokens(body, self.default_completion)
         model = model_of(body, content_type) if body else None
         now = from_epoch(arrived)
-        row = (await self.book()).lookup(model or "", project_id, now)
+        with _fail_closed():
+            row = (await self.book()).lookup(model or "", project_id, now)
         estimate = estimate_cost(row, prompt, completion)
         if estimate is None and any(b.picos is not None and b.hard for b in limits):
             raise BudgetExceeded(
@@ -110,13 +92,14 @@ class Budgeter:
                 "held to the budget.",
                 headers={"x-should-retry": "false"},
             )
-        if self.redis is not None:
-            group = group_of(limits, project_id, token_id)
-            decision = await self.redis.reserve(
-                limits, estimate or 0, prompt + completion, now, group
-            )
-        else:
-            decision = await self.store.reserve(limits, estimate or 0, prompt + completion, now)
+        with _fail_closed():
+            if self.redis is not None:
+                group = group_of(limits, project_id, token_id)
+                decision = await self.redis.reserve(
+                    limits, estimate or 0, prompt + completion, now, group
+                )
+            else:
+                decision = await self.store.reserve(limits, estimate or 0, prompt + completion, now)
         refused = decision.refused
         if refused is not None:
             self.refused += 1
@@ -168,6 +151,20 @@ class Budgeter:
                 )
         except Exception:
             log.exception("recording a soft budget overrun failed")
+
+
+@contextlib.contextmanager
+def _fail_closed() -> Iterator[None]:
+    """A failure of what decides (not a refusal) becomes 503: no spend goes unchecked."""
+    try:
+        yield
+    except LLMProxyError:
+        raise
+    except Exception as exc:
+        log.warning("budgets cannot be checked (%s): refusing with 503", type(exc).__name__)
+        raise Unavailable(
+            "Budgets cannot be checked right now; retry shortly.", headers={"Retry-After": "1"}
+        ) from None
 
 
 def _remaining(
