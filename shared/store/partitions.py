@@ -156,7 +156,7 @@ _PARTITIONS_SQL = (
     "(regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']*)''\\)'))[1]"
     "::timestamptz AS upper "
     "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-    "WHERE i.inhparent = to_regclass(%s) ORDER BY lower NULLS FIRST"
+    "WHERE i.inhparent = to_regclass(%s) ORDER BY is_default DESC, lower NULLS FIRST"
 )
 
 
