@@ -88,7 +88,7 @@ class CopyStore(PostgresStore):
                 )
         cur = await conn.execute(
             f"INSERT INTO request_events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} "
-            "FROM stage_events ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+            "FROM stage_events ON CONFLICT (event_id, ts) DO NOTHING RETURNING event_id"
         )
         inserted = {row["event_id"] for row in await cur.fetchall()}
         return [e for e in events if e.event_id in inserted]
@@ -109,7 +109,7 @@ class UnnestStore(PostgresStore):
             "%s::uuid[], %s::text[], %s::timestamptz[], %s::uuid[], %s::uuid[], %s::text[], "
             "%s::text[], %s::int4[], %s::text[], %s::float8[], %s::float8[], %s::float8[], "
             "%s::int8[], %s::int8[], %s::int4[], %s::int4[], %s::int4[], %s::text[], "
-            "%s::bool[], %s::text[], %s::text[]) ON CONFLICT (event_id) DO NOTHING "
+            "%s::bool[], %s::text[], %s::text[]) ON CONFLICT (event_id, ts) DO NOTHING "
             "RETURNING event_id",
             columns,
         )

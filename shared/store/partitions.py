@@ -19,11 +19,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import psycopg
-
-from shared.store.rows import Row, Tx
+from shared.store.rows import Tx
 
 log = logging.getLogger("llm_proxy.store")
 
@@ -291,18 +288,16 @@ async def convert(tx: Tx, policy: PartitionPolicy, now: datetime) -> None:
     await tx.execute(f"ALTER TABLE {LEGACY} DROP CONSTRAINT {BOUND_CHECK}")
 
 
-async def prepare(
-    conn: psycopg.AsyncConnection[Row], policy: PartitionPolicy, now: datetime
-) -> None:
-    """Before the migration's transaction, on an autocommit connection: what takes a scan of
+async def prepare(tx: Tx, policy: PartitionPolicy, now: datetime) -> None:
+    """Before the migration's transaction, on an autocommit connection (each statement its own
+    transaction, as CREATE INDEX CONCURRENTLY needs): what takes a scan of
     the pre-0014 table, done under locks that let writes go on. The unique (event_id, ts)
     index is built CONCURRENTLY; the bound check is added NOT VALID (new rows are checked at
     once) and then validated (SHARE UPDATE EXCLUSIVE: inserts and reads pass). Idempotent: a
     run cut short is resumed. Concurrent migrators take turns on the migration lock, polled so
     a waiter holds no snapshot the concurrent index build would wait for."""
-    await _take_turn(conn)
+    await _take_turn(tx)
     try:
-        tx = _Autocommit(conn)
         if not await is_plain_table(tx):
             return  # not created yet (a new database) or already partitioned
         valid = await tx.fetchone(
@@ -331,29 +326,12 @@ async def prepare(
                 await tx.execute("SET lock_timeout TO DEFAULT")
             await tx.execute(f"ALTER TABLE {PARENT} VALIDATE CONSTRAINT {BOUND_CHECK}")
     finally:
-        await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+        await tx.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
 
 
-async def _take_turn(conn: psycopg.AsyncConnection[Row]) -> None:
+async def _take_turn(tx: Tx) -> None:
     while True:
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (MIGRATION_LOCK_KEY,))
-        row = await cur.fetchone()
+        row = await tx.fetchone("SELECT pg_try_advisory_lock(%s) AS ok", (MIGRATION_LOCK_KEY,))
         if row and row["ok"]:
             return
         await asyncio.sleep(1.0)
-
-
-class _Autocommit:
-    """``Tx`` over an autocommit connection: each statement its own transaction."""
-
-    def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
-        self.conn = conn
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return (await self.conn.execute(sql, params or None)).rowcount
-
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return await (await self.conn.execute(sql, params or None)).fetchall()
-
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        return await (await self.conn.execute(sql, params or None)).fetchone()

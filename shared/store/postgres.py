@@ -270,7 +270,7 @@ class PostgresStore(SqlStore):
             self.url, autocommit=True, row_factory=dict_row, **self._connect_options
         )
         async with conn:
-            await partitions.prepare(conn, self.partitioning, utcnow())
+            await partitions.prepare(_PgTx(conn), self.partitioning, utcnow())
         return None
 
     async def apply_step(self, tx: Tx, name: str) -> None:
