@@ -18,7 +18,17 @@ from shared.clock import utcnow
 from shared.config import Settings
 from shared.events import ACCEPTED, RequestEvent
 from shared.store import SqlStore, make_store, migrations
-from shared.store.partitions import DEFAULT, LEGACY, list_partitions, partition_name
+from shared.store.partitions import (
+    DEFAULT,
+    LEGACY,
+    Partition,
+    PartitionPolicy,
+    first_bound,
+    list_partitions,
+    missing,
+    partition_name,
+    wanted,
+)
 from shared.streams import EVENT_FIELD
 from tests.pipeline_kit import Owners, options, seed, wait_for
 from tests.services import REDIS_HOST, REDIS_PORT, create_database, drop_database, require
@@ -124,7 +134,8 @@ async def test_retention_drops_whole_partitions_and_deletes_only_strays(store: S
     await store.ensure_partitions(cutoff)  # and days -8 .. -4 (-8 wholly before the cutoff)
     old = [owners.event(i, ts=(now - 29 * DAY).timestamp()) for i in range(4)]
     stray = owners.event(9, ts=(now - 100 * DAY).timestamp())  # before every partition
-    straddling = owners.event(10, ts=(cutoff - timedelta(minutes=1)).timestamp())
+    # older than the cutoff, in the partition the cutoff falls in
+    straddling = owners.event(10, ts=(cutoff - (cutoff - _day(cutoff)) / 2).timestamp())
     recent = [owners.event(i, ts=now.timestamp()) for i in range(3)]
     await store.record_events([*old, stray, straddling, *recent])
     assert await _where(store, stray.event_id) == [DEFAULT]
@@ -279,8 +290,6 @@ async def _in(store: SqlStore, event_id: str) -> bool:
 
 
 def test_partition_names_and_spans_are_utc() -> None:
-    from shared.store.partitions import PartitionPolicy, first_bound, missing, wanted
-
     now = datetime(2026, 12, 31, 23, 30, tzinfo=UTC)
     months = wanted(now, PartitionPolicy("month", 1))
     assert [lo.date().isoformat() for lo, _ in months] == ["2026-11-01", "2026-12-01", "2027-01-01"]
@@ -289,8 +298,6 @@ def test_partition_names_and_spans_are_utc() -> None:
     assert first_bound(now, "day") == datetime(2027, 1, 2, tzinfo=UTC)
     assert first_bound(now, "month") == datetime(2027, 2, 1, tzinfo=UTC)
     # after a span change, only the gaps are made
-    from shared.store.partitions import Partition
-
     held = [Partition("m", datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))]
     days = wanted(now, PartitionPolicy("day", 2))
     assert [lo.day for lo, _ in missing(days, held)] == [1, 2]
