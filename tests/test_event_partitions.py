@@ -232,6 +232,22 @@ async def test_a_populated_database_is_converted_keeping_every_row(database: str
         await store.close()
 
 
+async def test_migrators_at_once_convert_a_populated_database_once(database: str) -> None:
+    store, _, events = await _populated_pre_0014(database)
+    others = [_store(database) for _ in range(2)]
+    try:
+        for other in others:
+            await other.open(wait=True)
+        applied = await asyncio.gather(store.migrate(), *(o.migrate() for o in others))
+        assert sorted(applied) == [[], [], [14]]
+        assert await store.count_events() == len(events)
+        assert (await _names(store))[:2] == [DEFAULT, LEGACY]
+    finally:
+        for other in others:
+            await other.close()
+        await store.close()
+
+
 async def test_the_conversion_transaction_reads_no_row_of_the_old_table(database: str) -> None:
     store, _, _ = await _populated_pre_0014(database)
     try:
