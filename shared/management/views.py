@@ -9,7 +9,7 @@ from shared.clock import from_epoch, utcnow
 from shared.events import UNPRICED, RequestEvent
 from shared.money.amounts import picos_to_usd
 from shared.store import AuditEvent, Project, Token
-from shared.store.models import DeadLetter, UpstreamRow, quota_used
+from shared.store.models import DeadLetter, Governed, UpstreamRow, quota_used
 
 View = dict[str, Any]
 
@@ -62,7 +62,7 @@ def project_view(project: Project) -> View:
     }
 
 
-def budget_view(owner: Project | Token) -> View:
+def budget_view(owner: Governed) -> View:
     return {
         "budget_usd": owner.budget_usd,
         "budget_tokens": owner.budget_tokens,
