@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.clock import from_epoch, utcnow
+from shared.deployments import deployments_of
 from shared.events import UNPRICED, RequestEvent
 from shared.money.amounts import picos_to_usd
 from shared.store import AuditEvent, Project, Token
@@ -59,6 +60,7 @@ def project_view(project: Project) -> View:
         "updated_at": _iso(project.updated_at),
         "models": project.models,
         **budget_view(project),
+        **deployments_view(project),
     }
 
 
@@ -72,6 +74,11 @@ def budget_view(owner: Governed) -> View:
     }
 
 
+def deployments_view(owner: Project | UpstreamRow) -> View:
+    """An Azure project's or upstream's deployment table (``{}``: none) and api-version."""
+    return {"deployments": deployments_of(owner.deployments), "api_version": owner.api_version}
+
+
 def upstream_view(upstream: UpstreamRow) -> View:
     """One of a project's upstreams; its key is never part of any view."""
     return {
@@ -82,6 +89,7 @@ def upstream_view(upstream: UpstreamRow) -> View:
         "weight": upstream.weight,
         "priority": upstream.priority,
         "enabled": upstream.enabled,
+        **deployments_view(upstream),
         "created_at": _iso(upstream.created_at),
         "updated_at": _iso(upstream.updated_at),
     }

@@ -35,6 +35,8 @@ class Project(Governed):
     completion_tokens: int = 0
     last_used_at: datetime | None = None
     kind: str = "openai"  # the provider kind (proxy/upstream/providers.py)
+    deployments: str | None = None  # azure-openai: model -> deployment (shared/deployments.py)
+    api_version: str | None = None  # azure-openai: the api-version sent; None: the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,8 @@ class UpstreamRow:
     enabled: bool
     created_at: datetime
     updated_at: datetime
+    deployments: str | None = None  # as on Project
+    api_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
