@@ -45,6 +45,7 @@ def _parameter(f: Field) -> inspect.Parameter:
             help=f.doc,
             envvar=f.envvar,
             show_envvar=f.envvar is not None,
+            metavar=f.metavar or None,
             show_default=not f.secret and f.default not in (None, False),
         )
     default = inspect.Parameter.empty if f.required else f.default

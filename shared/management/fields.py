@@ -43,6 +43,7 @@ class Field:
     stored: Callable[[Any], Any] | None = None  # how a given value is stored, when not as is
     secret: bool = False  # never audited in clear; the CLI reads it without echo
     flag: str = ""  # the CLI option ("--name" by default; "--on/--off" for a pair)
+    metavar: str = ""  # how the CLI's help shows the value, when not by its type
     argument: bool = False  # a positional argument of the CLI, a path parameter of the API
     envvar: str | None = None  # the CLI also reads it from this variable
     cli: bool = True  # offered by the generated CLI command

@@ -160,6 +160,7 @@ def _deployments() -> Any:
         default=None,
         nullable=True,
         flag="--deployment",
+        metavar="MODEL=DEPLOYMENT",
         check=check_deployments,
         stored=stored_deployments,
     )
