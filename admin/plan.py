@@ -19,20 +19,25 @@ from admin.state import (
     State,
     StateError,
     TokenSpec,
+    UpstreamSpec,
     token_fields,
 )
 from shared.management import fields_of
 from shared.management import operations as ops
 from shared.management.inputs import (
+    AddUpstream,
     CreateProject,
     DeactivateProject,
     GenerateToken,
     ListTokens,
+    ListUpstreams,
     NoInput,
     ProjectRef,
     TokenRef,
     UpdateProject,
     UpdateToken,
+    UpdateUpstream,
+    UpstreamRef,
 )
 
 Step = Callable[[Manager], Awaitable[Any]]
@@ -42,8 +47,8 @@ Step = Callable[[Manager], Awaitable[Any]]
 class Change:
     """One line of the diff and the management call that makes it."""
 
-    action: str  # create, update, activate, deactivate, revoke
-    target: str  # "project NAME" or "token PROJECT/LABEL"
+    action: str  # create, update, activate, deactivate, revoke, remove
+    target: str  # "project NAME", "token PROJECT/LABEL" or "upstream PROJECT/BASE_URL"
     fields: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # name: (now, wanted)
     destructive: bool = False  # only --prune's changes
     step: Step | None = None
@@ -80,11 +85,24 @@ def _when(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def _viewed(value: Any) -> Any:
+    """A wanted value as the deployment's views show it ("" removes a text value: null)."""
+    return None if value == "" else value
+
+
 async def current(manager: Manager) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The deployment's projects and its tokens that are not revoked (revoked ones are gone)."""
     projects = (await manager.call(ops.LIST_PROJECTS, NoInput()))["data"]
     tokens = (await manager.call(ops.LIST_TOKENS, ListTokens()))["data"]
     return projects, [t for t in tokens if t["revoked_at"] is None]
+
+
+async def upstreams_of(manager: Manager, project_id: str) -> list[dict[str, Any]]:
+    """A project's upstreams, by priority."""
+    data: list[dict[str, Any]] = (
+        await manager.call(ops.LIST_UPSTREAMS, ListUpstreams(project_id=project_id))
+    )["data"]
+    return data
 
 
 async def make_plan(manager: Manager, state: State, *, prune: bool, set_keys: bool) -> list[Change]:
@@ -94,7 +112,12 @@ async def make_plan(manager: Manager, state: State, *, prune: bool, set_keys: bo
     for spec in state.projects:
         existing = by_name.get(spec.name)
         project_tokens = [t for t in tokens if existing and t["project_id"] == existing["id"]]
-        changes += _project_changes(spec, existing, project_tokens, prune=prune, set_keys=set_keys)
+        ups = []
+        if existing is not None and spec.upstreams is not None:
+            ups = await upstreams_of(manager, existing["id"])
+        changes += _project_changes(
+            spec, existing, project_tokens, ups, prune=prune, set_keys=set_keys
+        )
     if prune:
         named = {p.name for p in state.projects}
         for project in projects:
@@ -108,6 +131,7 @@ def _project_changes(
     spec: ProjectSpec,
     existing: dict[str, Any] | None,
     tokens: list[dict[str, Any]],
+    upstreams: list[dict[str, Any]],
     *,
     prune: bool,
     set_keys: bool,
@@ -125,7 +149,9 @@ def _project_changes(
         fields = {k: (None, v) for k, v in wanted.items()}
         before.append(Change("create", target, fields, step=_do(ops.CREATE_PROJECT, create)))
     else:
-        fields = {k: (existing.get(k), v) for k, v in wanted.items() if existing.get(k) != v}
+        fields = {
+            k: (existing.get(k), v) for k, v in wanted.items() if existing.get(k) != _viewed(v)
+        }
         key: str | None = spec.key.read(spec.where) if set_keys and spec.key is not None else None
         updatable = {f.name for f in fields_of(UpdateProject)}
         for name in fields:
@@ -146,7 +172,11 @@ def _project_changes(
     if active is False and is_active:
         off = DeactivateProject(project_id=ref)
         after.append(Change("deactivate", target, step=_do(ops.DEACTIVATE_PROJECT, off)))
-    middle = _token_changes(spec, ref, tokens, prune=prune) if spec.tokens is not None else []
+    middle = []
+    if spec.upstreams is not None:
+        middle += _upstream_changes(spec, ref, upstreams, prune=prune, set_keys=set_keys)
+    if spec.tokens is not None:
+        middle += _token_changes(spec, ref, tokens, prune=prune)
     return before + middle + after
 
 
@@ -255,6 +285,82 @@ def _update_token(token: TokenSpec, existing: dict[str, Any], target: str) -> Ch
         return None
     update = UpdateToken(token_id=existing["id"], **given)
     return Change("update", target, fields, step=_do(ops.UPDATE_TOKEN, update))
+
+
+def _upstream_changes(
+    spec: ProjectSpec,
+    ref: str,
+    existing: list[dict[str, Any]],
+    *,
+    prune: bool,
+    set_keys: bool,
+) -> list[Change]:
+    """Upstreams are matched by base URL within their project (by id when two share one)."""
+    changes: list[Change] = []
+    taken = {u.id for u in spec.upstreams or () if u.id is not None}
+    matched: set[str] = set()
+    for up in spec.upstreams or ():
+        target = f"upstream {spec.name}/{up.base_url}"
+        found = _match_upstream(up, spec.name, existing, taken)
+        if found is None:
+            changes.append(_add_upstream(up, ref, target))
+            continue
+        matched.add(found["id"])
+        fields = {k: (found[k], v) for k, v in up.values.items() if found[k] != _viewed(v)}
+        key = up.key.read(up.where) if set_keys and up.key is not None else None
+        if not fields and key is None:
+            continue
+        update = UpdateUpstream(
+            upstream_id=found["id"],
+            project_id=ref,
+            api_key=key,
+            **{k: b for k, (_, b) in fields.items()},
+        )
+        shown = {**fields, **({"api_key": (None, up.key.shown)} if key and up.key else {})}
+        changes.append(Change("update", target, shown, step=_do(ops.UPDATE_UPSTREAM, update)))
+    if prune:
+        for u in existing:
+            if u["id"] not in matched:
+                remove = UpstreamRef(upstream_id=u["id"], project_id=ref)
+                step = _do(ops.REMOVE_UPSTREAM, remove)
+                target = f"upstream {spec.name}/{u['base_url']}"
+                changes.append(Change("remove", target, destructive=True, step=step))
+    return changes
+
+
+def _match_upstream(
+    spec: UpstreamSpec, project: str, upstreams: list[dict[str, Any]], taken: set[str]
+) -> dict[str, Any] | None:
+    if spec.id is not None:
+        found = [u for u in upstreams if u["id"] == spec.id]
+        if not found:
+            raise StateError(f"{spec.where}.id: no upstream of project {project} has this id")
+        return found[0]
+    found = [u for u in upstreams if u["base_url"] == spec.base_url and u["id"] not in taken]
+    if len(found) > 1:
+        raise StateError(
+            f"{spec.where}: {len(found)} upstreams of project {project} are at "
+            f"{spec.base_url}: name each by its id"
+        )
+    return found[0] if found else None
+
+
+def _add_upstream(up: UpstreamSpec, ref: str, target: str) -> Change:
+    if up.key is None:
+        raise StateError(f"{up.where}: a new upstream needs api_key_env or api_key_file")
+    values = {k: v for k, v in up.values.items() if k != "enabled"}
+    add = AddUpstream(project_id=ref, api_key=up.key.read(up.where), **values)
+    change = Change("create", target, {k: (None, v) for k, v in up.values.items()})
+    change.step = _do(ops.ADD_UPSTREAM, add)
+    if up.values.get("enabled") is False:  # added, then taken out of rotation
+
+        async def step(manager: Manager) -> Any:
+            made = await manager.call(ops.ADD_UPSTREAM, add)
+            off = UpdateUpstream(upstream_id=made["id"], enabled=False)
+            return await manager.call(ops.UPDATE_UPSTREAM, off)
+
+        change.step = step
+    return change
 
 
 def _do(op: Any, inp: Any) -> Step:
