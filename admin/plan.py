@@ -7,10 +7,10 @@ database or the remote API alike, so it is checked and audited like the same CLI
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from admin.runner import Manager
 from admin.state import (
@@ -41,6 +41,17 @@ from shared.management.inputs import (
 )
 
 Step = Callable[[Manager], Awaitable[Any]]
+
+
+class _Entry(Protocol):
+    @property
+    def where(self) -> str: ...
+
+    @property
+    def id(self) -> str | None: ...
+
+
+S = TypeVar("S", bound=_Entry)
 
 
 @dataclass(slots=True)
@@ -196,45 +207,76 @@ def _prune_project(project: dict[str, Any], live: list[dict[str, Any]]) -> list[
     return []
 
 
-def _match(
-    spec: TokenSpec, project: str, tokens: list[dict[str, Any]], taken: set[str]
-) -> dict[str, Any] | None:
-    if spec.id is not None:
-        found = [t for t in tokens if t["id"] == spec.id]
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """How the entries of one list of a project (tokens, upstreams) meet the deployment's."""
+
+    key: str  # the view field an entry is matched by when it gives no id
+    what: str  # "live token of project P", for the errors
+    alike: str  # "tokens of project P are labelled", for the errors
+
+
+def _reconcile(
+    kind: _Kind,
+    specs: Sequence[S],
+    existing: list[dict[str, Any]],
+    value: Callable[[S], str],
+    create: Callable[[S], Change],
+    update: Callable[[S, dict[str, Any]], Change | None],
+    retire: Callable[[dict[str, Any]], Change] | None,
+) -> list[Change]:
+    """The changes that make ``existing`` what ``specs`` say: each entry matched by its id, else
+    by ``value`` among the items no entry names by id; with ``retire`` (``--prune``), the items
+    no entry matched are retired."""
+    changes: list[Change] = []
+    taken = {spec.id for spec in specs if spec.id is not None}
+    matched: set[str] = set()
+    for spec in specs:
+        if spec.id is not None:
+            found = [t for t in existing if t["id"] == spec.id]
+            if not found:
+                raise StateError(f"{spec.where}.id: no {kind.what} has this id")
+        else:
+            found = [t for t in existing if t[kind.key] == value(spec) and t["id"] not in taken]
+            if len(found) > 1:
+                raise StateError(
+                    f"{spec.where}: {len(found)} {kind.alike} {value(spec)!r}: name each by its id"
+                )
         if not found:
-            raise StateError(f"{spec.where}.id: no live token of project {project} has this id")
-        return found[0]
-    found = [t for t in tokens if t["label"] == spec.label and t["id"] not in taken]
-    if len(found) > 1:
-        raise StateError(
-            f"{spec.where}: {len(found)} tokens of project {project} are labelled "
-            f"{spec.label!r}: name each by its id"
-        )
-    return found[0] if found else None
+            changes.append(create(spec))
+            continue
+        matched.add(found[0]["id"])
+        if (change := update(spec, found[0])) is not None:
+            changes.append(change)
+    if retire is not None:
+        changes += [retire(t) for t in existing if t["id"] not in matched]
+    return changes
 
 
 def _token_changes(
     spec: ProjectSpec, ref: str, tokens: list[dict[str, Any]], *, prune: bool
 ) -> list[Change]:
-    changes: list[Change] = []
-    taken = {t.id for t in spec.tokens or () if t.id is not None}
-    matched: set[str] = set()
-    for token in spec.tokens or ():
-        target = f"token {spec.name}/{token.label or '(no label)'}"
-        existing = _match(token, spec.name, tokens, taken)
-        if existing is None:
-            changes.append(_create_token(token, ref, target, spec.name))
-            continue
-        matched.add(existing["id"])
-        if (change := _update_token(token, existing, target)) is not None:
-            changes.append(change)
-    if prune:
-        for t in tokens:
-            if t["id"] not in matched:
-                target = f"token {spec.name}/{t['label'] or t['id']}"
-                step = _do(ops.REVOKE_TOKEN, TokenRef(token_id=t["id"]))
-                changes.append(Change("revoke", target, destructive=True, step=step))
-    return changes
+    def target(token: TokenSpec) -> str:
+        return f"token {spec.name}/{token.label or '(no label)'}"
+
+    def revoke(t: dict[str, Any]) -> Change:
+        step = _do(ops.REVOKE_TOKEN, TokenRef(token_id=t["id"]))
+        return Change(
+            "revoke", f"token {spec.name}/{t['label'] or t['id']}", destructive=True, step=step
+        )
+
+    words = _Kind(
+        "label", f"live token of project {spec.name}", f"tokens of project {spec.name} are labelled"
+    )
+    return _reconcile(
+        words,
+        spec.tokens or (),
+        tokens,
+        lambda token: token.label,
+        lambda token: _create_token(token, ref, target(token), spec.name),
+        lambda token, found: _update_token(token, found, target(token)),
+        revoke if prune else None,
+    )
 
 
 def _create_token(token: TokenSpec, ref: str, target: str, project: str) -> Change:
@@ -296,53 +338,39 @@ def _upstream_changes(
     set_keys: bool,
 ) -> list[Change]:
     """Upstreams are matched by base URL within their project (by id when two share one)."""
-    changes: list[Change] = []
-    taken = {u.id for u in spec.upstreams or () if u.id is not None}
-    matched: set[str] = set()
-    for up in spec.upstreams or ():
-        target = f"upstream {spec.name}/{up.base_url}"
-        found = _match_upstream(up, spec.name, existing, taken)
-        if found is None:
-            changes.append(_add_upstream(up, ref, target))
-            continue
-        matched.add(found["id"])
+
+    def update(up: UpstreamSpec, found: dict[str, Any]) -> Change | None:
         fields = {k: (found[k], v) for k, v in up.values.items() if found[k] != _viewed(v)}
         key = up.key.read(up.where) if set_keys and up.key is not None else None
         if not fields and key is None:
-            continue
-        update = UpdateUpstream(
+            return None
+        change = UpdateUpstream(
             upstream_id=found["id"],
             project_id=ref,
             api_key=key,
             **{k: b for k, (_, b) in fields.items()},
         )
         shown = {**fields, **({"api_key": (None, up.key.shown)} if key and up.key else {})}
-        changes.append(Change("update", target, shown, step=_do(ops.UPDATE_UPSTREAM, update)))
-    if prune:
-        for u in existing:
-            if u["id"] not in matched:
-                remove = UpstreamRef(upstream_id=u["id"], project_id=ref)
-                step = _do(ops.REMOVE_UPSTREAM, remove)
-                target = f"upstream {spec.name}/{u['base_url']}"
-                changes.append(Change("remove", target, destructive=True, step=step))
-    return changes
+        target = f"upstream {spec.name}/{up.base_url}"
+        return Change("update", target, shown, step=_do(ops.UPDATE_UPSTREAM, change))
 
+    def remove(u: dict[str, Any]) -> Change:
+        step = _do(ops.REMOVE_UPSTREAM, UpstreamRef(upstream_id=u["id"], project_id=ref))
+        target = f"upstream {spec.name}/{u['base_url']}"
+        return Change("remove", target, destructive=True, step=step)
 
-def _match_upstream(
-    spec: UpstreamSpec, project: str, upstreams: list[dict[str, Any]], taken: set[str]
-) -> dict[str, Any] | None:
-    if spec.id is not None:
-        found = [u for u in upstreams if u["id"] == spec.id]
-        if not found:
-            raise StateError(f"{spec.where}.id: no upstream of project {project} has this id")
-        return found[0]
-    found = [u for u in upstreams if u["base_url"] == spec.base_url and u["id"] not in taken]
-    if len(found) > 1:
-        raise StateError(
-            f"{spec.where}: {len(found)} upstreams of project {project} are at "
-            f"{spec.base_url}: name each by its id"
-        )
-    return found[0] if found else None
+    words = _Kind(
+        "base_url", f"upstream of project {spec.name}", f"upstreams of project {spec.name} are at"
+    )
+    return _reconcile(
+        words,
+        spec.upstreams or (),
+        existing,
+        lambda up: up.base_url,
+        lambda up: _add_upstream(up, ref, f"upstream {spec.name}/{up.base_url}"),
+        update,
+        remove if prune else None,
+    )
 
 
 def _add_upstream(up: UpstreamSpec, ref: str, target: str) -> Change:

@@ -111,7 +111,7 @@ def test_an_ambiguous_or_bad_upstream_changes_nothing(
     head = "projects:\n  - name: az\n    upstreams:\n"
     cases = {
         "      - base_url: https://same.example\n        weight: 2\n": (
-            "projects[0].upstreams[0]: 2 upstreams of project az are at https://same.example"
+            "projects[0].upstreams[0]: 2 upstreams of project az are at 'https://same.example'"
         ),
         "      - base_url: https://same.example\n        id: nope\n": (
             "projects[0].upstreams[0].id: no upstream of project az has this id"
