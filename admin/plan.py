@@ -15,14 +15,17 @@ from typing import Any, Protocol, TypeVar
 from admin.runner import Manager
 from admin.state import (
     NEVER,
+    KeyRef,
     ProjectSpec,
     State,
     StateError,
     TokenSpec,
     UpstreamSpec,
+    project_fields,
     token_fields,
+    upstream_fields,
 )
-from shared.management import fields_of
+from shared.management import Field, fields_of
 from shared.management import operations as ops
 from shared.management.inputs import (
     AddUpstream,
@@ -96,9 +99,46 @@ def _when(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-def _viewed(value: Any) -> Any:
-    """A wanted value as the deployment's views show it ("" removes a text value: null)."""
-    return None if value == "" else value
+def _viewed(f: Field, value: Any) -> Any:
+    """A wanted value as the deployment's views show it."""
+    if f.kind == "mapping":
+        return value or {}
+    if f.kind == "boolean":
+        return bool(value)
+    return None if value == "" else value  # "" removes a text value
+
+
+def _unset(f: Field, where: str) -> Any:
+    """The input value that removes what a field holds (a file's null), where there is one."""
+    if f.kind == "mapping" or f.kind == "boolean":
+        return {} if f.kind == "mapping" else False
+    blank = {"string": "", "integer": 0}.get(f.kind)
+    if blank is not None and f.stored is not None and f.stored(blank) is None:
+        return blank
+    raise StateError(f"{where}.{f.name}: apply cannot unset it; give a value")
+
+
+def _changed(
+    fields: Sequence[Field], values: dict[str, Any], existing: dict[str, Any], where: str
+) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
+    """The values that differ from the deployment's: as the diff shows them, and as the update
+    operation takes them (a null as the value that removes it)."""
+    by_name = {f.name: f for f in fields}
+    shown: dict[str, tuple[Any, Any]] = {}
+    given: dict[str, Any] = {}
+    for name, want in values.items():
+        f = by_name[name]
+        if existing.get(name) != _viewed(f, want):
+            shown[name] = (existing.get(name), want)
+            given[name] = want if want is not None else _unset(f, where)
+    return shown, given
+
+
+def _new_key(key: KeyRef | None, where: str, set_keys: bool) -> tuple[str | None, dict[str, Any]]:
+    """With --set-keys, the key a file names, and how the diff shows it (by reference only)."""
+    if not set_keys or key is None:
+        return None, {}
+    return key.read(where), {"api_key": (None, key.shown)}
 
 
 async def current(manager: Manager) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -160,19 +200,15 @@ def _project_changes(
         fields = {k: (None, v) for k, v in wanted.items()}
         before.append(Change("create", target, fields, step=_do(ops.CREATE_PROJECT, create)))
     else:
-        fields = {
-            k: (existing.get(k), v) for k, v in wanted.items() if existing.get(k) != _viewed(v)
-        }
-        key: str | None = spec.key.read(spec.where) if set_keys and spec.key is not None else None
+        fields, given = _changed(project_fields(), wanted, existing, spec.where)
+        key, shown_key = _new_key(spec.key, spec.where, set_keys)
         updatable = {f.name for f in fields_of(UpdateProject)}
         for name in fields:
             if name not in updatable:
                 raise StateError(f"{spec.where}.{name}: cannot be changed once the project exists")
         if fields or key is not None:
-            update = UpdateProject(
-                project_id=ref, api_key=key, **{k: b for k, (_, b) in fields.items()}
-            )
-            shown = {**fields, **({"api_key": (None, spec.key.shown)} if key and spec.key else {})}
+            update = UpdateProject(project_id=ref, api_key=key, **given)
+            shown = {**fields, **shown_key}
             before.append(Change("update", target, shown, step=_do(ops.UPDATE_PROJECT, update)))
     is_active = existing["is_active"] if existing else True
     if active is True and not is_active:
@@ -311,10 +347,8 @@ def _update_token(token: TokenSpec, existing: dict[str, Any], target: str) -> Ch
             given[f.name] = want
         elif f.name == "max_requests":
             given["unlimited"] = True
-        elif f.stored is not None and f.stored(0) is None:
-            given[f.name] = 0  # this limit stores 0 as "none"
         else:
-            raise StateError(f"{token.where}.{f.name}: apply cannot unset it; give a value")
+            given[f.name] = _unset(f, token.where)
     if "expires_at" in token.values:
         want_at, now_at = token.values["expires_at"], _when(existing["expires_at"])
         if want_at != now_at:
@@ -340,19 +374,15 @@ def _upstream_changes(
     """Upstreams are matched by base URL within their project (by id when two share one)."""
 
     def update(up: UpstreamSpec, found: dict[str, Any]) -> Change | None:
-        fields = {k: (found[k], v) for k, v in up.values.items() if found[k] != _viewed(v)}
-        key = up.key.read(up.where) if set_keys and up.key is not None else None
+        fields, given = _changed(upstream_fields(), up.values, found, up.where)
+        key, shown_key = _new_key(up.key, up.where, set_keys)
         if not fields and key is None:
             return None
-        change = UpdateUpstream(
-            upstream_id=found["id"],
-            project_id=ref,
-            api_key=key,
-            **{k: b for k, (_, b) in fields.items()},
-        )
-        shown = {**fields, **({"api_key": (None, up.key.shown)} if key and up.key else {})}
+        change = UpdateUpstream(upstream_id=found["id"], project_id=ref, api_key=key, **given)
         target = f"upstream {spec.name}/{up.base_url}"
-        return Change("update", target, shown, step=_do(ops.UPDATE_UPSTREAM, change))
+        return Change(
+            "update", target, {**fields, **shown_key}, step=_do(ops.UPDATE_UPSTREAM, change)
+        )
 
     def remove(u: dict[str, Any]) -> Change:
         step = _do(ops.REMOVE_UPSTREAM, UpstreamRef(upstream_id=u["id"], project_id=ref))

@@ -130,3 +130,25 @@ def test_an_ambiguous_or_bad_upstream_changes_nothing(
         assert code == 1 and message in out, out
     listed = ok_json(env, "manage", "project", "upstream", "list", "--project-id", "az")
     assert [u["weight"] for u in listed] == [1, 1]
+
+
+def test_null_in_a_file_removes_a_value(cli_env: dict[str, str], tmp_path: Path) -> None:
+    env = cli_env
+    path = tmp_path / "state.yaml"
+    path.write_text(STATE)
+    assert _apply(env, path)[0] == 0
+    path.write_text(
+        "projects:\n  - name: az\n    models: null\n    deployments: null\n"
+        "    api_version: null\n    upstreams:\n      - base_url: https://west.example\n"
+        "        deployments: null\n      - base_url: https://spare.example\n"
+    )
+    code, out = _apply(env, path)
+    assert code == 0, out
+    project = ok_json(env, "manage", "project", "show", "az")
+    assert (project["models"], project["deployments"], project["api_version"]) == (None, {}, None)
+    assert _upstreams(env)["https://west.example"][3] == {}
+    assert _apply(env, path) == (0, "no changes\n")
+    path.write_text("projects:\n  - name: az\n    budget_window: null\n")
+    ok_json(env, "manage", "project", "update", "az", "--budget-window", "1d")
+    code, out = _apply(env, path)
+    assert code == 1 and "budget_window: apply cannot unset it; give a value" in out, out
