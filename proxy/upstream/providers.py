@@ -61,7 +61,7 @@ class Deployments:
     """An Azure upstream's deployment for each model (a model not named is its own deployment)
     and the api-version it is sent ("": the client's, else AZURE_OPENAI_API_VERSION)."""
 
-    names: Mapping[str, str] = field(default_factory=dict)
+    names: Mapping[str, str] = field(default_factory=dict, hash=False)  # a Target stays hashable
     api_version: str = ""
 
     @classmethod
