@@ -187,7 +187,7 @@ class ProxyHandler:
             if scoped:  # before the cache and any upstream call: a refusal spends nothing
                 assert cred.models is not None
                 raw = body if isinstance(body, bytes) else None
-                check_model(cred.models, route.rest, raw, content_type)
+                check_model(cred.models, route.rest, raw, content_type, route.deployment)
             if marks is not None:
                 marks.append(("body", time.perf_counter()))
             cache = self.cache

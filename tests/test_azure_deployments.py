@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -34,6 +35,7 @@ class Setup:
     cwd: Path
     single: str  # the token of the project served by its own base URL
     routed: str  # the token of the project served by its upstream
+    scoped: str  # a token of the first project that may use gpt-4o-mini only
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +70,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             ok_json(env, "manage", "token", "generate", "--project-id", p["id"])["token"]
             for p in (single, routed)
         ]
+        scoped = ok_json(
+            env, "manage", "token", "generate", "--project-id", "az", "--models", "gpt-4o-mini"
+        )["token"]
     finally:
         os.chdir(here)
     proxy = ProxyProcess(env=env, cwd=cwd, workers=1).start()
-    yield Setup(east, west, proxy, env, cwd, *tokens)
+    yield Setup(east, west, proxy, env, cwd, *tokens, scoped)
     proxy.stop()
     east.stop()
     west.stop()
@@ -146,3 +151,23 @@ def test_an_upstreams_own_table_and_the_clients_api_version(setup: Setup) -> Non
     # nothing pinned on this upstream: the AzureOpenAI client's version, else the default
     versions = [r.query["api-version"] for r in setup.west.requests[-2:]]
     assert versions == ["2024-10-21", "2024-06-01"]
+
+
+def test_a_model_scope_checks_the_name_that_picks_the_deployment(setup: Setup) -> None:
+    reply = _azure(setup, setup.scoped).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,  # type: ignore[arg-type]
+    )
+    assert reply.choices[0].message.content == "from mini"
+    before = len(setup.east.requests)
+    # the body names an allowed model, the path the deployment that would run: refused
+    response = httpx.post(
+        setup.proxy.url + "/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES},
+        headers={"api-key": setup.scoped},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "model_not_allowed"
+    assert "gpt-4o" in response.json()["error"]["message"]
+    assert len(setup.east.requests) == before
