@@ -36,6 +36,7 @@ class Setup:
     single: str  # the token of the project served by its own base URL
     routed: str  # the token of the project served by its upstream
     scoped: str  # a token of the first project that may use gpt-4o-mini only
+    http: openai.DefaultHttpxClient  # the SDK's own client kind, shared, closed with the fixture
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +77,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     finally:
         os.chdir(here)
     proxy = ProxyProcess(env=env, cwd=cwd, workers=1).start()
-    yield Setup(east, west, proxy, env, cwd, *tokens, scoped)
+    with openai.DefaultHttpxClient() as http:
+        yield Setup(east, west, proxy, env, cwd, *tokens, scoped, http)
     proxy.stop()
     east.stop()
     west.stop()
 
 
 def _openai(setup: Setup, token: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=setup.proxy.url + "/v1", api_key=token, max_retries=0)
+    return openai.OpenAI(
+        base_url=setup.proxy.url + "/v1", api_key=token, max_retries=0, http_client=setup.http
+    )
 
 
 def _azure(setup: Setup, token: str, **kw: str) -> openai.AzureOpenAI:
@@ -92,6 +96,7 @@ def _azure(setup: Setup, token: str, **kw: str) -> openai.AzureOpenAI:
         api_key=token,
         api_version="2024-06-01",
         max_retries=0,
+        http_client=setup.http,
         **kw,  # type: ignore[arg-type]
     )
 

@@ -176,6 +176,18 @@ def test_azure_deployments_on_projects_and_upstreams(
     assert "deployment name" in fails(env, *update, "--deployment", "gpt-4o=a/b")
     assert "twice" in fails(env, *update, "--deployment", "m=a", "--deployment", "m=b")
     assert "api version" in fails(env, *update, "--api-version", "2024-10-21&x=1")
+    # another kind would keep the table and never use it: refused
+    plain = ok_json(
+        env, "manage", "project", "upstream", "add", "--project-id", "az",
+        "--base-url", "https://plain.example/v1", "--api-key", KEY_TWO,
+    )  # fmt: skip
+    for command in (
+        ["project", "create", "--name", "p", "--api-key", KEY_ONE, "--deployment", "m=d"],
+        ["project", "upstream", "update", plain["id"], "--api-version", "2024-10-21"],
+        ["project", "update", "az", "--kind", "openai", "--deployment", "m=d"],
+    ):
+        assert "are for kind azure-openai (this one is openai)" in fails(env, "manage", *command)
+    ok_json(env, "manage", "project", "upstream", "remove", plain["id"], "--yes")
     again = ok_json(env, "manage", "project", "upstream", "list", "--project-id", "az")
     assert (again[0]["deployments"], again[0]["api_version"]) == (
         {"gpt-4o": "west-4o"}, "2024-10-21",

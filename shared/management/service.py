@@ -37,7 +37,7 @@ from shared.management.fields import (
     validated,
 )
 from shared.management.money import MoneyOperations
-from shared.management.upstreams import AZURE_COLUMNS, UpstreamOperations
+from shared.management.upstreams import AZURE_COLUMNS, UpstreamOperations, check_azure_only
 from shared.management.views import (
     View,
     audit_view,
@@ -189,6 +189,7 @@ class Management(UpstreamOperations, MoneyOperations):
         async with self._audited("project.create", "project", "", inp) as audit:
             audit.details = {"name": inp.name.strip()}
             inp = validated(inp)
+            check_azure_only(inp.kind, inp.deployments, inp.api_version)
             if await self.store.get_project_by_name(inp.name):
                 raise Conflict(f"a project named {inp.name!r} already exists")
             now = utcnow()
@@ -233,6 +234,7 @@ class Management(UpstreamOperations, MoneyOperations):
             project = await self._project(inp.project_id)
             audit.target_id = project.id
             inp = validated(inp)
+            check_azure_only(inp.kind or project.kind, inp.deployments, inp.api_version)
             changes: dict[str, Any] = {}
             if inp.name is not None:
                 other = await self.store.get_project_by_name(inp.name)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.clock import new_id, utcnow
 from shared.errors import NotFound, UserError
+from shared.kinds import AZURE_OPENAI
 from shared.management import inputs as i
 from shared.management.checks import check_api_key, shown_id
 from shared.management.fields import stored_values, validated
@@ -15,6 +16,17 @@ from shared.store.models import UpstreamRow
 
 #: the inputs a project and an upstream both take for Azure deployments, stored as named
 AZURE_COLUMNS = frozenset({"deployments", "api_version"})
+
+
+def check_azure_only(
+    kind: str, deployments: dict[str, str] | None, api_version: str | None
+) -> None:
+    """A deployment table or an api-version set on another kind would be kept and never used."""
+    if kind != AZURE_OPENAI and (deployments or api_version):
+        raise UserError(
+            f"--deployment and --api-version are for kind {AZURE_OPENAI} (this one is {kind})"
+        )
+
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -42,6 +54,7 @@ class UpstreamOperations:
             check_api_key(None)  # required here: an upstream without a key cannot serve
         async with self._audited("upstream.add", "upstream", "", inp) as audit:
             inp = validated(inp)
+            check_azure_only(inp.kind, inp.deployments, inp.api_version)
             project = await self._project(inp.project_id)
             audit.details = {**audit.details, "project_id": project.id}
             now = utcnow()
@@ -84,6 +97,7 @@ class UpstreamOperations:
                     "--priority, --enabled/--disabled, --deployment or --api-version"
                 )
             found = await self._upstream(inp.upstream_id, inp.project_id)
+            check_azure_only(inp.kind or found.kind, inp.deployments, inp.api_version)
             updated = await self.store.update_upstream(found.id, changes)
             if updated is None:  # removed meanwhile
                 raise NotFound(f"no upstream with id {shown_id(inp.upstream_id)}")
