@@ -1,9 +1,10 @@
-"""Tokens and cost by project and model, unpriced requests and soft budget overruns, with a
-cap on label pairs so that a client inventing model names cannot grow /metrics without bound."""
+"""Tokens and cost by project and model, unpriced requests, soft budget overruns and budget
+fallbacks, with a cap on label pairs so that a client inventing model names cannot grow /metrics
+without bound."""
 
 from __future__ import annotations
 
-from decimal import Decimal
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -43,36 +44,69 @@ class MoneyMetrics:
             "Requests let through over a soft budget.",
             registry=registry,
         )
-        self._pairs: set[tuple[str, str]] = set()
+        self.budget_fallbacks = Counter(
+            "llm_proxy_budget_fallbacks",
+            "Budget reservations the database decided because Redis did not answer.",
+            registry=registry,
+        )
+        # (project, model) -> its counters, bound once: prometheus_client's labels() is
+        # the costly part of counting (validation and a lock), paid per pair, not per request
+        self._bound: dict[tuple[str, str], _Bound] = {}
         self._max = max_pairs
+        self._real = 0  # pairs labelled as themselves
 
     def labels(self, project: str, model: str) -> tuple[str, str]:
-        pair = (project, model)
-        if pair in self._pairs:
-            return pair
-        if len(self._pairs) < self._max:
-            self._pairs.add(pair)
-            return pair
-        return OTHER, OTHER
+        """The label pair a request is counted under: its own, or ("other", "other") once
+        ``max_pairs`` pairs are taken."""
+        return self._counters(project, model).pair
+
+    def _counters(self, project: str, model: str) -> _Bound:
+        bound = self._bound.get((project, model))
+        if bound is not None:
+            return bound
+        pair = (project, model) if self._real < self._max else (OTHER, OTHER)
+        bound = self._bound.get(pair)
+        if bound is None:
+            self._real += pair != (OTHER, OTHER)
+            bound = self._bound[pair] = _Bound(
+                pair,
+                self.tokens.labels(*pair, "prompt"),
+                self.tokens.labels(*pair, "completion"),
+                self.tokens.labels(*pair, "cached"),
+                self.tokens.labels(*pair, "reasoning"),
+                self.cost.labels(*pair),
+                self.unpriced.labels(*pair),
+            )
+        return bound
 
     def observe(self, event: RequestEvent, book: PriceBook | None) -> None:
         """Count one finished request (``book`` None: prices not read yet, cost not counted)."""
         if not event.total_tokens and not event.prompt_tokens and not event.completion_tokens:
             return
-        project, model = self.labels(event.project_id, event.model)
-        for kind, n in (
-            ("prompt", event.prompt_tokens),
-            ("completion", event.completion_tokens),
-            ("cached", event.cached_tokens),
-            ("reasoning", event.reasoning_tokens),
-        ):
-            if n:
-                self.tokens.labels(project, model, kind).inc(n)
+        bound = self._counters(event.project_id, event.model)
+        if event.prompt_tokens:
+            bound.prompt.inc(event.prompt_tokens)
+        if event.completion_tokens:
+            bound.completion.inc(event.completion_tokens)
+        if event.cached_tokens:
+            bound.cached.inc(event.cached_tokens)
+        if event.reasoning_tokens:
+            bound.reasoning.inc(event.reasoning_tokens)
         if book is None:
             return
         cost = event_cost(event, book)
         if cost == UNPRICED:
-            self.unpriced.labels(project, model).inc()
+            bound.unpriced.inc()
         elif cost:
             # a float for Prometheus only; the exact figure is the event's
-            self.cost.labels(project, model).inc(float(Decimal(cost) / PICOS))
+            bound.cost.inc(cost / PICOS)
+
+
+class _Bound(NamedTuple):
+    pair: tuple[str, str]
+    prompt: Any
+    completion: Any
+    cached: Any
+    reasoning: Any
+    cost: Any
+    unpriced: Any

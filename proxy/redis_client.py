@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 from collections import deque
 from typing import Any, cast
 
@@ -151,6 +152,32 @@ class FastRedis:
             return await future
         finally:
             timer.cancel()
+
+    async def pipeline(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
+        """Every command's reply, in order: all written together, one timer for the lot. An
+        error reply raises (the first one, once every reply is in: all of them ran)."""
+        protocol = self._protocol or await self._connect()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in commands]
+        protocol.pending.extend(futures)
+        protocol.out.append(b"".join([encode(args) for args in commands]))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush, protocol)
+        last = futures[-1]
+        timer = loop.call_later(self.timeout, self._expire, last, protocol)
+        try:
+            with contextlib.suppress(RedisError):
+                await last  # replies come in order: when the last is in, all are
+        finally:
+            timer.cancel()
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                for other in futures:
+                    other.exception()  # retrieved: one error is raised for the batch
+                raise error
+        return [future.result() for future in futures]
 
     async def asking(self, *args: Arg) -> Any:
         """``ASKING`` then ``args``, adjacent on the connection (a Cluster ASK redirect: the

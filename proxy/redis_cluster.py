@@ -94,6 +94,17 @@ class ClusterFastRedis(FastRedis):
         self._stale = True
         raise ConnectionError(f"Redis Cluster redirected a command more than {_REDIRECTS} times")
 
+    async def pipeline(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
+        """Each command to its slot's node (redirects followed one by one); the nodes' shares
+        go out in the same tick, so each node still gets one write."""
+        replies = await asyncio.gather(
+            *(self.command(*args) for args in commands), return_exceptions=True
+        )
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
+
     def _client(self, node: tuple[str, int]) -> FastRedis:
         client = self._clients.get(node)
         if client is None:

@@ -36,6 +36,13 @@ class SentinelFastRedis(FastRedis):
             self._drop()
             raise
 
+    async def pipeline(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
+        try:
+            return await super().pipeline(commands)
+        except ReadOnlyError:
+            self._drop()
+            raise
+
     def _drop(self) -> None:
         protocol = self._protocol
         if protocol is not None:

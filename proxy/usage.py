@@ -162,16 +162,24 @@ class JsonTap:
     __slots__ = ("_head", "_tail")
 
     def __init__(self) -> None:
-        self._head = bytearray()
+        # the first chunk is kept as it came (bytes: no copy; most answers are one chunk)
+        self._head: bytes | bytearray = b""
         self._tail: bytearray | None = None
 
     def feed(self, chunk: bytes) -> None:
         tail = self._tail
         if tail is None:
-            self._head += chunk
-            if len(self._head) > _WHOLE_JSON:
-                self._tail = self._head[-_TAIL:]
-                del self._head[_HEAD:]
+            head = self._head
+            if not head:
+                self._head = chunk
+                head = chunk
+            elif isinstance(head, bytes):
+                self._head = head = bytearray(head) + chunk
+            else:
+                head += chunk
+            if len(head) > _WHOLE_JSON:
+                self._tail = bytearray(head[-_TAIL:])
+                self._head = bytes(head[:_HEAD])
         else:
             tail += chunk
             if len(tail) > 4 * _TAIL:
@@ -183,7 +191,8 @@ class JsonTap:
 
     def usage(self) -> Usage:
         if self._tail is None:
-            return usage_from_json(bytes(self._head))
+            head = self._head
+            return usage_from_json(head if isinstance(head, bytes) else bytes(head))
         usage = Usage()
         tail = bytes(self._tail)
         usage_from_tail(tail, usage)

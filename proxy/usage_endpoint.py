@@ -37,7 +37,7 @@ async def usage_of(
             setattr(overall, c, getattr(overall, c) + getattr(part, c))
     budgets = []
     for b in cred.budgets:
-        picos, tokens = await store.budget_used(b.owner_id, b.window, now)
+        st = await store.budget_standing(b, now)
         budgets.append(
             {
                 "owner": "token" if b.owner_id == cred.token_id else "project",
@@ -45,15 +45,13 @@ async def usage_of(
                 "window": b.window.name,
                 "calendar": b.window.calendar,
                 "mode": "hard" if b.hard else "soft",
-                "limit_usd": picos_to_usd(b.picos),
-                "used_usd": picos_to_usd(picos) if b.picos is not None else None,
-                "remaining_usd": picos_to_usd(max(b.picos - picos, 0))
-                if b.picos is not None
-                else None,
-                "limit_tokens": b.tokens,
-                "used_tokens": tokens if b.tokens is not None else None,
-                "remaining_tokens": max(b.tokens - tokens, 0) if b.tokens is not None else None,
-                "resets_at": b.window.reset(now).isoformat().replace("+00:00", "Z"),
+                "limit_usd": picos_to_usd(st.limit_picos),
+                "used_usd": picos_to_usd(st.used_picos),
+                "remaining_usd": picos_to_usd(st.remaining_picos),
+                "limit_tokens": st.limit_tokens,
+                "used_tokens": st.used_tokens,
+                "remaining_tokens": st.remaining_tokens,
+                "resets_at": st.resets_at.isoformat().replace("+00:00", "Z"),
             }
         )
     quota = None

@@ -880,7 +880,8 @@ class Settings:
         "EVENT_SPOOL_MAX_BYTES",
         128 * 1024**2,
         "Cap on each worker's spool (`134217728`, `512MiB`, `1GB`); past it, events are dropped, "
-        "counted and logged.",
+        "counted and logged (but those of requests already admitted under "
+        "`EVENT_BUS_FAILURE_MODE=reject`, which are always written).",
         _size,
         shown="`128MiB`",
     )
@@ -990,8 +991,25 @@ class Settings:
         "REQUEST_EVENT_RETENTION_DAYS",
         0,
         "Request events older than this many days are deleted by an hourly job run by "
-        "`llm-proxy worker`; `0` keeps them forever.",
+        "`llm-proxy worker`; `0` keeps them forever. On Postgres whole partitions are "
+        "dropped, so a row goes once its partition (REQUEST_EVENT_PARTITION_SPAN) is wholly "
+        "older: up to one span later.",
         _int(0),
+    )
+    request_event_partition_span: str = var(
+        "REQUEST_EVENT_PARTITION_SPAN",
+        "day",
+        "Postgres: the time range of one `request_events` partition, `day`, `week` (from "
+        "Monday) or `month`, in UTC. Keeping events for long (or forever) with much traffic "
+        "suits `month`: reads not bounded in time visit every partition.",
+        _choice("day", "week", "month"),
+    )
+    request_event_partitions_ahead: int = var(
+        "REQUEST_EVENT_PARTITIONS_AHEAD",
+        7,
+        "Postgres: how many `request_events` partitions after the current one `llm-proxy "
+        "migrate` and the dispatchers (hourly) keep created, so writes never wait for one.",
+        _int(1),
     )
     event_sink_file: str = var(
         "EVENT_SINK_FILE",

@@ -12,6 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from proxy.bus import MemoryBus, RedisStreamsBus, Spool, SpoolingBus
+from proxy.redis_client import FastRedis
+from shared.config import RedisSettings
 from shared.events import EventBus
 from shared.store import SqlStore
 from tests.pipeline_kit import Owners, Running, options, pending, seed, wait_for
@@ -46,7 +48,10 @@ async def kit(
     env = request.getfixturevalue("redis_env")
     redis = aioredis.Redis.from_url(f"redis://{env['REDIS_ADDR']}")
     key = f"{unique_prefix}events"
-    bus = RedisStreamsBus(redis, key, Spool(str(tmp_path / "spool"), 1 << 20), capacity=500)
+    fast = FastRedis(RedisSettings.parse(env["REDIS_ADDR"]))
+    bus = RedisStreamsBus(
+        fast, key, Spool(str(tmp_path / "spool"), 1 << 20), capacity=500, owns_redis=True
+    )
     running = Running(redis, store, options(key))
 
     async def settle_redis(n: int) -> None:

@@ -13,9 +13,12 @@ import redis.asyncio as aioredis
 
 from dispatcher.health import HealthServer
 from proxy.bus import RedisStreamsBus, Spool
+from proxy.redis_client import FastRedis
+from shared.config import RedisSettings
 from shared.store import SqlStore
 from shared.streams import EVENT_FIELD
 from tests.pipeline_kit import Running, options, pending, seed, wait_for
+from tests.services import REDIS_HOST, REDIS_PORT
 
 GROUP = "llm-proxy-dispatchers"
 
@@ -45,7 +48,13 @@ async def test_two_publishers_and_two_dispatchers_record_exactly_n(
 ) -> None:
     owners = await seed(store, tokens=5)
     buses = [
-        RedisStreamsBus(redis, key, Spool(str(tmp_path / f"s{i}"), 1 << 22), capacity=300)
+        RedisStreamsBus(
+            FastRedis(RedisSettings(REDIS_HOST, REDIS_PORT)),
+            key,
+            Spool(str(tmp_path / f"s{i}"), 1 << 22),
+            capacity=300,
+            owns_redis=True,
+        )
         for i in range(2)
     ]
     for bus in buses:

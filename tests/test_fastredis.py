@@ -44,6 +44,24 @@ async def test_scripts_and_error_replies(fast: FastRedis, unique_prefix: str) ->
     assert await fast.ping()  # an error reply leaves the connection usable
 
 
+async def test_a_pipeline_answers_in_order_and_an_error_fails_it_after_all_ran(
+    fast: FastRedis, unique_prefix: str
+) -> None:
+    key, text = f"{unique_prefix}stream", f"{unique_prefix}text"
+    ids = await fast.pipeline([("XADD", key, "*", "e", f"line{i}") for i in range(50)])
+    entries = await fast.command("XRANGE", key, "-", "+")
+    assert [e[0] for e in entries] == ids and [e[1][1] for e in entries][:2] == [b"line0", b"line1"]
+    await fast.command("SET", text, "text", "EX", 60)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await fast.pipeline(
+            [("XADD", key, "*", "e", "before"), ("XADD", text, "*", "e", "x"), ("INCR", key + "n")]
+        )
+    assert await fast.command("XLEN", key) == 51  # the commands around the error ran
+    assert await fast.get(key + "n") == b"1"
+    assert await fast.pipeline([("PING",)]) == [b"PONG"]  # the connection is still in step
+    await fast.command("DEL", key, text, key + "n")
+
+
 async def test_password_and_database(tmp_path: object) -> None:
     port = free_port()
     proc = subprocess.Popen(

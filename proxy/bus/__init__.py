@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from proxy.bus.memory import MemoryBus
 from proxy.bus.redis_streams import RedisStreamsBus
 from proxy.bus.spool import Spool
 from proxy.bus.spooling import SpoolingBus
+from proxy.redis_client import FastRedis
 from shared.config import Settings
 from shared.events import EventBus
-from shared.redis import make_redis
 from shared.store import SqlStore
 
 __all__ = ["MemoryBus", "RedisStreamsBus", "Spool", "SpoolingBus", "make_bus"]
@@ -21,8 +18,9 @@ def make_bus(settings: Settings, store: SqlStore) -> EventBus:
     """The bus LLM_PROXY_EVENT_BUS asks for (not yet started; ``await bus.start()``)."""
     strict = settings.event_bus_failure_mode == "reject"
     if settings.event_bus == "redis-streams":
-        # No retries inside the client: a failed XADD goes to the spool at once.
-        redis = make_redis(settings, retry=Retry(NoBackoff(), 0))
+        # Its own connection (not the request path's), and no retries inside the client: a
+        # failed XADD goes to the spool at once.
+        redis = FastRedis.from_settings(settings)
         spool = Spool(settings.spool_dir, settings.event_spool_max_bytes)
         return RedisStreamsBus(
             redis,

@@ -91,6 +91,10 @@ def shipped_version() -> str:
     return str(json.loads(text)["version"])
 
 
+#: model names whose lookup names a price book remembers
+_MAX_NAMES = 1024
+
+
 class PriceBook:
     """Every row in force, answering "which rates applied to model M of project P at time T".
 
@@ -108,6 +112,7 @@ class PriceBook:
         for models in self._rows.values():
             for found in models.values():
                 found.sort(key=lambda r: r.effective_from)
+        self._names: dict[str, tuple[str, ...]] = {}  # model -> itself and its snapshot-less name
         self._starts = {
             (key, model): [r.effective_from for r in found]
             for key, models in self._rows.items()
@@ -128,10 +133,12 @@ class PriceBook:
     def lookup(self, model: str, project_id: str, at: datetime) -> PriceRow | None:
         if not model:
             return None
-        names = [model]
-        snapshot = _SNAPSHOT.sub("", model)
-        if snapshot != model:
-            names.append(snapshot)
+        names = self._names.get(model)
+        if names is None:
+            snapshot = _SNAPSHOT.sub("", model)
+            names = (model,) if snapshot == model else (model, snapshot)
+            if len(self._names) < _MAX_NAMES:  # a client inventing names cannot grow it
+                self._names[model] = names
         for key in ((project_id, 0), ("", 0), ("", 1)) if project_id else (("", 0), ("", 1)):
             models = self._rows.get(key)
             if not models:

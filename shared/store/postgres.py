@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -14,8 +15,10 @@ from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from shared.clock import utcnow
 from shared.errors import Unavailable
 from shared.events import RequestEvent
+from shared.store import partitions
 from shared.store.base import (
     EVENT_COLUMNS,
     Inserted,
@@ -25,9 +28,16 @@ from shared.store.base import (
     one_per_request,
     usage_by_owner,
 )
+from shared.store.partitions import (
+    DEFAULT,
+    LEGACY,
+    MIGRATION_LOCK_KEY,
+    PARTITION_LOCK_KEY,
+    PartitionPolicy,
+    Pruned,
+)
 
-# Any fixed 64-bit number: the advisory lock that serialises concurrent `llm-proxy migrate` runs.
-MIGRATION_LOCK_KEY = 0x6C6C6D70726F7879  # "llmproxy"
+_PARTITION_STEP = "partition_request_events"
 
 
 class _PgTx:
@@ -67,12 +77,14 @@ _INSERT_EVENTS = (
     "trace_id text, span_id text, cache_creation_tokens int8, cache_read_tokens int8, "
     "upstream text, attempts int4, cached_tokens int8, reasoning_tokens int8, "
     "cost_picousd int8) "
-    # A final replaces its accepted row (and nothing else: a repeat changes nothing).
-    "ON CONFLICT (event_id) DO UPDATE SET "
+    # A final replaces its accepted row (and nothing else: a repeat changes nothing). The key
+    # holds ts, the partition column: a redelivery carries the same ts, so meets its row.
+    "ON CONFLICT (event_id, ts) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in (c.strip() for c in EVENT_COLUMNS.split(",")[1:]))
-    + " WHERE request_events.phase = 'accepted' AND EXCLUDED.phase = 'final' "
-    # xmax is 0 on a row this statement inserted, set on one it updated
-    "RETURNING event_id, (xmax = 0) AS fresh"
+    + ", replaced_accepted = true"
+    " WHERE request_events.phase = 'accepted' AND EXCLUDED.phase = 'final' "
+    # RETURNING cannot read xmax on a partitioned table: the row says whether it was replaced
+    "RETURNING event_id, NOT replaced_accepted AS fresh"
 )
 
 _APPLY_USAGE = (
@@ -133,8 +145,11 @@ class PostgresStore(SqlStore):
         connect_timeout: float = 10.0,
         tcp_user_timeout: float = 30.0,
         statement_timeout: float | None = None,
+        partitioning: PartitionPolicy | None = None,
     ) -> None:
         self.url = url
+        self.partitioning = partitioning or PartitionPolicy()
+        self._connect_options = connection_options(connect_timeout, tcp_user_timeout, None)
         self.timeout = timeout
         self.pool = AsyncConnectionPool(
             url,
@@ -241,6 +256,70 @@ class PostgresStore(SqlStore):
     async def lock_owner(self, tx: Tx, owner_id: str) -> None:
         # Held until commit: one owner's reservations are decided one at a time.
         await tx.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (owner_id,))
+
+    async def migrate(self) -> list[int]:
+        """The migrations, then the partitions ahead."""
+        applied = await super().migrate()
+        await self.ensure_partitions()
+        return applied
+
+    async def prepare_step(self, name: str) -> None:
+        if name != _PARTITION_STEP:
+            return await super().prepare_step(name)
+        conn = await psycopg.AsyncConnection.connect(
+            self.url, autocommit=True, row_factory=dict_row, **self._connect_options
+        )
+        async with conn:
+            await partitions.prepare(_PgTx(conn), self.partitioning, utcnow())
+        return None
+
+    async def apply_step(self, tx: Tx, name: str) -> None:
+        if name != _PARTITION_STEP:
+            return await super().apply_step(tx, name)
+        await partitions.convert(tx, self.partitioning, utcnow())
+        return None
+
+    async def ensure_partitions(self, now: datetime | None = None) -> list[str]:
+        """Create the partitions REQUEST_EVENT_PARTITIONS_AHEAD asks for that are missing,
+        each in its own short transaction; return their names. Another process creating them
+        at the same time: this one skips the round."""
+        if await self.schema_version() < 14:
+            return []
+        wanted = partitions.wanted(now or utcnow(), self.partitioning)
+        created: list[str] = []
+        while True:
+            async with self.transaction() as tx:
+                got = await tx.fetchone(
+                    "SELECT pg_try_advisory_xact_lock(%s) AS ok", (PARTITION_LOCK_KEY,)
+                )
+                if not got or not got["ok"]:
+                    return created
+                gaps = partitions.missing(wanted, await partitions.list_partitions(tx))
+                if not gaps:
+                    return created
+                created.append(await partitions.create_partition(tx, *gaps[0]))
+
+    async def prune_events(self, cutoff: datetime) -> Pruned:
+        """Drop the partitions wholly older than ``cutoff``; delete older rows, in chunks,
+        only from the legacy and default partitions (the others go whole, later)."""
+        async with self.transaction(readonly=True) as tx:
+            existing = await partitions.list_partitions(tx)
+        if not existing:  # not partitioned yet (schema before 0014)
+            return await super().prune_events(cutoff)
+        pruned = Pruned([])
+        for partition in partitions.expired(existing, cutoff):
+            async with self.transaction() as tx:
+                await partitions.drop_partition(tx, partition.name)
+            pruned.dropped.append(partition.name)
+        names = {p.name for p in existing} - set(pruned.dropped)
+        for table in (LEGACY, DEFAULT):
+            while table in names:
+                async with self.transaction() as tx:
+                    count = await partitions.delete_chunk(tx, table, cutoff)
+                pruned.deleted += count
+                if count < partitions.DELETE_CHUNK:
+                    break
+        return pruned
 
     async def lock_for_migration(self, tx: Tx) -> None:
         # Held until commit: a second migrator waits here, then finds nothing left to do.

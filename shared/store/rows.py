@@ -93,9 +93,14 @@ class _Usage:
     def add(self, event: RequestEvent, ts: datetime, counted: bool = False) -> None:
         # request_count counts admitted requests; the proxy's own rejections are stored as rows
         # (and mark the token as used) but are not requests it served. ``counted``: the
-        # request's accepted row already counted it; this final only adds its usage.
+        # request's accepted row already counted it; this final adds its usage, or takes the
+        # count back if the request was refused after all (its limits or budget are checked
+        # while its accepted record is on the way).
         admitted = event.error not in REJECTION_CODES
-        self.requests += admitted and not counted
+        if counted:
+            self.requests -= not admitted
+        else:
+            self.requests += admitted
         self.cache_hits += admitted and event.cache_status == "hit"
         self.prompt_tokens += event.prompt_tokens
         self.completion_tokens += event.completion_tokens
