@@ -200,6 +200,8 @@ class ProxyApp:
             ),
             budgets=budgets,
         )
+        handler = self.handler
+        self.metrics.serving = lambda: handler.in_flight
         self.manage_app = create_management_app(
             settings,
             store,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -80,6 +80,7 @@ class Metrics:
         r = self.registry
         self._counters: dict[tuple[str, str, int], Counter] = {}
         self._cache_counters: dict[tuple[str, str], Counter] = {}  # (backend, status)
+        self.serving: Callable[[], int] | None = None  # requests in flight now, once serving
         self._histograms: dict[str, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
         self.requests = Counter(
             "llm_proxy_requests",
@@ -243,9 +244,13 @@ class Metrics:
         self.money = MoneyMetrics(r)
 
     async def follow_bus(self, bus: EventBus, interval: float = 2.0) -> None:
-        """Copy the bus's counters into Prometheus now and then (off the request path)."""
+        """Copy the bus's counters into Prometheus now and then (off the request path), and
+        sample the requests in flight (``serving``: a gauge written per request would cost two
+        shared-memory writes each)."""
         seen = (0, 0, 0, 0, 0)
         while True:
+            if self.serving is not None:
+                self.in_flight.set(self.serving())
             now = (bus.published, bus.spooled, bus.dropped, bus.unrecordable, bus.restarts)
             for counter, new, old in zip(
                 (

@@ -21,7 +21,12 @@ from proxy.overhead import head_timing
 from proxy.routing import Route
 from proxy.upstream import Response, Upstream, read_chunk
 from proxy.upstream.failover import Target
-from proxy.upstream.providers import Provider, anthropic_error_body, azure_target
+from proxy.upstream.providers import (
+    Deployments,
+    Provider,
+    anthropic_error_body,
+    azure_target,
+)
 from proxy.usage import (
     INCLUDE_USAGE_ENDPOINTS,
     JsonTap,
@@ -72,7 +77,7 @@ class Relay:
         serving: Target | None = None
         if not upstreams:  # the one-upstream path: the project's own base URL and key
             provider = cred.provider
-            target = self._target(provider, route, query, body)
+            target = self._target(provider, cred.deployments, route, query, body)
             headers = self._headers(ex, provider, cred.api_key, conditional)
         sent_at = time.perf_counter()
         watch = _Watch()
@@ -95,7 +100,7 @@ class Relay:
 
                     def call(t: Target) -> tuple[bytes, dict[str, str]]:
                         return (
-                            self._target(t.provider, route, query, body),
+                            self._target(t.provider, t.deployments, route, query, body),
                             self._headers(ex, t.provider, t.api_key, conditional),
                         )
 
@@ -131,10 +136,14 @@ class Relay:
         finally:
             watcher.cancel()
 
-    def _target(self, provider: Provider, route: Route, query: bytes, body: object) -> bytes:
+    def _target(
+        self, provider: Provider, table: Deployments, route: Route, query: bytes, body: object
+    ) -> bytes:
         """The path and query below the upstream's base URL."""
         if provider.maps_paths:
-            return azure_target(route.rest, route.deployment, query, body, self.azure_api_version)
+            return azure_target(
+                route.rest, route.deployment, query, body, table, self.azure_api_version
+            )
         return route.rest.encode() + b"?" + query if query else route.rest.encode()
 
     def _headers(

@@ -450,8 +450,8 @@ class Settings:
     azure_openai_api_version: str = var(
         "AZURE_OPENAI_API_VERSION",
         "2024-10-21",
-        "The `api-version` sent to `azure-openai` projects when the client names none "
-        "(docs/providers.md).",
+        "The `api-version` sent to `azure-openai` projects when neither the project (or "
+        "upstream, `--api-version`) nor the client names one (docs/providers.md).",
         str,
     )
     forward_openai_org_headers: bool = var(

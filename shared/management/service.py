@@ -28,9 +28,16 @@ from shared.management.checks import (
     safe_id,
     shown_id,
 )
-from shared.management.fields import Operation, audit_details, fields_of, refuse_nul, validated
+from shared.management.fields import (
+    Operation,
+    audit_details,
+    fields_of,
+    refuse_nul,
+    stored_values,
+    validated,
+)
 from shared.management.money import MoneyOperations
-from shared.management.upstreams import UpstreamOperations
+from shared.management.upstreams import AZURE_COLUMNS, UpstreamOperations, check_azure_only
 from shared.management.views import (
     View,
     audit_view,
@@ -83,15 +90,7 @@ def _limits(
 ) -> dict[str, Any]:
     """The token limits (or ``of`` another group's fields) of an input as columns (same
     names), as each field stores them."""
-    out: dict[str, Any] = {}
-    for f in fields_of(of):
-        value = getattr(inp, f.name)
-        if value is not None and f.stored is not None:
-            value = f.stored(value)
-        elif value is None and given_only:
-            continue
-        out[f.name] = value
-    return out
+    return stored_values(inp, frozenset(f.name for f in fields_of(of)), given_only=given_only)
 
 
 @dataclass
@@ -190,6 +189,7 @@ class Management(UpstreamOperations, MoneyOperations):
         async with self._audited("project.create", "project", "", inp) as audit:
             audit.details = {"name": inp.name.strip()}
             inp = validated(inp)
+            check_azure_only(inp.kind, inp.deployments, inp.api_version)
             if await self.store.get_project_by_name(inp.name):
                 raise Conflict(f"a project named {inp.name!r} already exists")
             now = utcnow()
@@ -204,6 +204,7 @@ class Management(UpstreamOperations, MoneyOperations):
                 kind=inp.kind,
                 models=inp.models or None,
                 **_limits(inp, of=i.BudgetInputs),
+                **stored_values(inp, AZURE_COLUMNS, given_only=False),
             )
             try:
                 created = await self.store.create_project(project)
@@ -233,6 +234,7 @@ class Management(UpstreamOperations, MoneyOperations):
             project = await self._project(inp.project_id)
             audit.target_id = project.id
             inp = validated(inp)
+            check_azure_only(inp.kind or project.kind, inp.deployments, inp.api_version)
             changes: dict[str, Any] = {}
             if inp.name is not None:
                 other = await self.store.get_project_by_name(inp.name)
@@ -248,10 +250,11 @@ class Management(UpstreamOperations, MoneyOperations):
             if inp.models is not None:
                 changes["models"] = inp.models or None
             changes |= _limits(inp, given_only=True, of=i.BudgetInputs)
+            changes |= stored_values(inp, AZURE_COLUMNS, given_only=True)
             if not changes:
                 raise UserError(
-                    "nothing to update: give --name, --base-url, --kind, --models, a budget or a "
-                    "new API key"
+                    "nothing to update: give --name, --base-url, --kind, --models, a budget, "
+                    "--deployment, --api-version or a new API key"
                 )
             updated, _ = await self.store.update_project(project.id, changes)
             if updated is None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from shared.money.amounts import usd_to_picos
 from shared.money.budgets import Window
-from shared.store.models import Project, Token
+from shared.store.models import Governed, Project, Token
 from shared.store.rows import Tables, Tx
 
 
@@ -79,7 +79,7 @@ def limits_of(token: Token, project: Project) -> tuple[BudgetLimit, ...]:
     return tuple(out)
 
 
-def _budget(owner_id: str, owner: Token | Project) -> BudgetLimit | None:
+def _budget(owner_id: str, owner: Governed) -> BudgetLimit | None:
     if owner.budget_usd is None and owner.budget_tokens is None:
         return None
     return BudgetLimit(

@@ -32,7 +32,8 @@ class Tx(Protocol):
 PROJECT_COLUMNS = (
     "id, name, base_url, api_key_enc, is_active, created_at, updated_at, request_count, "
     "cache_hit_count, prompt_tokens, completion_tokens, last_used_at, kind, models, "
-    "budget_usd, budget_tokens, budget_window, budget_calendar, budget_mode"
+    "budget_usd, budget_tokens, budget_window, budget_calendar, budget_mode, deployments, "
+    "api_version"
 )
 TOKEN_COLUMNS = (
     "id, token_hash, display_prefix, project_id, label, is_active, created_at, updated_at, "
@@ -54,6 +55,7 @@ DEAD_LETTER_COLUMNS = (
 BUDGET_COLUMNS = ("budget_usd", "budget_tokens", "budget_window", "budget_calendar", "budget_mode")
 PROJECT_UPDATABLE = frozenset(
     {"name", "base_url", "api_key_enc", "is_active", "kind", "models", *BUDGET_COLUMNS}
+    | {"deployments", "api_version"}
 )
 TOKEN_UPDATABLE = frozenset(
     {
