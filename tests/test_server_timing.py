@@ -149,7 +149,9 @@ def test_the_figures_start_at_the_request_s_first_bytes_not_at_the_app(
             found = TIMING.match(answer.getheader("server-timing") or "")
             assert found, answer.getheaders()
             proxy_ms, upstream_ms = float(found[1]), float(found[2])
-            assert proxy_ms >= pause * 1000  # the pause before the head was complete
+            # The pause before the head was complete, less what the loopback's delivery of the
+            # first part may take from it: an app-only figure is far below half of it.
+            assert proxy_ms >= pause * 1000 / 2
             # ...and nothing from before this request's first bytes (the previous request,
             # the idle time between them): the figures lie inside what the client waited
             assert proxy_ms + upstream_ms <= wall_ms
