@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 from proxy.auth import Credential
 from shared.clock import utcnow
 from shared.management.checks import parse_since
+from shared.management.spend import spend_views
 from shared.money.amounts import picos_to_usd
 from shared.store import SqlStore
 from shared.store.rollups import COUNTS, Rollup
@@ -35,27 +36,8 @@ async def usage_of(
     for part in by_model.values():
         for c in COUNTS:
             setattr(overall, c, getattr(overall, c) + getattr(part, c))
-    budgets = []
-    for b in cred.budgets:
-        picos, tokens = await store.budget_used(b.owner_id, b.window, now)
-        budgets.append(
-            {
-                "owner": "token" if b.owner_id == cred.token_id else "project",
-                "kind": "tpm" if b.tpm else "budget",
-                "window": b.window.name,
-                "calendar": b.window.calendar,
-                "mode": "hard" if b.hard else "soft",
-                "limit_usd": picos_to_usd(b.picos),
-                "used_usd": picos_to_usd(picos) if b.picos is not None else None,
-                "remaining_usd": picos_to_usd(max(b.picos - picos, 0))
-                if b.picos is not None
-                else None,
-                "limit_tokens": b.tokens,
-                "used_tokens": tokens if b.tokens is not None else None,
-                "remaining_tokens": max(b.tokens - tokens, 0) if b.tokens is not None else None,
-                "resets_at": b.window.reset(now).isoformat().replace("+00:00", "Z"),
-            }
-        )
+    owners = {cred.token_id: "token", cred.project_id: "project"}
+    budgets = await spend_views(store, cred.budgets, owners, now)
     quota = None
     limit = cred.limits.max_requests
     if limit is not None:
