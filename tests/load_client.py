@@ -54,6 +54,14 @@ class _Reply(asyncio.Protocol):
         self.done, self.first_body = loop.create_future(), loop.create_future()
         self.cache = b""
 
+    def forget(self) -> None:
+        """Drop what this response still promises (a stream left early never completes)."""
+        for future in (self.first_body, self.done):
+            if future is not None:
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: a closed connection is expected here
+                future.cancel()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
@@ -103,25 +111,17 @@ async def drive(host: str, port: int, calls: Sequence[Call], connections: int) -
             assert conn.transport is not None and conn.done and conn.first_body
             conn.transport.write(call.raw)
             try:
-                if call.hang_up:
-                    await asyncio.wait_for(conn.first_body, 60)
-                    status, hit = conn.parser.get_status_code(), conn.cache == b"hit"
-                    conn.transport.close()
-                    conn = None
-                else:
-                    await asyncio.wait_for(conn.done, 60)
-                    status, hit = conn.parser.get_status_code(), conn.cache == b"hit"
-                    if not conn.parser.should_keep_alive():
-                        conn.transport.close()
-                        conn = None
+                await asyncio.wait_for(conn.first_body if call.hang_up else conn.done, 60)
             except (ConnectionError, httptools.HttpParserError, TimeoutError) as exc:
                 tally.failures.append(f"{call.kind}: {exc!r}")
-                if conn is not None and conn.transport is not None:
-                    conn.transport.close()
+                call = Call(call.kind, b"", hang_up=True)  # drop this connection
+            else:
+                tally.statuses[(call.kind, conn.parser.get_status_code())] += 1
+                tally.cache_hits[call.kind] += conn.cache == b"hit"
+            conn.forget()
+            if call.hang_up or not conn.parser.should_keep_alive():
+                conn.transport.close()
                 conn = None
-                continue
-            tally.statuses[(call.kind, status)] += 1
-            tally.cache_hits[call.kind] += hit
         if conn is not None and conn.transport is not None:
             conn.transport.close()
 

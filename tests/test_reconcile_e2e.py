@@ -8,7 +8,6 @@ of every kind likewise; the model without a price is counted unpriced, never $0.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import pytest
 from typer.testing import CliRunner
 
 from admin.cli import app
+from bench.fake_upstream import run_loop
+from bench.procs import cpu_seconds, descendants
 from shared.crypto import new_key
 from shared.money.amounts import PICOS
 from tests.load_client import Call, Tally, drive, post
@@ -83,7 +84,8 @@ def _calls(a: Provisioned, b: Provisioned) -> tuple[list[Call], dict[str, int]]:
     """The mix, one call per request; also how many of each kind. Token A (a hard budget)
     sends priced requests only (a hard dollar budget refuses a model without a price); token B
     (a soft budget) sends the unpriced ones too."""
-    calls, kinds = [], {}
+    calls: list[Call] = []
+    kinds: dict[str, int] = {}
     path = "/v1/chat/completions"
     for i in range(REQUESTS):
         slot = i % 100
@@ -108,7 +110,7 @@ def _calls(a: Provisioned, b: Provisioned) -> tuple[list[Call], dict[str, int]]:
         else:
             kind, token, body["stream"] = "b-priced", b.token, slot % 2 == 0
             if slot == 99:
-                body["user"], hang_up, kind = HANG_UP, True, "b-hang-up"
+                kind, body["stream"], body["user"], hang_up = "b-hang-up", True, HANG_UP, True
         headers["Authorization"] = f"Bearer {token}"
         calls.append(Call(kind, post(path, orjson.dumps(body), headers), hang_up))
         kinds[kind] = kinds.get(kind, 0) + 1
@@ -166,8 +168,15 @@ def test_costs_reconcile_across_events_rollups_and_budgets(
         "REDIS_CACHE_KEY_PREFIX": f"cache-{uuid.uuid4().hex[:8]}:",
         "LOG_LEVEL": "warning",
     }
-    budget = {"budget_window": "1d", "budget_tokens": 10**12}
-    a = provision(env, tmp_path, upstream_url + "/v1", budget_usd="100000", **budget, label="a")
+    a = provision(
+        env,
+        tmp_path,
+        upstream_url + "/v1",
+        budget_usd="100000",
+        budget_tokens=10**12,
+        budget_window="1d",
+        label="a",
+    )
     proxy = dispatcher = None
     try:
         project = a.project_id
@@ -186,12 +195,16 @@ def test_costs_reconcile_across_events_rollups_and_budgets(
         dispatcher = DispatcherProcess(env=env, cwd=tmp_path).start()
         proxy = ProxyProcess(env=env, cwd=tmp_path, workers=2).start()
         started = time.monotonic()
-        tally: Tally = asyncio.run(drive("127.0.0.1", proxy.port, calls, CONNECTIONS))
+        tally: Tally = run_loop(drive("127.0.0.1", proxy.port, calls, CONNECTIONS))
         sent_in = time.monotonic() - started
+        assert proxy.proc is not None and dispatcher.proc is not None
+        cpu = {
+            "proxy": cpu_seconds([proxy.proc.pid, *descendants(proxy.proc.pid)]),
+            "dispatcher": cpu_seconds([dispatcher.proc.pid]),
+        }
+        print(f"{REQUESTS} requests sent in {sent_in:.1f}s; CPU seconds {cpu}")
         assert not tally.failures, tally.failures[:5]
-        assert dict(tally.statuses) == {(kind, 200): n for kind, n in kinds.items()}, (
-            tally.statuses
-        )
+        assert dict(tally.statuses) == {(kind, 200): n for kind, n in kinds.items()}, tally.statuses
         with psycopg.connect(db_url, autocommit=True) as conn:
             deadline = time.monotonic() + 180
             while _events(conn, "project_id = %s", project)["requests"] < REQUESTS:
@@ -238,10 +251,9 @@ def test_costs_reconcile_across_events_rollups_and_budgets(
         assert rollups["b"]["cost_usd"] is None and usage["total"]["cost_usd"] is None
         assert rollups["a"]["cost_usd"] == rollups["a"]["priced_cost_usd"]
         unpriced = _cli(env, "manage", "prices", "unpriced", "--project-id", project)
-        assert [(m["model"], m["requests"]) for m in unpriced["data"]] == [
+        assert [(m["model"], m["requests"]) for m in unpriced] == [
             (UNPRICED_MODEL, kinds["unpriced"])
         ]
-        print(f"{REQUESTS} requests sent in {sent_in:.1f}s")
     finally:
         if proxy is not None:
             proxy.stop()
