@@ -26,15 +26,14 @@ from typer.testing import CliRunner
 from admin.cli import app
 from bench.fake_upstream import run_loop
 from bench.procs import cpu_seconds, descendants
-from shared.crypto import new_key
 from shared.money.amounts import PICOS
 from tests.load_client import Call, Tally, drive, post
 from tests.priced_upstream import HANG_UP
 from tests.proxy_process import (
-    UNLIMITED,
     DispatcherProcess,
     Provisioned,
     ProxyProcess,
+    production_env,
     provision,
     terminate,
 )
@@ -155,19 +154,14 @@ def test_costs_reconcile_across_events_rollups_and_budgets(
     tmp_path: Path, db_url: str, upstream_url: str
 ) -> None:
     redis = RedisProcess().start()
-    env = {
-        **UNLIMITED,
-        "DB_DRIVER": "postgres",
-        "DATABASE_URL": db_url,
-        "ENCRYPTION_KEY": new_key(),
-        "LLM_PROXY_EVENT_BUS": "redis-streams",
-        "REDIS_ADDR": redis.addr,
-        "REDIS_STREAM_KEY": f"events-{uuid.uuid4().hex[:8]}",
-        "HTTP_CACHE_ENABLED": "true",
-        "HTTP_CACHE_BACKEND": "redis",
-        "REDIS_CACHE_KEY_PREFIX": f"cache-{uuid.uuid4().hex[:8]}:",
-        "LOG_LEVEL": "warning",
-    }
+    env = production_env(
+        db_url,
+        redis.addr,
+        HTTP_CACHE_ENABLED="true",
+        HTTP_CACHE_BACKEND="redis",
+        REDIS_CACHE_KEY_PREFIX=f"cache-{uuid.uuid4().hex[:8]}:",
+        LOG_LEVEL="warning",
+    )
     a = provision(
         env,
         tmp_path,
