@@ -19,6 +19,7 @@ import typer
 from admin.options import JsonOpt
 from admin.output import confirm_or_refuse, emit_detail, emit_usage, fail, read_secret
 from admin.runner import Render, run
+from shared.deployments import parse_pairs
 from shared.errors import LLMProxyError
 from shared.management import OPERATIONS, Field, Operation
 
@@ -29,6 +30,7 @@ _TYPES: dict[str, Any] = {
     "date-time": str,  # read by the field's own parser: an ISO time or a span back (1h)
     "duration": str,
     "integers": list[int],
+    "mapping": list[str],  # repeated KEY=VALUE, made a mapping by the field's parser
 }
 
 
@@ -43,6 +45,7 @@ def _parameter(f: Field) -> inspect.Parameter:
             help=f.doc,
             envvar=f.envvar,
             show_envvar=f.envvar is not None,
+            metavar=f.metavar or None,
             show_default=not f.secret and f.default not in (None, False),
         )
     default = inspect.Parameter.empty if f.required else f.default
@@ -126,6 +129,10 @@ def command(app: typer.Typer, name: str, op: Operation[Any], shown: Shown) -> No
         for f in fields:
             if f.kind == "date-time" and given.get(f.name) is not None:
                 given[f.name] = guard(partial(f.parse_text, given[f.name]))
+            elif f.kind == "mapping":  # not given: an empty list
+                given[f.name] = (
+                    guard(partial(parse_pairs, given[f.name])) if given[f.name] else None
+                )
         inputs = op.inputs(**given)
         if shown.perform is not None:
             shown.perform(ctx, inputs, as_json, extras)

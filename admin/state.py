@@ -2,9 +2,10 @@
 
 Its keys come from the management declarations wherever they can: a project takes the non-secret
 fields of ``CreateProject`` (name, base_url, and whatever is declared there next), a token the
-fields of ``TokenLimits``. A key the file leaves out is left as it is on the deployment; ``null``
-means "none". Secrets never appear: an upstream key is named by ``api_key_env`` or
-``api_key_file``, and tokens are known by label (their secret exists only as a hash).
+fields of ``TokenLimits``, an upstream those of ``AddUpstream``. A key the file leaves out is
+left as it is on the deployment; ``null`` means "none". Secrets never appear: an upstream key is
+named by ``api_key_env`` or ``api_key_file``, tokens are known by label (their secret exists
+only as a hash) and upstreams by base URL.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import yaml
 from shared.errors import UserError
 from shared.management import Field, fields_of
 from shared.management.checks import check_api_key, parse_token_duration
-from shared.management.inputs import CreateProject, TokenLimits
+from shared.management.inputs import AddUpstream, CreateProject, TokenLimits, UpdateUpstream
 
 VERSION = 1
 NEVER = "never"
@@ -38,6 +39,13 @@ def project_fields() -> tuple[Field, ...]:
 
 def token_fields() -> tuple[Field, ...]:
     return fields_of(TokenLimits)
+
+
+def upstream_fields() -> tuple[Field, ...]:
+    """An upstream's values in a state file: what adding one takes (but its project and key),
+    and whether it is in rotation."""
+    added = [f for f in fields_of(AddUpstream) if not f.secret and f.name != "project_id"]
+    return (*added, *(f for f in fields_of(UpdateUpstream) if f.name == "enabled"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +87,22 @@ class TokenSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    where: str
+    base_url: str  # what it is matched by (with id, when two share one)
+    id: str | None
+    values: dict[str, Any]  # the given upstream fields, "enabled" among them
+    key: KeyRef | None
+
+
+@dataclass(frozen=True, slots=True)
 class ProjectSpec:
     where: str
     name: str
     values: dict[str, Any]  # the given project fields and "active"
     key: KeyRef | None
     tokens: tuple[TokenSpec, ...] | None  # None: the file does not manage this project's tokens
+    upstreams: tuple[UpstreamSpec, ...] | None = None  # None: nor its upstreams
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +189,8 @@ def _token(raw: Any, where: str) -> TokenSpec:
 
 def _project(raw: Any, where: str) -> ProjectSpec:
     fields = project_fields()
-    keys = {"name", "active", "api_key_env", "api_key_file", "tokens", *(f.name for f in fields)}
+    keys = {"name", "active", "api_key_env", "api_key_file", "tokens", "upstreams"}
+    keys |= {f.name for f in fields}
     raw = _mapping(raw, where, keys)
     if "name" not in raw:
         raise StateError(f"{where}.name: required")
@@ -180,26 +199,45 @@ def _project(raw: Any, where: str) -> ProjectSpec:
     values = {f.name: _value(f, raw[f.name], where) for f in fields if f.name in raw}
     if "active" in raw:
         values["active"] = _bool(raw["active"], f"{where}.active")
-    if "api_key_env" in raw and "api_key_file" in raw:
-        raise StateError(f"{where}.api_key_file: give api_key_env or api_key_file, not both")
-    key = None
-    if "api_key_env" in raw:
-        key = KeyRef(env=_text(raw["api_key_env"], f"{where}.api_key_env"))
-    elif "api_key_file" in raw:
-        key = KeyRef(file=_text(raw["api_key_file"], f"{where}.api_key_file"))
     tokens = None
     if "tokens" in raw:
         items = _list(raw["tokens"] or [], f"{where}.tokens")
         tokens = tuple(_token(t, f"{where}.tokens[{n}]") for n, t in enumerate(items))
-        _unique([(t.id or t.label, t.where) for t in tokens], "token label or id")
-    return ProjectSpec(where, name, values, key, tokens)
+        _unique([(t.id or t.label, t.where) for t in tokens], "token label or id", "token")
+    upstreams = None
+    if "upstreams" in raw:
+        items = _list(raw["upstreams"] or [], f"{where}.upstreams")
+        upstreams = tuple(_upstream(u, f"{where}.upstreams[{n}]") for n, u in enumerate(items))
+        _unique([(u.id or u.base_url, u.where) for u in upstreams], "upstream at", "upstream")
+    return ProjectSpec(where, name, values, _key(raw, where), tokens, upstreams)
 
 
-def _unique(names: list[tuple[str, str]], what: str) -> None:
+def _key(raw: dict[str, Any], where: str) -> KeyRef | None:
+    if "api_key_env" in raw and "api_key_file" in raw:
+        raise StateError(f"{where}.api_key_file: give api_key_env or api_key_file, not both")
+    if "api_key_env" in raw:
+        return KeyRef(env=_text(raw["api_key_env"], f"{where}.api_key_env"))
+    if "api_key_file" in raw:
+        return KeyRef(file=_text(raw["api_key_file"], f"{where}.api_key_file"))
+    return None
+
+
+def _upstream(raw: Any, where: str) -> UpstreamSpec:
+    fields = upstream_fields()
+    keys = {"id", "api_key_env", "api_key_file", *(f.name for f in fields)}
+    raw = _mapping(raw, where, keys)
+    if "base_url" not in raw:
+        raise StateError(f"{where}.base_url: required")
+    values = {f.name: _value(f, raw[f.name], where) for f in fields if f.name in raw}
+    upstream_id = _text(raw["id"], f"{where}.id") if "id" in raw else None
+    return UpstreamSpec(where, values["base_url"], upstream_id, values, _key(raw, where))
+
+
+def _unique(names: list[tuple[str, str]], what: str, thing: str) -> None:
     seen: set[str] = set()
     for name, where in names:
         if name in seen:
-            raise StateError(f"{where}: a second {what} {name!r} (give the token's id)")
+            raise StateError(f"{where}: a second {what} {name!r} (give the {thing}'s id)")
         seen.add(name)
 
 
@@ -216,7 +254,7 @@ def parse(text: str, source: str) -> State:
         raise StateError(f"{source}.version: this llm-proxy reads version {VERSION}")
     items = _list(raw.get("projects") or [], "projects")
     projects = tuple(_project(p, f"projects[{n}]") for n, p in enumerate(items))
-    _unique([(p.name, p.where + ".name") for p in projects], "project named")
+    _unique([(p.name, p.where + ".name") for p in projects], "project named", "project")
     return State(projects)
 
 
@@ -228,8 +266,8 @@ def key_placeholder(name: str) -> str:
 
 HEADER = """\
 # llm-proxy state, written by `llm-proxy export` (docs/config-as-code.md).
-# Upstream keys are never exported: each project names the environment variable that
-# `llm-proxy apply` reads its key from when it creates the project (or with --set-keys).
+# Upstream keys are never exported: each project and upstream names the environment variable
+# that `llm-proxy apply` reads its key from when it creates it (or with --set-keys).
 # Set those variables (or use api_key_file: PATH) before applying this file elsewhere.
 # Tokens are known by label; a token created by apply prints its secret once.
 """

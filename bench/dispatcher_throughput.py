@@ -9,6 +9,7 @@ Two measurements, on a throwaway database and a throwaway stream:
   (XREADGROUP, decode, write, XACK), timed until every row is in and nothing is pending.
 
     python bench/dispatcher_throughput.py [--events 100000] [--dispatchers 1]
+        [--batches 100,500] [--ours-only]
 
 Needs the loopback Postgres (BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1/test)
 and Redis (BENCH_REDIS_ADDR, default 127.0.0.1:6379).
@@ -88,7 +89,7 @@ class CopyStore(PostgresStore):
                 )
         cur = await conn.execute(
             f"INSERT INTO request_events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} "
-            "FROM stage_events ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+            "FROM stage_events ON CONFLICT (event_id, ts) DO NOTHING RETURNING event_id"
         )
         inserted = {row["event_id"] for row in await cur.fetchall()}
         return [e for e in events if e.event_id in inserted]
@@ -109,7 +110,7 @@ class UnnestStore(PostgresStore):
             "%s::uuid[], %s::text[], %s::timestamptz[], %s::uuid[], %s::uuid[], %s::text[], "
             "%s::text[], %s::int4[], %s::text[], %s::float8[], %s::float8[], %s::float8[], "
             "%s::int8[], %s::int8[], %s::int4[], %s::int4[], %s::int4[], %s::text[], "
-            "%s::bool[], %s::text[], %s::text[]) ON CONFLICT (event_id) DO NOTHING "
+            "%s::bool[], %s::text[], %s::text[]) ON CONFLICT (event_id, ts) DO NOTHING "
             "RETURNING event_id",
             columns,
         )
@@ -248,7 +249,7 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores shared with others)")
         print("| what | batch | events/s (best of runs) | dispatcher CPU µs/event |")
         print("| --- | --- | --- | --- |")
-        for batch in (100, 500):
+        for batch in (int(b) for b in args.batches.split(",")):
             d = args.dispatchers
             runs: list[tuple[str, Any]] = [
                 ("writer, json_to_recordset (ours)", partial(bench_writer, url, PostgresStore)),
@@ -257,6 +258,8 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
                 (f"dispatcher x{d} (stream to rows, acked)", partial(bench_dispatcher, url)),
                 (f"dispatcher x{d} with COPY", partial(bench_dispatcher, url, store_cls=CopyStore)),
             ]
+            if args.ours_only:  # the production path alone (before/after comparisons)
+                runs = [runs[0], runs[3]]
             for label, run in runs:
                 if label.startswith("writer"):
                     work = partial(run, batch=batch, events=args.writer_events, owners=owners)
@@ -281,4 +284,8 @@ if __name__ == "__main__":
     parser.add_argument("--writer-events", type=int, default=50_000, help="events per writer run")
     parser.add_argument("--dispatchers", type=int, default=1, help="dispatchers draining at once")
     parser.add_argument("--runs", type=int, default=3, help="runs of each; the best is shown")
+    parser.add_argument("--batches", default="100,500", help="batch sizes, comma-separated")
+    parser.add_argument(
+        "--ours-only", action="store_true", help="skip the unnest and COPY alternatives"
+    )
     asyncio.run(main(parser.parse_args()))

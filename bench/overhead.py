@@ -3,9 +3,11 @@
 For each proxy target, N requests one at a time (c=1, one keep-alive connection): the client's
 own round-trip time, and the `proxy;dur` / `upstream;dur` of each answer; the same requests
 straight to the fake upstream give the floor. The added latency the client sees (target minus
-direct) is then set beside `proxy;dur` and beside the mean of the `llm_proxy_overhead_seconds`
-histogram read from /metrics. What `proxy;dur` cannot see — the server's HTTP parsing and
-writing, the socket system calls, the event loop's wake-ups — is the difference, reported too.
+direct) is then set beside `proxy;dur` (P50s) and beside the mean of the
+`llm_proxy_overhead_seconds` histogram over the same requests, read from /metrics before and
+after them (means: the histogram has no exact P50). What neither sees is the difference,
+reported too: the kernel's share of the extra loopback hops, and the event loop's wake-ups
+before the worker reads the request (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from bench.targets import TARGETS, Context, Running
 _TIMING = re.compile(r"proxy;dur=([0-9.]+), upstream;dur=([0-9.]+)")
 
 
-def _round_trips(running: Running, path: str, body: bytes | None, n: int) -> dict[str, list[float]]:
+def _round_trips(
+    running: Running, path: str, body: bytes | None, n: int, warmup: int = 50
+) -> dict[str, list[float]]:
     conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=30)
     headers = {"Content-Type": "application/json"}
     if running.auth:
@@ -38,7 +42,7 @@ def _round_trips(running: Running, path: str, body: bytes | None, n: int) -> dic
     proxy: list[float] = []
     upstream: list[float] = []
     try:
-        for i in range(n + 50):
+        for i in range(n + warmup):
             started = time.perf_counter()
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -46,7 +50,7 @@ def _round_trips(running: Running, path: str, body: bytes | None, n: int) -> dic
             elapsed = (time.perf_counter() - started) * 1000
             if resp.status != 200:
                 raise RuntimeError(f"{method} {path} answered {resp.status}")
-            if i < 50:  # warm-up
+            if i < warmup:
                 continue
             total.append(elapsed)
             timing = _TIMING.search(resp.getheader("server-timing") or "")
@@ -58,7 +62,8 @@ def _round_trips(running: Running, path: str, body: bytes | None, n: int) -> dic
     return {"total": total, "proxy": proxy, "upstream": upstream}
 
 
-def _histogram_mean_ms(port: int) -> float | None:
+def _histogram(port: int) -> tuple[float, float]:
+    """The overhead histogram's sum (seconds) and count, over every endpoint."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request("GET", "/metrics")
@@ -71,7 +76,7 @@ def _histogram_mean_ms(port: int) -> float | None:
             total += float(line.rsplit(" ", 1)[1])
         elif line.startswith("llm_proxy_overhead_seconds_count"):
             count += float(line.rsplit(" ", 1)[1])
-    return total / count * 1000 if count else None
+    return total, count
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,28 +98,34 @@ def main(argv: list[str] | None = None) -> None:
             ctx = Context(upstream_port=port, workdir=work, logs=logs)
             direct = _round_trips(Running(port=port), scenario.path, body, args.requests)
             floor = statistics.median(direct["total"])
+            floor_mean = statistics.fmean(direct["total"])
             for name in args.targets.split(","):
                 running = TARGETS[name].start(ctx)
                 try:
-                    got = _round_trips(running, scenario.path, body, args.requests)
-                    hist = _histogram_mean_ms(running.port)
+                    _round_trips(running, scenario.path, body, 0)  # warm-up only
+                    sum_before, count_before = _histogram(running.port)
+                    got = _round_trips(running, scenario.path, body, args.requests, warmup=0)
+                    sum_after, count_after = _histogram(running.port)
                 finally:
                     running.stop()
+                count = count_after - count_before
+                hist = (sum_after - sum_before) / count * 1000 if count else float("nan")
                 added = statistics.median(got["total"]) - floor
+                added_mean = statistics.fmean(got["total"]) - floor_mean
                 said = statistics.median(got["proxy"]) if got["proxy"] else float("nan")
                 mean_said = statistics.fmean(got["proxy"]) if got["proxy"] else float("nan")
-                rows.append((name, added, said, mean_said, hist))
+                rows.append((name, added, said, added_mean, mean_said, hist))
     print(f"{args.scenario}, c=1, {args.requests} requests per target; direct P50 {floor:.3f} ms")
     print(
-        "| target | added P50 (client) | proxy;dur P50 | proxy;dur mean "
-        "| histogram mean | not seen by proxy;dur |"
+        "| target | added P50 (client) | proxy;dur P50 | not seen by proxy;dur (P50s) "
+        "| added mean (client) | proxy;dur mean | histogram mean "
+        "| not seen by the histogram (means) |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, added, said, mean_said, hist in rows:
-        shown = f"{hist:.3f}" if hist is not None else "-"
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, added, said, added_mean, mean_said, hist in rows:
         print(
-            f"| {name} | {added:.3f} | {said:.3f} | {mean_said:.3f} | {shown} "
-            f"| {added - said:.3f} |"
+            f"| {name} | {added:.3f} | {said:.3f} | {added - said:.3f} | {added_mean:.3f} "
+            f"| {mean_said:.3f} | {hist:.3f} | {added_mean - hist:.3f} |"
         )
 
 

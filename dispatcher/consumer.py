@@ -35,6 +35,7 @@ from dispatcher.entries import Entry
 from dispatcher.maintenance import Upkeep
 from dispatcher.metrics import DispatcherMetrics
 from dispatcher.options import Options
+from dispatcher.partitions import keep_partitions
 from dispatcher.sinks import Jobs
 from dispatcher.writer import BatchWriter, Outcome
 from shared.store import SqlStore
@@ -106,6 +107,7 @@ class Dispatcher:
         metrics: DispatcherMetrics | None = None,
         jobs: Jobs | None = None,
         retention_days: int = 0,
+        keep_partitions: bool = False,
         tracing: BatchTracing | None = None,
     ) -> None:
         self.redis = redis
@@ -114,6 +116,7 @@ class Dispatcher:
         self.metrics = metrics or DispatcherMetrics()
         self.jobs = jobs if jobs is not None and jobs.sinks() else None
         self.tracing = tracing
+        self.keep_partitions = keep_partitions
         self.upkeep = Upkeep(
             redis,
             options,
@@ -155,6 +158,9 @@ class Dispatcher:
             asyncio.create_task(self._keep_alive_loop(), name="dispatcher-keepalive"),
             asyncio.create_task(self.upkeep.run(self._stopping), name="dispatcher-upkeep"),
         ]
+        if self.keep_partitions:
+            partitions = keep_partitions(self.store, self._stopping)
+            helpers.append(asyncio.create_task(partitions, name="dispatcher-partitions"))
         try:
             await self._write_loop(reader)
         finally:

@@ -134,8 +134,9 @@ class Upkeep:
     async def refresh_stats(self) -> None:
         stats = await self.keeper.stats()
         m = self.metrics
-        m.stream_length.set(stats.length)
+        shard = str(self.options.shard)
+        m.stream_length.labels(shard).set(stats.length)
         for g in stats.groups:
-            m.stream_lag.labels(g.name).set(-1 if g.lag is None else g.lag)
-            m.stream_pending.labels(g.name).set(g.pending)
-            m.stream_consumers.labels(g.name).set(g.consumers)
+            m.stream_lag.labels(g.name, shard).set(-1 if g.lag is None else g.lag)
+            m.stream_pending.labels(g.name, shard).set(g.pending)
+            m.stream_consumers.labels(g.name, shard).set(g.consumers)

@@ -8,7 +8,8 @@ from dispatcher.deadletter import REASONS
 
 
 class DispatcherMetrics:
-    """Counters the loop updates, and the stream gauges refreshed from XINFO GROUPS."""
+    """Counters the loop updates, and the stream gauges refreshed from XINFO GROUPS, one series
+    per shard of the event stream (``shard`` is its index, "0" with a single stream)."""
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
@@ -80,22 +81,29 @@ class DispatcherMetrics:
             registry=r,
         )
         self.stream_length = Gauge(
-            "llm_proxy_event_stream_length", "Entries in the event stream (XLEN).", registry=r
+            "llm_proxy_event_stream_length",
+            "Entries in the event stream shard (XLEN).",
+            ["shard"],
+            registry=r,
         )
         self.stream_lag = Gauge(
             "llm_proxy_event_stream_lag",
-            "Entries not yet delivered to the group (XINFO GROUPS lag); -1 if Redis cannot tell.",
-            ["group"],
+            "Entries of the shard not yet delivered to the group (XINFO GROUPS lag); -1 if Redis "
+            "cannot tell.",
+            ["group", "shard"],
             registry=r,
         )
         self.stream_pending = Gauge(
             "llm_proxy_event_stream_pending",
-            "Entries delivered to the group but not yet acknowledged.",
-            ["group"],
+            "Entries of the shard delivered to the group but not yet acknowledged.",
+            ["group", "shard"],
             registry=r,
         )
         self.stream_consumers = Gauge(
-            "llm_proxy_event_stream_consumers", "Consumers in the group.", ["group"], registry=r
+            "llm_proxy_event_stream_consumers",
+            "Consumers in the group on the shard.",
+            ["group", "shard"],
+            registry=r,
         )
         self.database_ok = True
         self.redis_ok = True

@@ -28,6 +28,7 @@ class Options:
     trim_interval: float = 10.0
     write_timeout: float = 30.0
     release_after: float = 60.0
+    shard: int = 0  # which of the REDIS_STREAM_SHARDS streams ``stream_key`` is (metrics' label)
 
     @classmethod
     def from_settings(cls, settings: Settings, **flags: Any) -> Options:

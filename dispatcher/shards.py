@@ -69,11 +69,13 @@ def make_dispatcher(
         Dispatcher(
             redis,
             store,
-            replace(options, stream_key=key),
+            replace(options, stream_key=key, shard=i),
             metrics=metrics,
             jobs=jobs,
-            # one retention schedule for the deployment, kept by shard 0's upkeep
+            # one retention schedule for the deployment, kept by shard 0's upkeep, which
+            # keeps the partitions ahead too
             retention_days=retention_days if i == 0 else 0,
+            keep_partitions=i == 0,
             tracing=tracing,
         )
         for i, key in enumerate(keys)

@@ -36,7 +36,6 @@ log = logging.getLogger("llm_proxy.sinks")
 QUEUE = "llm-proxy-events"
 _MIN_BACKOFF_MS = 1_000
 _MAX_BACKOFF_MS = 300_000
-_RETENTION_CHUNK = 10_000
 
 
 def make_broker(settings: Settings) -> RedisBroker:
@@ -167,17 +166,14 @@ async def _prune(settings: Settings, days: int) -> int:
     cutoff = utcnow() - timedelta(days=days)
     store = make_store(settings)
     await store.open(wait=True)
-    deleted = 0
     try:
-        while True:
-            count = await store.delete_events_before(cutoff, limit=_RETENTION_CHUNK)
-            deleted += count
-            if count < _RETENTION_CHUNK:
-                break
+        pruned = await store.prune_events(cutoff)
     finally:
         await store.close()
-    log.info("retention: deleted %d request events older than %d days", deleted, days)
-    return deleted
+    if pruned.dropped:
+        log.info("retention: dropped partitions %s", ", ".join(pruned.dropped))
+    log.info("retention: deleted %d request events older than %d days", pruned.deleted, days)
+    return pruned.deleted
 
 
 def run_worker(settings: Settings, *, threads: int, stop: threading.Event) -> None:

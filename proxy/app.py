@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.auth import Authenticator, StoreHealth, TokenCache
-from proxy.budgets import Budgeter
+from proxy.budgets import make_budgeter
 from proxy.bus import make_bus
 from proxy.cache import CacheBackend, HttpCache, build_cache
 from proxy.console import Backend, LiveFigures, create_console_app
@@ -176,6 +176,13 @@ class ProxyApp:
                 settings.profiling_keep, multiprocess_dir(), self.metrics.phase_duration
             )
             await profiler.start()
+        budgets = make_budgeter(
+            settings,
+            store,
+            fast,
+            on_soft_exceeded=self.metrics.money.soft_exceeded.inc,
+            on_fallback=self.metrics.money.budget_fallbacks.inc,
+        )
         self.handler = ProxyHandler(
             settings,
             auth=Authenticator(store, keyring, token_cache, store_health),
@@ -191,12 +198,10 @@ class ProxyApp:
                 if redis is not None
                 else None
             ),
-            budgets=Budgeter(
-                store,
-                default_completion=settings.budget_default_max_tokens,
-                on_soft_exceeded=self.metrics.money.soft_exceeded.inc,
-            ),
+            budgets=budgets,
         )
+        handler = self.handler
+        self.metrics.serving = lambda: handler.in_flight
         self.manage_app = create_management_app(
             settings,
             store,
@@ -247,6 +252,7 @@ class ProxyApp:
                 await asyncio.to_thread(tracing.shutdown)  # export the spans still queued
             await upstream.close()
             await limiter.close()
+            await budgets.close()  # the settled spend still held by this worker
             if http_cache is not None:
                 await http_cache.aclose()
             if fast is not None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from proxy.limits import TokenLimits
 from proxy.upstream.failover import Target
-from proxy.upstream.providers import Provider, provider_of
+from proxy.upstream.providers import NO_DEPLOYMENTS, Deployments, Provider, provider_of
 from shared.crypto import Keyring
 from shared.errors import AuthError, Unavailable, UserError
 from shared.scopes import ModelScope
@@ -42,6 +42,8 @@ class Credential:
     models: ModelScope | None = None
     #: the token's and the project's budgets and the token's TPM limit (proxy/budgets.py)
     budgets: tuple[BudgetLimit, ...] = ()
+    #: azure-openai: the project's own deployment table and api-version
+    deployments: Deployments = NO_DEPLOYMENTS
 
     @classmethod
     def from_row(cls, row: TokenAuth, keyring: Keyring) -> Credential:
@@ -65,12 +67,14 @@ class Credential:
                     keyring.decrypt(u.api_key_enc),
                     u.weight,
                     u.priority,
+                    Deployments.of(u.deployments, u.api_version),
                 )
                 for u in row.upstreams
                 if u.enabled
             ),
             models=ModelScope.of(token.models, project.models),
             budgets=limits_of(token, project),
+            deployments=Deployments.of(project.deployments, project.api_version),
         )
 
     def refusal(self, now: float) -> str | None:

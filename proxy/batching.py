@@ -20,7 +20,8 @@ from typing import Any
 import orjson
 
 from proxy.exchange import Exchange, Header
-from proxy.headers import response_headers, server_timing, upstream_headers
+from proxy.headers import response_headers, upstream_headers
+from proxy.overhead import head_timing
 from proxy.upstream import Upstream, read_chunk
 from proxy.usage import Usage, estimate, estimate_prompt_tokens, usage_from_json
 from shared.config import Settings
@@ -173,14 +174,11 @@ class Batcher:
         ex.usage = outcome.usage
         ex.upstream_ms = outcome.upstream_ms
         ex.response_bytes = len(outcome.body)
-        # the wait for the batch to fill is the proxy's time: it is what batching costs
-        ex.proxy_ms = proxy_ms = max(
-            (time.perf_counter() - ex.started) * 1000 - outcome.upstream_ms, 0.0
-        )
         headers = [
             *outcome.headers,
             (b"content-length", str(len(outcome.body)).encode()),
-            (b"server-timing", server_timing(proxy_ms, outcome.upstream_ms)),
+            # the wait for the batch to fill is the proxy's time: it is what batching costs
+            (b"server-timing", head_timing(ex, outcome.upstream_ms)),
         ]
         if outcome.size > 1:
             headers.append((b"x-llm-proxy-batch", str(outcome.size).encode()))
@@ -189,6 +187,7 @@ class Batcher:
         ex.response_started = True
         ex.ttfb_ms = (time.perf_counter() - ex.started) * 1000
         await ex.send({"type": "http.response.body", "body": outcome.body, "more_body": False})
+        ex.written_at = time.perf_counter()
         if ex.marks is not None:
             ex.marks.append(("stream", time.perf_counter()))
 

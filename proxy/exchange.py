@@ -33,6 +33,11 @@ class Exchange:
     endpoint: str = "other"
     upstream_ms: float = 0.0
     proxy_ms: float = 0.0  # Server-Timing's proxy;dur (docs/operations.md "Server-Timing")
+    # for llm_proxy_overhead_seconds (proxy/overhead.py): perf_counter moments, and the
+    # upstream waits between them
+    head_at: float = 0.0  # the answer's head handed to the server
+    written_at: float = 0.0  # its last byte handed to the server (0: never finished)
+    body_wait_ms: float = 0.0  # waiting on the upstream's body, after the head
     ttfb_ms: float = 0.0
     request_bytes: int = 0
     response_bytes: int = 0

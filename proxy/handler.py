@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,6 +25,7 @@ from proxy.headers import Cors, request_id_from
 from proxy.limits import NO_LIMITS, Limiter, TrustedProxies, scope_client_ip
 from proxy.metrics import Metrics
 from proxy.model_scope import check_model, names_model
+from proxy.overhead import arrival, overhead_seconds
 from proxy.profiling import Profiler, record_of
 from proxy.ratelimit_headers import openai_request_headers
 from proxy.relay import Relay, send_served
@@ -104,8 +106,7 @@ class ProxyHandler:
         self.draining = False
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        started = time.perf_counter()
-        arrived = time.time()
+        started, arrived = arrival(scope)  # from the first bytes' arrival (proxy/overhead.py)
         method: str = scope["method"]
         authorization = api_key = request_id_raw = origin = content_length = content_type = None
         preflight = repeated = False
@@ -143,9 +144,9 @@ class ProxyHandler:
             ex.trace = self.tracing.begin(ex, arrived)
         admission = NO_LIMITS
         reservation: Reservation | None = None
+        accepting: Awaitable[bool] | None = None  # the accepted record on its way
         client_ip = scope_client_ip(scope, self.trusted)
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
+        self.in_flight += 1  # the gauge samples it (Metrics.follow_bus): no write per request
         try:
             if method == "GET" and scope["path"] == USAGE_PATH:  # answered here, not forwarded
                 await self._usage(ex, authorization, api_key, repeated, extra)
@@ -187,7 +188,7 @@ class ProxyHandler:
             if scoped:  # before the cache and any upstream call: a refusal spends nothing
                 assert cred.models is not None
                 raw = body if isinstance(body, bytes) else None
-                check_model(cred.models, route.rest, raw, content_type)
+                check_model(cred.models, route.rest, raw, content_type, route.deployment)
             if marks is not None:
                 marks.append(("body", time.perf_counter()))
             cache = self.cache
@@ -214,6 +215,11 @@ class ProxyHandler:
                     cache.lookup(plan), self.limiter.admit(cred.limits, client_ip)
                 )
             else:
+                if (plan is None or not plan.cacheable) and cred.limits.max_requests is None:
+                    # Bound for the upstream: its accepted record travels while the limits are
+                    # asked. Not with a quota: the database's count of it (its fallback) must
+                    # not include this request's own accepted row while deciding on it.
+                    accepting = self._accept(ex, arrived, client_ip)
                 if plan is not None:
                     assert cache is not None
                     served = await cache.lookup(plan)
@@ -240,6 +246,8 @@ class ProxyHandler:
             if served is not None:
                 await send_served(ex, served, "hit")
                 return
+            if accepting is None:  # a cacheable miss
+                accepting = self._accept(ex, arrived, client_ip)
             if cred.budgets and self.budgets is not None:  # a cache hit costs nothing
                 reservation = await self.budgets.reserve(
                     cred.budgets,
@@ -250,7 +258,8 @@ class ProxyHandler:
                     arrived,
                 )
                 extra += reservation.headers
-            await self._accept(ex, arrived, client_ip)
+            if not await accepting and self.reject_unrecorded:
+                raise Unavailable("Requests cannot be recorded right now; retry shortly.")
             if marks is not None:
                 marks.append(("accept", time.perf_counter()))
             if merge is not None:
@@ -286,7 +295,6 @@ class ProxyHandler:
         finally:
             await admission.release()
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
             event = self._finish(ex, arrived, client_ip)
             if ex.trace is not None:
                 ex.trace.finish(ex)
@@ -327,10 +335,10 @@ class ProxyHandler:
         await ex.send({"type": "http.response.start", "status": 200, "headers": headers})
         await ex.send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _accept(self, ex: Exchange, arrived: float, client_ip: str) -> None:
-        """The request's accepted record, in the bus's destination or its spool before the
-        upstream is called, so a worker killed in flight still leaves a (flagged) row. Reject
-        mode forwards nothing whose acceptance could not be kept."""
+    def _accept(self, ex: Exchange, arrived: float, client_ip: str) -> Awaitable[bool]:
+        """The request's accepted record, published now; awaited (in the bus's destination or
+        its spool) before the upstream is called, so a worker killed in flight still leaves a
+        (flagged) row. Reject mode forwards nothing whose acceptance could not be kept."""
         cred = ex.cred
         assert cred is not None
         ex.event_id = ex.event_id or new_id()
@@ -346,8 +354,7 @@ class ProxyHandler:
             client_ip=client_ip,
             phase=ACCEPTED,
         )
-        if not await self.bus.accept(accepted) and self.reject_unrecorded:
-            raise Unavailable("Requests cannot be recorded right now; retry shortly.")
+        return self.bus.accept(accepted)
 
     def _finish(self, ex: Exchange, arrived: float, client_ip: str) -> RequestEvent | None:
         """Metrics and the request's event (returned, if any); never raises."""
@@ -360,7 +367,7 @@ class ProxyHandler:
             duration,
             ex.upstream_ms / 1000,
             ex.ttfb_ms / 1000,
-            ex.proxy_ms / 1000,
+            overhead_seconds(ex),
         )
         if ex.error == "invalid_api_key":
             metrics.auth_failures.inc()

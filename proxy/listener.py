@@ -4,12 +4,14 @@ a head timeout, and the JSON error envelope for what the server itself refuses."
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from proxy import overhead
 from shared.config import Settings
 from shared.errors import (
     HeadersTooLarge,
@@ -52,6 +54,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
       connected (or after its request began) gets 408 (or, if it sent nothing, is just closed).
       Idle keep-alive between requests stays uvicorn's ``timeout_keep_alive``.
     - Errors uvicorn answers itself in text/plain (malformed HTTP) get our envelope instead.
+    - Arrival: the clock is read once per socket read, before parsing; the read that begins a
+      request puts its moment in the request's scope (proxy/overhead.py), so the proxy's own
+      figures start when the request's first bytes reached the worker. Time writing is paused
+      by flow control (a client not reading) is added up in the scope too: it is the client's
+      time, not the proxy's. Nothing is done while writing is not paused.
     """
 
     limits: ClassVar[HeadLimits]
@@ -63,6 +70,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_since = 0.0
         self._head_watch: asyncio.TimerHandle | None = None
         self._refusal: LLMProxyError | None = None
+        self._read_at = 0.0
+        self._paused_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -77,6 +86,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self._read_at = time.perf_counter()  # before parsing: on_message_begin may need it
         if self._reading_head:
             self._head_bytes += len(data)
         super().data_received(data)
@@ -93,6 +103,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes = 0
             self._head_since = self.loop.time()
         super().on_message_begin()
+        self.scope["state"][overhead.KEY] = self._read_at
+
+    def pause_writing(self) -> None:
+        self._paused_at = time.perf_counter()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._paused_at and self.scope is not None:
+            state = self.scope["state"]
+            paused = time.perf_counter() - self._paused_at
+            state[overhead.PAUSED_KEY] = state.get(overhead.PAUSED_KEY, 0.0) + paused
+        self._paused_at = 0.0
+        super().resume_writing()
 
     def on_headers_complete(self) -> None:
         self._reading_head = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -79,6 +79,8 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self._counters: dict[tuple[str, str, int], Counter] = {}
+        self._cache_counters: dict[tuple[str, str], Counter] = {}  # (backend, status)
+        self.serving: Callable[[], int] | None = None  # requests in flight now, once serving
         self._histograms: dict[str, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
         self.requests = Counter(
             "llm_proxy_requests",
@@ -116,8 +118,9 @@ class Metrics:
         )
         self.overhead = Histogram(
             "llm_proxy_overhead_seconds",
-            "Time spent in the proxy up to the response head, upstream waits excluded "
-            "(Server-Timing proxy;dur), for forwarded and cached answers alike.",
+            "The proxy's own time from the request's first bytes to the answer's last byte, "
+            "upstream waits and client flow control excluded; Server-Timing proxy;dur is its "
+            "part up to the response head.",
             ["endpoint"],
             buckets=_OVERHEAD_BUCKETS,
             registry=r,
@@ -241,9 +244,13 @@ class Metrics:
         self.money = MoneyMetrics(r)
 
     async def follow_bus(self, bus: EventBus, interval: float = 2.0) -> None:
-        """Copy the bus's counters into Prometheus now and then (off the request path)."""
+        """Copy the bus's counters into Prometheus now and then (off the request path), and
+        sample the requests in flight (``serving``: a gauge written per request would cost two
+        shared-memory writes each)."""
         seen = (0, 0, 0, 0, 0)
         while True:
+            if self.serving is not None:
+                self.in_flight.set(self.serving())
             now = (bus.published, bus.spooled, bus.dropped, bus.unrecordable, bus.restarts)
             for counter, new, old in zip(
                 (
@@ -265,15 +272,17 @@ class Metrics:
 
     def cache_result(self, cache: HttpCache, status: str) -> None:
         backend = cache.backend
-        if status == "hit":
-            self.cache_hits.labels(backend.name).inc()
-        elif status == "miss":
-            self.cache_misses.labels(backend.name).inc()
-            if isinstance(backend, MemoryBackend):
-                self.cache_entries.set(backend.entries)
-                self.cache_bytes.set(backend.nbytes)
-        else:
-            self.cache_bypasses.labels(backend.name).inc()
+        key = (backend.name, status)
+        counter = self._cache_counters.get(key)
+        if counter is None:
+            family = {"hit": self.cache_hits, "miss": self.cache_misses}.get(status)
+            counter = self._cache_counters[key] = (family or self.cache_bypasses).labels(
+                backend.name
+            )
+        counter.inc()
+        if status == "miss" and isinstance(backend, MemoryBackend):
+            self.cache_entries.set(backend.entries)
+            self.cache_bytes.set(backend.nbytes)
 
     def observe(
         self,

@@ -80,14 +80,20 @@ def _form_model(body: bytes, content_type: bytes) -> str | None:
 
 
 def check_model(
-    scope: ModelScope, rest: str, body: bytes | None, content_type: bytes | None
+    scope: ModelScope,
+    rest: str,
+    body: bytes | None,
+    content_type: bytes | None,
+    deployment: str = "",
 ) -> None:
-    """Refuse (400 ``model_not_allowed``) a model outside ``scope``, or one that cannot be read."""
+    """Refuse (400 ``model_not_allowed``) a model outside ``scope``, or one that cannot be read.
+    On an Azure-shaped path the name checked is its ``deployment``: that name, not the body's
+    model, decides what runs (docs/providers.md, deployment tables)."""
     if ("/v1" + rest).startswith(UNCHECKABLE):
         raise ModelNotAllowed(
             "This token may use only some models, and a batch's models cannot be checked."
         )
-    model = model_of(body, content_type) if body else None
+    model = deployment or (model_of(body, content_type) if body else None)
     if model is None:
         raise ModelNotAllowed(
             "This token may use only some models, and the request's model cannot be read."

@@ -1,5 +1,6 @@
-"""Tokens and cost by project and model, unpriced requests and soft budget overruns, with a
-cap on label pairs so that a client inventing model names cannot grow /metrics without bound."""
+"""Tokens and cost by project and model, unpriced requests, soft budget overruns and budget
+fallbacks, with a cap on label pairs so that a client inventing model names cannot grow /metrics
+without bound."""
 
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ class MoneyMetrics:
         self.soft_exceeded = Counter(
             "llm_proxy_budget_soft_exceeded",
             "Requests let through over a soft budget.",
+            registry=registry,
+        )
+        self.budget_fallbacks = Counter(
+            "llm_proxy_budget_fallbacks",
+            "Budget reservations the database decided because Redis did not answer.",
             registry=registry,
         )
         # (project, model) -> its counters, bound once: prometheus_client's labels() is

@@ -179,6 +179,15 @@ class FastRedis:
                 raise error
         return [future.result() for future in futures]
 
+    async def replicated(
+        self, commands: list[tuple[Arg, ...]], replicas: int, timeout_ms: int
+    ) -> list[int]:
+        """``commands`` as one pipeline ending with ``WAIT replicas timeout_ms``, which covers
+        the writes this connection made before it: how many replicas acknowledged them, one
+        count per master written (one here)."""
+        replies = await self.pipeline([*commands, ("WAIT", replicas, timeout_ms)])
+        return [int(replies[-1])]
+
     async def asking(self, *args: Arg) -> Any:
         """``ASKING`` then ``args``, adjacent on the connection (a Cluster ASK redirect: the
         target node serves the one next command for a slot it is importing)."""

@@ -105,6 +105,40 @@ class ClusterFastRedis(FastRedis):
                 raise reply
         return replies
 
+    async def replicated(
+        self, commands: list[tuple[Arg, ...]], replicas: int, timeout_ms: int
+    ) -> list[int]:
+        """Each master's share of ``commands`` and a WAIT after it on that master's connection
+        (WAIT covers its own connection's writes), all masters at once. No redirect is
+        followed: a MOVED or ASK raises, the slot map is read again before the next call, and
+        the caller sends the whole batch again (a write a redirect sent elsewhere would not be
+        covered by the WAIT)."""
+        if self._stale and time.monotonic() - self._refreshed_at >= _REFRESH_EVERY:
+            await self._refresh()
+        shares: dict[tuple[str, int], list[tuple[Arg, ...]]] = {}
+        for args in commands:
+            key = _first_key(args)
+            node = (self._slots[key_slot(key)] if key is not None else None) or self._known[0]
+            shares.setdefault(node, []).append(args)
+        replies = await asyncio.gather(
+            *(
+                self._client(node).replicated(share, replicas, timeout_ms)
+                for node, share in shares.items()
+            ),
+            return_exceptions=True,
+        )
+        counts: list[int] = []
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                self._stale = True
+                if isinstance(reply, ResponseError) and str(reply).startswith(
+                    ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN")
+                ):
+                    raise ConnectionError(str(reply)) from None
+                raise reply
+            counts.extend(reply)
+        return counts
+
     def _client(self, node: tuple[str, int]) -> FastRedis:
         client = self._clients.get(node)
         if client is None:

@@ -16,11 +16,17 @@ from proxy.body import ClientGone, StreamedBody
 from proxy.cache import Fill, Served
 from proxy.exchange import Exchange
 from proxy.failover import AFFINITY_HEADER, Failover
-from proxy.headers import response_headers, server_timing, upstream_headers
+from proxy.headers import response_headers, upstream_headers
+from proxy.overhead import head_timing
 from proxy.routing import Route
 from proxy.upstream import Response, Upstream, read_chunk
 from proxy.upstream.failover import Target
-from proxy.upstream.providers import Provider, anthropic_error_body, azure_target
+from proxy.upstream.providers import (
+    Deployments,
+    Provider,
+    anthropic_error_body,
+    azure_target,
+)
 from proxy.usage import (
     INCLUDE_USAGE_ENDPOINTS,
     JsonTap,
@@ -71,7 +77,7 @@ class Relay:
         serving: Target | None = None
         if not upstreams:  # the one-upstream path: the project's own base URL and key
             provider = cred.provider
-            target = self._target(provider, route, query, body)
+            target = self._target(provider, cred.deployments, route, query, body)
             headers = self._headers(ex, provider, cred.api_key, conditional)
         sent_at = time.perf_counter()
         watch = _Watch()
@@ -94,7 +100,7 @@ class Relay:
 
                     def call(t: Target) -> tuple[bytes, dict[str, str]]:
                         return (
-                            self._target(t.provider, route, query, body),
+                            self._target(t.provider, t.deployments, route, query, body),
                             self._headers(ex, t.provider, t.api_key, conditional),
                         )
 
@@ -130,10 +136,14 @@ class Relay:
         finally:
             watcher.cancel()
 
-    def _target(self, provider: Provider, route: Route, query: bytes, body: object) -> bytes:
+    def _target(
+        self, provider: Provider, table: Deployments, route: Route, query: bytes, body: object
+    ) -> bytes:
         """The path and query below the upstream's base URL."""
         if provider.maps_paths:
-            return azure_target(route.rest, route.deployment, query, body, self.azure_api_version)
+            return azure_target(
+                route.rest, route.deployment, query, body, table, self.azure_api_version
+            )
         return route.rest.encode() + b"?" + query if query else route.rest.encode()
 
     def _headers(
@@ -202,10 +212,7 @@ class Relay:
             length = response.header(b"content-length") if keep_length else None
             if length is not None and length.isdigit():
                 complete_at = int(length)
-        ex.proxy_ms = proxy_ms = (sent_at - ex.started + time.perf_counter() - headers_at) * 1000
-        out_headers.append(
-            (b"server-timing", server_timing(proxy_ms, (headers_at - sent_at) * 1000))
-        )
+        out_headers.append((b"server-timing", head_timing(ex, (headers_at - sent_at) * 1000)))
         out_headers += ex.extra
         send = ex.send
         await send(
@@ -213,10 +220,13 @@ class Relay:
         )
         ex.response_started = True
         sent = 0
+        waited = 0.0  # on the upstream's body (seconds): not the proxy's time
         try:
             while True:
                 try:
+                    reading = time.perf_counter()
                     chunk = await read_chunk(response, self.chunk_size)
+                    waited += time.perf_counter() - reading
                 except LLMProxyError as exc:
                     if watch.gone:
                         raise ClientGone() from None
@@ -270,8 +280,10 @@ class Relay:
                 await fill.finish()  # only a complete body is stored; a no-op if already done
             watcher.cancel()  # before the last send: a finished response is not a disconnect
             await send({"type": "http.response.body", "body": last, "more_body": False})
+            ex.written_at = time.perf_counter()
         finally:
             ex.response_bytes = sent
+            ex.body_wait_ms = waited * 1000
             if ex.marks is not None:
                 ex.marks.append(("stream", time.perf_counter()))
             ex.upstream_ms = (time.perf_counter() - sent_at) * 1000
@@ -310,13 +322,13 @@ async def send_served(ex: Exchange, served: Served, cache_status: str) -> None:
     # less the time spent waiting on an upstream (this request's own revalidation, or the
     # identical request's call that a collapsed one joined).
     upstream_ms = ex.upstream_ms or served.waited_ms
-    ex.proxy_ms = proxy_ms = (time.perf_counter() - ex.started) * 1000 - upstream_ms
     headers = served.headers + ex.extra
-    headers.append((b"server-timing", server_timing(proxy_ms, upstream_ms)))
+    headers.append((b"server-timing", head_timing(ex, upstream_ms)))
     await ex.send({"type": "http.response.start", "status": served.status, "headers": headers})
     ex.response_started = True
     ex.ttfb_ms = (time.perf_counter() - ex.started) * 1000
     await ex.send({"type": "http.response.body", "body": served.body, "more_body": False})
+    ex.written_at = time.perf_counter()
     if ex.marks is not None:
         ex.marks.append(("stream", time.perf_counter()))
 

@@ -6,6 +6,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
+from shared.deployments import DEPLOYMENT_NAME
 from shared.errors import MethodNotAllowed, RouteNotFound, UserError
 
 # Characters a path segment may hold (RFC 3986 pchar, minus '%' which is checked separately).
@@ -14,7 +15,7 @@ _PATH_CHARS = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
 # '.', '/', '\', NUL and other control characters.
 _BAD_ESCAPE = re.compile(rb"%(?:2[eEfF]|5[cC]|[01][0-9a-fA-F]|7[fF])")
 _AZURE_PREFIX = b"/openai/deployments/"
-_DEPLOYMENT = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
+_DEPLOYMENT = re.compile(DEPLOYMENT_NAME.encode())
 _QUERY_CHARS = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%\[\]|^`{}\"<>]*")
 
 #: Query parameters that carry a credential in one API or another. A client token sent this

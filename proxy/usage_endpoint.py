@@ -26,7 +26,7 @@ async def usage_of(
     now = utcnow()
     given = parse_qs(query.decode("latin-1")).get("since")
     since = parse_since(given[0], now) if given else now - DEFAULT_SPAN
-    rows = await store.list_rollups(token_id=cred.token_id, since=since)
+    rows = await store.lagging().list_rollups(token_id=cred.token_id, since=since)
     by_model: dict[str, Rollup] = {}
     for row in rows:
         total = by_model.setdefault(row.model, Rollup())

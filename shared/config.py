@@ -286,6 +286,17 @@ class Settings:
         _str,
         shown="`llm-proxy.db`",
     )
+    database_read_url: str = var(
+        "DATABASE_READ_URL",
+        "",
+        "Postgres: a read-only replica (a hot standby) for the management reads that tolerate "
+        "its lag: usage reports (`manage usage`, `GET /v1/usage`), request event pages and "
+        "tails, the audit log, event stats and unpriced models. Everything that must see its "
+        "own writes (auth, budgets, `show` after a change, `apply`'s plan) and every write "
+        "stays on DATABASE_URL. Empty: everything on DATABASE_URL. See docs/scaling.md.",
+        _str,
+        shown="(none)",
+    )
     database_pool_size: int = var(
         "DATABASE_POOL_SIZE", 10, "Postgres: maximum open connections per process.", _int(1)
     )
@@ -439,8 +450,8 @@ class Settings:
     azure_openai_api_version: str = var(
         "AZURE_OPENAI_API_VERSION",
         "2024-10-21",
-        "The `api-version` sent to `azure-openai` projects when the client names none "
-        "(docs/providers.md).",
+        "The `api-version` sent to `azure-openai` projects when neither the project (or "
+        "upstream, `--api-version`) nor the client names one (docs/providers.md).",
         str,
     )
     forward_openai_org_headers: bool = var(
@@ -880,7 +891,8 @@ class Settings:
         "EVENT_SPOOL_MAX_BYTES",
         128 * 1024**2,
         "Cap on each worker's spool (`134217728`, `512MiB`, `1GB`); past it, events are dropped, "
-        "counted and logged.",
+        "counted and logged (but those of requests already admitted under "
+        "`EVENT_BUS_FAILURE_MODE=reject`, which are always written).",
         _size,
         shown="`128MiB`",
     )
@@ -899,6 +911,24 @@ class Settings:
         "... `{<key>:N-1}` (each its own hash slot), every dispatcher reading all of them. "
         "Only raise it (see docs/scaling.md).",
         _int(1),
+    )
+    redis_wait_replicas: int = var(
+        "REDIS_WAIT_REPLICAS",
+        0,
+        "The proxy's event bus sends `WAIT n` after each XADD batch (in the same pipeline) and "
+        "counts a batch as sent only once n replicas of its master hold it; otherwise it is "
+        "spooled and sent again. Closes the window in which a master killed right after "
+        "acknowledging loses events on failover (Cluster, Sentinel). 0: off. See "
+        "docs/scaling.md for the cost.",
+        _int(0),
+    )
+    redis_wait_timeout: float = var(
+        "REDIS_WAIT_TIMEOUT",
+        0.2,
+        "With REDIS_WAIT_REPLICAS: how long WAIT may block for the replicas (less than "
+        "REDIS_TIMEOUT); a batch not acknowledged by then is spooled and retried.",
+        _duration(),
+        shown="`200ms`",
     )
     redis_consumer_group: str = var(
         "REDIS_CONSUMER_GROUP",
@@ -990,8 +1020,25 @@ class Settings:
         "REQUEST_EVENT_RETENTION_DAYS",
         0,
         "Request events older than this many days are deleted by an hourly job run by "
-        "`llm-proxy worker`; `0` keeps them forever.",
+        "`llm-proxy worker`; `0` keeps them forever. On Postgres whole partitions are "
+        "dropped, so a row goes once its partition (REQUEST_EVENT_PARTITION_SPAN) is wholly "
+        "older: up to one span later.",
         _int(0),
+    )
+    request_event_partition_span: str = var(
+        "REQUEST_EVENT_PARTITION_SPAN",
+        "day",
+        "Postgres: the time range of one `request_events` partition, `day`, `week` (from "
+        "Monday) or `month`, in UTC. Keeping events for long (or forever) with much traffic "
+        "suits `month`: reads not bounded in time visit every partition.",
+        _choice("day", "week", "month"),
+    )
+    request_event_partitions_ahead: int = var(
+        "REQUEST_EVENT_PARTITIONS_AHEAD",
+        7,
+        "Postgres: how many `request_events` partitions after the current one `llm-proxy "
+        "migrate` and the dispatchers (hourly) keep created, so writes never wait for one.",
+        _int(1),
     )
     event_sink_file: str = var(
         "EVENT_SINK_FILE",
@@ -1267,6 +1314,14 @@ class Settings:
                 )
         elif url.startswith(("postgres://", "postgresql://")):
             raise ConfigError("DB_DRIVER must be postgres when DATABASE_URL is a postgres:// URL")
+        if self.database_read_url and (
+            self.db_driver != "postgres"
+            or not self.database_read_url.startswith(("postgres://", "postgresql://"))
+        ):
+            raise ConfigError(
+                "DATABASE_READ_URL must be a postgres:// URL, with DB_DRIVER=postgres, got "
+                f"{_redact_url(self.database_read_url)!r}"
+            )
 
         if (
             self.distributed_rate_limit_enabled
@@ -1286,6 +1341,13 @@ class Settings:
             raise ConfigError(
                 "METRICS_RETENTION_MS must be at least METRICS_AGGREGATION_INTERVAL_MS "
                 f"({self.metrics_aggregation_interval_ms}), got {self.metrics_retention_ms}"
+            )
+
+        if self.redis_wait_replicas and self.redis_wait_timeout >= self.redis_timeout:
+            raise ConfigError(
+                f"REDIS_WAIT_TIMEOUT must be less than REDIS_TIMEOUT ({self.redis_timeout}s): "
+                f"the WAIT reply must come before the command times out, got "
+                f"{self.redis_wait_timeout}s"
             )
 
         if self.management_port == self.port:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -148,10 +149,11 @@ class EventBus(Protocol):
 
     def publish(self, event: RequestEvent) -> None: ...
 
-    async def accept(self, event: RequestEvent) -> bool:
-        """Publish and wait until the event is in the bus's destination or its spool (True), or
-        known to be held in memory only or lost (False). Reserves room for the request's final
-        event. Used for the ``accepted`` record, before the upstream is called."""
+    def accept(self, event: RequestEvent) -> Awaitable[bool]:
+        """Publish now; the awaitable answers once the event is in the bus's destination or its
+        spool (True), or known to be held in memory only or lost (False). Reserves room for the
+        request's final event. Used for the ``accepted`` record, awaited before the upstream is
+        called (the caller may do other I/O first)."""
         ...
 
     def reserve(self, event_id: str) -> bool:

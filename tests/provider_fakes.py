@@ -194,6 +194,9 @@ class AzureFake(Served):
     key, 400 for a missing api-version)."""
 
     key: str = ""
+    #: when given, the only deployments and api-version this resource has (others: 404)
+    deployments: frozenset[str] = frozenset()
+    api_version: str = ""
 
     @property
     def base_url(self) -> str:
@@ -203,9 +206,13 @@ class AzureFake(Served):
         seen = await self.record(request)
         if seen.headers.get("api-key") != self.key or "authorization" in seen.headers:
             return JSONResponse({"error": {"code": "401", "message": "bad key"}}, status_code=401)
-        if "api-version" not in seen.query:
+        version = seen.query.get("api-version")
+        if version is None or (self.api_version and version != self.api_version):
             return JSONResponse({"error": {"code": "404", "message": "no version"}}, 404)
         deployment = request.path_params["deployment"]
+        if self.deployments and deployment not in self.deployments:
+            error = {"code": "DeploymentNotFound", "message": f"no deployment {deployment}"}
+            return JSONResponse({"error": error}, 404)
         return JSONResponse(
             {
                 "id": "chatcmpl-azure",

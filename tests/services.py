@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 import uuid
+from typing import NoReturn
 
 import psycopg
 import pytest
@@ -29,7 +30,11 @@ def require(service: str, host: str, port: int) -> None:
     """Skip when a service is missing locally; fail in CI, where it must be there."""
     if port_open(host, port):
         return
-    message = f"{service} is not running on {host}:{port}"
+    unavailable(f"{service} is not running on {host}:{port}")
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip the test locally; fail it in CI, where every service and tool must be there."""
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message + " (CI=true: services are required)")
     pytest.skip(message)

@@ -130,3 +130,92 @@ def test_upstreams_added_by_the_cli_serve_and_usage_says_who(tmp_path: Path) -> 
         os.chdir(here)
         down.stop()
         up.stop()
+
+
+def test_azure_deployments_on_projects_and_upstreams(
+    db_env: dict[str, str], cli_env: dict[str, str]
+) -> None:
+    env = cli_env
+    assert cli(db_env, "migrate").exit_code == 0
+    project = ok_json(
+        env, "manage", "project", "create", "--name", "az", "--kind", "azure-openai",
+        "--base-url", "https://az.example", "--api-key", KEY_ONE,
+        "--deployment", "gpt-4o=prod-4o", "--deployment", "gpt-4o-mini=mini",
+        "--api-version", "2025-01-01-preview",
+    )  # fmt: skip
+    assert project["deployments"] == {"gpt-4o": "prod-4o", "gpt-4o-mini": "mini"}
+    assert project["api_version"] == "2025-01-01-preview"
+    # given, the table is replaced whole; '' empties it, and the api-version
+    changed = ok_json(env, "manage", "project", "update", "az", "--deployment", "o3=o3-east")
+    assert (changed["deployments"], changed["api_version"]) == (
+        {"o3": "o3-east"}, "2025-01-01-preview",
+    )  # fmt: skip
+    cleared = ok_json(
+        env, "manage", "project", "update", "az", "--deployment", "", "--api-version", ""
+    )
+    assert (cleared["deployments"], cleared["api_version"]) == ({}, None)
+
+    upstream = ok_json(
+        env, "manage", "project", "upstream", "add", "--project-id", "az",
+        "--base-url", "https://west.example", "--api-key", KEY_TWO, "--kind", "azure-openai",
+        "--deployment", "gpt-4o=west-4o",
+    )  # fmt: skip
+    assert (upstream["deployments"], upstream["api_version"]) == ({"gpt-4o": "west-4o"}, None)
+    updated = ok_json(
+        env, "manage", "project", "upstream", "update", upstream["id"],
+        "--api-version", "2024-10-21",
+    )  # fmt: skip
+    assert (updated["deployments"], updated["api_version"]) == (
+        {"gpt-4o": "west-4o"}, "2024-10-21",
+    )  # fmt: skip
+    shown = ok_json(env, "manage", "project", "show", "az")
+    assert shown["upstreams"][0]["deployments"] == {"gpt-4o": "west-4o"}
+
+    update = ["manage", "project", "upstream", "update", upstream["id"]]
+    assert "MODEL=DEPLOYMENT" in fails(env, *update, "--deployment", "gpt-4o")
+    assert "deployment name" in fails(env, *update, "--deployment", "gpt-4o=a/b")
+    assert "twice" in fails(env, *update, "--deployment", "m=a", "--deployment", "m=b")
+    assert "api version" in fails(env, *update, "--api-version", "2024-10-21&x=1")
+    # another kind would keep the table and never use it: refused
+    plain = ok_json(
+        env, "manage", "project", "upstream", "add", "--project-id", "az",
+        "--base-url", "https://plain.example/v1", "--api-key", KEY_TWO,
+    )  # fmt: skip
+    for command in (
+        ["project", "create", "--name", "p", "--api-key", KEY_ONE, "--deployment", "m=d"],
+        ["project", "upstream", "update", plain["id"], "--api-version", "2024-10-21"],
+        ["project", "update", "az", "--kind", "openai", "--deployment", "m=d"],
+    ):
+        assert "are for kind azure-openai (this one is openai)" in fails(env, "manage", *command)
+    ok_json(env, "manage", "project", "upstream", "remove", plain["id"], "--yes")
+    again = ok_json(env, "manage", "project", "upstream", "list", "--project-id", "az")
+    assert (again[0]["deployments"], again[0]["api_version"]) == (
+        {"gpt-4o": "west-4o"}, "2024-10-21",
+    )  # fmt: skip
+
+
+def test_an_upstream_is_addressed_by_id_and_guarded_by_its_project(
+    db_env: dict[str, str], cli_env: dict[str, str]
+) -> None:
+    env = cli_env
+    assert cli(db_env, "migrate").exit_code == 0
+    for name in ("one", "two"):
+        ok_json(env, "manage", "project", "create", "--name", name, "--api-key", KEY_ONE)
+    mine = ok_json(
+        env, "manage", "project", "upstream", "add", "--project-id", "one",
+        "--base-url", "https://a.example/v1", "--api-key", KEY_ONE,
+    )  # fmt: skip
+    update = ["manage", "project", "upstream", "update", mine["id"], "--weight", "5"]
+    remove = ["manage", "project", "upstream", "remove", mine["id"], "--yes"]
+    # another project's id: refused, in one line, and nothing changes
+    error = fails(env, *update, "--project-id", "two")
+    assert "not one of project 'two'" in error
+    assert "not one of project 'two'" in fails(env, *remove, "--project-id", "two")
+    assert "no project" in fails(env, *remove, "--project-id", "three")
+    listed = ok_json(env, "manage", "project", "upstream", "list", "--project-id", "one")
+    assert [(u["id"], u["weight"]) for u in listed] == [(mine["id"], 1)]
+    # its own project (by name or id), or the id alone
+    assert ok_json(env, *update, "--project-id", "one")["weight"] == 5
+    assert ok_json(env, *update[:-1], "6")["weight"] == 6
+    assert ok_json(env, *remove, "--project-id", mine["project_id"])["removed"] is True
+    assert ok_json(env, "manage", "project", "upstream", "list", "--project-id", "one") == []

@@ -3,16 +3,19 @@ audited sign-ins, and where the console is served."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from shared.config import Settings
 from shared.errors import ConfigError
+from shared.streams import shard_keys
 from tests.console_client import hidden_csrf, login_page, sign_in, signed_in
 from tests.proxy_process import UNLIMITED, ProxyProcess
-from tests.services import free_port
+from tests.services import RedisProcess, free_port
 
 TOKEN = "console-http-mgmt-token-0123456789"
 MANAGE = {"Authorization": f"Bearer {TOKEN}"}
@@ -171,3 +174,32 @@ def test_the_console_needs_the_management_token() -> None:
     assert Settings.from_env({"MANAGEMENT_TOKEN": "t", "CONSOLE_ENABLED": "0"}).console_on is False
     with pytest.raises(ConfigError, match="CONSOLE_ENABLED=true needs MANAGEMENT_TOKEN"):
         Settings.from_env({"CONSOLE_ENABLED": "true"})
+
+
+def test_the_stream_lag_tile_counts_every_shard(
+    tmp_path: Path, private_redis: RedisProcess
+) -> None:
+    """Entries no dispatcher has read yet on shard 0 and shard 1 add up in the tile."""
+    keys = shard_keys("llm-proxy-events", 2)
+    admin = redis.Redis(host="127.0.0.1", port=private_redis.port)
+    for key, n in zip(keys, (3, 4), strict=True):
+        admin.xgroup_create(key, "llm-proxy-dispatchers", id="0", mkstream=True)
+        for _ in range(n):
+            admin.xadd(key, {"e": b"{}"})
+    env = {
+        "MANAGEMENT_TOKEN": TOKEN,
+        "LLM_PROXY_EVENT_BUS": "redis-streams",
+        "REDIS_ADDR": private_redis.addr,
+        "REDIS_STREAM_SHARDS": "2",
+        "EVENT_SPOOL_DIR": str(tmp_path / "spool"),
+        **UNLIMITED,
+    }
+    proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
+    try:
+        client = signed_in(proxy.url, TOKEN)
+        tiles = client.get(f"{proxy.url}/console/overview/tiles")
+        client.close()
+        assert tiles.status_code == 200
+        assert re.search(r'id="tile-lag">\s*7\s*<', tiles.text), tiles.text
+    finally:
+        proxy.stop()

@@ -12,11 +12,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from dispatcher.health import HealthServer
+from dispatcher.metrics import DispatcherMetrics
+from dispatcher.shards import make_dispatcher
 from proxy.bus import RedisStreamsBus, Spool
 from proxy.redis_client import FastRedis
 from shared.config import RedisSettings
 from shared.store import SqlStore
-from shared.streams import EVENT_FIELD
+from shared.streams import EVENT_FIELD, shard_keys
 from tests.pipeline_kit import Running, options, pending, seed, wait_for
 from tests.services import REDIS_HOST, REDIS_PORT
 
@@ -264,8 +266,8 @@ async def test_metrics_health_and_readiness_over_http(
     status, body = await _get(server.port, "/metrics")
     assert status == 200
     assert "llm_proxy_dispatcher_rows_inserted_total 10.0" in body
-    assert f'llm_proxy_event_stream_pending{{group="{GROUP}"}} 0.0' in body
-    assert f'llm_proxy_event_stream_lag{{group="{GROUP}"}} 0.0' in body
+    assert f'llm_proxy_event_stream_pending{{group="{GROUP}",shard="0"}} 0.0' in body
+    assert f'llm_proxy_event_stream_lag{{group="{GROUP}",shard="0"}} 0.0' in body
     assert "llm_proxy_dispatcher_batch_duration_seconds_bucket" in body
     assert await _get(server.port, "/health") == (200, '{"status":"ok"}')
     status, body = await _get(server.port, "/ready")
@@ -284,3 +286,52 @@ async def _get(port: int, path: str) -> tuple[int, str]:
     await writer.wait_closed()
     head, _, body = data.decode().partition("\r\n\r\n")
     return int(head.split()[1]), body
+
+
+async def test_stream_gauges_are_per_shard(
+    redis: aioredis.Redis, key: str, store: SqlStore
+) -> None:
+    """Each shard reports its own length, lag and pending: a group that reads nothing of
+    shards 1 and 2 shows exactly what each of them holds, not the last shard written."""
+    owners = await seed(store)
+    keys = shard_keys(key, 3)
+    held = {1: 4, 2: 7}
+    for shard, n in held.items():
+        await redis.xgroup_create(keys[shard], "audit-copy", id="0", mkstream=True)
+        for i in range(n):
+            await redis.xadd(keys[shard], {EVENT_FIELD: owners.event(i).to_bytes()})
+    metrics = DispatcherMetrics()
+    dispatcher = make_dispatcher(
+        redis, store, options(key), shards=3, metrics=metrics, jobs=None, retention_days=0
+    )
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await wait_for(lambda: rows(store, 11), what="11 rows")
+
+        async def settled() -> bool:
+            for k in keys[1:]:
+                if await pending(redis, k, GROUP):
+                    return False
+            return True
+
+        await wait_for(settled, what="every shard acknowledged")
+        await dispatcher.refresh_stats()
+
+        def gauge(name: str, **labels: str) -> float | None:
+            return metrics.registry.get_sample_value(name, labels)
+
+        for shard in range(3):
+            s = str(shard)
+            assert gauge("llm_proxy_event_stream_pending", group=GROUP, shard=s) == 0
+            assert gauge("llm_proxy_event_stream_lag", group=GROUP, shard=s) == 0
+            assert gauge("llm_proxy_event_stream_consumers", group=GROUP, shard=s) == 1
+        for shard, n in held.items():
+            s = str(shard)
+            assert gauge("llm_proxy_event_stream_lag", group="audit-copy", shard=s) == n
+            assert gauge("llm_proxy_event_stream_length", shard=s) == n  # kept for audit-copy
+        assert gauge("llm_proxy_event_stream_length", shard="0") == 0
+        assert gauge("llm_proxy_event_stream_lag", group="audit-copy", shard="0") is None
+    finally:
+        dispatcher.stop()
+        await asyncio.wait_for(task, 30)
+        await redis.delete(*keys[1:])

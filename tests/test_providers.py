@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from proxy.headers import upstream_headers
 from proxy.routing import Router
 from proxy.upstream.providers import (
+    NO_DEPLOYMENTS,
     PROVIDERS,
+    Deployments,
     azure_target,
     error_body_for,
     provider_of,
@@ -88,12 +90,54 @@ def test_every_kind_has_a_provider_and_an_unknown_stored_kind_reads_as_openai() 
 def test_azure_paths(
     rest: str, deployment: str, query: bytes, body: bytes | None, expected: bytes
 ) -> None:
-    assert azure_target(rest, deployment, query, body, "V") == expected
+    assert azure_target(rest, deployment, query, body, NO_DEPLOYMENTS, "V") == expected
+
+
+_TABLE = Deployments({"gpt-4o": "prod-4o", "text-embedding-3-small": "emb-small"}, "2025-01-01")
+
+
+@pytest.mark.parametrize(
+    ("rest", "deployment", "query", "body", "expected"),
+    [
+        (  # a plain OpenAI client: the body's model, looked up in the table
+            "/chat/completions",
+            "",
+            b"",
+            b'{"model":"gpt-4o"}',
+            b"/openai/deployments/prod-4o/chat/completions?api-version=2025-01-01",
+        ),
+        (  # an AzureOpenAI client naming the model as its deployment: looked up too
+            "/embeddings",
+            "text-embedding-3-small",
+            b"api-version=2024-02-01",
+            None,
+            b"/openai/deployments/emb-small/embeddings?api-version=2025-01-01",
+        ),
+        (  # a name the table does not hold is the deployment itself; other params stay
+            "/chat/completions",
+            "my-own",
+            b"a=1&api-version=2024-02-01&b=2",
+            b'{"model":"gpt-4o"}',
+            b"/openai/deployments/my-own/chat/completions?a=1&b=2&api-version=2025-01-01",
+        ),
+        ("/models", "", b"", None, b"/openai/models?api-version=2025-01-01"),
+    ],
+)
+def test_azure_deployment_table_and_pinned_api_version(
+    rest: str, deployment: str, query: bytes, body: bytes | None, expected: bytes
+) -> None:
+    assert azure_target(rest, deployment, query, body, _TABLE, "V") == expected
+
+
+def test_a_table_without_an_api_version_keeps_the_clients() -> None:
+    table = Deployments({"gpt-4o": "prod-4o"})
+    got = azure_target("/chat/completions", "gpt-4o", b"api-version=C", None, table, "V")
+    assert got == b"/openai/deployments/prod-4o/chat/completions?api-version=C"
 
 
 def test_azure_without_a_deployment_is_a_clear_error() -> None:
     with pytest.raises(UserError, match="deployment"):
-        azure_target("/chat/completions", "", b"", b'{"messages":[]}', "V")
+        azure_target("/chat/completions", "", b"", b'{"messages":[]}', NO_DEPLOYMENTS, "V")
 
 
 def test_an_azure_shaped_path_routes_as_the_v1_path_it_stands_for() -> None:

@@ -5,7 +5,9 @@ cache, with one meaning (docs/operations.md "Server-Timing"), and the same figur
 from __future__ import annotations
 
 import asyncio
+import http.client
 import re
+import socket
 import time
 from collections.abc import Iterator
 
@@ -46,12 +48,15 @@ def timed_get(url: str, headers: dict[str, str]) -> tuple[httpx.Response, float]
     return response, (time.perf_counter() - began) * 1000
 
 
-def overhead_count(proxy: ProxyProcess) -> float:
+def overhead_total(proxy: ProxyProcess, part: str = "count") -> float:
+    """The histogram's ``count`` or ``sum`` over every endpoint."""
     text = httpx.get(f"{proxy.url}/metrics").text
-    return sum(
-        float(v)
-        for v in re.findall(r"^llm_proxy_overhead_seconds_count\{[^}]*\} (\S+)", text, re.M)
-    )
+    pattern = rf"^llm_proxy_overhead_seconds_{part}\{{[^}}]*\}} (\S+)"
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+def overhead_count(proxy: ProxyProcess) -> float:
+    return overhead_total(proxy, "count")
 
 
 def test_miss_and_hit_carry_the_proxy_time_without_the_upstream_time(
@@ -114,3 +119,45 @@ def test_every_answer_is_observed_in_the_overhead_histogram(
     answers = [httpx.get(url, headers=auth) for _ in range(3)]
     assert [a.headers["x-proxy-cache"] for a in answers] == ["miss", "hit", "hit"]
     assert overhead_count(proxy) == before + 3
+
+
+def test_the_figures_start_at_the_request_s_first_bytes_not_at_the_app(
+    served: tuple[ProxyProcess, Provisioned, FakeUpstream],
+) -> None:
+    """A request head sent in two parts, a pause apart: the app runs only once the head is
+    complete, so only a figure started by the server at the first bytes can cover the pause.
+    Each request on a kept-alive connection is timed from its own first bytes."""
+    proxy, creds, _ = served
+    pause = 0.4  # seconds; well inside REQUEST_HEADER_TIMEOUT
+    head = (
+        "GET /v1/models?timing=split HTTP/1.1\r\nHost: proxy\r\n"
+        f"Authorization: Bearer {creds.token}\r\n\r\n"
+    ).encode()
+    sum_before, count_before = overhead_total(proxy, "sum"), overhead_total(proxy, "count")
+    said = []
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
+        for _ in range(2):
+            began = time.perf_counter()
+            sock.sendall(head[:9])  # "GET /v1/m"
+            time.sleep(pause)
+            sock.sendall(head[9:])
+            answer = http.client.HTTPResponse(sock)
+            answer.begin()
+            answer.read()
+            wall_ms = (time.perf_counter() - began) * 1000
+            assert answer.status == 200
+            found = TIMING.match(answer.getheader("server-timing") or "")
+            assert found, answer.getheaders()
+            proxy_ms, upstream_ms = float(found[1]), float(found[2])
+            # The pause before the head was complete, less what the loopback's delivery of the
+            # first part may take from it: an app-only figure is far below half of it.
+            assert proxy_ms >= pause * 1000 / 2
+            # ...and nothing from before this request's first bytes (the previous request,
+            # the idle time between them): the figures lie inside what the client waited
+            assert proxy_ms + upstream_ms <= wall_ms
+            said.append(proxy_ms)
+            time.sleep(pause)  # idle on the kept-alive connection
+    assert overhead_total(proxy, "count") == count_before + 2
+    # the histogram continues past the head (to the last byte): never below the header's
+    # figure (each rounded to 0.01 ms)
+    assert (overhead_total(proxy, "sum") - sum_before) * 1000 >= sum(said) - 0.01

@@ -1,4 +1,5 @@
-"""``llm-proxy apply`` and ``llm-proxy export``: the deployment's projects and tokens as a file."""
+"""``llm-proxy apply`` and ``llm-proxy export``: the deployment's projects, their upstreams and
+tokens as a file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import typer
 
 from admin.options import ApiUrlOpt, JsonOpt, ManagementTokenOpt
 from admin.output import emit, fail
-from admin.plan import Change, current, make_plan
+from admin.plan import Change, current, make_plan, upstreams_of
 from admin.remote import RemoteTarget
 from admin.runner import Manager, perform
 from admin.state import (
@@ -22,6 +23,7 @@ from admin.state import (
     project_fields,
     render,
     token_fields,
+    upstream_fields,
 )
 
 
@@ -132,13 +134,18 @@ def apply(
             typer.echo("new tokens are shown this once: store them now", err=True)
 
 
-def _exported(projects: list[dict[str, Any]], tokens: list[dict[str, Any]]) -> list[Any]:
+def _exported(
+    projects: list[dict[str, Any]],
+    tokens: list[dict[str, Any]],
+    upstreams: dict[str, list[dict[str, Any]]],
+) -> list[Any]:
     out = []
     for project in projects:
         entry: dict[str, Any] = {"name": project["name"]}
         entry.update({f.name: project[f.name] for f in project_fields() if f.name in project})
         entry["active"] = project["is_active"]
         entry["api_key_env"] = key_placeholder(project["name"])
+        entry["upstreams"] = _exported_upstreams(project["name"], upstreams[project["id"]])
         own = [t for t in tokens if t["project_id"] == project["id"]]
         labels = [t["label"] for t in own]
         entry["tokens"] = []
@@ -151,6 +158,19 @@ def _exported(projects: list[dict[str, Any]], tokens: list[dict[str, Any]]) -> l
             item["expires_at"] = t["expires_at"] or NEVER
             entry["tokens"].append(item)
         out.append(entry)
+    return out
+
+
+def _exported_upstreams(project: str, upstreams: list[dict[str, Any]]) -> list[Any]:
+    urls = [u["base_url"] for u in upstreams]
+    out = []
+    for n, u in enumerate(upstreams, 1):
+        item: dict[str, Any] = {"base_url": u["base_url"]}
+        if urls.count(u["base_url"]) > 1:
+            item["id"] = u["id"]  # a base URL that does not tell the upstream apart
+        item.update({f.name: u[f.name] for f in upstream_fields() if f.name != "base_url"})
+        item["api_key_env"] = key_placeholder(f"{project} upstream {n}")
+        out.append(item)
     return out
 
 
@@ -169,7 +189,8 @@ def export(
 
     async def action(manager: Manager) -> str:
         projects, tokens = await current(manager)
-        return render(_exported(projects, tokens))
+        upstreams = {p["id"]: await upstreams_of(manager, p["id"]) for p in projects}
+        return render(_exported(projects, tokens, upstreams))
 
     text = perform(_target(api_url, management_token), action)
     if output is None:

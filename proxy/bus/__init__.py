@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy.bus.memory import MemoryBus
-from proxy.bus.redis_streams import RedisStreamsBus
+from proxy.bus.redis_streams import RedisStreamsBus, ReplicaWait
 from proxy.bus.spool import Spool
 from proxy.bus.spooling import SpoolingBus
 from proxy.redis_client import FastRedis
@@ -31,6 +31,7 @@ def make_bus(settings: Settings, store: SqlStore) -> EventBus:
             owns_redis=True,
             strict=strict,
             shards=settings.redis_stream_shards,
+            wait=ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout),
         )
     spool = Spool(settings.embedded_spool_dir, settings.event_spool_max_bytes)
     return MemoryBus(store, spool, capacity=settings.observability_buffer_size, strict=strict)

@@ -3,9 +3,13 @@ spool while Redis is down or slow (see ``SpoolingBus``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
 from proxy.bus.spool import Spool
 from proxy.bus.spooling import SpoolingBus
-from proxy.redis_client import FastRedis
+from proxy.redis_client import Arg, FastRedis
 from shared.events import RequestEvent
 from shared.streams import EVENT_FIELD, shard_keys, shard_of
 
@@ -19,6 +23,23 @@ def _event_id(line: bytes) -> str:
         return ""
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaWait:
+    """REDIS_WAIT_REPLICAS and REDIS_WAIT_TIMEOUT: how many replicas must hold a batch, and
+    how long WAIT may block for them."""
+
+    replicas: int
+    timeout: float = 0.2
+
+    @property
+    def timeout_ms(self) -> int:
+        return max(1, round(self.timeout * 1000))  # WAIT 0 would block forever
+
+
+class ReplicasBehind(RedisError):
+    """WAIT answered that fewer replicas than REDIS_WAIT_REPLICAS hold the batch."""
+
+
 class StreamSink:
     """XADD each line to its stream, all in one pipeline (no MAXLEN: trimming is the
     dispatcher's job, below what every group acknowledged). With several shards
@@ -27,17 +48,30 @@ class StreamSink:
 
     It speaks through the lean client (``FastRedis.pipeline``: one write, one timer per
     batch), which costs a fraction of redis-py's pipeline per event; Cluster and Sentinel
-    deployments get its subclasses, which route and fail over."""
+    deployments get its subclasses, which route and fail over.
+
+    With ``wait`` (REDIS_WAIT_REPLICAS) each master's share of the pipeline ends with
+    ``WAIT n timeout`` on the connection that carried its XADDs (``FastRedis.replicated``), so
+    the batch still costs one round trip per master. A batch that fewer than n replicas
+    acknowledged raises ``ReplicasBehind``: the bus spools it and sends it again, and a copy
+    that did survive is a duplicate the dispatcher skips by event id."""
 
     name = "the Redis stream"
 
     def __init__(
-        self, redis: FastRedis, stream_key: str, *, owns_redis: bool, shards: int = 1
+        self,
+        redis: FastRedis,
+        stream_key: str,
+        *,
+        owns_redis: bool,
+        shards: int = 1,
+        wait: ReplicaWait | None = None,
     ) -> None:
         self.redis = redis
         self.stream_key = stream_key
         self.streams = shard_keys(stream_key, shards)
         self.owns_redis = owns_redis
+        self.wait = wait if wait is not None and wait.replicas > 0 else None
 
     async def send(self, events: list[RequestEvent], lines: list[bytes]) -> int:
         if len(self.streams) == 1:
@@ -57,9 +91,19 @@ class StreamSink:
 
     async def _xadd(self, streams: list[str], lines: list[bytes]) -> None:
         pairs = zip(streams, lines, strict=True)
-        await self.redis.pipeline(
-            [("XADD", stream, "*", EVENT_FIELD, line) for stream, line in pairs]
-        )
+        commands: list[tuple[Arg, ...]] = [
+            ("XADD", stream, "*", EVENT_FIELD, line) for stream, line in pairs
+        ]
+        wait = self.wait
+        if wait is None:
+            await self.redis.pipeline(commands)
+            return
+        acks = await self.redis.replicated(commands, wait.replicas, wait.timeout_ms)
+        if min(acks) < wait.replicas:
+            raise ReplicasBehind(
+                f"WAIT: {min(acks)} of {wait.replicas} replicas acknowledged the batch "
+                f"within {wait.timeout_ms} ms"
+            )
 
     async def close(self) -> None:
         if self.owns_redis:
@@ -84,9 +128,10 @@ class RedisStreamsBus(SpoolingBus):
         owns_redis: bool = False,
         strict: bool = False,
         shards: int = 1,
+        wait: ReplicaWait | None = None,
     ) -> None:
         super().__init__(
-            StreamSink(redis, stream_key, owns_redis=owns_redis, shards=shards),
+            StreamSink(redis, stream_key, owns_redis=owns_redis, shards=shards, wait=wait),
             spool,
             capacity=capacity,
             batch_size=batch_size,

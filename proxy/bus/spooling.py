@@ -95,7 +95,8 @@ class SpoolingBus:
         self._next_adopt = 0.0
         self._drops_logged = 0
         self._drop_log_at = 0.0
-        self._waiters: dict[int, asyncio.Future[bool]] = {}  # id(event) -> its accept()
+        # id(event) -> its accept()'s answer and the timer that gives up on it
+        self._waiters: dict[int, tuple[asyncio.Future[bool], asyncio.TimerHandle]] = {}
         # event id -> slots kept for that request's events still to come (its accepted record
         # and its final, or just the final); _slots is their sum
         self._reserved: dict[str, int] = {}
@@ -142,24 +143,28 @@ class SpoolingBus:
         buffer.clear()
         self._spill(pending)
 
-    async def accept(self, event: RequestEvent) -> bool:
-        """Publish ``event`` and wait until the sink or the spool holds it: True then, False if
-        it is only in memory (or lost). Reserves room for the request's final event."""
-        if self._task is None or self._closing:
-            return False
-        # Decided before any await, so concurrent requests see each other's reservations.
-        room = event.event_id in self._reserved or self.reserve(event.event_id)
-        if not room:
-            if self.strict:
-                return False
-            self._reserved[event.event_id] = 2  # kept anyway: its final is counted as held
-            self._slots += 2
+    def accept(self, event: RequestEvent) -> asyncio.Future[bool]:
+        """Publish ``event`` now; the future says once the sink or the spool holds it: True
+        then, False if it is only in memory (or lost). Reserves room for the request's final
+        event. Nothing waits here, so the caller can do other I/O before awaiting the answer."""
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        self._waiters[id(event)] = waiter
+        answer: asyncio.Future[bool] = loop.create_future()
+        if self._task is None or self._closing:
+            answer.set_result(False)
+            return answer
+        # Decided before any await, so concurrent requests see each other's reservations.
+        if event.event_id not in self._reserved and not self.reserve(event.event_id):
+            if not self.strict:  # kept anyway (its final is counted as held), answered False
+                self._reserved[event.event_id] = 2
+                self._slots += 2
+                self.publish(event)
+            answer.set_result(False)
+            return answer
+        key = id(event)
         # A sender that cannot make progress (failing and being restarted) must not hold the
         # request forever: past two sends' worth of time the event counts as not kept.
-        timer = loop.call_later(2 * self.send_timeout + 1, _give_up, waiter)
+        timer = loop.call_later(2 * self.send_timeout + 1, self._give_up, key)
+        self._waiters[key] = (answer, timer)
         self.publish(event)
         if self._spooling and self._buffer and not self.spool.broken:
             # The sink is known to be down: to disk now, in order, rather than wait for the
@@ -168,11 +173,12 @@ class SpoolingBus:
             self._buffer.clear()
             self._spill(spill)
         self._wake.set()
-        try:
-            return await waiter and room
-        finally:
-            timer.cancel()
-            self._waiters.pop(id(event), None)
+        return answer
+
+    def _give_up(self, key: int) -> None:
+        entry = self._waiters.pop(key, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(False)
 
     def reserve(self, event_id: str) -> bool:
         """Keep room for this request's two events (accepted and final) from now on, if there
@@ -367,9 +373,11 @@ class SpoolingBus:
         if not self._waiters:
             return
         for event in events:
-            waiter = self._waiters.pop(id(event), None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(kept)
+            entry = self._waiters.pop(id(event), None)
+            if entry is not None:
+                entry[1].cancel()
+                if not entry[0].done():
+                    entry[0].set_result(kept)
 
     def _encode(self, events: list[RequestEvent]) -> tuple[list[RequestEvent], list[bytes]]:
         """The events that serialise, and their lines; the others are dropped and counted."""
@@ -416,8 +424,3 @@ class SpoolingBus:
                 )
                 self._drops_logged = self.dropped
                 self._drop_log_at = now + _DROP_LOG_INTERVAL
-
-
-def _give_up(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)

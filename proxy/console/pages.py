@@ -18,6 +18,7 @@ from proxy.console.session import Session
 from proxy.profiling import PHASES
 from shared.errors import LLMProxyError, UserError
 from shared.store import AuditFilter
+from shared.streams import shard_keys, stream_stats
 
 if TYPE_CHECKING:
     from proxy.console.app import Console
@@ -73,10 +74,24 @@ class Pages:
         }
 
     async def _stream_lag(self) -> int | None:
-        """Entries of the event stream the dispatchers have not read yet (Redis bus only)."""
+        """Entries of the event stream the dispatchers have not read yet, summed over its
+        shards (Redis bus only); unknown if any shard cannot tell."""
         settings = self.console.settings
         if settings.event_bus != "redis-streams" or self.live.redis is None:
             return None
+        total = 0
+        for key in shard_keys(settings.redis_stream_key, settings.redis_stream_shards):
+            try:
+                stats = await stream_stats(self.live.redis, key)
+            except Exception:  # Redis away: the tile says "unknown"
+                return None
+            lag = next(
+                (g.lag for g in stats.groups if g.name == settings.redis_consumer_group), None
+            )
+            if lag is None:  # no stream or group yet, or Redis cannot compute it
+                return None
+            total += lag
+        return total
         try:
             groups = await self.live.redis.xinfo_groups(settings.redis_stream_key)
         except Exception:  # no stream yet, or Redis away: the tile says "unknown"

@@ -12,7 +12,7 @@ import time
 from typing import Any, cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.limits.admission import (
@@ -162,12 +162,7 @@ class RedisLimiter:
         return Admission(limit, left, ms / 1000, release)
 
     async def _eval(self, script: Script, keys: tuple[str, ...], args: list[Any]) -> list[Any]:
-        try:
-            reply = await self.redis.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:  # a restarted or flushed Redis forgot the script
-            await self.redis.script_load(script.source)
-            reply = await self.redis.evalsha(script.sha, len(keys), *keys, *args)
-        return cast(list[Any], reply)
+        return cast(list[Any], await script.run(self.redis, keys, args))
 
     async def _admit(self, keys: tuple[str, ...], args: list[Any]) -> list[int]:
         """Redis Cluster: the edge and token parts in their own slots, sent together."""

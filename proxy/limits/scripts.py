@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError
+
+if TYPE_CHECKING:
+    from proxy.redis_client import FastRedis
 
 
 @dataclass(frozen=True)
@@ -13,6 +19,14 @@ class Script:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())  # noqa: S324
+
+    async def run(self, redis: FastRedis, keys: tuple[str, ...], args: list[Any]) -> Any:
+        """EVALSHA, loading the script first if Redis forgot it (a restart or flush)."""
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.source)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
 
 #: Every window and lease check for one request, atomically: nothing is counted unless

@@ -34,6 +34,14 @@ def _object(description: str, **properties: Schema) -> Schema:
     }
 
 
+_AZURE_FIELDS: dict[str, Schema] = {
+    "deployments": {
+        "type": "object",
+        "additionalProperties": _STR,
+        "description": "azure-openai: the deployment serving each model ({} : none).",
+    },
+    "api_version": {**_OPT_STR, "description": "azure-openai: the api-version sent."},
+}
 _PROJECT_FIELDS: dict[str, Schema] = {
     "id": _STR,
     "name": _STR,
@@ -53,6 +61,7 @@ _PROJECT_FIELDS: dict[str, Schema] = {
     "budget_window": {"enum": ["5h", "1d", "1mo", None]},
     "budget_calendar": _BOOL,
     "budget_mode": {"enum": ["hard", "soft", None]},
+    **_AZURE_FIELDS,
 }
 _TOKEN_FIELDS: dict[str, Schema] = {
     "id": _STR,
@@ -131,6 +140,7 @@ _UPSTREAM_FIELDS: dict[str, Schema] = {
     "weight": _INT,
     "priority": _INT,
     "enabled": _BOOL,
+    **_AZURE_FIELDS,
     "created_at": _TIME,
     "updated_at": _TIME,
 }

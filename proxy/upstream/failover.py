@@ -9,7 +9,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from proxy.upstream.providers import Provider
+from proxy.upstream.providers import NO_DEPLOYMENTS, Deployments, Provider
 
 #: statuses that mean "try another upstream" when they come before any body byte
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
@@ -26,6 +26,7 @@ class Target:
     api_key: str
     weight: int = 1
     priority: int = 0
+    deployments: Deployments = NO_DEPLOYMENTS  # azure-openai: model -> deployment, api-version
 
     def __repr__(self) -> str:  # keeps the key out of logs and tracebacks
         return f"Target({self.id}, {self.provider.kind}, {self.base_url})"

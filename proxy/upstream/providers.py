@@ -4,11 +4,13 @@ usage is read and which error envelope a route answers with."""
 from __future__ import annotations
 
 import urllib.parse
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from shared.deployments import deployments_of
 from shared.errors import LLMProxyError, Overloaded, UserError, error_body
 from shared.kinds import ANTHROPIC, AZURE_OPENAI, OPENAI, OPENAI_COMPATIBLE
 
@@ -54,27 +56,54 @@ PROVIDERS: dict[str, Provider] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Deployments:
+    """An Azure upstream's deployment for each model (a model not named is its own deployment)
+    and the api-version it is sent ("": the client's, else AZURE_OPENAI_API_VERSION)."""
+
+    names: Mapping[str, str] = field(default_factory=dict, hash=False)  # a Target stays hashable
+    api_version: str = ""
+
+    @classmethod
+    def of(cls, stored: str | None, api_version: str | None) -> Deployments:
+        if not stored and not api_version:
+            return NO_DEPLOYMENTS
+        return cls(deployments_of(stored), api_version or "")
+
+
+NO_DEPLOYMENTS = Deployments()
+
+
 def provider_of(kind: str) -> Provider:
     """The provider of a stored kind; an unknown one (a newer release's) reads as OpenAI."""
     return PROVIDERS.get(kind) or PROVIDERS[OPENAI]
 
 
-def azure_target(rest: str, deployment: str, query: bytes, body: Any, api_version: str) -> bytes:
+def azure_target(
+    rest: str, deployment: str, query: bytes, body: Any, table: Deployments, api_version: str
+) -> bytes:
     """The Azure OpenAI path for a ``/v1`` request: deployment endpoints under
-    ``/openai/deployments/{deployment}`` (named by the client's Azure path, else by the body's
-    model), the others under ``/openai``; ``api-version`` the client's, else ours."""
+    ``/openai/deployments/{deployment}`` (the name the client's Azure path gives, else the
+    body's model, looked up in the upstream's table), the others under ``/openai``;
+    ``api-version`` the upstream's, else the client's, else ``api_version`` (the default)."""
     if rest.startswith(_DEPLOYMENT_PATHS) or rest in _DEPLOYMENT_PATHS:
         name = deployment or _model_of(body)
         if not name:
             raise UserError(
                 "An Azure OpenAI project needs a deployment: name it as the request's model."
             )
+        name = table.names.get(name, name)
         path = "/openai/deployments/" + urllib.parse.quote(name, safe="") + rest
     else:
         path = "/openai" + rest
-    if not _has_param(query, b"api-version"):
-        version = b"api-version=" + api_version.encode()
-        query = query + b"&" + version if query else version
+    version = table.api_version
+    if version:  # the operator's pin wins over the client's
+        query = _without_param(query, b"api-version")
+    elif not _has_param(query, b"api-version"):
+        version = api_version
+    if version:
+        param = b"api-version=" + version.encode()
+        query = query + b"&" + param if query else param
     return path.encode() + b"?" + query
 
 
@@ -91,6 +120,10 @@ def _model_of(body: Any) -> str:
 
 def _has_param(query: bytes, name: bytes) -> bool:
     return any(part.partition(b"=")[0] == name for part in query.split(b"&")) if query else False
+
+
+def _without_param(query: bytes, name: bytes) -> bytes:
+    return b"&".join(p for p in query.split(b"&") if p and p.partition(b"=")[0] != name)
 
 
 # --- error envelopes ---

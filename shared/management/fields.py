@@ -19,7 +19,7 @@ from shared.clock import utcnow
 from shared.errors import UserError
 from shared.management.checks import parse_since
 
-Kind = Literal["string", "integer", "boolean", "date-time", "duration", "integers"]
+Kind = Literal["string", "integer", "boolean", "date-time", "duration", "integers", "mapping"]
 Where = Literal["path", "query", "body"]
 REQUIRED: Any = type("Required", (), {"__repr__": lambda self: "REQUIRED"})()
 I = TypeVar("I")  # noqa: E741 - an operation's input class
@@ -43,6 +43,7 @@ class Field:
     stored: Callable[[Any], Any] | None = None  # how a given value is stored, when not as is
     secret: bool = False  # never audited in clear; the CLI reads it without echo
     flag: str = ""  # the CLI option ("--name" by default; "--on/--off" for a pair)
+    metavar: str = ""  # how the CLI's help shows the value, when not by its type
     argument: bool = False  # a positional argument of the CLI, a path parameter of the API
     envvar: str | None = None  # the CLI also reads it from this variable
     cli: bool = True  # offered by the generated CLI command
@@ -84,6 +85,11 @@ class Field:
         elif self.kind == "integers":
             if isinstance(value, list) and all(
                 isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**63 for v in value
+            ):
+                return value
+        elif self.kind == "mapping":
+            if isinstance(value, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
             ):
                 return value
         elif self.kind == "duration":
@@ -140,6 +146,7 @@ class Field:
                 "date-time": "an ISO 8601 time or a span back from now (1h)",
                 "duration": 'hours (24) or a duration string ("30m", "7d", "never")',
                 "integers": "an array of positive 64-bit integers",
+                "mapping": "an object whose values are strings",
             }[self.kind]
         return words + (" or null" if self.nullable else "")
 
@@ -153,6 +160,8 @@ class Field:
         elif self.kind == "integers":
             item = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
             out = {"type": "array", "items": item, "maxItems": 10_000}
+        elif self.kind == "mapping":
+            out = {"type": "object", "additionalProperties": {"type": "string"}}
         else:
             out = {"type": self.kind}
         if self.nullable:
@@ -201,6 +210,22 @@ def validated(value: I) -> I:
         if (v := getattr(value, f.name)) is not None
     }
     return dataclasses.replace(value, **changes)  # type: ignore[type-var]
+
+
+def stored_values(value: object, names: frozenset[str], *, given_only: bool) -> dict[str, Any]:
+    """The ``names`` fields of an input as columns (same names), as each field stores them;
+    ``given_only``: without those left out (None)."""
+    out: dict[str, Any] = {}
+    for f in fields_of(type(value)):
+        if f.name not in names:
+            continue
+        v = getattr(value, f.name)
+        if v is not None and f.stored is not None:
+            v = f.stored(v)
+        elif v is None and given_only:
+            continue
+        out[f.name] = v
+    return out
 
 
 def refuse_nul(value: object) -> None:

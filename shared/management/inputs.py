@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.deployments import check_api_version, check_deployments, stored_deployments
 from shared.errors import UserError
 from shared.kinds import KINDS, OPENAI
 from shared.management.checks import (
@@ -150,6 +151,33 @@ def _priority(default: int | None) -> Any:
     )
 
 
+def _deployments() -> Any:
+    return inp(
+        "mapping",
+        "azure-openai: the deployment serving each model, MODEL=DEPLOYMENT (repeat the option); "
+        "a model not named is its own deployment. Given, it replaces the whole table; "
+        "--deployment '' empties it.",
+        default=None,
+        nullable=True,
+        flag="--deployment",
+        metavar="MODEL=DEPLOYMENT",
+        check=check_deployments,
+        stored=stored_deployments,
+    )
+
+
+def _api_version() -> Any:
+    return inp(
+        "string",
+        "azure-openai: the api-version sent, in place of the client's (2024-10-21); '' removes "
+        "it (then the client's, else AZURE_OPENAI_API_VERSION).",
+        default=None,
+        nullable=True,
+        check=check_api_version,
+        stored=_or_none,
+    )
+
+
 def _page(default: int) -> Any:
     return inp("integer", _LIMIT_DOC, default=default, minimum=1, maximum=MAX_PAGE)
 
@@ -186,6 +214,8 @@ class CreateProject(BudgetInputs):
     )
     kind: str = _kind(default=OPENAI)
     models: str | None = _models()
+    deployments: dict[str, str] | None = _deployments()
+    api_version: str | None = _api_version()
 
 
 @dataclass(**_INPUT)
@@ -198,6 +228,8 @@ class UpdateProject(BudgetInputs):
     )
     kind: str | None = _kind(default=None)
     models: str | None = _models()
+    deployments: dict[str, str] | None = _deployments()
+    api_version: str | None = _api_version()
 
 
 # --- a project's several upstreams ---
@@ -213,6 +245,8 @@ class AddUpstream:
     kind: str = _kind(default=OPENAI)
     weight: int = _weight(1)
     priority: int = _priority(0)
+    deployments: dict[str, str] | None = _deployments()
+    api_version: str | None = _api_version()
 
 
 @dataclass(**_INPUT)
@@ -220,14 +254,29 @@ class ListUpstreams:
     project_id: str = _project_ref(argument=False)
 
 
+def _upstream_ref() -> Any:
+    return inp("string", "The upstream's id.", argument=True)
+
+
+def _upstream_project() -> Any:
+    return inp(
+        "string",
+        "The project the upstream belongs to (id or name); given, an upstream of another "
+        "project is refused.",
+        default=None,
+    )
+
+
 @dataclass(**_INPUT)
 class UpstreamRef:
-    upstream_id: str = inp("string", "The upstream's id.", argument=True)
+    upstream_id: str = _upstream_ref()
+    project_id: str | None = _upstream_project()
 
 
 @dataclass(**_INPUT)
 class UpdateUpstream:
-    upstream_id: str = inp("string", "The upstream's id.", argument=True)
+    upstream_id: str = _upstream_ref()
+    project_id: str | None = _upstream_project()
     base_url: str | None = inp("string", "New base URL.", default=None, check=check_base_url)
     api_key: str | None = inp(
         "string", "New upstream API key.", default=None, secret=True, check=check_api_key
@@ -241,6 +290,8 @@ class UpdateUpstream:
         default=None,
         flag="--enabled/--disabled",
     )
+    deployments: dict[str, str] | None = _deployments()
+    api_version: str | None = _api_version()
 
 
 @dataclass(**_INPUT)

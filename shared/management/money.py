@@ -156,7 +156,7 @@ class MoneyOperations:
     async def unpriced_models(self: _Host, inp: i.UnpricedQuery) -> View:
         project_id = (await self._project(inp.project_id)).id if inp.project_id else None
         found: dict[tuple[str, str], dict[str, Any]] = {}
-        for r in await self.store.list_rollups(project_id=project_id, since=inp.since):
+        for r in await self.store.lagging().list_rollups(project_id=project_id, since=inp.since):
             if not r.totals.unpriced:
                 continue
             seen = found.setdefault(
@@ -179,7 +179,7 @@ class MoneyOperations:
             project_id = (await self._project(inp.project_id)).id
         else:
             token_id = (await self._token(inp.token_id or "")).id
-        rows = await self.store.list_rollups(
+        rows = await self.store.lagging().list_rollups(
             project_id=project_id, token_id=token_id, since=inp.since
         )
         return {

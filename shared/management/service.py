@@ -28,10 +28,17 @@ from shared.management.checks import (
     safe_id,
     shown_id,
 )
-from shared.management.fields import Operation, audit_details, fields_of, refuse_nul, validated
+from shared.management.fields import (
+    Operation,
+    audit_details,
+    fields_of,
+    refuse_nul,
+    stored_values,
+    validated,
+)
 from shared.management.money import MoneyOperations
 from shared.management.spend import spend_views
-from shared.management.upstreams import UpstreamOperations
+from shared.management.upstreams import AZURE_COLUMNS, UpstreamOperations, check_azure_only
 from shared.management.views import (
     View,
     audit_view,
@@ -85,15 +92,7 @@ def _limits(
 ) -> dict[str, Any]:
     """The token limits (or ``of`` another group's fields) of an input as columns (same
     names), as each field stores them."""
-    out: dict[str, Any] = {}
-    for f in fields_of(of):
-        value = getattr(inp, f.name)
-        if value is not None and f.stored is not None:
-            value = f.stored(value)
-        elif value is None and given_only:
-            continue
-        out[f.name] = value
-    return out
+    return stored_values(inp, frozenset(f.name for f in fields_of(of)), given_only=given_only)
 
 
 @dataclass
@@ -192,6 +191,7 @@ class Management(UpstreamOperations, MoneyOperations):
         async with self._audited("project.create", "project", "", inp) as audit:
             audit.details = {"name": inp.name.strip()}
             inp = validated(inp)
+            check_azure_only(inp.kind, inp.deployments, inp.api_version)
             if await self.store.get_project_by_name(inp.name):
                 raise Conflict(f"a project named {inp.name!r} already exists")
             now = utcnow()
@@ -206,6 +206,7 @@ class Management(UpstreamOperations, MoneyOperations):
                 kind=inp.kind,
                 models=inp.models or None,
                 **_limits(inp, of=i.BudgetInputs),
+                **stored_values(inp, AZURE_COLUMNS, given_only=False),
             )
             try:
                 created = await self.store.create_project(project)
@@ -239,6 +240,7 @@ class Management(UpstreamOperations, MoneyOperations):
             project = await self._project(inp.project_id)
             audit.target_id = project.id
             inp = validated(inp)
+            check_azure_only(inp.kind or project.kind, inp.deployments, inp.api_version)
             changes: dict[str, Any] = {}
             if inp.name is not None:
                 other = await self.store.get_project_by_name(inp.name)
@@ -254,10 +256,11 @@ class Management(UpstreamOperations, MoneyOperations):
             if inp.models is not None:
                 changes["models"] = inp.models or None
             changes |= _limits(inp, given_only=True, of=i.BudgetInputs)
+            changes |= stored_values(inp, AZURE_COLUMNS, given_only=True)
             if not changes:
                 raise UserError(
-                    "nothing to update: give --name, --base-url, --kind, --models, a budget or a "
-                    "new API key"
+                    "nothing to update: give --name, --base-url, --kind, --models, a budget, "
+                    "--deployment, --api-version or a new API key"
                 )
             updated, _ = await self.store.update_project(project.id, changes)
             if updated is None:
@@ -360,7 +363,7 @@ class Management(UpstreamOperations, MoneyOperations):
         self, token_id: str | None, project_id: str | None, before: str | None, limit: int
     ) -> View:
         # One row more than asked tells whether another page exists without a COUNT.
-        events = await self.store.list_request_events(
+        events = await self.store.lagging().list_request_events(
             token_id=token_id, project_id=project_id, before_event_id=before, limit=limit + 1
         )
         more = len(events) > limit
@@ -501,7 +504,7 @@ class Management(UpstreamOperations, MoneyOperations):
         """Newest first; ``next_before_id`` is the cursor of the next page (None on the last)."""
         inp = validated(inp)
         flt = AuditFilter(**{**vars_of(inp), "limit": inp.limit + 1})
-        events = await self.store.list_audit(flt)
+        events = await self.store.lagging().list_audit(flt)
         more = len(events) > inp.limit
         events = events[: inp.limit]
         return {
@@ -519,18 +522,18 @@ class Management(UpstreamOperations, MoneyOperations):
         if inp.after_event_id and not self.store.valid_id(inp.after_event_id):
             raise UserError(f"after_event_id is not an event id: {shown_id(inp.after_event_id)}")
         after = (inp.after, inp.after_event_id or "") if inp.after is not None else None
-        events = await self.store.list_events(
+        events = await self.store.lagging().list_events(
             limit=inp.limit, token_id=token_id, project_id=project_id, after=after
         )
         return {"data": [tail_view(e) for e in events]}
 
     async def event_stats(self, inp: i.NoInput) -> View:
-        events = await self.store.event_stats()
+        events = await self.store.lagging().event_stats()
         out: View = {
             "events": int(events.get("events") or 0),
             "oldest_event": _when(events.get("oldest_ts")),
             "newest_event": _when(events.get("newest_ts")),
-            "dead_letters": await self.store.dead_letter_counts(),
+            "dead_letters": await self.store.lagging().dead_letter_counts(),
             "event_bus": self.event_bus,
         }
         if self.event_bus == "redis-streams" and self.redis is not None:

@@ -6,10 +6,11 @@ from datetime import datetime
 from typing import Any
 
 from shared.clock import from_epoch, utcnow
+from shared.deployments import deployments_of
 from shared.events import UNPRICED, RequestEvent
 from shared.money.amounts import picos_to_usd
 from shared.store import AuditEvent, Project, Token
-from shared.store.models import DeadLetter, UpstreamRow, quota_used
+from shared.store.models import DeadLetter, Governed, UpstreamRow, quota_used
 
 View = dict[str, Any]
 
@@ -59,10 +60,11 @@ def project_view(project: Project) -> View:
         "updated_at": iso(project.updated_at),
         "models": project.models,
         **budget_view(project),
+        **deployments_view(project),
     }
 
 
-def budget_view(owner: Project | Token) -> View:
+def budget_view(owner: Governed) -> View:
     return {
         "budget_usd": owner.budget_usd,
         "budget_tokens": owner.budget_tokens,
@@ -70,6 +72,11 @@ def budget_view(owner: Project | Token) -> View:
         "budget_calendar": bool(owner.budget_calendar),
         "budget_mode": owner.budget_mode,
     }
+
+
+def deployments_view(owner: Project | UpstreamRow) -> View:
+    """An Azure project's or upstream's deployment table (``{}``: none) and api-version."""
+    return {"deployments": deployments_of(owner.deployments), "api_version": owner.api_version}
 
 
 def upstream_view(upstream: UpstreamRow) -> View:
@@ -82,6 +89,7 @@ def upstream_view(upstream: UpstreamRow) -> View:
         "weight": upstream.weight,
         "priority": upstream.priority,
         "enabled": upstream.enabled,
+        **deployments_view(upstream),
         "created_at": iso(upstream.created_at),
         "updated_at": iso(upstream.updated_at),
     }

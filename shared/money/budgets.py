@@ -34,6 +34,12 @@ class Window:
     def key(self) -> str:
         return self.name + ("@calendar" if self.calendar else "")
 
+    @classmethod
+    def from_key(cls, key: str) -> Window:
+        """The window whose ``key`` this is."""
+        name, _, kind = key.partition("@")
+        return cls(name, kind == "calendar")
+
     def bucket(self, now: datetime) -> datetime:
         """The start of the bucket spend at ``now`` is counted in."""
         if self.calendar:

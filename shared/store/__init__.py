@@ -13,6 +13,7 @@ def make_store(settings: Settings, *, statement_timeout: float | None = None) ->
     """The store the settings ask for (not yet opened). ``statement_timeout`` (seconds) is set
     on every Postgres connection when given (the dispatcher's writes)."""
     if settings.db_driver == "postgres":
+        from shared.store.partitions import PartitionPolicy
         from shared.store.postgres import PostgresStore
 
         return PostgresStore(
@@ -23,6 +24,10 @@ def make_store(settings: Settings, *, statement_timeout: float | None = None) ->
             connect_timeout=settings.database_connect_timeout,
             tcp_user_timeout=settings.database_tcp_user_timeout,
             statement_timeout=statement_timeout,
+            read_url=settings.database_read_url,
+            partitioning=PartitionPolicy(
+                settings.request_event_partition_span, settings.request_event_partitions_ahead
+            ),
         )
     from shared.store.sqlite import SqliteStore
 

@@ -96,8 +96,21 @@ class SqlStore(
     async def lock_for_migration(self, tx: Tx) -> None:
         """Serialise concurrent migrators (SQLite's BEGIN IMMEDIATE already does)."""
 
+    async def prepare_step(self, name: str) -> None:
+        """A migration step's work before the migrations' transaction (see migrations)."""
+        raise RuntimeError(f"migration step {name!r} is unknown to the {self.dialect} store")
+
+    async def apply_step(self, tx: Tx, name: str) -> None:
+        """A migration step's work in the migrations' transaction."""
+        raise RuntimeError(f"migration step {name!r} is unknown to the {self.dialect} store")
+
     async def migrate(self) -> list[int]:
-        """Apply pending migrations in one transaction; return the versions applied now."""
+        """Apply pending migrations in one transaction; return the versions applied now. A
+        pending migration's Python step prepares first, outside it."""
+        done = await self.applied_versions()
+        for migration in load(self.dialect):
+            if migration.version not in done and migration.step:
+                await self.prepare_step(migration.step)
         applied: list[int] = []
         async with self.transaction() as tx:
             await self.lock_for_migration(tx)
@@ -109,6 +122,8 @@ class SqlStore(
                     continue
                 for statement in migration.statements():
                     await tx.execute(statement)
+                if migration.step:
+                    await self.apply_step(tx, migration.step)
                 await tx.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
                     (migration.version, migration.name, utcnow()),
@@ -119,6 +134,13 @@ class SqlStore(
     @abc.abstractmethod
     async def schema_version(self) -> int: ...
 
+    async def applied_versions(self) -> set[int]:
+        if not await self.schema_version():
+            return set()
+        async with self.transaction(readonly=True) as tx:
+            rows = await tx.fetchall("SELECT version FROM schema_migrations")
+        return {int(r["version"]) for r in rows}
+
     def lost_connection(self, exc: BaseException) -> bool:
         """Whether ``exc`` says a pooled connection was dead (worth one retry on another)."""
         return False
@@ -126,6 +148,12 @@ class SqlStore(
     async def drop_broken_connections(self) -> None:
         """Test the idle pooled connections and replace the dead ones (no-op without a pool)."""
         return None
+
+    def lagging(self) -> SqlStore:
+        """The store for reads that tolerate replica lag (usage reports, event and audit
+        listings): the read replica of DATABASE_READ_URL when there is one, else this store.
+        Never for a read that must see this process's own writes."""
+        return self
 
     async def ping(self) -> None:
         async with self.transaction(readonly=True) as tx:

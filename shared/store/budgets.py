@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from shared.money.amounts import usd_to_picos
 from shared.money.budgets import Window
-from shared.store.models import Project, Token
+from shared.store.models import Governed, Project, Token
 from shared.store.rows import Tables, Tx
 
 
@@ -35,6 +35,28 @@ class Held:
     bucket: datetime
     picos: int
     tokens: int
+    #: the Redis counter it was taken in and that counter's generation
+    #: (proxy/budgets/redis.py); None: taken in the database
+    key: str | None = None
+    gen: str = ""
+
+
+#: (owner, window key, bucket start, reserved picos, spent picos, reserved tokens, spent tokens)
+BucketChange = tuple[str, str, datetime, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What a budget has used and has left at a moment, as the durable record (this table)
+    knows it; ``None`` for a limit the budget does not set."""
+
+    limit_picos: int | None
+    used_picos: int | None
+    remaining_picos: int | None
+    limit_tokens: int | None
+    used_tokens: int | None
+    remaining_tokens: int | None
+    resets_at: datetime
 
 
 @dataclass(slots=True)
@@ -65,7 +87,7 @@ def limits_of(token: Token, project: Project) -> tuple[BudgetLimit, ...]:
     return (*owner_limits(token.id, token), *owner_limits(project.id, project))
 
 
-def owner_limits(owner_id: str, owner: Token | Project) -> list[BudgetLimit]:
+def owner_limits(owner_id: str, owner: Governed) -> list[BudgetLimit]:
     """An owner's own budget and, for a token, its tokens per minute."""
     out = []
     if owner.budget_usd is not None or owner.budget_tokens is not None:
@@ -75,7 +97,7 @@ def owner_limits(owner_id: str, owner: Token | Project) -> list[BudgetLimit]:
     return out
 
 
-def _budget(owner_id: str, owner: Token | Project) -> BudgetLimit:
+def _budget(owner_id: str, owner: Governed) -> BudgetLimit:
     return BudgetLimit(
         owner_id,
         Window(owner.budget_window or "1mo", bool(owner.budget_calendar)),
@@ -96,6 +118,20 @@ _SPEND_SQL = (
     "COALESCE(SUM(reserved_picos), 0) AS reserved_picos, "
     "COALESCE(SUM(reserved_tokens), 0) AS reserved_tokens FROM budget_buckets "
     "WHERE owner_id = %s AND window_key = %s AND bucket_start >= %s"
+)
+_BUCKETS_SQL = (
+    "SELECT bucket_start, reserved_picos + spent_picos AS picos, "
+    "reserved_tokens + spent_tokens AS tokens FROM budget_buckets "
+    "WHERE owner_id = %s AND window_key = %s AND bucket_start >= %s"
+)
+_ADD_SQL = (
+    "INSERT INTO budget_buckets (owner_id, window_key, bucket_start, reserved_picos, "
+    "spent_picos, reserved_tokens, spent_tokens) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (owner_id, window_key, bucket_start) DO UPDATE SET "
+    "reserved_picos = budget_buckets.reserved_picos + excluded.reserved_picos, "
+    "spent_picos = budget_buckets.spent_picos + excluded.spent_picos, "
+    "reserved_tokens = budget_buckets.reserved_tokens + excluded.reserved_tokens, "
+    "spent_tokens = budget_buckets.spent_tokens + excluded.spent_tokens"
 )
 _RESERVE_SQL = (
     "INSERT INTO budget_buckets (owner_id, window_key, bucket_start, reserved_picos, "
@@ -171,3 +207,44 @@ class Budgets(Tables):
         if row is None:
             return Spend()
         return Spend(*(int(row[k]) for k in Spend.__dataclass_fields__))
+
+    async def budget_buckets(
+        self, owner_id: str, window: Window, now: datetime
+    ) -> list[tuple[datetime, int, int]]:
+        """(bucket start, picos, tokens) spent plus reserved, of each bucket counting at
+        ``now``: what Redis counters are seeded from."""
+        async with self.transaction(readonly=True) as tx:
+            rows = await tx.fetchall(_BUCKETS_SQL, (owner_id, window.key, window.start(now)))
+        return [(_aware(r["bucket_start"]), int(r["picos"]), int(r["tokens"])) for r in rows]
+
+    async def add_to_buckets(self, changes: Sequence[BucketChange]) -> None:
+        """Add what was reserved and spent (owner, window key, bucket, reserved picos, spent
+        picos, reserved tokens, spent tokens) in one transaction: the durable record of
+        reservations and settlements decided in Redis."""
+        if not changes:
+            return
+        async with self.transaction() as tx:
+            for row in sorted(changes):  # one order for every writer: no deadlock between them
+                await tx.execute(_ADD_SQL, row)
+
+    async def budget_standing(self, limit: BudgetLimit, now: datetime) -> Standing:
+        """A budget's spend and what is left of it at ``now``: the one accessor every reader
+        (``GET /v1/usage``, ``show``, the management API) goes through."""
+        picos, tokens = await self.budget_used(limit.owner_id, limit.window, now)
+        has_usd, has_tokens = limit.picos is not None, limit.tokens is not None
+        return Standing(
+            limit_picos=limit.picos,
+            used_picos=picos if has_usd else None,
+            remaining_picos=max(limit.picos - picos, 0) if limit.picos is not None else None,
+            limit_tokens=limit.tokens,
+            used_tokens=tokens if has_tokens else None,
+            remaining_tokens=max(limit.tokens - tokens, 0) if limit.tokens is not None else None,
+            resets_at=limit.window.reset(now),
+        )
+
+
+def _aware(value: datetime | str) -> datetime:
+    """A bucket start as stored (SQLite gives text back) as an aware UTC datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

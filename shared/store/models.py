@@ -7,8 +7,21 @@ from datetime import datetime
 from typing import Any
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Governed:
+    """What a token or a project may use and spend: its model scope and its budget (the
+    management inputs that set them: ``shared.management.inputs.BudgetInputs``)."""
+
+    models: str | None = None  # the model scope: comma-separated names and globs; None: any
+    budget_usd: str | None = None  # exact dollars over budget_window; None: no dollar budget
+    budget_tokens: int | None = None
+    budget_window: str | None = None  # '5h', '1d', '1mo'
+    budget_calendar: bool | None = None  # calendar window instead of rolling
+    budget_mode: str | None = None  # 'hard' (refuse) or 'soft' (flag); None: hard
+
+
 @dataclass(frozen=True, slots=True)
-class Project:
+class Project(Governed):
     id: str
     name: str
     base_url: str
@@ -22,12 +35,8 @@ class Project:
     completion_tokens: int = 0
     last_used_at: datetime | None = None
     kind: str = "openai"  # the provider kind (proxy/upstream/providers.py)
-    models: str | None = None  # the model scope: comma-separated names and globs; None: any
-    budget_usd: str | None = None  # exact dollars over budget_window; None: no dollar budget
-    budget_tokens: int | None = None
-    budget_window: str | None = None  # '5h', '1d', '1mo'
-    budget_calendar: bool | None = None  # calendar window instead of rolling
-    budget_mode: str | None = None  # 'hard' (refuse) or 'soft' (flag); None: hard
+    deployments: str | None = None  # azure-openai: model -> deployment (shared/deployments.py)
+    api_version: str | None = None  # azure-openai: the api-version sent; None: the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,16 +53,12 @@ class UpstreamRow:
     enabled: bool
     created_at: datetime
     updated_at: datetime
-    models: str | None = None  # the model scope: comma-separated names and globs; None: any
-    budget_usd: str | None = None  # exact dollars over budget_window; None: no dollar budget
-    budget_tokens: int | None = None
-    budget_window: str | None = None  # '5h', '1d', '1mo'
-    budget_calendar: bool | None = None  # calendar window instead of rolling
-    budget_mode: str | None = None  # 'hard' (refuse) or 'soft' (flag); None: hard
+    deployments: str | None = None  # as on Project
+    api_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Token:
+class Token(Governed):
     id: str
     token_hash: str
     display_prefix: str
@@ -73,12 +78,6 @@ class Token:
     rpm: int | None = None  # None: the deployment's default; 0: no per-token rate limit
     max_concurrency: int | None = None
     quota_used: int = 0  # the database quota counter; see quota_used()
-    models: str | None = None  # the model scope: comma-separated names and globs; None: any
-    budget_usd: str | None = None  # exact dollars over budget_window; None: no dollar budget
-    budget_tokens: int | None = None
-    budget_window: str | None = None  # '5h', '1d', '1mo'
-    budget_calendar: bool | None = None  # calendar window instead of rolling
-    budget_mode: str | None = None  # 'hard' (refuse) or 'soft' (flag); None: hard
     tpm: int | None = None  # tokens per minute; None: no limit
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -14,8 +17,10 @@ from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from shared.clock import utcnow
 from shared.errors import Unavailable
 from shared.events import RequestEvent
+from shared.store import partitions
 from shared.store.base import (
     EVENT_COLUMNS,
     Inserted,
@@ -25,9 +30,23 @@ from shared.store.base import (
     one_per_request,
     usage_by_owner,
 )
+from shared.store.partitions import (
+    DEFAULT,
+    LEGACY,
+    MIGRATION_LOCK_KEY,
+    PARTITION_LOCK_KEY,
+    PartitionPolicy,
+    Pruned,
+)
 
-# Any fixed 64-bit number: the advisory lock that serialises concurrent `llm-proxy migrate` runs.
-MIGRATION_LOCK_KEY = 0x6C6C6D70726F7879  # "llmproxy"
+#: How long a read waits for a replica connection before the primary serves it, and how long
+#: the primary then keeps serving the replica's reads before it is tried again.
+REPLICA_WAIT = 2.0
+REPLICA_REST = 30.0
+
+log = logging.getLogger("llm_proxy.store")
+
+_PARTITION_STEP = "partition_request_events"
 
 
 class _PgTx:
@@ -67,12 +86,14 @@ _INSERT_EVENTS = (
     "trace_id text, span_id text, cache_creation_tokens int8, cache_read_tokens int8, "
     "upstream text, attempts int4, cached_tokens int8, reasoning_tokens int8, "
     "cost_picousd int8) "
-    # A final replaces its accepted row (and nothing else: a repeat changes nothing).
-    "ON CONFLICT (event_id) DO UPDATE SET "
+    # A final replaces its accepted row (and nothing else: a repeat changes nothing). The key
+    # holds ts, the partition column: a redelivery carries the same ts, so meets its row.
+    "ON CONFLICT (event_id, ts) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in (c.strip() for c in EVENT_COLUMNS.split(",")[1:]))
-    + " WHERE request_events.phase = 'accepted' AND EXCLUDED.phase = 'final' "
-    # xmax is 0 on a row this statement inserted, set on one it updated
-    "RETURNING event_id, (xmax = 0) AS fresh"
+    + ", replaced_accepted = true"
+    " WHERE request_events.phase = 'accepted' AND EXCLUDED.phase = 'final' "
+    # RETURNING cannot read xmax on a partitioned table: the row says whether it was replaced
+    "RETURNING event_id, NOT replaced_accepted AS fresh"
 )
 
 _APPLY_USAGE = (
@@ -133,9 +154,29 @@ class PostgresStore(SqlStore):
         connect_timeout: float = 10.0,
         tcp_user_timeout: float = 30.0,
         statement_timeout: float | None = None,
+        read_url: str = "",
+        partitioning: PartitionPolicy | None = None,
     ) -> None:
         self.url = url
+        self.partitioning = partitioning or PartitionPolicy()
+        self._connect_options = connection_options(connect_timeout, tcp_user_timeout, None)
         self.timeout = timeout
+        self._replica: PostgresStore | None = None
+        #: on a replica's store: the primary, which serves its reads while it is unreachable
+        self._primary: PostgresStore | None = None
+        self._replica_down_until = 0.0
+        if read_url:
+            self._replica = PostgresStore(
+                read_url,
+                pool_size=pool_size,
+                min_idle=min_idle,
+                max_lifetime=max_lifetime,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                tcp_user_timeout=tcp_user_timeout,
+                statement_timeout=statement_timeout,
+            )
+            self._replica._primary = self
         self.pool = AsyncConnectionPool(
             url,
             min_size=min(min_idle, pool_size),
@@ -170,7 +211,14 @@ class PostgresStore(SqlStore):
             raise Unavailable(f"cannot connect to the database at {where}") from None
 
     async def close(self) -> None:
+        if self._replica is not None:
+            await self._replica.close()
         await self.pool.close()
+
+    def lagging(self) -> SqlStore:
+        # A process that never reads lag-tolerant data (the dispatcher, a proxy serving no
+        # management) never opens a connection to the replica.
+        return self._replica if self._replica is not None else self
 
     def lost_connection(self, exc: BaseException) -> bool:
         # PoolTimeout is an OperationalError too, but means no connection at all: no retry
@@ -181,8 +229,43 @@ class PostgresStore(SqlStore):
 
     @asynccontextmanager
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
+        if self._primary is not None:  # a replica
+            async with self._replica_transaction(self._primary, readonly) as tx:
+                yield tx
+            return
         async with self.pool.connection() as conn, conn.transaction():
             yield _PgTx(conn)
+
+    @asynccontextmanager
+    async def _replica_transaction(
+        self, primary: PostgresStore, readonly: bool
+    ) -> AsyncIterator[Tx]:
+        """On the replica; while it cannot give a connection (down, or every connection busy
+        for REPLICA_WAIT), on the primary, which then serves these reads for REPLICA_REST
+        before the replica is tried again."""
+        conn = None
+        if time.monotonic() >= self._replica_down_until:
+            if self.pool.closed:
+                await self.pool.open()  # idempotent under its lock; connects in the background
+            try:
+                conn = await self.pool.getconn(timeout=REPLICA_WAIT)
+            except PoolTimeout:
+                self._replica_down_until = time.monotonic() + REPLICA_REST
+                log.warning(
+                    "the read replica (DATABASE_READ_URL) gave no connection in %.0fs; reading "
+                    "from DATABASE_URL for %.0fs",
+                    REPLICA_WAIT,
+                    REPLICA_REST,
+                )
+        if conn is None:
+            async with primary.transaction(readonly=readonly) as tx:
+                yield tx
+            return
+        try:
+            async with conn.transaction():
+                yield _PgTx(conn)
+        finally:
+            await self.pool.putconn(conn)
 
     async def insert_events(self, tx: Tx, events: Sequence[RequestEvent]) -> list[RequestEvent]:
         conn = tx.conn if isinstance(tx, _PgTx) else None
@@ -241,6 +324,70 @@ class PostgresStore(SqlStore):
     async def lock_owner(self, tx: Tx, owner_id: str) -> None:
         # Held until commit: one owner's reservations are decided one at a time.
         await tx.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (owner_id,))
+
+    async def migrate(self) -> list[int]:
+        """The migrations, then the partitions ahead."""
+        applied = await super().migrate()
+        await self.ensure_partitions()
+        return applied
+
+    async def prepare_step(self, name: str) -> None:
+        if name != _PARTITION_STEP:
+            return await super().prepare_step(name)
+        conn = await psycopg.AsyncConnection.connect(
+            self.url, autocommit=True, row_factory=dict_row, **self._connect_options
+        )
+        async with conn:
+            await partitions.prepare(_PgTx(conn), self.partitioning, utcnow())
+        return None
+
+    async def apply_step(self, tx: Tx, name: str) -> None:
+        if name != _PARTITION_STEP:
+            return await super().apply_step(tx, name)
+        await partitions.convert(tx, self.partitioning, utcnow())
+        return None
+
+    async def ensure_partitions(self, now: datetime | None = None) -> list[str]:
+        """Create the partitions REQUEST_EVENT_PARTITIONS_AHEAD asks for that are missing,
+        each in its own short transaction; return their names. Another process creating them
+        at the same time: this one skips the round."""
+        if await self.schema_version() < 14:
+            return []
+        wanted = partitions.wanted(now or utcnow(), self.partitioning)
+        created: list[str] = []
+        while True:
+            async with self.transaction() as tx:
+                got = await tx.fetchone(
+                    "SELECT pg_try_advisory_xact_lock(%s) AS ok", (PARTITION_LOCK_KEY,)
+                )
+                if not got or not got["ok"]:
+                    return created
+                gaps = partitions.missing(wanted, await partitions.list_partitions(tx))
+                if not gaps:
+                    return created
+                created.append(await partitions.create_partition(tx, *gaps[0]))
+
+    async def prune_events(self, cutoff: datetime) -> Pruned:
+        """Drop the partitions wholly older than ``cutoff``; delete older rows, in chunks,
+        only from the legacy and default partitions (the others go whole, later)."""
+        async with self.transaction(readonly=True) as tx:
+            existing = await partitions.list_partitions(tx)
+        if not existing:  # not partitioned yet (schema before 0014)
+            return await super().prune_events(cutoff)
+        pruned = Pruned([])
+        for partition in partitions.expired(existing, cutoff):
+            async with self.transaction() as tx:
+                await partitions.drop_partition(tx, partition.name)
+            pruned.dropped.append(partition.name)
+        names = {p.name for p in existing} - set(pruned.dropped)
+        for table in (LEGACY, DEFAULT):
+            while table in names:
+                async with self.transaction() as tx:
+                    count = await partitions.delete_chunk(tx, table, cutoff)
+                pruned.deleted += count
+                if count < partitions.DELETE_CHUNK:
+                    break
+        return pruned
 
     async def lock_for_migration(self, tx: Tx) -> None:
         # Held until commit: a second migrator waits here, then finds nothing left to do.

@@ -19,6 +19,7 @@ class Projects(Tables):
     async def create_project(self, project: Project) -> Project:
         fields: tuple[str, ...] = ("id", "name", "base_url", "api_key_enc", "is_active")
         fields += ("created_at", "updated_at", "kind", "models", *BUDGET_COLUMNS)
+        fields += ("deployments", "api_version")
         return project_from_row(await self._insert("projects", project, fields, PROJECT_COLUMNS))
 
     async def get_project(self, project_id: str) -> Project | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from shared.events import FINAL, RequestEvent
 from shared.store.models import DeadLetter
+from shared.store.partitions import DELETE_CHUNK, Pruned
 from shared.store.prices import SELECT_PRICES_SQL, book_of
 from shared.store.rollups import UPSERT_ROLLUP_SQL, rollup_params, rollups_of
 from shared.store.rows import (
@@ -158,6 +159,20 @@ class RequestEvents(Tables):
                 "FROM request_events"
             )
         return row or {}
+
+    async def ensure_partitions(self, now: datetime | None = None) -> list[str]:
+        """Create the partitions still missing ahead (Postgres); return their names."""
+        return []
+
+    async def prune_events(self, cutoff: datetime) -> Pruned:
+        """Retention: remove the events older than ``cutoff``; here by deleting them in
+        chunks (Postgres drops whole partitions instead)."""
+        pruned = Pruned([])
+        while True:
+            count = await self.delete_events_before(cutoff, limit=DELETE_CHUNK)
+            pruned.deleted += count
+            if count < DELETE_CHUNK:
+                return pruned
 
     async def delete_events_before(self, cutoff: datetime, *, limit: int = 10_000) -> int:
         """Delete at most ``limit`` events older than ``cutoff`` (short transactions: callers

@@ -32,7 +32,8 @@ class Tx(Protocol):
 PROJECT_COLUMNS = (
     "id, name, base_url, api_key_enc, is_active, created_at, updated_at, request_count, "
     "cache_hit_count, prompt_tokens, completion_tokens, last_used_at, kind, models, "
-    "budget_usd, budget_tokens, budget_window, budget_calendar, budget_mode"
+    "budget_usd, budget_tokens, budget_window, budget_calendar, budget_mode, deployments, "
+    "api_version"
 )
 TOKEN_COLUMNS = (
     "id, token_hash, display_prefix, project_id, label, is_active, created_at, updated_at, "
@@ -54,6 +55,7 @@ DEAD_LETTER_COLUMNS = (
 BUDGET_COLUMNS = ("budget_usd", "budget_tokens", "budget_window", "budget_calendar", "budget_mode")
 PROJECT_UPDATABLE = frozenset(
     {"name", "base_url", "api_key_enc", "is_active", "kind", "models", *BUDGET_COLUMNS}
+    | {"deployments", "api_version"}
 )
 TOKEN_UPDATABLE = frozenset(
     {
@@ -91,9 +93,14 @@ class _Usage:
     def add(self, event: RequestEvent, ts: datetime, counted: bool = False) -> None:
         # request_count counts admitted requests; the proxy's own rejections are stored as rows
         # (and mark the token as used) but are not requests it served. ``counted``: the
-        # request's accepted row already counted it; this final only adds its usage.
+        # request's accepted row already counted it; this final adds its usage, or takes the
+        # count back if the request was refused after all (its limits or budget are checked
+        # while its accepted record is on the way).
         admitted = event.error not in REJECTION_CODES
-        self.requests += admitted and not counted
+        if counted:
+            self.requests -= not admitted
+        else:
+            self.requests += admitted
         self.cache_hits += admitted and event.cache_status == "hit"
         self.prompt_tokens += event.prompt_tokens
         self.completion_tokens += event.completion_tokens

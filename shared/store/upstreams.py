@@ -1,5 +1,5 @@
 """The upstreams table: a project's several upstreams (kind, base URL, encrypted key, weight,
-priority, enabled)."""
+priority, enabled, Azure deployments)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ from shared.store.models import UpstreamRow
 from shared.store.rows import Row, Tables, Tx
 
 COLUMNS = (
-    "id, project_id, kind, base_url, api_key_enc, weight, priority, enabled, created_at, updated_at"
+    "id, project_id, kind, base_url, api_key_enc, weight, priority, enabled, created_at, "
+    "updated_at, deployments, api_version"
 )
-UPDATABLE = frozenset({"kind", "base_url", "api_key_enc", "weight", "priority", "enabled"})
+UPDATABLE = frozenset(
+    {"kind", "base_url", "api_key_enc", "weight", "priority", "enabled", "deployments"}
+    | {"api_version"}
+)
 
 
 def upstream_from_row(row: Row) -> UpstreamRow:

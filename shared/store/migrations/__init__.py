@@ -1,9 +1,16 @@
-"""Versioned SQL migrations, one folder per dialect, files named ``NNNN_name.sql``."""
+"""Versioned SQL migrations, one folder per dialect, files named ``NNNN_name.sql``.
+
+A change plain SQL cannot make well (bounds that depend on the time, a scan that must not
+hold a strong lock) names a Python step in its file, ``-- step: NAME``: the dialect's store
+runs ``prepare_step(NAME)`` before the migrations' transaction and ``apply_step(NAME)`` in
+it, after the file's statements (``SqlStore.migrate``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+
+_STEP = "-- step:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -11,6 +18,14 @@ class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def step(self) -> str | None:
+        """The Python step this migration names, if any."""
+        for line in self.sql.splitlines():
+            if line.startswith(_STEP):
+                return line.removeprefix(_STEP).strip()
+        return None
 
     def statements(self) -> list[str]:
         """The file split into statements (our migrations keep ';' out of literals)."""

@@ -1,19 +1,23 @@
 """Budgets and tokens per minute on the request path: reserve an upper-bound estimate before
-forwarding, settle to the request's cost when it ends; the database decides (one transaction
-each), so every worker of every instance shares one count."""
+forwarding, settle to the request's cost when it ends. With Redis, one script call each decides
+for every worker of every instance (proxy/budgets/redis.py); without, the database does (one
+transaction each)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from proxy.budgets.keys import group_of
+from proxy.budgets.redis import RedisBudgets
 from proxy.model_scope import model_of
 from shared.clock import from_epoch
-from shared.errors import BudgetExceeded, TpmExceeded
+from shared.errors import BudgetExceeded, LLMProxyError, TpmExceeded, Unavailable
 from shared.events import UNPRICED, RequestEvent
 from shared.money.amounts import picos_to_usd
 from shared.money.budgets import estimate_cost, estimate_tokens
@@ -41,8 +45,10 @@ class Budgeter:
         *,
         default_completion: int,
         on_soft_exceeded: Callable[[], None] | None = None,
+        redis: RedisBudgets | None = None,
     ) -> None:
         self.store = store
+        self.redis = redis
         self.on_soft_exceeded = on_soft_exceeded
         self.default_completion = default_completion
         self._book: PriceBook | None = None
@@ -72,11 +78,13 @@ class Budgeter:
     ) -> Reservation:
         """Reserve the most this request can cost, or raise ``BudgetExceeded`` /
         ``TpmExceeded``. A model without a price cannot be held to a dollar budget: a hard
-        one refuses it (its cost is unknown, never $0)."""
+        one refuses it (its cost is unknown, never $0). When nothing can decide (the database
+        is needed and cannot answer), ``Unavailable``: no spend goes unchecked."""
         prompt, completion = estimate_tokens(body, self.default_completion)
         model = model_of(body, content_type) if body else None
         now = from_epoch(arrived)
-        row = (await self.book()).lookup(model or "", project_id, now)
+        with _fail_closed():
+            row = (await self.book()).lookup(model or "", project_id, now)
         estimate = estimate_cost(row, prompt, completion)
         if estimate is None and any(b.picos is not None and b.hard for b in limits):
             raise BudgetExceeded(
@@ -84,7 +92,14 @@ class Budgeter:
                 "held to the budget.",
                 headers={"x-should-retry": "false"},
             )
-        decision = await self.store.reserve(limits, estimate or 0, prompt + completion, now)
+        with _fail_closed():
+            if self.redis is not None:
+                group = group_of(limits, project_id, token_id)
+                decision = await self.redis.reserve(
+                    limits, estimate or 0, prompt + completion, now, group
+                )
+            else:
+                decision = await self.store.reserve(limits, estimate or 0, prompt + completion, now)
         refused = decision.refused
         if refused is not None:
             self.refused += 1
@@ -109,9 +124,17 @@ class Budgeter:
                 cost = event_cost(event, await self.book())
                 picos = 0 if cost == UNPRICED else cost
                 tokens = event.prompt_tokens + event.completion_tokens
-            await self.store.settle(reservation.held, picos, tokens)
+            if self.redis is not None:
+                await self.redis.settle(reservation.held, picos, tokens)
+            else:
+                await self.store.settle(reservation.held, picos, tokens)
         except Exception:  # the reservation stays held until its window passes: conservative
             log.exception("settling a budget reservation failed")
+
+    async def close(self) -> None:
+        """Write what is left of the settled spend (Redis only; the database needs nothing)."""
+        if self.redis is not None:
+            await self.redis.close()
 
     async def _audit_soft(self, exceeded: list[BudgetLimit], token_id: str) -> None:
         try:
@@ -128,6 +151,20 @@ class Budgeter:
                 )
         except Exception:
             log.exception("recording a soft budget overrun failed")
+
+
+@contextlib.contextmanager
+def _fail_closed() -> Iterator[None]:
+    """A failure of what decides (not a refusal) becomes 503: no spend goes unchecked."""
+    try:
+        yield
+    except LLMProxyError:
+        raise
+    except Exception as exc:
+        log.warning("budgets cannot be checked (%s): refusing with 503", type(exc).__name__)
+        raise Unavailable(
+            "Budgets cannot be checked right now; retry shortly.", headers={"Retry-After": "1"}
+        ) from None
 
 
 def _remaining(

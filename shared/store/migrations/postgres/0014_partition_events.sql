@@ -1,0 +1,7 @@
+-- request_events partitioned by RANGE (ts), keyed by (event_id, ts). The old table is renamed
+-- request_events_legacy and attached as the first partition, from MINVALUE to a bound that
+-- depends on the time and REQUEST_EVENT_PARTITION_SPAN, so the work is Python
+-- (shared/store/partitions.py): `prepare` builds the unique (event_id, ts) index and a
+-- validated bound check without blocking writes; `convert`, in this transaction, changes only
+-- the catalog. Partitions ahead are created after it, by `llm-proxy migrate` and dispatchers.
+-- step: partition_request_events

@@ -1,0 +1,1 @@
+-- Nothing on SQLite: request_events stays one table, and retention deletes its old rows.
