@@ -209,6 +209,9 @@ def test_costs_reconcile_across_events_rollups_and_budgets(
                 "b": ["token", "show", b.token_id],
                 "project": ["project", "show", project],
             }
+            # each worker writes what Redis decided to the database every half second, and
+            # all of it when it stops: stopped, the durable record is complete
+            assert proxy.stop() == 0, proxy.logs()[-3000:]
             spent = {name: _settled(env, show) for name, show in owners.items()}
             events = {
                 "a": _events(conn, "token_id = %s", a.token_id),
