@@ -13,7 +13,7 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -38,7 +38,7 @@ from tests.proxy_process import (
     production_env,
     provision,
 )
-from tests.services import RedisProcess, create_database, drop_database, require
+from tests.services import RedisProcess
 from tests.tcp_proxy import TcpProxy
 from tests.test_ledger_embedded import wait_metric
 
@@ -87,14 +87,6 @@ def cache_pairs_hit(ledger: Ledger, phase: str) -> bool:
     repeats = [s for s in ledger.sent if s.request_id.startswith(f"{phase}-")]
     repeats = [s for s in repeats if s.kind == "cache" and s.request_id.endswith("-again")]
     return bool(repeats) and all(s.hit for s in repeats)
-
-
-@pytest.fixture
-def db_url() -> Iterator[str]:
-    require("PostgreSQL", "127.0.0.1", 5432)
-    url = create_database()
-    yield url
-    drop_database(url)
 
 
 @pytest.mark.timeout(300)  # four proxies, three dispatchers, five phases on a shared machine

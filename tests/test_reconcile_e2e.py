@@ -37,7 +37,7 @@ from tests.proxy_process import (
     provision,
     terminate,
 )
-from tests.services import RedisProcess, create_database, drop_database, require
+from tests.services import RedisProcess
 
 REQUESTS = 100_000
 CONNECTIONS = 48
@@ -45,14 +45,6 @@ PRICED = ("gpt-4o-mini", "gpt-4.1-nano", "house-model")  # shipped, shipped, the
 UNPRICED_MODEL = "mystery-model"
 CACHEABLE_BODIES = 40
 TOKEN_KINDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
-
-
-@pytest.fixture
-def db_url() -> Iterator[str]:
-    require("PostgreSQL", "127.0.0.1", 5432)
-    url = create_database()
-    yield url
-    drop_database(url)
 
 
 @pytest.fixture
