@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from admin.options import JsonOpt
-from admin.output import confirm_or_refuse, emit_usage, fail, read_secret
+from admin.output import confirm_or_refuse, emit_detail, emit_usage, fail, read_secret
 from admin.runner import Render, run
 from shared.deployments import parse_pairs
 from shared.errors import LLMProxyError
@@ -161,6 +161,11 @@ def page_data(page: Any) -> Any:
 def usage_table(owner: str, fields: Sequence[str]) -> Render:
     """Print a usage reply: the owner's totals (``fields`` of them), then its events."""
     return lambda result, as_json: emit_usage(result, as_json, owner, fields)
+
+
+def detail(*lists: str) -> Render:
+    """Print a token or project with its ``lists`` (budgets, upstreams) as tables."""
+    return lambda result, as_json: emit_detail(result, as_json, *lists)
 
 
 def guard(parse: Callable[[], Any]) -> Any:

@@ -75,6 +75,40 @@ def emit_usage(result: dict[str, Any], as_json: bool, owner: str, fields: Sequen
     more_hint("--before-event-id", result["next_before_event_id"])
 
 
+def budget_line(b: dict[str, Any]) -> str:
+    """One budget in words: spent + reserved of the limit, what is left, when it resets."""
+    window = f"{b['window']} {'calendar' if b['calendar'] else 'rolling'}"
+    parts = []
+    if b["limit_usd"] is not None:
+        parts.append(
+            f"${b['spent_usd']} spent + ${b['reserved_usd']} reserved of ${b['limit_usd']}, "
+            f"${b['remaining_usd']} left"
+        )
+    if b["limit_tokens"] is not None:
+        parts.append(
+            f"{b['spent_tokens']} + {b['reserved_tokens']} tokens of {b['limit_tokens']}, "
+            f"{b['remaining_tokens']} left"
+        )
+    head = f"{b['owner']} {b['kind']}, {window}, {b['mode']}"
+    return f"{head}: {'; '.join(parts)}; resets at {b['resets_at']}"
+
+
+def emit_detail(result: dict[str, Any], as_json: bool, *lists: str) -> None:
+    """A token or project: its fields, then each of its ``lists`` under its name (budgets
+    one per line, in words; anything else as a table)."""
+    if as_json:
+        emit(result, as_json=True)
+        return
+    emit({k: v for k, v in result.items() if k not in lists}, as_json=False)
+    for name in lists:
+        sys.stdout.write(f"{name}:\n")
+        if name == "budgets":
+            lines = [budget_line(b) for b in result[name]] or ["(none)"]
+            sys.stdout.write("".join(f"  {line}\n" for line in lines))
+        else:
+            emit(result[name], as_json=False)
+
+
 def more_hint(option: str, cursor: object) -> None:
     """Tell a reader of a table how to ask for the next page (on stderr: stdout stays data)."""
     if cursor is not None:

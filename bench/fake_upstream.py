@@ -20,7 +20,7 @@ import socket
 import struct
 import sys
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -298,6 +298,10 @@ class Upstream(asyncio.Protocol):
                 self._write(frame)
             await asyncio.sleep(delay)
             self._write(tail)
+        self.finish_stream(keep_alive)
+
+    def finish_stream(self, keep_alive: bool) -> None:
+        """A stream is written: close, or answer the requests pipelined behind it."""
         self.busy = False
         if not keep_alive and self.transport is not None:
             self.transport.close()
@@ -320,14 +324,28 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(host: str, port: int, config: Config, ready_fd: int | None = None) -> None:
+#: Builds, in each worker process, what makes one protocol per accepted connection.
+Protocols = Callable[[Config], Callable[[], asyncio.Protocol]]
+
+
+def openai_protocols(config: Config) -> Callable[[], asyncio.Protocol]:
+    responses = Responses(config)
+    return lambda: Upstream(responses)
+
+
+def serve(
+    host: str,
+    port: int,
+    config: Config,
+    ready_fd: int | None = None,
+    protocols: Protocols = openai_protocols,
+) -> None:
     """Run one worker process until SIGTERM/SIGINT."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        responses = Responses(config)
         server = await loop.create_server(
-            lambda: Upstream(responses), sock=listen_socket(host, port), backlog=4096
+            protocols(config), sock=listen_socket(host, port), backlog=4096
         )
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -350,7 +368,9 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def run(host: str, port: int, workers: int, config: Config) -> None:
+def run(
+    host: str, port: int, workers: int, config: Config, protocols: Protocols = openai_protocols
+) -> None:
     """Fork the workers, print the URL once all listen, and forward SIGTERM/SIGINT to them."""
     reservation, port = reserve_port(host, port)
     children = []
@@ -362,7 +382,7 @@ def run(host: str, port: int, workers: int, config: Config) -> None:
             reservation.close()
             code = 0
             try:
-                serve(host, port, config, write_fd)
+                serve(host, port, config, write_fd, protocols)
             except BaseException:
                 code = 1
                 raise

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 from proxy.auth import Credential
 from shared.clock import utcnow
 from shared.management.checks import parse_since
+from shared.management.spend import spend_views
 from shared.money.amounts import picos_to_usd
 from shared.store import SqlStore
 from shared.store.rollups import COUNTS, Rollup
@@ -35,25 +36,8 @@ async def usage_of(
     for part in by_model.values():
         for c in COUNTS:
             setattr(overall, c, getattr(overall, c) + getattr(part, c))
-    budgets = []
-    for b in cred.budgets:
-        st = await store.budget_standing(b, now)
-        budgets.append(
-            {
-                "owner": "token" if b.owner_id == cred.token_id else "project",
-                "kind": "tpm" if b.tpm else "budget",
-                "window": b.window.name,
-                "calendar": b.window.calendar,
-                "mode": "hard" if b.hard else "soft",
-                "limit_usd": picos_to_usd(st.limit_picos),
-                "used_usd": picos_to_usd(st.used_picos),
-                "remaining_usd": picos_to_usd(st.remaining_picos),
-                "limit_tokens": st.limit_tokens,
-                "used_tokens": st.used_tokens,
-                "remaining_tokens": st.remaining_tokens,
-                "resets_at": st.resets_at.isoformat().replace("+00:00", "Z"),
-            }
-        )
+    owners = {cred.token_id: "token", cred.project_id: "project"}
+    budgets = await spend_views(store, cred.budgets, owners, now)
     quota = None
     limit = cred.limits.max_requests
     if limit is not None:

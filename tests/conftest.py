@@ -80,6 +80,15 @@ def encryption_key() -> str:
     return new_key()
 
 
+@pytest.fixture
+def db_url() -> Iterator[str]:
+    """A new empty database on the shared Postgres of its own, dropped afterwards."""
+    require("PostgreSQL", "127.0.0.1", 5432)
+    url = create_database()
+    yield url
+    drop_database(url)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_env(request: pytest.FixtureRequest, tmp_path: Path, encryption_key: str) -> dict[str, str]:
     """Environment for one store: a fresh SQLite file, or the session's Postgres, emptied."""

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 
 from shared.config import Settings
-from shared.crypto import load_keyring
+from shared.crypto import load_keyring, new_key
 from shared.management import Management
 from shared.management.inputs import CreateProject, GenerateToken
 from shared.store import make_store
@@ -24,6 +25,23 @@ from tests.services import free_port
 
 #: Tests send many requests from one address; no request-rate limit gets in their way.
 UNLIMITED = {"GLOBAL_RATE_LIMIT": "0", "IP_RATE_LIMIT": "0"}
+
+
+def production_env(db_url: str, redis_addr: str, **extra: str) -> dict[str, str]:
+    """Settings of the production path: Postgres, the Redis stream as the event bus (under a
+    key of this test's own), a new encryption key, no request-rate limit; ``extra`` on top."""
+    return {
+        **UNLIMITED,
+        "DB_DRIVER": "postgres",
+        "DATABASE_URL": db_url,
+        "ENCRYPTION_KEY": new_key(),
+        "LLM_PROXY_EVENT_BUS": "redis-streams",
+        "REDIS_ADDR": redis_addr,
+        "REDIS_STREAM_KEY": f"events-{uuid.uuid4().hex[:8]}",
+        **extra,
+    }
+
+
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LOG_LEVEL": "info"}
 
 

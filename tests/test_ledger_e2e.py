@@ -13,14 +13,13 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
-from shared.crypto import new_key
 from tests.ledger_kit import (
     Bill,
     Ledger,
@@ -31,8 +30,15 @@ from tests.ledger_kit import (
     recorded,
     traffic,
 )
-from tests.proxy_process import UNLIMITED, DispatcherProcess, Provisioned, ProxyProcess, provision
-from tests.services import RedisProcess, create_database, drop_database, require
+from tests.proxy_process import (
+    UNLIMITED,
+    DispatcherProcess,
+    Provisioned,
+    ProxyProcess,
+    production_env,
+    provision,
+)
+from tests.services import RedisProcess
 from tests.tcp_proxy import TcpProxy
 from tests.test_ledger_embedded import wait_metric
 
@@ -83,14 +89,6 @@ def cache_pairs_hit(ledger: Ledger, phase: str) -> bool:
     return bool(repeats) and all(s.hit for s in repeats)
 
 
-@pytest.fixture
-def db_url() -> Iterator[str]:
-    require("PostgreSQL", "127.0.0.1", 5432)
-    url = create_database()
-    yield url
-    drop_database(url)
-
-
 @pytest.mark.timeout(300)  # four proxies, three dispatchers, five phases on a shared machine
 def test_the_ledger_is_exact_through_redis_dispatcher_and_worker_failures(
     tmp_path: Path, db_url: str
@@ -100,23 +98,18 @@ def test_the_ledger_is_exact_through_redis_dispatcher_and_worker_failures(
     cut = TcpProxy("127.0.0.1", redis.port).start()
     upstream, bill = billing_upstream()
     upstream.start()
-    env = {
-        **UNLIMITED,
-        "DB_DRIVER": "postgres",
-        "DATABASE_URL": db_url,
-        "ENCRYPTION_KEY": new_key(),
-        "LLM_PROXY_EVENT_BUS": "redis-streams",
-        "REDIS_ADDR": redis.addr,
-        "REDIS_STREAM_KEY": f"events-{uuid.uuid4().hex[:8]}",
-        "REDIS_TIMEOUT": "500ms",
-        "HTTP_CACHE_ENABLED": "true",
-        "HTTP_CACHE_BACKEND": "redis",
-        "REDIS_CACHE_KEY_PREFIX": f"cache-{uuid.uuid4().hex[:8]}:",
-        "DISTRIBUTED_RATE_LIMIT_ENABLED": "true",
-        "DISTRIBUTED_RATE_LIMIT_FALLBACK": "true",
-        "DISTRIBUTED_RATE_LIMIT_MAX": "0",
-        "EVENT_SPOOL_DIR": str(tmp_path / "spool"),
-    }
+    env = production_env(
+        db_url,
+        redis.addr,
+        REDIS_TIMEOUT="500ms",
+        HTTP_CACHE_ENABLED="true",
+        HTTP_CACHE_BACKEND="redis",
+        REDIS_CACHE_KEY_PREFIX=f"cache-{uuid.uuid4().hex[:8]}:",
+        DISTRIBUTED_RATE_LIMIT_ENABLED="true",
+        DISTRIBUTED_RATE_LIMIT_FALLBACK="true",
+        DISTRIBUTED_RATE_LIMIT_MAX="0",
+        EVENT_SPOOL_DIR=str(tmp_path / "spool"),
+    )
     quota_limit = 30
     base = upstream.base_url
     quota = provision(env, tmp_path, base, name="quota", max_requests=quota_limit, rpm=0)

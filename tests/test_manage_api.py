@@ -122,7 +122,7 @@ def test_full_lifecycle_over_http(
     pid = project["id"]
     assert project["base_url"] == "https://api.openai.com/v1" and project["is_active"] is True
     assert api.ok("GET", "/projects")["data"] == [project]
-    assert api.ok("GET", f"/projects/{pid}") == {**project, "upstreams": []}
+    assert api.ok("GET", f"/projects/{pid}") == {**project, "upstreams": [], "budgets": []}
 
     new = api.ok(
         "POST",
@@ -136,7 +136,7 @@ def test_full_lifecycle_over_http(
     assert timedelta(hours=23) < expires - utcnow() <= timedelta(hours=24)
 
     shown = api.ok("GET", f"/tokens/{tid}")
-    assert "token" not in shown
+    assert "token" not in shown and shown.pop("budgets") == []  # a token without a budget
     assert (shown["max_requests"], shown["request_count"], shown["state"]) == (1000, 0, "active")
     assert [t["id"] for t in api.ok("GET", "/tokens", params={"project_id": pid})["data"]] == [tid]
     assert api.ok("GET", "/tokens")["data"] == [shown]

@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,12 +17,11 @@ import httpx
 import psycopg
 import pytest
 
-from shared.crypto import new_key
 from tests.proxy_process import (
-    UNLIMITED,
     DispatcherProcess,
     Provisioned,
     ProxyProcess,
+    production_env,
     provision,
 )
 from tests.services import RedisProcess, create_database, drop_database, pg_url_for, require
@@ -57,18 +55,13 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
     (tmp_path / "redis").mkdir()
     redis = RedisProcess(data_dir=str(tmp_path / "redis")).start()
     fake = FakeUpstream().start()
-    env = {
-        **UNLIMITED,
-        "DB_DRIVER": "postgres",
-        "DATABASE_URL": db_url,
-        "ENCRYPTION_KEY": new_key(),
-        "LLM_PROXY_EVENT_BUS": "redis-streams",
-        "REDIS_ADDR": redis.addr,
-        "REDIS_STREAM_KEY": f"events-{uuid.uuid4().hex[:8]}",
-        "HTTP_CACHE_ENABLED": "false",
-        "EVENT_SPOOL_DIR": str(tmp_path / "spool"),
-        "REDIS_TIMEOUT": "500ms",
-    }
+    env = production_env(
+        db_url,
+        redis.addr,
+        HTTP_CACHE_ENABLED="false",
+        EVENT_SPOOL_DIR=str(tmp_path / "spool"),
+        REDIS_TIMEOUT="500ms",
+    )
     creds = [provision(env, tmp_path, fake.base_url, name=f"p{i}") for i in range(3)]
     running = Pipeline(env, tmp_path, db_url, redis, fake, creds)
     yield running

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 from typer.testing import CliRunner
 
 from admin.cli import app
-from shared.crypto import new_key
-from tests.proxy_process import UNLIMITED, DispatcherProcess, ProxyProcess, provision
+from tests.proxy_process import (
+    DispatcherProcess,
+    ProxyProcess,
+    production_env,
+    provision,
+)
 from tests.services import RedisProcess, create_database, drop_database, require
 from tests.upstream_script import Reply, ScriptedUpstream
 
@@ -27,17 +30,12 @@ def test_absurd_usage_and_estimates_on_the_redis_bus_and_dispatcher(tmp_path: Pa
     (tmp_path / "redis").mkdir()
     redis = RedisProcess(data_dir=str(tmp_path / "redis")).start()
     upstream = ScriptedUpstream().start()
-    env = {
-        **UNLIMITED,
-        "DB_DRIVER": "postgres",
-        "DATABASE_URL": db_url,
-        "ENCRYPTION_KEY": new_key(),
-        "LLM_PROXY_EVENT_BUS": "redis-streams",
-        "REDIS_ADDR": redis.addr,
-        "REDIS_STREAM_KEY": f"events-{uuid.uuid4().hex[:8]}",
-        "HTTP_CACHE_ENABLED": "false",
-        "EVENT_SPOOL_DIR": str(tmp_path / "spool"),
-    }
+    env = production_env(
+        db_url,
+        redis.addr,
+        HTTP_CACHE_ENABLED="false",
+        EVENT_SPOOL_DIR=str(tmp_path / "spool"),
+    )
     upstream.scripts["absurd"] = lambda body: Reply(
         [json.dumps({"model": "absurd", "choices": [], "usage": ABSURD}).encode()],
         content_type="application/json",

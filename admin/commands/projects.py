@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from admin.declared import Shown, page_data, usage_table
+from admin.declared import Shown, detail, page_data, usage_table
 
 app = typer.Typer(
     help="Create and manage projects (one upstream API key each).", no_args_is_help=True
@@ -24,6 +24,7 @@ TOTALS = "id name is_active request_count cache_hit_count prompt_tokens completi
 
 SHOWN = {
     "project list": Shown(columns=COLUMNS, result=page_data),
+    "project show": Shown(render=detail("upstreams", "budgets")),
     "project upstream list": Shown(columns=UPSTREAM_COLUMNS, result=page_data),
     "project usage": Shown(render=usage_table("project", (*TOTALS.split(), "last_used_at"))),
 }

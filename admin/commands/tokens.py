@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from admin.declared import Shown, page_data, usage_table
+from admin.declared import Shown, detail, page_data, usage_table
 from admin.options import JsonOpt
 from admin.output import fail
 from admin.runner import run
@@ -24,6 +24,7 @@ TOTALS = (
 
 SHOWN = {
     "token list": Shown(columns=COLUMNS, result=page_data),
+    "token show": Shown(render=detail("budgets")),
     "token usage": Shown(render=usage_table("token", TOTALS.split())),
 }
 

@@ -144,6 +144,30 @@ _UPSTREAM_FIELDS: dict[str, Schema] = {
     "created_at": _TIME,
     "updated_at": _TIME,
 }
+_OPT_USD: Schema = {"type": ["string", "null"], "pattern": r"^[0-9]+(\.[0-9]+)?$"}
+_USD: Schema = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"}
+_BUDGET: Schema = _object(
+    "One budget (or tokens-per-minute limit) in its current window. `used` is what admission "
+    "counts against the limit: the settled `spent` plus the `reserved` estimates of requests "
+    "in flight; `remaining` is the limit less that (null without a limit of that kind).",
+    owner={"enum": ["token", "project"]},
+    kind={"enum": ["budget", "tpm"]},
+    window={"enum": ["1m", "5h", "1d", "1mo"]},
+    calendar=_BOOL,
+    mode={"enum": ["hard", "soft"]},
+    limit_usd=_OPT_USD,
+    spent_usd=_USD,
+    reserved_usd=_USD,
+    used_usd=_USD,
+    remaining_usd=_OPT_USD,
+    limit_tokens=_OPT_INT,
+    spent_tokens=_INT,
+    reserved_tokens=_INT,
+    used_tokens=_INT,
+    remaining_tokens=_OPT_INT,
+    window_start=_TIME,
+    resets_at=_TIME,
+)
 _NEXT_EVENT: Schema = {
     "type": ["string", "null"],
     "description": "Pass as before_event_id for the next page; null on the last page.",
@@ -200,10 +224,12 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Project": _object("A project (its upstream key is never shown).", **_PROJECT_FIELDS),
     "ProjectDetail": _object(
-        "A project with its upstreams (no key is ever shown).",
+        "A project with its upstreams (no key is ever shown) and its budget's spend.",
         **_PROJECT_FIELDS,
         upstreams={"type": "array", "items": _ref("Upstream")},
+        budgets={"type": "array", "items": _ref("Budget")},
     ),
+    "Budget": _BUDGET,
     "Upstream": _object(
         "One of a project's upstreams (its key is never shown).", **_UPSTREAM_FIELDS
     ),
@@ -224,6 +250,11 @@ SCHEMAS: dict[str, Schema] = {
         "How many of the project's tokens were revoked.", project_id=_STR, revoked=_INT
     ),
     "Token": _object("A token, masked.", **_TOKEN_FIELDS),
+    "TokenDetail": _object(
+        "A token, masked, with what its budget and TPM have spent and have left.",
+        **_TOKEN_FIELDS,
+        budgets={"type": "array", "items": _ref("Budget")},
+    ),
     "TokenList": _object("Tokens, oldest first.", data={"type": "array", "items": _ref("Token")}),
     "NewToken": _object(
         "A new token. `token` is the secret, shown in full only in this reply.",

@@ -63,7 +63,7 @@ SHOW_PROJECT = Operation(
     "GET",
     "/projects/{project_id}",
     "getProject",
-    "Show a project with its usage totals and its upstreams.",
+    "Show a project: its usage totals, upstreams, and its budget's spend and what is left.",
     "ProjectDetail",
 )
 UPDATE_PROJECT = Operation(
@@ -204,8 +204,8 @@ SHOW_TOKEN = Operation(
     "GET",
     "/tokens/{token_id}",
     "getToken",
-    "Show a token with its usage and remaining quota.",
-    "Token",
+    "Show a token: its usage, remaining quota, and its budget's spend and what is left.",
+    "TokenDetail",
 )
 UPDATE_TOKEN = Operation(
     "token update",

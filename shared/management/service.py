@@ -37,6 +37,7 @@ from shared.management.fields import (
     validated,
 )
 from shared.management.money import MoneyOperations
+from shared.management.spend import spend_views
 from shared.management.upstreams import AZURE_COLUMNS, UpstreamOperations, check_azure_only
 from shared.management.views import (
     View,
@@ -49,6 +50,7 @@ from shared.management.views import (
     upstream_view,
 )
 from shared.store import AuditEvent, AuditFilter, Project, SqlStore, Token
+from shared.store.budgets import owner_limits
 from shared.streams import EVENT_FIELD, shard_keys, shard_of, stream_stats
 from shared.tokens import display_prefix, generate_token, hash_token
 
@@ -221,7 +223,11 @@ class Management(UpstreamOperations, MoneyOperations):
     async def show_project(self, inp: i.ProjectRef) -> View:
         project = await self._project(inp.project_id)
         upstreams = await self.store.list_upstreams(project.id)
-        return {**project_view(project), "upstreams": [upstream_view(u) for u in upstreams]}
+        return {
+            **project_view(project),
+            "upstreams": [upstream_view(u) for u in upstreams],
+            "budgets": await self._spend(project.id, project, "project"),
+        }
 
     async def update_project(self, inp: i.UpdateProject) -> View:
         given = [
@@ -337,7 +343,14 @@ class Management(UpstreamOperations, MoneyOperations):
         return {"data": [self._view(t) for t in await self.store.list_tokens(project_id)]}
 
     async def show_token(self, inp: i.TokenRef) -> View:
-        return self._view(await self._token(inp.token_id))
+        token = await self._token(inp.token_id)
+        return {**self._view(token), "budgets": await self._spend(token.id, token, "token")}
+
+    async def _spend(self, owner_id: str, owner: Token | Project, kind: str) -> list[View]:
+        """The owner's own budgets (a token's project's are shown with the project)."""
+        return await spend_views(
+            self.store, owner_limits(owner_id, owner), {owner_id: kind}, utcnow()
+        )
 
     async def token_usage(self, inp: i.TokenUsage) -> View:
         """The token's totals and its request events, newest first, a page at a time."""

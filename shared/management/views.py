@@ -15,7 +15,7 @@ from shared.store.models import DeadLetter, Governed, UpstreamRow, quota_used
 View = dict[str, Any]
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -55,9 +55,9 @@ def project_view(project: Project) -> View:
         "cache_hit_count": project.cache_hit_count,
         "prompt_tokens": project.prompt_tokens,
         "completion_tokens": project.completion_tokens,
-        "last_used_at": _iso(project.last_used_at),
-        "created_at": _iso(project.created_at),
-        "updated_at": _iso(project.updated_at),
+        "last_used_at": iso(project.last_used_at),
+        "created_at": iso(project.created_at),
+        "updated_at": iso(project.updated_at),
         "models": project.models,
         **budget_view(project),
         **deployments_view(project),
@@ -90,8 +90,8 @@ def upstream_view(upstream: UpstreamRow) -> View:
         "priority": upstream.priority,
         "enabled": upstream.enabled,
         **deployments_view(upstream),
-        "created_at": _iso(upstream.created_at),
-        "updated_at": _iso(upstream.updated_at),
+        "created_at": iso(upstream.created_at),
+        "updated_at": iso(upstream.updated_at),
     }
 
 
@@ -103,7 +103,7 @@ def token_view(token: Token, *, count_cache_hits: bool = False) -> View:
         "prefix": token.display_prefix + "…",
         "state": token_state(token, count_cache_hits=count_cache_hits),
         "is_active": token.is_active,
-        "expires_at": _iso(token.expires_at),
+        "expires_at": iso(token.expires_at),
         "max_requests": token.max_requests,
         "rpm": token.rpm,
         "max_concurrency": token.max_concurrency,
@@ -115,16 +115,16 @@ def token_view(token: Token, *, count_cache_hits: bool = False) -> View:
         "cache_hit_count": token.cache_hit_count,
         "prompt_tokens": token.prompt_tokens,
         "completion_tokens": token.completion_tokens,
-        "last_used_at": _iso(token.last_used_at),
-        "revoked_at": _iso(token.revoked_at),
-        "created_at": _iso(token.created_at),
+        "last_used_at": iso(token.last_used_at),
+        "revoked_at": iso(token.revoked_at),
+        "created_at": iso(token.created_at),
     }
 
 
 def audit_view(event: AuditEvent) -> View:
     return {
         "id": event.id,
-        "ts": _iso(event.ts),
+        "ts": iso(event.ts),
         "actor": event.actor,
         "action": event.action,
         "target_type": event.target_type,
@@ -140,7 +140,7 @@ def event_view(event: RequestEvent) -> View:
     return {
         "event_id": event.event_id,
         "request_id": event.request_id,
-        "ts": _iso(from_epoch(event.ts)),
+        "ts": iso(from_epoch(event.ts)),
         "project_id": event.project_id or None,
         "token_id": event.token_id or None,
         "method": event.method,
@@ -187,12 +187,12 @@ def tail_view(event: RequestEvent) -> View:
 def dead_letter_view(letter: DeadLetter) -> View:
     return {
         "id": letter.id,
-        "created_at": _iso(letter.created_at),
+        "created_at": iso(letter.created_at),
         "reason": letter.reason,
         "entry_id": letter.entry_id,
         "event_id": letter.event_id,
         "deliveries": letter.deliveries,
         "error": letter.error,
-        "replayed_at": _iso(letter.replayed_at),
+        "replayed_at": iso(letter.replayed_at),
         "payload": letter.payload.decode("utf-8", "backslashreplace"),
     }

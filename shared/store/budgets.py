@@ -71,17 +71,33 @@ class Decision:
     exceeded: list[BudgetLimit] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """One budget's counters in its current window: what settled requests cost and what the
+    requests still in flight hold reserved (their estimates)."""
+
+    spent_picos: int = 0
+    spent_tokens: int = 0
+    reserved_picos: int = 0
+    reserved_tokens: int = 0
+
+
 def limits_of(token: Token, project: Project) -> tuple[BudgetLimit, ...]:
     """The budgets and TPM limit a token's requests are held to (built once per credential)."""
-    out = [b for b in (_budget(token.id, token), _budget(project.id, project)) if b is not None]
-    if token.tpm:
-        out.append(BudgetLimit(token.id, Window("1m"), tokens=token.tpm, tpm=True))
-    return tuple(out)
+    return (*owner_limits(token.id, token), *owner_limits(project.id, project))
 
 
-def _budget(owner_id: str, owner: Governed) -> BudgetLimit | None:
-    if owner.budget_usd is None and owner.budget_tokens is None:
-        return None
+def owner_limits(owner_id: str, owner: Governed) -> list[BudgetLimit]:
+    """An owner's own budget and, for a token, its tokens per minute."""
+    out = []
+    if owner.budget_usd is not None or owner.budget_tokens is not None:
+        out.append(_budget(owner_id, owner))
+    if isinstance(owner, Token) and owner.tpm:
+        out.append(BudgetLimit(owner_id, Window("1m"), tokens=owner.tpm, tpm=True))
+    return out
+
+
+def _budget(owner_id: str, owner: Governed) -> BudgetLimit:
     return BudgetLimit(
         owner_id,
         Window(owner.budget_window or "1mo", bool(owner.budget_calendar)),
@@ -94,6 +110,13 @@ def _budget(owner_id: str, owner: Governed) -> BudgetLimit | None:
 _USED_SQL = (
     "SELECT COALESCE(SUM(reserved_picos + spent_picos), 0) AS picos, "
     "COALESCE(SUM(reserved_tokens + spent_tokens), 0) AS tokens FROM budget_buckets "
+    "WHERE owner_id = %s AND window_key = %s AND bucket_start >= %s"
+)
+_SPEND_SQL = (
+    "SELECT COALESCE(SUM(spent_picos), 0) AS spent_picos, "
+    "COALESCE(SUM(spent_tokens), 0) AS spent_tokens, "
+    "COALESCE(SUM(reserved_picos), 0) AS reserved_picos, "
+    "COALESCE(SUM(reserved_tokens), 0) AS reserved_tokens FROM budget_buckets "
     "WHERE owner_id = %s AND window_key = %s AND bucket_start >= %s"
 )
 _BUCKETS_SQL = (
@@ -176,6 +199,14 @@ class Budgets(Tables):
         async with self.transaction(readonly=True) as tx:
             row = await tx.fetchone(_USED_SQL, (owner_id, window.key, window.start(now)))
         return (int(row["picos"]), int(row["tokens"])) if row else (0, 0)
+
+    async def budget_spend(self, owner_id: str, window: Window, now: datetime) -> Spend:
+        """Spent and reserved, apart, in the window at ``now``."""
+        async with self.transaction(readonly=True) as tx:
+            row = await tx.fetchone(_SPEND_SQL, (owner_id, window.key, window.start(now)))
+        if row is None:
+            return Spend()
+        return Spend(*(int(row[k]) for k in Spend.__dataclass_fields__))
 
     async def budget_buckets(
         self, owner_id: str, window: Window, now: datetime
