@@ -178,9 +178,23 @@ def cli(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, object]:
     return dict(orjson.loads(done.stdout)) if done.stdout.strip().startswith("{") else {}
 
 
-def issue_token(ctx: Context, env: dict[str, str], cwd: Path) -> str:
+#: A budget far above what a run spends: it is checked and settled on every request, never hit.
+BUDGET_FLAGS = (
+    "--budget-usd",
+    "1000000",
+    "--budget-tokens",
+    "100000000000",
+    "--budget-window",
+    "1d",
+)
+
+
+def issue_token(
+    ctx: Context, env: dict[str, str], cwd: Path, token_flags: tuple[str, ...] = ()
+) -> str:
     """A project whose base URL is the fake upstream, and a one-hour token for it (in a database
-    `llm-proxy migrate` made: the CLI creates none by itself)."""
+    `llm-proxy migrate` made: the CLI creates none by itself); ``token_flags`` are added to
+    `token generate` (a budget, say)."""
     cli(PROXY_MIGRATE, env, cwd)
     project = cli(
         [
@@ -209,6 +223,7 @@ def issue_token(ctx: Context, env: dict[str, str], cwd: Path) -> str:
             str(project["id"]),
             "--duration",
             "1h",
+            *token_flags,
             "--json",
         ],
         env,
@@ -229,18 +244,21 @@ def start_embedded(ctx: Context, *, name: str = "embedded", **extra: str) -> Run
     return Running(port=port, auth=auth, measured=[server])
 
 
-def start_production(ctx: Context, *, limits: bool = True) -> Running:
+def start_production(ctx: Context, *, limits: bool = True, budgets: bool = False) -> Running:
     """gunicorn (2 workers) on Postgres, Redis cache, Redis Streams bus, limits on, a dispatcher.
 
     Postgres: a throwaway database on the shared server. Redis: a private redis-server, so the
     flood of cache reads and XADDs never touches the shared one. ``limits=False`` is the same
-    with every rate limit off, to measure what checking them costs.
+    with every rate limit off, to measure what checking them costs; ``budgets=True`` gives the
+    token a dollar and token budget (never reached), to measure what budgets cost.
     """
     import psycopg
 
     from shared.crypto import new_key
 
-    cwd = ctx.workdir / ("production" if limits else "production-nolimits")
+    cwd = ctx.workdir / (
+        "production-budgets" if budgets else "production" if limits else "production-nolimits"
+    )
     cwd.mkdir()
     running = Running(port=procs.free_port())
     try:
@@ -278,7 +296,7 @@ def start_production(ctx: Context, *, limits: bool = True) -> Running:
         if not limits:
             env.update(NO_LIMITS)
         cli(PROXY_MIGRATE, env, cwd)
-        running.auth = issue_token(ctx, env, cwd)
+        running.auth = issue_token(ctx, env, cwd, BUDGET_FLAGS if budgets else ())
         running.helpers.append(
             procs.start("dispatcher", PROXY_DISPATCHER, ctx.logs, env=env, cwd=cwd, inherit=False)
         )
@@ -431,6 +449,12 @@ TARGETS = {
             "production-nolimits",
             "the production target with every rate limit off (what limits cost)",
             lambda ctx: start_production(ctx, limits=False),
+            proxy_unavailable,
+        ),
+        Target(
+            "production-budgets",
+            "the production target with a dollar and token budget on the token (what budgets cost)",
+            lambda ctx: start_production(ctx, budgets=True),
             proxy_unavailable,
         ),
         Target(
