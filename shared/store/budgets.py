@@ -45,20 +45,6 @@ class Held:
 BucketChange = tuple[str, str, datetime, int, int, int, int]
 
 
-@dataclass(frozen=True, slots=True)
-class Standing:
-    """What a budget has used and has left at a moment, as the durable record (this table)
-    knows it; ``None`` for a limit the budget does not set."""
-
-    limit_picos: int | None
-    used_picos: int | None
-    remaining_picos: int | None
-    limit_tokens: int | None
-    used_tokens: int | None
-    remaining_tokens: int | None
-    resets_at: datetime
-
-
 @dataclass(slots=True)
 class Decision:
     """The outcome of a reservation: ``refused`` the hard budget that would be exceeded (then
@@ -196,9 +182,11 @@ class Budgets(Tables):
 
     async def budget_used(self, owner_id: str, window: Window, now: datetime) -> tuple[int, int]:
         """Spent plus reserved (picos, tokens) in the window at ``now``."""
-        async with self.transaction(readonly=True) as tx:
-            row = await tx.fetchone(_USED_SQL, (owner_id, window.key, window.start(now)))
-        return (int(row["picos"]), int(row["tokens"])) if row else (0, 0)
+        spend = await self.budget_spend(owner_id, window, now)
+        return (
+            spend.spent_picos + spend.reserved_picos,
+            spend.spent_tokens + spend.reserved_tokens,
+        )
 
     async def budget_spend(self, owner_id: str, window: Window, now: datetime) -> Spend:
         """Spent and reserved, apart, in the window at ``now``."""
@@ -226,21 +214,6 @@ class Budgets(Tables):
         async with self.transaction() as tx:
             for row in sorted(changes):  # one order for every writer: no deadlock between them
                 await tx.execute(_ADD_SQL, row)
-
-    async def budget_standing(self, limit: BudgetLimit, now: datetime) -> Standing:
-        """A budget's spend and what is left of it at ``now``: the one accessor every reader
-        (``GET /v1/usage``, ``show``, the management API) goes through."""
-        picos, tokens = await self.budget_used(limit.owner_id, limit.window, now)
-        has_usd, has_tokens = limit.picos is not None, limit.tokens is not None
-        return Standing(
-            limit_picos=limit.picos,
-            used_picos=picos if has_usd else None,
-            remaining_picos=max(limit.picos - picos, 0) if limit.picos is not None else None,
-            limit_tokens=limit.tokens,
-            used_tokens=tokens if has_tokens else None,
-            remaining_tokens=max(limit.tokens - tokens, 0) if limit.tokens is not None else None,
-            resets_at=limit.window.reset(now),
-        )
 
 
 def _aware(value: datetime | str) -> datetime:
