@@ -896,6 +896,18 @@ class Settings:
         _size,
         shown="`128MiB`",
     )
+    accepted_record_after_ms: int = var(
+        "ACCEPTED_RECORD_AFTER_MS",
+        500,
+        "A forwarded request's accepted record is written to the worker's local journal (in "
+        "`journal/` under the spool directory) before the upstream call, and sent to the bus "
+        "(Redis, or the database) only if the request is still running after this long (ms). "
+        "The journal outlives the worker (SIGKILL, OOM: a live worker publishes a dead one's "
+        "records), not the machine: on node loss, requests younger than this are lost unless "
+        "the spool directory is on a persistent volume. 0 sends every accepted record to the "
+        "bus, and waits for it, before the upstream call.",
+        _int(0),
+    )
     redis_stream_key: str = var(
         "REDIS_STREAM_KEY",
         "llm-proxy-events",

@@ -4,6 +4,7 @@ buffer, reject mode; through the real server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -156,10 +157,17 @@ def test_reject_mode_serves_only_what_it_can_record(tmp_path: Path, fake: FakeUp
     assert upstream_calls == served
 
 
+@pytest.mark.parametrize(
+    "after_ms",
+    [
+        pytest.param("600000", id="journal"),  # only the dead worker's journal knows them
+        pytest.param("0", id="bus"),  # each accepted record went to the database first
+    ],
+)
 def test_a_killed_worker_leaves_a_flagged_row_per_request_in_flight(
-    tmp_path: Path, fake: FakeUpstream
+    tmp_path: Path, fake: FakeUpstream, after_ms: str
 ) -> None:
-    env = {**UNLIMITED, "HTTP_CACHE_ENABLED": "false"}
+    env = {**UNLIMITED, "HTTP_CACHE_ENABLED": "false", "ACCEPTED_RECORD_AFTER_MS": after_ms}
     cred = provision(env, tmp_path, fake.base_url)
     db = tmp_path / "llm-proxy.db"
     proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
@@ -202,3 +210,60 @@ def test_a_killed_worker_leaves_a_flagged_row_per_request_in_flight(
     assert done == Counter({200: 10}) and len(failed) == 3
     assert (rows(db, 200), accepted) == (10, 3)
     assert request_count(db, cred.token_id) == 13
+
+
+def test_a_long_request_is_recorded_while_it_runs_and_the_journal_empties(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    """Past ACCEPTED_RECORD_AFTER_MS a running request's accepted record leaves the journal for
+    the database; once every request is over, no journal segment holds anything."""
+    env = {**UNLIMITED, "HTTP_CACHE_ENABLED": "false", "ACCEPTED_RECORD_AFTER_MS": "200"}
+    cred = provision(env, tmp_path, fake.base_url)
+    db = tmp_path / "llm-proxy.db"
+    journal = Path(f"{db}-spool") / "journal"
+    proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
+    fake.release.clear()
+    answers: list[int] = []
+
+    def hold_stream() -> None:
+        with httpx.stream(
+            "POST",
+            f"{proxy.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {cred.token}"},
+            json={"model": "hold", "messages": [], "stream": True},
+            timeout=60,
+        ) as resp:
+            for _ in resp.iter_lines():
+                pass
+            answers.append(resp.status_code)
+
+    thread = threading.Thread(target=hold_stream)
+    try:
+        assert send(proxy.url, cred, 20) == Counter({200: 20})
+        thread.start()
+        # held by the upstream: only the promoted accepted record can make this row
+        assert wait_rows(db, 0, 1, timeout=60) == 1
+        assert thread.is_alive()
+        fake.release.set()
+        thread.join(timeout=60)
+        assert answers == [200]
+        assert wait_rows(db, 200, 21, timeout=60) == 21
+        assert rows(db, 0) == 0, "the final replaced the accepted row"
+        deadline = time.monotonic() + 30
+        while True:
+            lines = [
+                line
+                for path in journal.glob("*.journal")
+                for line in path.read_bytes().splitlines()
+            ]
+            begun = {json.loads(line[1:])["event_id"] for line in lines if line[:1] == b"+"}
+            done = {line[1:].decode() for line in lines if line[:1] == b"-"}
+            if len(list(journal.glob("*.journal"))) == 1 and len(begun) == 21 and begun <= done:
+                break
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.2)
+    finally:
+        fake.release.set()
+        proxy.stop()
+    assert request_count(db, cred.token_id) == 21
+    assert not list(journal.iterdir()), "a worker that stopped cleanly leaves no journal"

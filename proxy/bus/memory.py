@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from proxy.bus.journal import Journal
 from proxy.bus.spool import Spool
 from proxy.bus.spooling import SpoolingBus
 from shared.events import RequestEvent
@@ -79,6 +80,7 @@ class MemoryBus(SpoolingBus):
         close_timeout: float = 10.0,
         adopt_interval: float = 30.0,
         strict: bool = False,
+        journal: Journal | None = None,
     ) -> None:
         super().__init__(
             StoreSink(store),
@@ -90,6 +92,7 @@ class MemoryBus(SpoolingBus):
             close_timeout=close_timeout,
             adopt_interval=adopt_interval,
             strict=strict,
+            journal=journal,
         )
         self.store = store
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
+from proxy.bus.journal import Journal
 from proxy.bus.spool import Spool
 from proxy.bus.spooling import SpoolingBus
 from proxy.redis_client import Arg, FastRedis
@@ -127,6 +128,7 @@ class RedisStreamsBus(SpoolingBus):
         adopt_interval: float = 30.0,
         owns_redis: bool = False,
         strict: bool = False,
+        journal: Journal | None = None,
         shards: int = 1,
         wait: ReplicaWait | None = None,
     ) -> None:
@@ -140,6 +142,7 @@ class RedisStreamsBus(SpoolingBus):
             close_timeout=close_timeout,
             adopt_interval=adopt_interval,
             strict=strict,
+            journal=journal,
         )
         self.redis = redis
         self.stream_key = stream_key

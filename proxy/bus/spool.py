@@ -29,12 +29,12 @@ _READ_CHUNK = 1 << 20
 _RETRY_AFTER = 30.0  # seconds before an unusable spool directory is tried again
 
 
-def _owner_name() -> str:
+def owner_name() -> str:
     host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
     return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def _lock(path: Path) -> int | None:
+def lock_file(path: Path) -> int | None:
     """Open and exclusively lock ``path`` (created if missing); None if another process has it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -87,7 +87,7 @@ class Spool:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes or max(64 * 1024, min(max_bytes // 8, 16 * 1024**2))
-        self.owner = _owner_name()
+        self.owner = owner_name()
         self.bytes = 0  # size of this worker's segment files
         self._lock_fd: int | None = None
         self._own: deque[Segment] = deque()
@@ -105,7 +105,7 @@ class Spool:
     def open(self) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = _lock(self.directory / f"{self.owner}.lock")
+            self._lock_fd = lock_file(self.directory / f"{self.owner}.lock")
         except OSError as exc:
             self._fail(exc)
             return
@@ -306,7 +306,7 @@ class Spool:
         for owner, files in sorted(owners.items()):
             lock_path = self.directory / f"{owner}.lock"
             try:
-                fd = _lock(lock_path)
+                fd = lock_file(lock_path)
             except OSError:
                 continue
             if fd is None:

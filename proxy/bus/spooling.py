@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from proxy.bus.journal import Journal, JournalOrphan
 from proxy.bus.spool import Spool
 from shared.events import FINAL, RequestEvent
 
@@ -53,7 +54,12 @@ class SpoolingBus:
 
     The sender cannot die silently: an event that cannot be serialised is dropped, counted
     (``unrecordable``) and logged, and the others go on; any other unexpected error restarts
-    the task (counted in ``restarts``, logged with its traceback) with what it held put back."""
+    the task (counted in ``restarts``, logged with its traceback) with what it held put back.
+
+    With a ``journal``, ``accept`` writes the accepted record there instead (the request does
+    not wait for the sink); the records of requests still running after the journal's
+    ``promote_after`` are then published, and a dead worker's unfinished ones are adopted and
+    published (proxy/bus/journal.py)."""
 
     def __init__(
         self,
@@ -67,8 +73,11 @@ class SpoolingBus:
         close_timeout: float = 5.0,
         adopt_interval: float = 30.0,
         strict: bool = False,
+        journal: Journal | None = None,
     ) -> None:
         self.sink = sink
+        self.journal = journal
+        self.recovered = 0  # accepted records of dead workers' requests published
         self.strict = strict
         self.spool = spool
         self.capacity = capacity
@@ -88,6 +97,7 @@ class SpoolingBus:
         self._spooling = False  # our own events are routed through the spool until replayed
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._journal_task: asyncio.Task[None] | None = None
         self._closing = False
         self._first_at = 0.0  # when the oldest buffered event arrived (for the linger)
         self._retry_at = 0.0
@@ -114,8 +124,15 @@ class SpoolingBus:
     async def start(self) -> None:
         self.spool.open()
         self._task = asyncio.create_task(self._supervise(), name=f"event-bus:{self.sink.name}")
+        if self.journal is not None:
+            self.journal.open()
+            self._journal_task = asyncio.create_task(
+                self._follow_journal(self.journal), name="event-bus:journal"
+            )
 
     def publish(self, event: RequestEvent) -> None:
+        if self.journal is not None and event.phase == FINAL:
+            self.journal.finishing(event.event_id)
         held = self._reserved.get(event.event_id) if self._reserved else None
         if held is not None:  # it takes its own reserved slot
             self._owed.add(id(event))
@@ -160,6 +177,18 @@ class SpoolingBus:
                 self.publish(event)
             answer.set_result(False)
             return answer
+        if self.journal is not None and self.journal.begin(event):
+            answer.set_result(True)
+            return answer
+        return self._keep(event, answer)
+
+    def _keep(
+        self, event: RequestEvent, answer: asyncio.Future[bool] | None = None
+    ) -> asyncio.Future[bool]:
+        """Publish ``event``; the future says once the sink or the spool holds it."""
+        loop = asyncio.get_running_loop()
+        if answer is None:
+            answer = loop.create_future()
         key = id(event)
         # A sender that cannot make progress (failing and being restarted) must not hold the
         # request forever: past two sends' worth of time the event counts as not kept.
@@ -213,6 +242,11 @@ class SpoolingBus:
         that could not be replayed in time stay on disk for the next worker to replay."""
         self._closing = True
         self._wake.set()
+        if self._journal_task is not None:
+            self._journal_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._journal_task
+            self._journal_task = None
         task, self._task = self._task, None
         if task is not None:
             _, late = await asyncio.wait([task], timeout=self.close_timeout)
@@ -227,6 +261,8 @@ class SpoolingBus:
         self._inflight, self._buffer = [], deque()
         self._spill(leftover)
         self.spool.close()
+        if self.journal is not None:
+            self.journal.close()
         await self.sink.close()
 
     # --- the sender task ---
@@ -368,8 +404,16 @@ class SpoolingBus:
         self._backoff = min(max(self._backoff * 2, 0.1), 5.0)
         self._retry_at = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
 
-    def _settle(self, events: list[RequestEvent] | deque[RequestEvent], kept: bool) -> None:
-        """Answer the ``accept`` calls waiting on these events."""
+    def _settle(
+        self, events: list[RequestEvent] | deque[RequestEvent], kept: bool, *, lost: bool = False
+    ) -> None:
+        """Answer the ``accept`` calls waiting on these events; with the journal, close the
+        entries of the requests whose finals are kept (or ``lost``: dropped for good)."""
+        journal = self.journal
+        if journal is not None and (kept or lost) and journal.open_requests():
+            for event in events:
+                if event.phase == FINAL:
+                    journal.end(event.event_id)
         if not self._waiters:
             return
         for event in events:
@@ -389,7 +433,7 @@ class SpoolingBus:
             except Exception as exc:  # one bad event must not hold back the others
                 self.unrecordable += 1
                 self._owed.discard(id(event))
-                self._settle([event], False)
+                self._settle([event], False, lost=True)
                 log.error(
                     "request event %s cannot be serialised (%s): dropped; %d so far",
                     event.event_id,
@@ -408,7 +452,7 @@ class SpoolingBus:
         if owed:
             owed.difference_update(map(id, events))
         self._settle([e for e, w in zip(kept, written, strict=True) if w], True)
-        self._settle([e for e, w in zip(kept, written, strict=True) if not w], False)
+        self._settle([e for e, w in zip(kept, written, strict=True) if not w], False, lost=True)
         lost = written.count(False)
         self.spooled += len(written) - lost
         if lost:
@@ -424,3 +468,42 @@ class SpoolingBus:
                 )
                 self._drops_logged = self.dropped
                 self._drop_log_at = now + _DROP_LOG_INTERVAL
+
+    # --- the journal's side ---
+
+    async def _follow_journal(self, journal: Journal) -> None:
+        """Publish the accepted records of requests running past ``promote_after``, and adopt
+        dead workers' journals (at start, then every ``adopt_interval``)."""
+        step = min(max(journal.promote_after / 2, 0.01), 0.25)
+        next_adopt = 0.0
+        adopting: set[asyncio.Task[None]] = set()
+        while True:
+            await asyncio.sleep(step)
+            try:
+                for event in journal.due():
+                    self.publish(event)
+                if time.monotonic() >= next_adopt and not adopting:
+                    next_adopt = time.monotonic() + self.adopt_interval
+                    for orphan in await asyncio.to_thread(journal.find_orphans):
+                        task = asyncio.create_task(self._recover(journal, orphan))
+                        adopting.add(task)
+                        task.add_done_callback(adopting.discard)
+            except Exception:
+                log.exception("the accepted journal's follower failed; going on")
+
+    async def _recover(self, journal: Journal, orphan: JournalOrphan) -> None:
+        kept = False
+        try:
+            events = await asyncio.to_thread(journal.unfinished, orphan)
+            answers = [self._keep(event) for event in events]
+            kept = all(await asyncio.gather(*answers))
+            if events:
+                self.recovered += len(events)
+                log.warning(
+                    "worker %s died with %d requests in flight: their accepted records %s",
+                    orphan.owner,
+                    len(events),
+                    "are published" if kept else "could not all be kept; retried later",
+                )
+        finally:
+            journal.release(orphan, delete=kept)

@@ -1,0 +1,273 @@
+"""The accepted journal: each worker's own record of the requests it has forwarded and not yet
+recorded.
+
+Before a request's upstream call its accepted record is appended here (one ``write``, no
+fsync: it outlives the worker, as the page cache does, but not the machine). Once the request's
+final event is in the sink or the spool, a done line follows. A request still running after
+``promote_after`` seconds has its accepted record sent to the bus as well, so a long call (a
+stream, a slow model) is in Redis or the database while it runs, whatever becomes of the
+machine. Files are per worker and locked as the spool's are: a live worker adopts a dead one's
+files and publishes the accepted records without a done line, which become the flagged rows of
+the requests that died in flight. A request ends in one place either way: the dispatcher and the
+embedded writer keep one row per event id, and a final always replaces its accepted row.
+
+Files: ``<owner>.lock`` and segments ``<owner>.<seq>.journal``; lines ``+<accepted event
+JSON>`` and ``-<event id>``. A segment is deleted once every request begun in it is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proxy.bus.spool import lock_file, owner_name
+from shared.events import RequestEvent
+
+log = logging.getLogger("llm_proxy.bus")
+
+_SEGMENT = re.compile(r"(?P<owner>[A-Za-z0-9-]+)\.(?P<seq>\d{10})\.journal")
+_LOCK = re.compile(r"(?P<owner>[A-Za-z0-9-]+)\.lock")
+_RETRY_AFTER = 30.0  # seconds before a failed journal directory is tried again
+
+
+@dataclass(slots=True)
+class _Open:
+    event: RequestEvent
+    segment: int
+    finishing: bool = False  # its final is published (on its way to the sink)
+
+
+@dataclass(slots=True)
+class JournalOrphan:
+    """A dead worker's journal, its lock held by the adopter until its records are kept."""
+
+    owner: str
+    lock_fd: int
+    lock_path: Path
+    segments: list[Path] = field(default_factory=list)
+
+
+class Journal:
+    def __init__(
+        self, directory: str | Path, *, promote_after: float, segment_bytes: int = 4 * 1024**2
+    ) -> None:
+        self.directory = Path(directory)
+        self.promote_after = promote_after
+        self.segment_bytes = segment_bytes
+        self.owner = owner_name()
+        self._lock_fd: int | None = None
+        self._fd: int | None = None
+        self._seq = 0
+        self._size = 0
+        self._open: dict[str, _Open] = {}
+        self._segments: dict[int, int] = {}  # segment -> requests begun there, not yet done
+        self._young: deque[tuple[float, str]] = deque()  # (begun at, event id), oldest first
+        self._retry_at = 0.0
+
+    # --- lifecycle ---
+
+    def open(self) -> bool:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = lock_file(self.directory / f"{self.owner}.lock")
+            if fd is None:
+                raise OSError(f"the lock of {self.owner} is held by another process")
+            self._lock_fd = fd
+            self._next_segment()
+        except OSError as exc:
+            self._fail(exc)
+            return False
+        return True
+
+    @property
+    def usable(self) -> bool:
+        if self._fd is not None:
+            return True
+        if time.monotonic() < self._retry_at:
+            return False
+        if self._lock_fd is None:
+            return self.open()
+        try:
+            self._next_segment()
+        except OSError as exc:
+            self._fail(exc)
+            return False
+        return True
+
+    def close(self) -> None:
+        """Release the files; those of requests still open stay for a live worker to adopt."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if not self._open:
+            for seq in list(self._segments):
+                self._unlink(self._path(seq))
+            self._segments.clear()
+            if self._lock_fd is not None:
+                self._unlink(self.directory / f"{self.owner}.lock")
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- the request path ---
+
+    def begin(self, event: RequestEvent) -> bool:
+        """Write ``event`` (an accepted record); False if the journal cannot take it now, and
+        the caller sends it to the bus instead."""
+        if self._fd is None and not self.usable:
+            return False
+        line = b"+" + event.to_bytes() + b"\n"
+        try:
+            if self._size >= self.segment_bytes:
+                self._next_segment()
+            assert self._fd is not None
+            written = os.write(self._fd, line)
+        except OSError as exc:
+            self._fail(exc)
+            return False
+        self._size += written
+        if written != len(line):  # a torn line is skipped when read; this one goes to the bus
+            self._fail(OSError(f"short write to the journal ({written} of {len(line)} bytes)"))
+            return False
+        self._open[event.event_id] = _Open(event, self._seq)
+        self._segments[self._seq] += 1
+        self._young.append((time.monotonic(), event.event_id))
+        return True
+
+    def finishing(self, event_id: str) -> None:
+        """The request's final is published: its accepted record need not be sent any more."""
+        entry = self._open.get(event_id)
+        if entry is not None:
+            entry.finishing = True
+
+    def end(self, event_id: str) -> None:
+        """The request's final is kept (or was given up on): its entry is done."""
+        entry = self._open.pop(event_id, None)
+        if entry is None:
+            return
+        if self._fd is not None:
+            try:
+                self._size += os.write(self._fd, b"-" + event_id.encode() + b"\n")
+            except OSError as exc:  # an adopter would re-send an accepted record: harmless
+                self._fail(exc)
+        left = self._segments[entry.segment] - 1
+        if left or entry.segment == self._seq:
+            self._segments[entry.segment] = left
+        else:  # an older segment with nothing open left
+            del self._segments[entry.segment]
+            self._unlink(self._path(entry.segment))
+
+    def open_requests(self) -> int:
+        return len(self._open)
+
+    def due(self) -> list[RequestEvent]:
+        """The accepted records of requests running for longer than ``promote_after`` whose
+        finals are not on their way yet; each is returned once."""
+        out: list[RequestEvent] = []
+        young, entries = self._young, self._open
+        limit = time.monotonic() - self.promote_after
+        while young and young[0][0] <= limit:
+            entry = entries.get(young.popleft()[1])
+            if entry is not None and not entry.finishing:
+                out.append(entry.event)
+        return out
+
+    # --- adopting a dead worker's journal ---
+
+    def find_orphans(self) -> list[JournalOrphan]:
+        """Lock and list the journals of dead owners (safe in a thread: touches only files)."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return []
+        owners: dict[str, list[str]] = {}
+        for name in names:
+            match = _SEGMENT.fullmatch(name) or _LOCK.fullmatch(name)
+            if match and match.group("owner") != self.owner:
+                owners.setdefault(match.group("owner"), []).append(name)
+        found = []
+        for owner, files in sorted(owners.items()):
+            lock_path = self.directory / f"{owner}.lock"
+            try:
+                fd = lock_file(lock_path)
+            except OSError:
+                continue
+            if fd is None:
+                continue  # its owner is alive
+            segments = [self.directory / f for f in sorted(files) if f.endswith(".journal")]
+            found.append(JournalOrphan(owner, fd, lock_path, segments))
+        return found
+
+    @staticmethod
+    def unfinished(orphan: JournalOrphan) -> list[RequestEvent]:
+        """The accepted records in ``orphan`` without a done line, in the order begun. A torn or
+        malformed line (its writer died mid-write) is skipped."""
+        begun: dict[str, RequestEvent] = {}
+        done: set[str] = set()
+        for path in orphan.segments:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            for line in data.split(b"\n"):
+                if line.startswith(b"-"):
+                    done.add(line[1:].decode("ascii", "replace"))
+                elif line.startswith(b"+"):
+                    try:
+                        event = RequestEvent.from_bytes(line[1:])
+                    except ValueError:
+                        continue
+                    begun[event.event_id] = event
+        return [event for event_id, event in begun.items() if event_id not in done]
+
+    def release(self, orphan: JournalOrphan, *, delete: bool) -> None:
+        """Let go of an adopted journal: deleted once its records are kept, else left (and
+        unlocked) for the next adoption round."""
+        if delete:
+            for path in orphan.segments:
+                self._unlink(path)
+            self._unlink(orphan.lock_path)
+        os.close(orphan.lock_fd)
+
+    # --- internals ---
+
+    def _path(self, seq: int) -> Path:
+        return self.directory / f"{self.owner}.{seq:010d}.journal"
+
+    def _next_segment(self) -> None:
+        old = self._seq
+        fd = os.open(
+            self._path(old + 1), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._seq, self._size = fd, old + 1, 0
+        self._segments[self._seq] = 0
+        if old in self._segments and not self._segments[old]:
+            del self._segments[old]
+            self._unlink(self._path(old))
+
+    def _fail(self, exc: OSError) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._retry_at = time.monotonic() + _RETRY_AFTER
+        log.error(
+            "cannot write the accepted journal in %s (%s); accepted records go to the bus "
+            "until it can",
+            self.directory,
+            exc,
+        )
+
+    def _unlink(self, path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot delete journal file %s: %s", path.name, exc)
