@@ -899,14 +899,25 @@ class Settings:
     accepted_record_after_ms: int = var(
         "ACCEPTED_RECORD_AFTER_MS",
         500,
-        "A forwarded request's accepted record is written to the worker's local journal (in "
-        "`journal/` under the spool directory) before the upstream call, and sent to the bus "
-        "(Redis, or the database) only if the request is still running after this long (ms). "
-        "The journal outlives the worker (SIGKILL, OOM: a live worker publishes a dead one's "
-        "records), not the machine: on node loss, requests younger than this are lost unless "
-        "the spool directory is on a persistent volume. 0 sends every accepted record to the "
-        "bus, and waits for it, before the upstream call.",
+        "A forwarded request's accepted record is written to the worker's local journal "
+        "(EVENT_JOURNAL_DIR) before the upstream call, and sent to the bus (Redis, or the "
+        "database) only if the request is still running after this long (ms). A live worker "
+        "publishes a dead one's journal (SIGKILL, OOM); requests younger than this are lost "
+        "with the journal itself (node loss; a container restart unless EVENT_JOURNAL_DIR is "
+        "on a volume). 0 sends every accepted record to the bus, and waits for it, before the "
+        "upstream call. See docs/operations.md.",
         _int(0),
+    )
+    event_journal_dir: str = var(
+        "EVENT_JOURNAL_DIR",
+        "",
+        "Directory of the workers' accepted journals. Default: a directory for this spool "
+        "under `/dev/shm/llm-proxy-journal` (memory: one write per request costs no disk I/O), "
+        "or `journal/` in the spool directory where /dev/shm is not writable. Put it on a pod "
+        "volume (an emptyDir with `medium: Memory` mounted for every container restart) to keep "
+        "it through container restarts.",
+        _str,
+        shown="under `/dev/shm/llm-proxy-journal`",
     )
     redis_stream_key: str = var(
         "REDIS_STREAM_KEY",

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proxy.bus import journal_dir
 from tests.proxy_process import UNLIMITED, Provisioned, ProxyProcess, provision
 from tests.upstream_fake import FakeUpstream
 
@@ -220,7 +221,7 @@ def test_a_long_request_is_recorded_while_it_runs_and_the_journal_empties(
     env = {**UNLIMITED, "HTTP_CACHE_ENABLED": "false", "ACCEPTED_RECORD_AFTER_MS": "200"}
     cred = provision(env, tmp_path, fake.base_url)
     db = tmp_path / "llm-proxy.db"
-    journal = Path(f"{db}-spool") / "journal"
+    journal = journal_dir("", f"{db}-spool")
     proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
     fake.release.clear()
     answers: list[int] = []
@@ -266,4 +267,4 @@ def test_a_long_request_is_recorded_while_it_runs_and_the_journal_empties(
         fake.release.set()
         proxy.stop()
     assert request_count(db, cred.token_id) == 21
-    assert not list(journal.iterdir()), "a worker that stopped cleanly leaves no journal"
+    assert not journal.exists(), "a worker that stopped cleanly leaves no journal"

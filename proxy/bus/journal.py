@@ -17,6 +17,7 @@ JSON>`` and ``-<event id>``. A segment is deleted once every request begun in it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -113,6 +114,8 @@ class Journal:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        with contextlib.suppress(OSError):  # the last worker out leaves no empty directory
+            self.directory.rmdir()
 
     # --- the request path ---
 
