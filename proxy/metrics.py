@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from proxy.cache import HttpCache, MemoryBackend
 from proxy.money_metrics import MoneyMetrics
+from proxy.tally import Tally
 from shared.events import EventBus
 
 # Seconds; dense below 10 ms where proxy overhead lives, sparse up to long completions.
@@ -241,7 +242,9 @@ class Metrics:
             "Responses cut short because the client went away.",
             registry=r,
         )
-        self.money = MoneyMetrics(r)
+        # the request path's counters and histograms, written once per value per loop pass
+        self.tally = tally = Tally()
+        self.money = MoneyMetrics(r, tally=tally)
 
     async def follow_bus(self, bus: EventBus, interval: float = 2.0) -> None:
         """Copy the bus's counters into Prometheus now and then (off the request path), and
@@ -279,7 +282,7 @@ class Metrics:
             counter = self._cache_counters[key] = (family or self.cache_bypasses).labels(
                 backend.name
             )
-        counter.inc()
+        self.tally.inc(counter)
         if status == "miss" and isinstance(backend, MemoryBackend):
             self.cache_entries.set(backend.entries)
             self.cache_bytes.set(backend.nbytes)
@@ -299,7 +302,8 @@ class Metrics:
         counter = self._counters.get(key)
         if counter is None:
             counter = self._counters[key] = self.requests.labels(endpoint, method, str(status))
-        counter.inc()
+        tally = self.tally
+        tally.inc(counter)
         histograms = self._histograms.get(endpoint)
         if histograms is None:
             histograms = self._histograms[endpoint] = (
@@ -308,13 +312,13 @@ class Metrics:
                 self.ttfb.labels(endpoint),
                 self.overhead.labels(endpoint),
             )
-        histograms[0].observe(duration)
+        tally.observe(histograms[0], duration)
         if upstream:
-            histograms[1].observe(upstream)
+            tally.observe(histograms[1], upstream)
         if ttfb:
-            histograms[2].observe(ttfb)
+            tally.observe(histograms[2], ttfb)
         if overhead > 0:  # only answers that carried a Server-Timing figure
-            histograms[3].observe(overhead)
+            tally.observe(histograms[3], overhead)
 
 
 # The names the operator guide we follow (seeds/000) documents, kept as copies of ours so

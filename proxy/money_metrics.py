@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter
 
+from proxy.tally import Tally
 from shared.events import UNPRICED, RequestEvent
 from shared.money.amounts import PICOS
 from shared.money.cost import event_cost
@@ -19,7 +20,14 @@ OTHER = "other"
 
 
 class MoneyMetrics:
-    def __init__(self, registry: CollectorRegistry, *, max_pairs: int = MAX_LABEL_PAIRS) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        max_pairs: int = MAX_LABEL_PAIRS,
+        tally: Tally | None = None,
+    ) -> None:
+        self.tally = tally or Tally()
         self.tokens = Counter(
             "llm_proxy_tokens",
             "Tokens of answered requests, by project, model and kind (prompt, completion, and "
@@ -84,22 +92,23 @@ class MoneyMetrics:
         if not event.total_tokens and not event.prompt_tokens and not event.completion_tokens:
             return
         bound = self._counters(event.project_id, event.model)
+        tally = self.tally
         if event.prompt_tokens:
-            bound.prompt.inc(event.prompt_tokens)
+            tally.inc(bound.prompt, event.prompt_tokens)
         if event.completion_tokens:
-            bound.completion.inc(event.completion_tokens)
+            tally.inc(bound.completion, event.completion_tokens)
         if event.cached_tokens:
-            bound.cached.inc(event.cached_tokens)
+            tally.inc(bound.cached, event.cached_tokens)
         if event.reasoning_tokens:
-            bound.reasoning.inc(event.reasoning_tokens)
+            tally.inc(bound.reasoning, event.reasoning_tokens)
         if book is None:
             return
         cost = event_cost(event, book)
         if cost == UNPRICED:
-            bound.unpriced.inc()
+            tally.inc(bound.unpriced)
         elif cost:
             # a float for Prometheus only; the exact figure is the event's
-            bound.cost.inc(cost / PICOS)
+            tally.inc(bound.cost, cost / PICOS)
 
 
 class _Bound(NamedTuple):
