@@ -905,19 +905,19 @@ class Settings:
         "publishes a dead one's journal (SIGKILL, OOM); requests younger than this are lost "
         "with the journal itself (node loss; a container restart unless EVENT_JOURNAL_DIR is "
         "on a volume). 0 sends every accepted record to the bus, and waits for it, before the "
-        "upstream call. See docs/operations.md.",
+        "upstream call, as EVENT_BUS_FAILURE_MODE=reject always does. See docs/operations.md.",
         _int(0),
     )
     event_journal_dir: str = var(
         "EVENT_JOURNAL_DIR",
         "",
-        "Directory of the workers' accepted journals. Default: a directory for this spool "
-        "under `/dev/shm/llm-proxy-journal` (memory: one write per request costs no disk I/O), "
-        "or `journal/` in the spool directory where /dev/shm is not writable. Put it on a pod "
-        "volume (an emptyDir with `medium: Memory` mounted for every container restart) to keep "
-        "it through container restarts.",
+        "Directory of the workers' accepted journals. Default: a private directory per spool "
+        "directory under `/dev/shm` (memory: the write before each upstream call costs no disk "
+        "I/O), or `journal/` in the spool directory where /dev/shm cannot be used. Put it on a "
+        "volume that outlives the container to keep it through container restarts (each "
+        "request then writes to that disk twice).",
         _str,
-        shown="under `/dev/shm/llm-proxy-journal`",
+        shown="under `/dev/shm/llm-proxy-journal-<uid>`",
     )
     redis_stream_key: str = var(
         "REDIS_STREAM_KEY",
