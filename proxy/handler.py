@@ -306,6 +306,8 @@ class ProxyHandler:
                     self.metrics.money.observe(event, await self.budgets.book())
                 except Exception:  # the prices could not be read: counted without cost
                     self.metrics.money.observe(event, None)
+            # last: the proxy's time for this request includes recording it
+            self.metrics.observe_overhead(ex.endpoint, overhead_seconds(ex, time.perf_counter()))
 
     async def _usage(
         self,
@@ -367,7 +369,6 @@ class ProxyHandler:
             duration,
             ex.upstream_ms / 1000,
             ex.ttfb_ms / 1000,
-            overhead_seconds(ex),
         )
         if ex.error == "invalid_api_key":
             metrics.auth_failures.inc()

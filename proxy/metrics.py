@@ -119,9 +119,9 @@ class Metrics:
         )
         self.overhead = Histogram(
             "llm_proxy_overhead_seconds",
-            "The proxy's own time from the request's first bytes to the answer's last byte, "
-            "upstream waits and client flow control excluded; Server-Timing proxy;dur is its "
-            "part up to the response head.",
+            "The proxy's own time for a request, from its first bytes to the end of its "
+            "recording after the answer's last byte, upstream waits and client flow control "
+            "excluded; Server-Timing proxy;dur is its part up to the response head.",
             ["endpoint"],
             buckets=_OVERHEAD_BUCKETS,
             registry=r,
@@ -295,7 +295,6 @@ class Metrics:
         duration: float,
         upstream: float,
         ttfb: float,
-        overhead: float,
     ) -> None:
         # label lookups take a lock and build a key each time: keep the children
         key = (endpoint, method, status)
@@ -317,8 +316,13 @@ class Metrics:
             tally.observe(histograms[1], upstream)
         if ttfb:
             tally.observe(histograms[2], ttfb)
+
+    def observe_overhead(self, endpoint: str, overhead: float) -> None:
+        """The proxy's own time for one answer (proxy/overhead.py), once its recording is done."""
         if overhead > 0:  # only answers that carried a Server-Timing figure
-            tally.observe(histograms[3], overhead)
+            histograms = self._histograms.get(endpoint)
+            if histograms is not None:  # observe() came first and bound them
+                self.tally.observe(histograms[3], overhead)
 
 
 # The names the operator guide we follow (seeds/000) documents, kept as copies of ours so

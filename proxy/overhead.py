@@ -9,10 +9,12 @@ server), a request has no stamp, and its arrival is the app's first moment.
 
 - ``proxy;dur`` (Server-Timing): arrival → the answer's head handed to the server, less the
   upstream wait for that head. A header cannot include what happens after it is written.
-- ``llm_proxy_overhead_seconds``: the same, continued to the answer's last byte handed to the
-  socket (the server's writing of the head and body, relaying each chunk), less every upstream
-  wait (the head's, and each read of a relayed body) and any time writing was paused because
-  the client was not reading (flow control). See docs/operations.md "Server-Timing".
+- ``llm_proxy_overhead_seconds``: the same, continued past the answer's last byte handed to the
+  socket to the end of the request's recording (the server's writing of the head and body,
+  relaying each chunk, then metrics, the event and a budget's settle, which the worker does
+  before it reads the next request), less every upstream wait (the head's, and each read of a
+  relayed body) and any time writing was paused because the client was not reading (flow
+  control). See docs/operations.md "Server-Timing".
 """
 
 from __future__ import annotations
@@ -51,13 +53,14 @@ def head_timing(ex: Exchange, upstream_ms: float) -> bytes:
     return server_timing(proxy_ms, upstream_ms)
 
 
-def overhead_seconds(ex: Exchange) -> float:
-    """The histogram's figure: ``proxy;dur`` plus, once the last byte was written, the time
-    from the head to it less the waits in between that were not the proxy's (0 for an answer
-    without a head figure, which is not observed)."""
+def overhead_seconds(ex: Exchange, done: float) -> float:
+    """The histogram's figure: ``proxy;dur`` plus, for an answer whose last byte was written,
+    the time from the head to ``done`` (the end of the request's recording) less the waits in
+    between that were not the proxy's (0 for an answer without a head figure, which is not
+    observed)."""
     if not ex.written_at or not ex.head_at:
         return ex.proxy_ms / 1000
-    after_head = ex.written_at - ex.head_at - ex.body_wait_ms / 1000
+    after_head = done - ex.head_at - ex.body_wait_ms / 1000
     state = ex.scope.get("state")
     if state is not None:
         after_head -= state.get(PAUSED_KEY, 0.0)
