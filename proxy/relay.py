@@ -188,7 +188,7 @@ class Relay:
         provider: Provider,
         serving: Target | None,
     ) -> None:
-        headers_at = time.perf_counter()
+        headers_at = response.head_at or time.perf_counter()
         ex.status = response.status
         content_type = response.header(b"content-type") or b""
         is_sse = content_type.startswith(b"text/event-stream")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 TOKEN_PREFIX = "sk-llmp-"
+# the prefix, then 43 characters of URL-safe base64 (32 random bytes)
+_TOKEN_SHAPE = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
 DISPLAY_CHARS = 12  # "sk-llmp-" plus four random characters: enough to tell tokens apart
 _RANDOM_BYTES = 32  # 256 bits
 
@@ -39,9 +42,7 @@ def mask_token(token: str | None) -> str:
 
 def looks_like_token(value: str) -> bool:
     """Cheap shape check before hashing: right prefix and length, URL-safe alphabet."""
-    if len(value) != len(TOKEN_PREFIX) + 43 or not value.startswith(TOKEN_PREFIX):
-        return False
-    return all(c.isalnum() or c in "-_" for c in value[len(TOKEN_PREFIX) :])
+    return _TOKEN_SHAPE.fullmatch(value) is not None
 
 
 def constant_time_equal(a: str, b: str) -> bool:

@@ -52,6 +52,26 @@ def send(url: str, cred: Provisioned, total: int, concurrency: int = 20) -> Coun
     return asyncio.run(go())
 
 
+def hold_stream(
+    url: str, cred: Provisioned, statuses: list[int], failed: list[BaseException]
+) -> None:
+    """A stream the fake upstream holds until ``fake.release``; read to its end (or its
+    failure: the proxy's worker killed under it)."""
+    try:
+        with httpx.stream(
+            "POST",
+            f"{url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {cred.token}"},
+            json={"model": "hold", "messages": [], "stream": True},
+            timeout=60,
+        ) as resp:
+            for _ in resp.iter_lines():
+                pass
+            statuses.append(resp.status_code)
+    except httpx.HTTPError as exc:
+        failed.append(exc)
+
+
 def rows(db: Path, status: int) -> int:
     with sqlite3.connect(db) as conn:
         found = conn.execute("SELECT count(*) FROM request_events WHERE status = ?", (status,))
@@ -173,24 +193,14 @@ def test_a_killed_worker_leaves_a_flagged_row_per_request_in_flight(
     db = tmp_path / "llm-proxy.db"
     proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
     failed: list[BaseException] = []
-
-    def hold_stream() -> None:
-        try:
-            with httpx.stream(
-                "POST",
-                f"{proxy.url}/v1/chat/completions",
-                headers={"Authorization": f"Bearer {cred.token}"},
-                json={"model": "hold", "messages": [], "stream": True},
-                timeout=30,
-            ) as resp:
-                for _ in resp.iter_lines():
-                    pass
-        except httpx.HTTPError as exc:
-            failed.append(exc)
+    statuses: list[int] = []
 
     try:
         done = send(proxy.url, cred, 10)
-        threads = [threading.Thread(target=hold_stream) for _ in range(3)]
+        threads = [
+            threading.Thread(target=hold_stream, args=(proxy.url, cred, statuses, failed))
+            for _ in range(3)
+        ]
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 30
@@ -225,20 +235,8 @@ def test_a_long_request_is_recorded_while_it_runs_and_the_journal_empties(
     proxy = ProxyProcess(env=env, cwd=tmp_path, workers=1).start()
     fake.release.clear()
     answers: list[int] = []
-
-    def hold_stream() -> None:
-        with httpx.stream(
-            "POST",
-            f"{proxy.url}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {cred.token}"},
-            json={"model": "hold", "messages": [], "stream": True},
-            timeout=60,
-        ) as resp:
-            for _ in resp.iter_lines():
-                pass
-            answers.append(resp.status_code)
-
-    thread = threading.Thread(target=hold_stream)
+    failed: list[BaseException] = []
+    thread = threading.Thread(target=hold_stream, args=(proxy.url, cred, answers, failed))
     try:
         assert send(proxy.url, cred, 20) == Counter({200: 20})
         thread.start()
@@ -247,7 +245,7 @@ def test_a_long_request_is_recorded_while_it_runs_and_the_journal_empties(
         assert thread.is_alive()
         fake.release.set()
         thread.join(timeout=60)
-        assert answers == [200]
+        assert (answers, failed) == ([200], [])
         assert wait_rows(db, 200, 21, timeout=60) == 21
         assert rows(db, 0) == 0, "the final replaced the accepted row"
         deadline = time.monotonic() + 30

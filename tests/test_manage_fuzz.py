@@ -10,7 +10,7 @@ from tests.manage_server import ManagementServer
 
 # Fixed, so a failure reproduces; bounded, so the suite keeps its pace on a loaded machine.
 SEED = 20260101
-MAX_SECONDS = 20  # per dialect: the whole suite must stay well under 25 minutes
+MAX_SECONDS = 12  # per dialect: the whole suite must stay well under 25 minutes
 CHECKS = ",".join(
     (
         "not_a_server_error",

@@ -26,13 +26,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proxy.bus.spool import lock_file, owner_name
+from proxy.bus.spool import dead_owners, lock_file, owner_name, remove
 from shared.events import RequestEvent
 
 log = logging.getLogger("llm_proxy.bus")
 
 _SEGMENT = re.compile(r"(?P<owner>[A-Za-z0-9-]+)\.(?P<seq>\d{10})\.journal")
-_LOCK = re.compile(r"(?P<owner>[A-Za-z0-9-]+)\.lock")
 _RETRY_AFTER = 30.0  # seconds before a failed journal directory is tried again
 
 
@@ -184,27 +183,10 @@ class Journal:
 
     def find_orphans(self) -> list[JournalOrphan]:
         """Lock and list the journals of dead owners (safe in a thread: touches only files)."""
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return []
-        owners: dict[str, list[str]] = {}
-        for name in names:
-            match = _SEGMENT.fullmatch(name) or _LOCK.fullmatch(name)
-            if match and match.group("owner") != self.owner:
-                owners.setdefault(match.group("owner"), []).append(name)
-        found = []
-        for owner, files in sorted(owners.items()):
-            lock_path = self.directory / f"{owner}.lock"
-            try:
-                fd = lock_file(lock_path)
-            except OSError:
-                continue
-            if fd is None:
-                continue  # its owner is alive
-            segments = [self.directory / f for f in sorted(files) if f.endswith(".journal")]
-            found.append(JournalOrphan(owner, fd, lock_path, segments))
-        return found
+        return [
+            JournalOrphan(owner, fd, lock_path, segments)
+            for owner, fd, lock_path, segments in dead_owners(self.directory, self.owner, _SEGMENT)
+        ]
 
     @staticmethod
     def unfinished(orphan: JournalOrphan) -> list[RequestEvent]:
@@ -268,9 +250,4 @@ class Journal:
         )
 
     def _unlink(self, path: Path) -> None:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("cannot delete journal file %s: %s", path.name, exc)
+        remove(path, "journal")

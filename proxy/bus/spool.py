@@ -45,6 +45,45 @@ def lock_file(path: Path) -> int | None:
     return fd
 
 
+def remove(path: Path, what: str) -> None:
+    """Delete ``path``; one already gone is fine, another failure is logged."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot delete %s file %s: %s", what, path.name, exc)
+
+
+def dead_owners(
+    directory: Path, me: str, segment: re.Pattern[str]
+) -> list[tuple[str, int, Path, list[Path]]]:
+    """The owners in ``directory`` other than ``me`` whose lock could be taken (so their
+    process is gone), each with its lock's fd (held now), the lock's path and its segment files
+    (names matching ``segment``, in order). Shared by the spool and the accepted journal."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    owners: dict[str, list[str]] = {}
+    for name in names:
+        match = segment.fullmatch(name) or _LOCK.fullmatch(name)
+        if match and match.group("owner") != me:
+            owners.setdefault(match.group("owner"), []).append(name)
+    found = []
+    for owner, files in sorted(owners.items()):
+        lock_path = directory / f"{owner}.lock"
+        try:
+            fd = lock_file(lock_path)
+        except OSError:
+            continue
+        if fd is None:
+            continue  # its owner is alive
+        segments = [directory / f for f in sorted(files) if segment.fullmatch(f)]
+        found.append((owner, fd, lock_path, segments))
+    return found
+
+
 def _count_lines(path: Path) -> int:
     count = 0
     with path.open("rb") as fh:
@@ -293,27 +332,10 @@ class Spool:
         directory; hand the result to ``adopt`` on the owning thread."""
         if self.broken:
             return []
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return []
-        owners: dict[str, list[str]] = {}
-        for name in names:
-            match = _SEGMENT.fullmatch(name) or _LOCK.fullmatch(name)
-            if match and match.group("owner") != self.owner:
-                owners.setdefault(match.group("owner"), []).append(name)
         found = []
-        for owner, files in sorted(owners.items()):
-            lock_path = self.directory / f"{owner}.lock"
-            try:
-                fd = lock_file(lock_path)
-            except OSError:
-                continue
-            if fd is None:
-                continue  # its owner is alive
+        for owner, fd, lock_path, files in dead_owners(self.directory, self.owner, _SEGMENT):
             orphan = Orphan(owner, fd, lock_path)
-            for name in sorted(f for f in files if f.endswith(".jsonl")):
-                path = self.directory / name
+            for path in files:
                 try:
                     size = path.stat().st_size
                     orphan.segments.append(Segment(path, _count_lines(path), size))
@@ -341,9 +363,4 @@ class Spool:
         os.close(orphan.lock_fd)
 
     def _unlink(self, path: Path) -> None:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("cannot delete spool file %s: %s", path.name, exc)
+        remove(path, "spool")

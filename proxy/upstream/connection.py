@@ -10,6 +10,7 @@ pools: a connection reports to its ``Owner``. A connection that saw any error is
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Protocol, cast
 
@@ -55,6 +56,7 @@ class Response:
         "_waiter",
         "buffered",
         "chunks",
+        "head_at",
         "head_only",
         "headers",
         "status",
@@ -69,6 +71,9 @@ class Response:
         self.buffered = 0
         self.head_only = head_only
         self.until_close = False  # no length and not chunked: the body ends when the socket does
+        # when the head was read off the socket (perf_counter), before the request's task runs
+        # again: the wait for the upstream ends here (Server-Timing's upstream;dur)
+        self.head_at = 0.0
         self._done = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -249,6 +254,7 @@ class Connection(asyncio.Protocol):
             self.head_bytes = self.head_count = self.head_raw = 0
             return
         response.status = status
+        response.head_at = time.perf_counter()
         self.keep_alive = self.keep_alive and parser.should_keep_alive()
         # RFC 9112 6.3: chunked counts only as the final coding; any other Transfer-Encoding
         # means the body runs to the close (httptools reads it so), and the connection ends.
