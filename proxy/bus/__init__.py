@@ -41,7 +41,7 @@ def make_bus(settings: Settings, store: SqlStore) -> EventBus:
             strict=strict,
             shards=settings.redis_stream_shards,
             wait=ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout),
-            journal=None if strict else _journal(settings, settings.spool_dir),
+            journal=_journal(settings, settings.spool_dir),
         )
     spool = Spool(settings.embedded_spool_dir, settings.event_spool_max_bytes)
     return MemoryBus(
@@ -49,7 +49,7 @@ def make_bus(settings: Settings, store: SqlStore) -> EventBus:
         spool,
         capacity=settings.observability_buffer_size,
         strict=strict,
-        journal=None if strict else _journal(settings, settings.embedded_spool_dir),
+        journal=_journal(settings, settings.embedded_spool_dir),
     )
 
 
@@ -57,7 +57,7 @@ def _journal(settings: Settings, spool_dir: str) -> Journal | None:
     """The accepted journal (None with ACCEPTED_RECORD_AFTER_MS=0). Reject mode has none: there
     every accepted record must be in the sink or the spool, which outlive the machine's memory,
     before the upstream call."""
-    if not settings.accepted_record_after_ms:
+    if not settings.accepted_record_after_ms or settings.event_bus_failure_mode == "reject":
         return None
     return Journal(
         journal_dir(settings.event_journal_dir, spool_dir),

@@ -77,7 +77,6 @@ class SpoolingBus:
     ) -> None:
         self.sink = sink
         self.journal = journal
-        self.recovered = 0  # accepted records of dead workers' requests published
         self.strict = strict
         self.spool = spool
         self.capacity = capacity
@@ -498,7 +497,6 @@ class SpoolingBus:
             answers = [self._keep(event) for event in events]
             kept = all(await asyncio.gather(*answers))
             if events:
-                self.recovered += len(events)
                 log.warning(
                     "worker %s died with %d requests in flight: their accepted records %s",
                     orphan.owner,
