@@ -97,7 +97,14 @@ class Target:
 
 
 def base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k in PASS_ENV}
+    """The proxy's environment. ``BENCH_PROXY_SOURCE`` (a checkout's root) puts that checkout's
+    packages first on the proxy's import path: an earlier commit measured by this harness, for a
+    before/after on the same machine (docs/performance.md)."""
+    env = {k: v for k, v in os.environ.items() if k in PASS_ENV}
+    source = os.environ.get("BENCH_PROXY_SOURCE")
+    if source:
+        env["PYTHONPATH"] = source
+    return env
 
 
 def fill(template: dict[str, str], values: dict[str, str]) -> dict[str, str]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from proxy import overhead
+from proxy import disconnect, overhead
+from proxy.coalesce import CoalescingTransport
 from shared.config import Settings
 from shared.errors import (
     HeadersTooLarge,
@@ -53,6 +54,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
       costs a clock read. A connection that has not completed its head ``timeout`` after it
       connected (or after its request began) gets 408 (or, if it sent nothing, is just closed).
       Idle keep-alive between requests stays uvicorn's ``timeout_keep_alive``.
+    - Disconnects: a lost connection is told to the request's watch (proxy/disconnect.py),
+      so no request needs a task of its own waiting on ``receive`` for it.
+    - Writes go through ``CoalescingTransport`` (proxy/coalesce.py): a response's head and
+      body leave in one write.
     - Errors uvicorn answers itself in text/plain (malformed HTTP) get our envelope instead.
     - Arrival: the clock is read once per socket read, before parsing; the read that begins a
       request puts its moment in the request's scope (proxy/overhead.py), so the proxy's own
@@ -74,7 +79,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._paused_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # uvicorn (and everything here) writes through it: a response's head and body leave
+        # in one write (proxy/coalesce.py)
+        super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
         self._head_since = self.loop.time()
         if self.limits.timeout > 0:
             self._head_watch = self.loop.call_later(self.limits.timeout, self._check_head)
@@ -84,6 +91,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_watch.cancel()
             self._head_watch = None
         super().connection_lost(exc)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            disconnect.lost(cycle.scope["state"])
 
     def data_received(self, data: bytes) -> None:
         self._read_at = time.perf_counter()  # before parsing: on_message_begin may need it
@@ -103,7 +113,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes = 0
             self._head_since = self.loop.time()
         super().on_message_begin()
-        self.scope["state"][overhead.KEY] = self._read_at
+        state = self.scope["state"]
+        state[overhead.KEY] = self._read_at
+        state[disconnect.HOOK_KEY] = None  # this server tells a request's watch itself
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # A large body pauses reading until the app asks for more; once it is all in, reading
+        # goes on, so a client that leaves is seen (uvicorn's ``receive`` would do the same).
+        self.flow.resume_reading()
 
     def pause_writing(self) -> None:
         self._paused_at = time.perf_counter()

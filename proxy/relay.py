@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import orjson
 
 from proxy.body import ClientGone, StreamedBody
 from proxy.cache import Fill, Served
+from proxy.disconnect import DisconnectWatch
 from proxy.exchange import Exchange
 from proxy.failover import AFFINITY_HEADER, Failover
 from proxy.headers import response_headers, upstream_headers
@@ -80,8 +80,7 @@ class Relay:
             target = self._target(provider, cred.deployments, route, query, body)
             headers = self._headers(ex, provider, cred.api_key, conditional)
         sent_at = time.perf_counter()
-        watch = _Watch()
-        watcher = asyncio.create_task(_watch_disconnect(ex.receive, watch, body))
+        watch = DisconnectWatch(ex.scope, ex.receive, body)
         try:
             try:
                 if not upstreams:
@@ -123,9 +122,7 @@ class Relay:
                     ex.upstream_ms = (time.perf_counter() - sent_at) * 1000
                     await send_served(ex, served, fill.status)
                     return
-                await self._relay(
-                    ex, response, sent_at, inject, fill, watch, watcher, provider, serving
-                )
+                await self._relay(ex, response, sent_at, inject, fill, watch, provider, serving)
             finally:
                 response.release()
         except asyncio.CancelledError:
@@ -134,7 +131,7 @@ class Relay:
                 raise ClientGone() from None  # our own cancel: the client left mid-request
             raise
         finally:
-            watcher.cancel()
+            watch.stop()
 
     def _target(
         self, provider: Provider, table: Deployments, route: Route, query: bytes, body: object
@@ -183,8 +180,7 @@ class Relay:
         sent_at: float,
         inject: bool,
         fill: Fill | None,
-        watch: _Watch,
-        watcher: asyncio.Task[None],
+        watch: DisconnectWatch,
         provider: Provider,
         serving: Target | None,
     ) -> None:
@@ -278,7 +274,7 @@ class Relay:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             if fill is not None:
                 await fill.finish()  # only a complete body is stored; a no-op if already done
-            watcher.cancel()  # before the last send: a finished response is not a disconnect
+            watch.stop()  # before the last send: a finished response is not a disconnect
             await send({"type": "http.response.body", "body": last, "more_body": False})
             ex.written_at = time.perf_counter()
         finally:
@@ -331,32 +327,3 @@ async def send_served(ex: Exchange, served: Served, cache_status: str) -> None:
     ex.written_at = time.perf_counter()
     if ex.marks is not None:
         ex.marks.append(("stream", time.perf_counter()))
-
-
-class _Watch:
-    """What a disconnect must stop: the request task while it waits for the upstream's
-    headers, then the response being relayed."""
-
-    __slots__ = ("gone", "response", "task")
-
-    def __init__(self) -> None:
-        self.gone = False
-        self.task: asyncio.Task[Any] | None = asyncio.current_task()
-        self.response: Response | None = None
-
-
-async def _watch_disconnect(receive: Any, watch: _Watch, body: object) -> None:
-    """Wait for the client to go away, from the moment its body has been read; then stop the
-    upstream exchange at once (its connection is closed, the pool slot freed), so the upstream
-    stops generating (and billing) for nobody."""
-    if isinstance(body, StreamedBody):
-        await body.finished.wait()  # until then the body's own reads see a disconnect
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            watch.gone = True
-            if watch.response is not None:
-                watch.response.close()
-            elif watch.task is not None:
-                watch.task.cancel()
-            return
