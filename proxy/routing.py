@@ -35,6 +35,9 @@ CREDENTIAL_PARAMS = frozenset(
 )
 
 
+_KNOWN_ROUTES = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """A request that may be forwarded: the path below ``/v1`` and the endpoint it matched."""
@@ -48,11 +51,25 @@ class Router:
     def __init__(self, endpoints: tuple[str, ...], methods: tuple[str, ...]) -> None:
         self.endpoints = tuple(sorted(endpoints, key=len, reverse=True))
         self.methods = frozenset(methods)
+        # (method, raw path) -> its route, for targets without a query: the few paths clients
+        # send again and again are checked once (bounded, so invented paths cannot grow it)
+        self._known: dict[tuple[str, bytes], Route] = {}
 
     def match(self, method: str, raw_path: bytes, query: bytes) -> Route:
         """Validate the raw request target and the method; raise 404/405 before any I/O.
         An Azure-shaped path (``/openai/deployments/{name}/chat/completions``, as the openai
         SDK's ``AzureOpenAI`` client sends) is matched as the ``/v1`` path it stands for."""
+        if query:
+            return self._match(method, raw_path, query)
+        key = (method, raw_path)
+        route = self._known.get(key)
+        if route is None:
+            route = self._match(method, raw_path, query)
+            if len(self._known) < _KNOWN_ROUTES:
+                self._known[key] = route
+        return route
+
+    def _match(self, method: str, raw_path: bytes, query: bytes) -> Route:
         deployment = ""
         if raw_path.startswith(_AZURE_PREFIX):
             named, _, rest = raw_path[len(_AZURE_PREFIX) :].partition(b"/")

@@ -167,6 +167,7 @@ class Connection(asyncio.Protocol):
         self.born = self.loop.time()
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpResponseParser | None = None
+        self._idle_parser: httptools.HttpResponseParser | None = None
         self.response: Response | None = None
         self.headers_ready: asyncio.Future[Response] | None = None
         self.closed = False
@@ -300,6 +301,10 @@ class Connection(asyncio.Protocol):
         if response is None or response._done:
             return
         response._done = True
+        # a parser that read a whole answer on a connection kept alive is ready for the next
+        # one; after a HEAD (a body its headers announce but never sent) only a fresh one is
+        if not response.head_only:
+            self._idle_parser = self.parser
         self.parser = None
         if self.paused:
             self.resume()
@@ -326,8 +331,10 @@ class Connection(asyncio.Protocol):
         self.owner.forget(self)
 
     def begin(self, head_only: bool) -> tuple[Response, asyncio.Future[Response]]:
-        """Start a new exchange: a fresh parser (so a HEAD answer never confuses the next one)."""
-        self.parser = httptools.HttpResponseParser(self)
+        """Start a new exchange: the last exchange's parser if it ended cleanly, else a fresh
+        one (so a HEAD answer never confuses the next one)."""
+        parser, self._idle_parser = self._idle_parser, None
+        self.parser = parser or httptools.HttpResponseParser(self)
         self.response = response = Response(self, head_only)
         self.headers_ready = ready = self.loop.create_future()
         self.received = False
