@@ -97,6 +97,7 @@ class SpoolingBus:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._journal_task: asyncio.Task[None] | None = None
+        self._journaled: asyncio.Future[bool] | None = None  # the answer of a journaled accept
         self._closing = False
         self._first_at = 0.0  # when the oldest buffered event arrived (for the linger)
         self._retry_at = 0.0
@@ -164,22 +165,22 @@ class SpoolingBus:
         then, False if it is only in memory (or lost). Reserves room for the request's final
         event. Nothing waits here, so the caller can do other I/O before awaiting the answer."""
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[bool] = loop.create_future()
         if self._task is None or self._closing:
-            answer.set_result(False)
-            return answer
+            return _answered(loop, False)
         # Decided before any await, so concurrent requests see each other's reservations.
         if event.event_id not in self._reserved and not self.reserve(event.event_id):
             if not self.strict:  # kept anyway (its final is counted as held), answered False
                 self._reserved[event.event_id] = 2
                 self._slots += 2
                 self.publish(event)
-            answer.set_result(False)
-            return answer
+            return _answered(loop, False)
         if self.journal is not None and self.journal.begin(event):
-            answer.set_result(True)
-            return answer
-        return self._keep(event, answer)
+            # the common case: one answer, already given, shared by every such request
+            journaled = self._journaled
+            if journaled is None or journaled.get_loop() is not loop:
+                journaled = self._journaled = _answered(loop, True)
+            return journaled
+        return self._keep(event, loop.create_future())
 
     def _keep(
         self, event: RequestEvent, answer: asyncio.Future[bool] | None = None
@@ -505,3 +506,9 @@ class SpoolingBus:
                 )
         finally:
             journal.release(orphan, delete=kept)
+
+
+def _answered(loop: asyncio.AbstractEventLoop, value: bool) -> asyncio.Future[bool]:
+    answer: asyncio.Future[bool] = loop.create_future()
+    answer.set_result(value)
+    return answer
