@@ -97,8 +97,10 @@ def test_server_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
     assert "ENCRYPTION_KEY must be set" in out.stderr
 
 
-def test_revocation_reaches_two_instances_within_a_second_over_redis(tmp_path: Path) -> None:
-    """With the change-log poll slowed to 30 s, only Redis pub/sub can make this fast."""
+def test_revocation_reaches_two_instances_over_redis_pubsub(tmp_path: Path) -> None:
+    """With the change-log poll slowed to an hour and cached lookups trusted for 5 minutes
+    (the default), only Redis pub/sub can make every worker refuse the token within the
+    minute this test waits: no clock decides the outcome, only which mechanism exists."""
     require("Redis", REDIS_HOST, REDIS_PORT)
     require("PostgreSQL", "127.0.0.1", 5432)
     fake = FakeUpstream().start()
@@ -111,7 +113,8 @@ def test_revocation_reaches_two_instances_within_a_second_over_redis(tmp_path: P
         "DISTRIBUTED_RATE_LIMIT_ENABLED": "true",
         "DISTRIBUTED_RATE_LIMIT_PREFIX": f"t{uuid.uuid4().hex[:8]}:",
         "REDIS_ADDR": f"{REDIS_HOST}:{REDIS_PORT}",
-        "INVALIDATION_POLL_INTERVAL": "30s",
+        "INVALIDATION_POLL_INTERVAL": "1h",
+        "APIKEY_CACHE_TTL_MS": "300000",
     }
     proxies = [ProxyProcess(env=env, cwd=tmp_path, workers=2) for _ in range(2)]
     try:
@@ -153,7 +156,7 @@ def test_revocation_reaches_two_instances_within_a_second_over_redis(tmp_path: P
                         codes.add(client.get(f"{url}/v1/models", headers=headers).status_code)
                 if codes == {401}:
                     pending.discard(url)
-            assert time.monotonic() - revoked_at < 1.0, f"still accepted by {pending}"
+            assert time.monotonic() - revoked_at < 60, f"still accepted by {pending}"
     finally:
         for proxy in proxies:
             proxy.stop()
