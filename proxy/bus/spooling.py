@@ -97,7 +97,7 @@ class SpoolingBus:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._journal_task: asyncio.Task[None] | None = None
-        self._journaled: asyncio.Future[bool] | None = None  # set by start() with a journal
+        self._journaled: asyncio.Future[bool] | None = None  # the answer of a journaled accept
         self._closing = False
         self._first_at = 0.0  # when the oldest buffered event arrived (for the linger)
         self._retry_at = 0.0
@@ -126,8 +126,6 @@ class SpoolingBus:
         self._task = asyncio.create_task(self._supervise(), name=f"event-bus:{self.sink.name}")
         if self.journal is not None:
             self.journal.open()
-            # a journaled accept's answer: already given, one for every such request
-            self._journaled = _answered(asyncio.get_running_loop(), True)
             self._journal_task = asyncio.create_task(
                 self._follow_journal(self.journal), name="event-bus:journal"
             )
@@ -176,8 +174,12 @@ class SpoolingBus:
                 self._slots += 2
                 self.publish(event)
             return _answered(loop, False)
-        if self._journaled is not None and self.journal is not None and self.journal.begin(event):
-            return self._journaled
+        if self.journal is not None and self.journal.begin(event):
+            # the common case: one answer, already given, shared by every such request
+            journaled = self._journaled
+            if journaled is None or journaled.get_loop() is not loop:
+                journaled = self._journaled = _answered(loop, True)
+            return journaled
         return self._keep(event, loop.create_future())
 
     def _keep(
