@@ -135,11 +135,15 @@ class Journal:
         self._young.append((time.monotonic(), event.event_id))
         return True
 
-    def finishing(self, event_id: str) -> None:
-        """The request's final is published: its accepted record need not be sent any more."""
-        entry = self._open.get(event_id)
+    def finishing(self, event: RequestEvent) -> None:
+        """The request's final is published: its accepted record need not be sent any more. A
+        final with no accepted record here (a cache hit) is journaled itself until it is kept,
+        so a worker killed before then still leaves it for the adopter."""
+        entry = self._open.get(event.event_id)
         if entry is not None:
             entry.finishing = True
+        elif self.begin(event):
+            self._open[event.event_id].finishing = True
 
     def end(self, event_id: str) -> None:
         """The request's final is kept (or was given up on): its entry is done."""

@@ -132,7 +132,7 @@ class SpoolingBus:
 
     def publish(self, event: RequestEvent) -> None:
         if self.journal is not None and event.phase == FINAL:
-            self.journal.finishing(event.event_id)
+            self.journal.finishing(event)
         held = self._reserved.get(event.event_id) if self._reserved else None
         if held is not None:  # it takes its own reserved slot
             self._owed.add(id(event))
